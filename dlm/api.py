@@ -1,0 +1,83 @@
+"""What every router shares: the per-request transaction, JSON responses, and the error mapping."""
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_422_UNPROCESSABLE_ENTITY, HTTP_500_INTERNAL_SERVER_ERROR
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dlm.db.engine import transaction, translate_database_error
+from dlm.errors import DLMError
+
+log = logging.getLogger("dlm.api")
+
+API_ACTOR = "api"
+
+
+async def provide_session(state: State) -> AsyncIterator[AsyncSession]:
+    """One transaction per request: committed before the response leaves, rolled back on any error."""
+    async with transaction(state.sessionmaker, actor=API_ACTOR) as session:
+        yield session
+
+
+def json_response(content: Any) -> Response[bytes]:
+    """A JSON document, whatever its type: SKA-DLM returns bare JSON strings and booleans too."""
+    return Response(content=msgspec.json.encode(content), media_type="application/json")
+
+
+def _error(status: int, name: str, message: str) -> Response[dict[str, str]]:
+    return Response({"exec": name, "message": message}, status_code=status)
+
+
+def handle_dlm_error(request: Request[Any, Any, Any], exc: DLMError) -> Response[dict[str, str]]:
+    return _error(exc.status_code, exc.name, exc.message)
+
+
+def handle_validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, str]]:
+    problems = []
+    for problem in exc.extra if isinstance(exc.extra, list) else []:
+        if isinstance(problem, dict):
+            key = _public_name(request, problem.get("key")) or problem.get("source") or "request"
+            problems.append(f"{key}: {problem.get('message', 'invalid')}")
+    message = "; ".join(problems) or str(exc.detail)
+    return _error(HTTP_422_UNPROCESSABLE_ENTITY, "InvalidQueryParameters", message)
+
+
+def _public_name(request: Request[Any, Any, Any], key: str | None) -> str | None:
+    """The name the caller used: a handler argument may be an alias for a query parameter or header."""
+    try:
+        definition = request.route_handler.parsed_fn_signature.parameters[key].kwarg_definition
+    except (KeyError, AttributeError):
+        return key
+    return getattr(definition, "query", None) or getattr(definition, "header", None) or key
+
+
+_HTTP_ERROR_NAMES = {404: "NotFound", 405: "MethodNotAllowed", 413: "RequestTooLarge", 503: "ServiceUnavailable"}
+
+
+def handle_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, str]]:
+    if exc.status_code == 400:  # malformed body: as much the caller's invalid input as a bad parameter
+        return _error(HTTP_422_UNPROCESSABLE_ENTITY, "InvalidQueryParameters", f"body: {exc.detail}")
+    name = _HTTP_ERROR_NAMES.get(exc.status_code, "HTTPError")
+    return _error(exc.status_code, name, str(exc.detail))
+
+
+def handle_unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
+    translated = translate_database_error(exc)
+    if translated is not None:
+        return handle_dlm_error(request, translated)
+    log.exception("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
+    return _error(HTTP_500_INTERNAL_SERVER_ERROR, "InternalError", "internal error; the server log has the details")
+
+
+EXCEPTION_HANDLERS: dict[type[Exception], Any] = {
+    DLMError: handle_dlm_error,
+    ValidationException: handle_validation_error,
+    HTTPException: handle_http_error,
+    Exception: handle_unexpected_error,
+}

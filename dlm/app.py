@@ -1,0 +1,78 @@
+"""The DLM service: one Litestar process hosting the ingest, request and storage routers."""
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from litestar import Litestar, Response, get
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from sqlalchemy import text
+
+import dlm
+from dlm.api import EXCEPTION_HANDLERS
+from dlm.config import Settings
+from dlm.db.engine import create_engine, create_sessionmaker, translate_database_error
+from dlm.db.schema import check_schema, current_revision, head_revision
+from dlm.ingest.routes import router as ingest_router
+from dlm.request.routes import router as request_router
+from dlm.storage.routes import router as storage_router
+
+log = logging.getLogger("dlm")
+
+
+@get("/health/live", operation_id="health_live", summary="Liveness", tags=["health"])
+async def health_live() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@get("/health/ready", operation_id="health_ready", summary="Readiness", tags=["health"])
+async def health_ready(state: State) -> Response[dict[str, str]]:
+    """The database answers and its schema is the one this DLM needs."""
+    head = head_revision()
+    try:
+        current = await current_revision(state.engine)
+    except Exception as exc:
+        if translate_database_error(exc) is None:
+            raise
+        return Response({"status": "unavailable", "database": "unreachable"}, status_code=503)
+    if current != head:
+        return Response({"status": "unavailable", "schema": f"{current}, needs {head}"}, status_code=503)
+    return Response({"status": "ok", "schema": head})
+
+
+def create_app(settings: Settings) -> Litestar:
+    """Build the DLM application for an external database (``settings.database_url``)."""
+    if settings.database_url is None:
+        raise ValueError("create_app needs settings.database_url; `dlm serve` starts the embedded database")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+        try:
+            await check_schema(engine)
+            async with engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+            app.state.engine = engine
+            app.state.sessionmaker = create_sessionmaker(engine)
+            yield
+        finally:
+            await engine.dispose()
+
+    return Litestar(
+        route_handlers=[ingest_router, request_router, storage_router, health_live, health_ready],
+        lifespan=[lifespan],
+        state=State({"settings": settings}),
+        exception_handlers=EXCEPTION_HANDLERS,
+        openapi_config=OpenAPIConfig(
+            title="DLM",
+            version=dlm.__version__,
+            description="Data Lifecycle Manager: SKA-DLM's ingest, request, storage and migration managers "
+            "in one service, plus DLM's additions.",
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin()],
+        ),
+        logging_config=None,
+    )

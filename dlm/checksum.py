@@ -1,0 +1,65 @@
+"""Streaming payload checksums. Every method is fed chunk by chunk, so a payload of any size is hashed
+in bounded memory; digests are lower-case hex strings."""
+
+import hashlib
+import zlib
+from pathlib import Path
+from typing import Protocol
+
+import crc32c
+import xxhash
+
+from dlm.enums import ChecksumMethod
+
+CHUNK_SIZE = 4 * 1024 * 1024
+
+
+class Hasher(Protocol):
+    def update(self, data: bytes) -> None: ...
+    def hexdigest(self) -> str: ...
+
+
+class _Crc32c:
+    def __init__(self) -> None:
+        self._value = 0
+
+    def update(self, data: bytes) -> None:
+        self._value = crc32c.crc32c(data, self._value)
+
+    def hexdigest(self) -> str:
+        return f"{self._value:08x}"
+
+
+class _Adler32:
+    def __init__(self) -> None:
+        self._value = 1
+
+    def update(self, data: bytes) -> None:
+        self._value = zlib.adler32(data, self._value)
+
+    def hexdigest(self) -> str:
+        return f"{self._value:08x}"
+
+
+def new_hasher(method: ChecksumMethod) -> Hasher:
+    match method:
+        case ChecksumMethod.CRC32C:
+            return _Crc32c()
+        case ChecksumMethod.ADLER32:
+            return _Adler32()
+        case ChecksumMethod.MD5:
+            return hashlib.md5(usedforsecurity=False)
+        case ChecksumMethod.SHA256:
+            return hashlib.sha256()
+        case ChecksumMethod.XXH3:
+            return xxhash.xxh3_64()
+    raise ValueError(f"no checksum for method {method}")
+
+
+def file_checksum(path: Path, method: ChecksumMethod) -> str:
+    """Checksum of a local file (blocking: call it from a thread)."""
+    hasher = new_hasher(method)
+    with path.open("rb") as stream:
+        while chunk := stream.read(CHUNK_SIZE):
+            hasher.update(chunk)
+    return hasher.hexdigest()

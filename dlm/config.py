@@ -1,0 +1,76 @@
+"""Settings: one struct, read from ``DLM_*`` environment variables and an optional TOML file, passed
+explicitly to whatever needs it (``create_app(settings)``); nothing is configured at import time."""
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+import platformdirs
+
+ENV_PREFIX = "DLM_"
+
+
+class InvalidSettings(Exception):
+    """A setting has a value DLM cannot use; the message names the variable."""
+
+
+def _default_data_dir() -> str:
+    return platformdirs.user_data_dir("dlm", appauthor=False)
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    # PostgreSQL URL (postgresql://user@host:port/db). None: run an embedded PostgreSQL in data_dir.
+    database_url: str | None = None
+    # Where the embedded database and the default POSIX storage live.
+    data_dir: str = msgspec.field(default_factory=_default_data_dir)
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
+    db_pool_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
+    # Registration computes a payload's checksum only when it is this small (bytes); 0 turns it off.
+    register_checksum_max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 64 * 1024 * 1024
+    log_level: str = "INFO"
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def pgdata_dir(self) -> Path:
+        return Path(self.data_dir) / "pgdata"
+
+    @property
+    def default_storage_dir(self) -> Path:
+        return Path(self.data_dir) / "storage"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
+        """Settings from ``DLM_CONFIG`` (a TOML file), then ``DLM_*`` variables, then ``overrides``."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        config_file = environ.get(f"{ENV_PREFIX}CONFIG")
+        if config_file:
+            try:
+                values.update(tomllib.loads(Path(config_file).read_text()))
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise InvalidSettings(f"{ENV_PREFIX}CONFIG={config_file}: {exc}") from None
+        for field in msgspec.structs.fields(cls):
+            raw = environ.get(f"{ENV_PREFIX}{field.name.upper()}")
+            if raw is not None and raw != "":
+                values[field.name] = raw
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        try:
+            return msgspec.convert(values, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise InvalidSettings(_describe_settings_error(str(exc))) from None
+
+
+def _describe_settings_error(error: str) -> str:
+    # msgspec says "Expected `int`, got `str` - at `$.port`"; name the variable the user actually set.
+    message, _, where = error.partition(" - at `$.")
+    if where:
+        name = where.rstrip("`").split(".")[0].split("[")[0]
+        return f"{ENV_PREFIX}{name.upper()}: {message}"
+    return error

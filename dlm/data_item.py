@@ -1,0 +1,270 @@
+"""Data items (replicas): creation, changes and the rules every change obeys. The ingest and request
+managers, the CLI and the workers all change items through these functions."""
+
+import datetime
+import uuid
+import zlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgspec
+from sqlalchemy import ColumnElement, Row, func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dlm.db.models import DataItem, Storage
+from dlm.enums import STATE_TRANSITIONS, ChecksumMethod, ItemState, ItemType, Phase, combined_phase
+from dlm.errors import InvalidQueryParameters, NotFound, UnmetPreconditionForOperation
+from dlm.parsing import parse_uuid
+from dlm.transfer.paths import check_relative_uri
+
+ITEMS = DataItem.__table__
+# Advisory-lock namespace for item names; names hash into a bounded number of buckets so that a bulk
+# registration of any size takes at most NAME_LOCK_BUCKETS locks.
+NAME_LOCK_NAMESPACE = 0x444C4D  # "DLM"
+NAME_LOCK_BUCKETS = 256
+
+
+class ItemChanges(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The columns a caller may change (``update_data_item`` and friends). Identity, creation times,
+    ``uid_phase`` (follows the storage) and ``oid_phase`` (derived from the replicas) are not among them."""
+
+    item_name: str | None | msgspec.UnsetType = msgspec.UNSET
+    item_tags: dict[str, Any] | None | msgspec.UnsetType = msgspec.UNSET
+    storage_id: uuid.UUID | None | msgspec.UnsetType = msgspec.UNSET
+    uri: str | None | msgspec.UnsetType = msgspec.UNSET
+    item_value: str | None | msgspec.UnsetType = msgspec.UNSET
+    item_type: ItemType | msgspec.UnsetType = msgspec.UNSET
+    item_format: str | None | msgspec.UnsetType = msgspec.UNSET
+    item_encoding: str | None | msgspec.UnsetType = msgspec.UNSET
+    item_mime_type: str | None | msgspec.UnsetType = msgspec.UNSET
+    item_level: int | msgspec.UnsetType = msgspec.UNSET
+    item_state: ItemState | msgspec.UnsetType = msgspec.UNSET
+    target_phase: Phase | msgspec.UnsetType = msgspec.UNSET
+    uid_expiration: datetime.datetime | msgspec.UnsetType = msgspec.UNSET
+    oid_expiration: datetime.datetime | msgspec.UnsetType = msgspec.UNSET
+    item_checksum: str | None | msgspec.UnsetType = msgspec.UNSET
+    checksum_method: ChecksumMethod | msgspec.UnsetType = msgspec.UNSET
+    item_owner: str | msgspec.UnsetType = msgspec.UNSET
+    item_group: str | msgspec.UnsetType = msgspec.UNSET
+    acl: dict[str, Any] | None | msgspec.UnsetType = msgspec.UNSET
+    activate_method: str | None | msgspec.UnsetType = msgspec.UNSET
+    item_size: int | None | msgspec.UnsetType = msgspec.UNSET
+    decompressed_size: int | None | msgspec.UnsetType = msgspec.UNSET
+    compression_method: str | None | msgspec.UnsetType = msgspec.UNSET
+    parents: uuid.UUID | None | msgspec.UnsetType = msgspec.UNSET
+    children: uuid.UUID | None | msgspec.UnsetType = msgspec.UNSET
+    metadata: dict[str, Any] | None | msgspec.UnsetType = msgspec.UNSET
+    last_access: datetime.datetime | None | msgspec.UnsetType = msgspec.UNSET
+
+
+class ItemInit(ItemChanges, kw_only=True, forbid_unknown_fields=True):
+    """What ``init_data_item`` accepts: the changeable columns plus the item to add a replica to."""
+
+    oid: uuid.UUID | msgspec.UnsetType = msgspec.UNSET
+    uid_phase: Phase | msgspec.UnsetType = msgspec.UNSET
+
+
+_NOT_CHANGEABLE_HINTS = {
+    "uid_phase": "uid_phase follows the phase of the replica's storage",
+    "oid_phase": "oid_phase is computed from the item's READY replicas",
+}
+
+
+def convert_body(body: dict[str, Any] | None, struct: type[msgspec.Struct], field: str) -> Any:
+    """Decode a JSON body into ``struct``; errors name the offending key."""
+    for key in body or {}:
+        if key in _NOT_CHANGEABLE_HINTS and key not in struct.__struct_fields__:
+            raise InvalidQueryParameters(f"{field}.{key}: cannot be set: {_NOT_CHANGEABLE_HINTS[key]}")
+    try:
+        return msgspec.convert(body or {}, struct, strict=False)
+    except msgspec.ValidationError as exc:
+        raise InvalidQueryParameters(f"{field}: {_describe_validation_error(str(exc))}") from None
+
+
+def _describe_validation_error(error: str) -> str:
+    message, _, where = error.partition(" - at `$")
+    if "unknown field" in message:
+        return message.replace("Object contains unknown field", "unknown or read-only field")
+    return f"{where.rstrip('`').lstrip('.')}: {message}" if where else message
+
+
+def utc(value: datetime.datetime) -> datetime.datetime:
+    """Naive datetimes are UTC."""
+    return value.replace(tzinfo=datetime.UTC) if value.tzinfo is None else value.astimezone(datetime.UTC)
+
+
+def changes_dict(changes: msgspec.Struct) -> dict[str, Any]:
+    values = {
+        name: getattr(changes, name)
+        for name in changes.__struct_fields__
+        if getattr(changes, name) is not msgspec.UNSET
+    }
+    for name, value in values.items():
+        if isinstance(value, datetime.datetime):
+            values[name] = utc(value)
+    if "uri" in values and values["uri"] is not None:
+        check_relative_uri(values["uri"], "uri")
+    for name in ("item_size", "decompressed_size"):
+        if values.get(name) is not None and values[name] < 0:
+            raise InvalidQueryParameters(f"{name}: must not be negative")
+    return values
+
+
+async def lock_item_names(session: AsyncSession, names: Iterable[str | None]) -> None:
+    """Serialise creations of items with these names (version numbering, duplicate checks)."""
+    buckets = sorted({_name_bucket(name) for name in names if name})
+    if buckets:
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(:namespace, bucket) FROM unnest(CAST(:buckets AS int[])) AS bucket"),
+            {"namespace": NAME_LOCK_NAMESPACE, "buckets": buckets},
+        )
+
+
+def _name_bucket(name: str) -> int:
+    return zlib.crc32(name.encode()) % NAME_LOCK_BUCKETS
+
+
+async def next_versions(session: AsyncSession, names: Sequence[str]) -> dict[str, int]:
+    """The version a new logical item of each name gets: one more than the newest so far."""
+    rows = await session.execute(
+        select(DataItem.item_name, func.max(DataItem.item_version))
+        .where(DataItem.item_name.in_(set(names)))
+        .group_by(DataItem.item_name)
+    )
+    newest = {name: version for name, version in rows.all()}
+    return {name: newest.get(name, 0) + 1 for name in names}
+
+
+async def get_item(session: AsyncSession, uid: str | uuid.UUID, *, for_update: bool = False) -> DataItem:
+    item_uid = uid if isinstance(uid, uuid.UUID) else parse_uuid(uid, "uid")
+    query = select(DataItem).where(DataItem.uid == item_uid)
+    if for_update:
+        query = query.with_for_update()
+    item = await session.scalar(query)
+    if item is None:
+        raise NotFound(f"uid {item_uid} does not exist")
+    return item
+
+
+async def resolve_oid(session: AsyncSession, value: str | uuid.UUID, field: str) -> uuid.UUID:
+    """The oid of the item named by a uid or an oid."""
+    given = value if isinstance(value, uuid.UUID) else parse_uuid(value, field)
+    found = await session.scalar(
+        select(DataItem.oid).where((DataItem.uid == given) | (DataItem.oid == given)).limit(1)
+    )
+    if found is None:
+        raise NotFound(f"{field}: no item has uid or oid {given}")
+    return found
+
+
+def item_selector(*, item_name: str = "", oid: str = "", uid: str = "") -> ColumnElement[bool]:
+    """The rows named by a uid, else an oid, else an item_name (as SKA-DLM resolves them)."""
+    if uid:
+        return DataItem.uid == parse_uuid(uid, "uid")
+    if oid:
+        return DataItem.oid == parse_uuid(oid, "oid")
+    if item_name:
+        return DataItem.item_name == item_name
+    raise InvalidQueryParameters("one of item_name, oid, uid is required")
+
+
+async def create_items(session: AsyncSession, rows: list[dict[str, Any]]) -> list[uuid.UUID]:
+    """Insert replicas (dicts of column values, each with its uid) in one statement."""
+    if rows:
+        await session.execute(ITEMS.insert(), rows)
+    return [row["uid"] for row in rows]
+
+
+async def change_items(
+    session: AsyncSession, selector: ColumnElement[bool], values: dict[str, Any]
+) -> list[Row[Any]]:
+    """Apply ``values`` to every replica ``selector`` matches, enforcing DLM's rules: legal state
+    transitions only, READY needs a payload location, uid_phase follows the storage, oid_phase stays
+    the combined phase of the item's READY replicas. Returns the changed rows."""
+    current = (
+        await session.execute(
+            select(DataItem.uid, DataItem.oid, DataItem.item_state, DataItem.uri, DataItem.storage_id)
+            .where(selector)
+            .order_by(DataItem.uid)
+            .with_for_update()
+        )
+    ).all()
+    if not current:
+        raise NotFound("no data_item matches")
+    values = dict(values)
+    if values.get("storage_id") is not None:
+        phase = await session.scalar(select(Storage.storage_phase).where(Storage.storage_id == values["storage_id"]))
+        if phase is None:
+            raise NotFound(f"storage_id {values['storage_id']} does not exist")
+        values["uid_phase"] = phase
+    if "parents" in values and values["parents"] is not None:
+        values["parents"] = await resolve_oid(session, values["parents"], "parents")
+    new_state = values.get("item_state")
+    if new_state is not None:
+        for row in current:
+            _check_transition(row, new_state, values)
+        values.update(_state_side_effects(new_state))
+    if not values:
+        raise InvalidQueryParameters("nothing to change")
+    uids = [row.uid for row in current]
+    changed = (
+        await session.execute(
+            update(ITEMS).where(ITEMS.c.uid.in_(uids)).values(**values).returning(*ITEMS.c)
+        )
+    ).all()
+    if {"item_state", "uid_phase", "storage_id"} & values.keys():
+        await refresh_oid_phase(session, {row.oid for row in current})
+        changed = (await session.execute(select(ITEMS).where(ITEMS.c.uid.in_(uids)).order_by(ITEMS.c.uid))).all()
+    return sorted(changed, key=lambda row: row.uid)
+
+
+def _check_transition(row: Row[Any], new_state: ItemState, values: dict[str, Any]) -> None:
+    if new_state != row.item_state and new_state not in STATE_TRANSITIONS[row.item_state]:
+        raise UnmetPreconditionForOperation(
+            f"item_state: uid {row.uid} cannot go from {row.item_state.value} to {new_state.value}"
+        )
+    if new_state is ItemState.READY:
+        uri = values.get("uri", row.uri)
+        storage_id = values.get("storage_id", row.storage_id)
+        if not uri or storage_id is None:
+            raise UnmetPreconditionForOperation(
+                f"item_state: uid {row.uid} cannot be READY before its uri and storage_id are set (set_uri)"
+            )
+
+
+def _state_side_effects(state: ItemState) -> dict[str, Any]:
+    if state is ItemState.DELETED:
+        return {"deleted": True, "uid_deletion": func.now()}
+    if state is ItemState.EXPIRED:
+        return {"expired": True}
+    if state is ItemState.READY:
+        return {"expired": False}
+    return {}
+
+
+async def refresh_oid_phase(session: AsyncSession, oids: Iterable[uuid.UUID]) -> None:
+    """Recompute the combined phase of these items from their READY replicas (PLASMA when none)."""
+    oid_list = sorted(set(oids))
+    if not oid_list:
+        return
+    # Locking every replica serialises concurrent changes to one item, so the result is never stale.
+    rows = (
+        await session.execute(
+            select(DataItem.oid, DataItem.uid_phase, DataItem.item_state)
+            .where(DataItem.oid.in_(oid_list))
+            .order_by(DataItem.uid)
+            .with_for_update()
+        )
+    ).all()
+    ready: dict[uuid.UUID, list[Phase]] = {oid: [] for oid in oid_list}
+    for row in rows:
+        if row.item_state is ItemState.READY:
+            ready[row.oid].append(row.uid_phase)
+    phases = {oid: combined_phase(found) if found else Phase.PLASMA for oid, found in ready.items()}
+    for phase in set(phases.values()):
+        await session.execute(
+            update(ITEMS)
+            .where(ITEMS.c.oid.in_([oid for oid, value in phases.items() if value is phase]))
+            .where(ITEMS.c.oid_phase != phase)
+            .values(oid_phase=phase)
+        )

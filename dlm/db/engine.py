@@ -1,0 +1,101 @@
+"""The async engine, transactions, and the one place where database errors become DLM errors."""
+
+import contextlib
+import re
+from collections.abc import AsyncIterator
+
+import sqlalchemy.exc
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from dlm.errors import Conflict, DLMError, ServiceUnavailable, UnmetPreconditionForOperation, ValueAlreadyInDB
+
+CONNECT_TIMEOUT_SECONDS = 5
+
+
+def async_database_url(url: str) -> str:
+    """Accept the URL forms people write (postgres://, postgresql://) and select the asyncpg driver."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() not in {"postgresql", "postgres"}:
+        raise ValueError(f"DLM needs a PostgreSQL database, not {parsed.get_backend_name()!r}")
+    return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+
+
+def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
+    return create_async_engine(
+        async_database_url(database_url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_timeout=CONNECT_TIMEOUT_SECONDS,
+        connect_args={
+            "timeout": CONNECT_TIMEOUT_SECONDS,
+            # Timestamps leave the database in UTC whatever the server's default zone is.
+            "server_settings": {"timezone": "UTC", "application_name": "dlm"},
+        },
+    )
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+async def set_actor(session: AsyncSession, actor: str) -> None:
+    """Name who is acting in this transaction; the history triggers record it with every event."""
+    await session.execute(text("SELECT set_config('dlm.actor', :actor, true)"), {"actor": actor})
+
+
+@contextlib.asynccontextmanager
+async def transaction(
+    sessionmaker: async_sessionmaker[AsyncSession], *, actor: str
+) -> AsyncIterator[AsyncSession]:
+    """One unit of work: commits when the block ends, rolls back if it raises, and translates
+    database errors into DLM errors."""
+    try:
+        async with sessionmaker() as session, session.begin():
+            await set_actor(session, actor)
+            yield session
+    except DLMError:
+        raise
+    except Exception as exc:
+        translated = translate_database_error(exc)
+        if translated is None:
+            raise
+        raise translated from exc
+
+
+_UNIQUE_MESSAGES = {
+    "uq_data_item_item_name_storage_id_live": "item is already registered on this storage",
+    "uq_location_location_name": "a location with this location_name already exists",
+    "uq_storage_storage_name": "a storage with this storage_name already exists",
+}
+_KEY_DETAIL = re.compile(r"Key \((?P<columns>[^)]*)\)=\((?P<values>.*)\) already exists")
+
+
+def translate_database_error(exc: BaseException) -> DLMError | None:
+    """Map a database exception to the DLM error a caller should see, or None if it is not one we know."""
+    if isinstance(exc, sqlalchemy.exc.IntegrityError):
+        cause = exc.orig.__cause__ if exc.orig is not None else None
+        sqlstate = getattr(cause, "sqlstate", None)
+        constraint = getattr(cause, "constraint_name", None) or ""
+        detail = getattr(cause, "detail", None) or ""
+        if sqlstate == "23505":
+            message = _UNIQUE_MESSAGES.get(constraint, "value already exists")
+            if match := _KEY_DETAIL.search(detail):
+                message = f"{message}: {match['columns']} = {match['values']}"
+            return ValueAlreadyInDB(message)
+        if sqlstate == "23503":
+            return UnmetPreconditionForOperation(f"a referenced row does not exist ({detail or constraint})")
+        return Conflict(f"the change conflicts with the data: {detail or cause or exc.orig}")
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        cause = exc.orig.__cause__ if exc.orig is not None else None
+        sqlstate = getattr(cause, "sqlstate", None) or ""
+        if sqlstate in {"40001", "40P01"}:
+            return Conflict("a concurrent change got there first; retry the request")
+        if exc.connection_invalidated or sqlstate.startswith("08") or sqlstate in {"57P01", "57P02", "57P03"}:
+            return ServiceUnavailable("the database is unreachable")
+        return None
+    if isinstance(exc, (OSError, TimeoutError, sqlalchemy.exc.TimeoutError, sqlalchemy.exc.InterfaceError)):
+        return ServiceUnavailable("the database is unreachable")
+    return None

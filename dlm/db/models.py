@@ -1,0 +1,268 @@
+"""DLM's tables. Together with the Alembic revisions in ``migrations/`` this is the one place where the
+schema is defined; ``dlm.db.triggers`` holds the SQL functions and triggers those revisions install."""
+
+import datetime
+import uuid
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    SmallInteger,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from dlm.enums import (
+    ChecksumMethod,
+    ConfigType,
+    ItemState,
+    ItemType,
+    LocationCountry,
+    LocationType,
+    MigrationStatus,
+    Phase,
+    StorageInterface,
+    StorageType,
+)
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def pg_enum(enum_class: type, name: str) -> Enum:
+    # Store the enum's values ("file", "local-dev"), not its Python member names.
+    return Enum(enum_class, name=name, values_callable=lambda members: [m.value for m in members])
+
+
+PHASE = pg_enum(Phase, "phase_type")
+UTC_NOW = text("now()")
+
+
+def timestamp(**kwargs: Any) -> Mapped[datetime.datetime]:
+    return mapped_column(DateTime(timezone=True), **kwargs)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class LocationFacility(Base):
+    __tablename__ = "location_facility"
+
+    facility_name: Mapped[str] = mapped_column(String, primary_key=True)
+
+
+class Location(Base):
+    __tablename__ = "location"
+
+    location_id: Mapped[uuid.UUID] = mapped_column(
+        UUID, primary_key=True, server_default=text("gen_random_uuid()")
+    )
+    location_name: Mapped[str] = mapped_column(String, unique=True)
+    location_type: Mapped[LocationType] = mapped_column(pg_enum(LocationType, "location_type"))
+    location_country: Mapped[LocationCountry | None] = mapped_column(pg_enum(LocationCountry, "location_country"))
+    location_city: Mapped[str | None] = mapped_column(String)
+    location_facility: Mapped[str | None] = mapped_column(ForeignKey("location_facility.facility_name"))
+    location_check_url: Mapped[str | None] = mapped_column(String)
+    location_last_check: Mapped[datetime.datetime | None] = timestamp()
+    location_date: Mapped[datetime.datetime] = timestamp(server_default=UTC_NOW)
+
+
+class Storage(Base):
+    __tablename__ = "storage"
+
+    storage_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, server_default=text("gen_random_uuid()"))
+    location_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("location.location_id"), index=True)
+    storage_name: Mapped[str] = mapped_column(String, unique=True)
+    root_directory: Mapped[str] = mapped_column(String)
+    storage_type: Mapped[StorageType] = mapped_column(pg_enum(StorageType, "storage_type"))
+    storage_interface: Mapped[StorageInterface] = mapped_column(pg_enum(StorageInterface, "storage_interface"))
+    storage_phase: Mapped[Phase] = mapped_column(PHASE, server_default=Phase.GAS.value)
+    # Bytes DLM may use on this storage; -1 means no limit was set.
+    storage_capacity: Mapped[int] = mapped_column(BigInteger, server_default="-1")
+    storage_use_pct: Mapped[float] = mapped_column(Numeric(5, 2), server_default="0")
+    storage_permissions: Mapped[str] = mapped_column(String, server_default="RW")
+    storage_checked: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    storage_check_url: Mapped[str | None] = mapped_column(String)
+    storage_last_checked: Mapped[datetime.datetime | None] = timestamp()
+    storage_num_objects: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    storage_available: Mapped[bool] = mapped_column(Boolean, server_default="true")
+    storage_retired: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    storage_retire_date: Mapped[datetime.datetime | None] = timestamp()
+    storage_date: Mapped[datetime.datetime] = timestamp(server_default=UTC_NOW)
+
+
+class StorageConfig(Base):
+    __tablename__ = "storage_config"
+
+    config_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, server_default=text("gen_random_uuid()"))
+    storage_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("storage.storage_id"), index=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    config_type: Mapped[ConfigType] = mapped_column(
+        pg_enum(ConfigType, "config_type"), server_default=ConfigType.RCLONE.value
+    )
+    config_date: Mapped[datetime.datetime] = timestamp(server_default=UTC_NOW)
+
+
+NOT_DELETED = text("item_state <> 'DELETED'")
+
+
+class DataItem(Base):
+    """One replica: a payload on one storage. Replicas of one logical item share ``oid``."""
+
+    __tablename__ = "data_item"
+
+    uid: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, server_default=text("gen_random_uuid()"))
+    # Set by the dlm_resolve_oid trigger: a new item's own uid, or the oid of the uid it names.
+    oid: Mapped[uuid.UUID] = mapped_column(UUID)
+    item_version: Mapped[int] = mapped_column(Integer, server_default="1")
+    item_name: Mapped[str | None] = mapped_column(String)
+    item_tags: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    storage_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("storage.storage_id"))
+    uri: Mapped[str | None] = mapped_column(String)
+    item_value: Mapped[str | None] = mapped_column(Text)
+    item_type: Mapped[ItemType] = mapped_column(pg_enum(ItemType, "item_type"), server_default=ItemType.FILE.value)
+    item_format: Mapped[str | None] = mapped_column(String, server_default="unknown")
+    item_encoding: Mapped[str | None] = mapped_column(String, server_default="unknown")
+    item_mime_type: Mapped[str | None] = mapped_column(String, server_default="application/octet-stream")
+    item_level: Mapped[int] = mapped_column(SmallInteger, server_default="-1")
+    uid_phase: Mapped[Phase] = mapped_column(PHASE, server_default=Phase.GAS.value)
+    oid_phase: Mapped[Phase] = mapped_column(PHASE, server_default=Phase.GAS.value)
+    target_phase: Mapped[Phase] = mapped_column(PHASE, server_default=Phase.SOLID.value)
+    item_state: Mapped[ItemState] = mapped_column(
+        pg_enum(ItemState, "item_state"), server_default=ItemState.INITIALISED.value
+    )
+    uid_creation: Mapped[datetime.datetime] = timestamp(server_default=UTC_NOW)
+    oid_creation: Mapped[datetime.datetime | None] = timestamp()
+    uid_expiration: Mapped[datetime.datetime] = timestamp(server_default=text("now() + interval '24 hours'"))
+    oid_expiration: Mapped[datetime.datetime] = timestamp(server_default=text("'2099-12-31 23:59:59+00'"))
+    uid_deletion: Mapped[datetime.datetime | None] = timestamp()
+    expired: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    deleted: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    last_access: Mapped[datetime.datetime | None] = timestamp()
+    item_checksum: Mapped[str | None] = mapped_column(String)
+    checksum_method: Mapped[ChecksumMethod] = mapped_column(
+        pg_enum(ChecksumMethod, "checksum_method"), server_default=ChecksumMethod.CRC32C.value
+    )
+    last_check: Mapped[datetime.datetime | None] = timestamp()
+    item_owner: Mapped[str] = mapped_column(String, server_default="SKA")
+    item_group: Mapped[str] = mapped_column(String, server_default="SKA")
+    acl: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    activate_method: Mapped[str | None] = mapped_column(String)
+    item_size: Mapped[int | None] = mapped_column(BigInteger)
+    decompressed_size: Mapped[int | None] = mapped_column(BigInteger)
+    compression_method: Mapped[str | None] = mapped_column(String)
+    # oid of the container this item belongs to.
+    parents: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    children: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
+
+    __table_args__ = (
+        Index("ix_data_item_item_name", "item_name"),
+        Index("ix_data_item_oid", "oid"),
+        Index("ix_data_item_storage_id_item_state", "storage_id", "item_state"),
+        Index("ix_data_item_item_state", "item_state"),
+        Index("ix_data_item_uid_creation", "uid_creation"),
+        Index("ix_data_item_parents", "parents", postgresql_where=text("parents IS NOT NULL")),
+        # The expiry sweeps: only live replicas are ever candidates.
+        Index("ix_data_item_uid_expiration_live", "uid_expiration", postgresql_where=NOT_DELETED),
+        Index("ix_data_item_oid_expiration_live", "oid_expiration", postgresql_where=NOT_DELETED),
+        # A name is registered at most once per storage among live replicas.
+        Index(
+            "uq_data_item_item_name_storage_id_live",
+            "item_name",
+            "storage_id",
+            unique=True,
+            postgresql_where=NOT_DELETED,
+        ),
+    )
+
+
+class DataItemEvent(Base):
+    """DLM's trace: an append-only record of every change of state, phase, uri, storage or expiry,
+    written by database triggers so that no code path can forget it."""
+
+    __tablename__ = "data_item_event"
+
+    event_id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    event_time: Mapped[datetime.datetime] = timestamp(server_default=text("clock_timestamp()"))
+    uid: Mapped[uuid.UUID] = mapped_column(UUID)
+    oid: Mapped[uuid.UUID] = mapped_column(UUID)
+    event: Mapped[str] = mapped_column(String)
+    old_value: Mapped[str | None] = mapped_column(Text)
+    new_value: Mapped[str | None] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String)
+
+    __table_args__ = (
+        Index("ix_data_item_event_uid_event_id", "uid", "event_id"),
+        Index("ix_data_item_event_oid_event_id", "oid", "event_id"),
+    )
+
+
+class Migration(Base):
+    """A copy of an item between storages, run as a durable job that any DLM process may claim."""
+
+    __tablename__ = "migration"
+
+    migration_id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    job_id: Mapped[int | None] = mapped_column(BigInteger)
+    oid: Mapped[uuid.UUID] = mapped_column(UUID, index=True)
+    source_uid: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    destination_uid: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    source_storage_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("storage.storage_id"), index=True)
+    destination_storage_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("storage.storage_id"), index=True)
+    user: Mapped[str] = mapped_column(String, server_default="SKA")
+    group: Mapped[str] = mapped_column(String, server_default="SKA")
+    job_status: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    job_stats: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    complete: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    date: Mapped[datetime.datetime] = timestamp(server_default=UTC_NOW, index=True)
+    completion_date: Mapped[datetime.datetime | None] = timestamp()
+    status: Mapped[MigrationStatus] = mapped_column(
+        pg_enum(MigrationStatus, "migration_status"), server_default=MigrationStatus.PENDING.value
+    )
+    bytes_total: Mapped[int | None] = mapped_column(BigInteger)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime.datetime] = timestamp(server_default=UTC_NOW)
+    lease_owner: Mapped[str | None] = mapped_column(String)
+    lease_expires: Mapped[datetime.datetime | None] = timestamp()
+
+    __table_args__ = (
+        Index(
+            "ix_migration_claimable",
+            "next_attempt_at",
+            postgresql_where=text("status IN ('PENDING', 'RUNNING')"),
+        ),
+    )
+
+
+class PhaseChange(Base):
+    """A request to bring an item to another phase."""
+
+    __tablename__ = "phase_change"
+
+    phase_change_id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    oid: Mapped[uuid.UUID] = mapped_column(UUID, index=True)
+    final_phase: Mapped[Phase] = mapped_column(PHASE)
+    request_creation: Mapped[datetime.datetime] = timestamp(server_default=UTC_NOW)
+    request_expiry: Mapped[datetime.datetime] = timestamp(server_default=text("now() + interval '24 hours'"))
+    completed: Mapped[datetime.datetime | None] = timestamp()

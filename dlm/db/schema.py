@@ -1,0 +1,70 @@
+"""Schema management through Alembic: upgrade, downgrade, and the check that refuses to serve on a
+schema that is not at this DLM's head revision."""
+
+import asyncio
+from pathlib import Path
+
+import sqlalchemy.exc
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+import dlm
+from dlm.errors import SchemaOutOfDate
+
+
+def migrations_dir() -> Path:
+    package = Path(dlm.__file__).parent
+    for candidate in (package / "_migrations", package.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise FileNotFoundError("DLM's Alembic migrations are missing from this installation")
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    # ConfigParser interpolation would choke on a '%' in a password.
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config("postgresql://unused")).get_current_head()
+    assert head is not None, "the migrations directory has no revisions"
+    return head
+
+
+async def upgrade(database_url: str, revision: str = "head") -> None:
+    # Alembic's env.py runs its own event loop, so it gets a thread of its own.
+    await asyncio.to_thread(command.upgrade, alembic_config(database_url), revision)
+
+
+async def downgrade(database_url: str, revision: str) -> None:
+    await asyncio.to_thread(command.downgrade, alembic_config(database_url), revision)
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    async with engine.connect() as connection:
+        try:
+            result = await connection.execute(text("SELECT version_num FROM alembic_version"))
+        except sqlalchemy.exc.ProgrammingError:
+            return None
+        return result.scalar_one_or_none()
+
+
+async def check_schema(engine: AsyncEngine) -> None:
+    """Raise SchemaOutOfDate unless the database is at the head revision this DLM ships."""
+    current, head = await current_revision(engine), head_revision()
+    if current == head:
+        return
+    if current is None:
+        raise SchemaOutOfDate("the database has no DLM schema; run `dlm db upgrade` first")
+    known = {script.revision for script in ScriptDirectory.from_config(alembic_config("x://")).walk_revisions()}
+    if current in known:
+        raise SchemaOutOfDate(f"the database schema is at {current}, this DLM needs {head}; run `dlm db upgrade`")
+    raise SchemaOutOfDate(
+        f"the database schema is at {current}, which this DLM does not know (newer DLM?); it needs {head}"
+    )

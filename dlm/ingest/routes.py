@@ -1,0 +1,126 @@
+"""/ingest: SKA-DLM's ingest manager, plus bulk registration."""
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Response, Router, post
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.params import Parameter
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dlm.api import json_response, provide_session
+from dlm.data_item import ItemInit, convert_body
+from dlm.enums import ItemType, Phase
+from dlm.errors import InvalidQueryParameters
+from dlm.ingest import service
+from dlm.parsing import parse_datetime
+
+Authorization = Annotated[
+    str | None, Parameter(header="authorization", required=False, description="Bearer token (not yet verified)")
+]
+
+
+@post(
+    "/init_data_item",
+    operation_id="init_data_item",
+    summary="Init Data Item",
+    description="Create an INITIALISED data_item; finish the ingest with set_uri then set_state(READY). "
+    "item_name or json_data (columns of the new item, e.g. item_name, oid for a further replica) is required.",
+    status_code=200,
+)
+async def init_data_item(
+    session: AsyncSession,
+    item_name: str | None = None,
+    uid_phase: Phase = Phase.GAS,
+    data: dict[str, Any] | None = None,
+    authorization: Authorization = None,
+) -> Response[bytes]:
+    init = convert_body(data, ItemInit, "json_data")
+    uid = await service.init_item(session, item_name=item_name, uid_phase=uid_phase, init=init)
+    return json_response(str(uid))
+
+
+@post(
+    "/register_data_item",
+    operation_id="register_data_item",
+    summary="Register Data Item",
+    description="Register a payload that already exists on a storage as a READY data_item, in one call: "
+    "checks the storage and (unless do_storage_access_check=false) the payload, refuses a second registration "
+    "of the same item_name on the same storage, records size (and crc32c for small files) and stores the "
+    "metadata body with uid and item_name added. Returns the uid.",
+    status_code=200,
+)
+async def register_data_item(
+    session: AsyncSession,
+    state: State,
+    item_name: str,
+    uri: str,
+    item_type: ItemType = ItemType.FILE,
+    target_phase: Phase = Phase.SOLID,
+    uid_expiration: str | None = None,
+    oid_expiration: str | None = None,
+    storage_name: str = "",
+    storage_id: str = "",
+    parents: str | None = None,
+    item_size: int | None = None,
+    decompressed_size: int | None = None,
+    do_storage_access_check: bool = True,
+    data: dict[str, Any] | None = None,
+    authorization: Authorization = None,
+) -> Response[bytes]:
+    if not item_name.strip():
+        raise InvalidQueryParameters("item_name: must not be empty")
+    for field, value in (("item_size", item_size), ("decompressed_size", decompressed_size)):
+        if value is not None and value < 0:
+            raise InvalidQueryParameters(f"{field}: must not be negative")
+    registration = service.ItemRegistration(
+        item_name=item_name,
+        uri=uri,
+        storage_name=storage_name,
+        storage_id=storage_id,
+        item_type=item_type,
+        target_phase=target_phase,
+        uid_expiration=parse_datetime(uid_expiration, "uid_expiration") if uid_expiration else None,
+        oid_expiration=parse_datetime(oid_expiration, "oid_expiration") if oid_expiration else None,
+        parents=parents or None,
+        item_size=item_size,
+        decompressed_size=decompressed_size,
+        do_storage_access_check=do_storage_access_check,
+        metadata=data,
+    )
+    uid = await service.register_item(
+        session, registration, checksum_max_bytes=state.settings.register_checksum_max_bytes
+    )
+    return json_response(str(uid))
+
+
+@post(
+    "/register_data_items",
+    operation_id="register_data_items",
+    summary="Register Data Items (bulk)",
+    description="DLM addition. Register many payloads in one transaction, all or nothing. The body is a JSON "
+    "list of objects with register_data_item's parameters (item_name, uri, storage_name or storage_id, ...) "
+    "and an optional metadata object. Returns the new uids in the order given. At most 100,000 per call.",
+    status_code=200,
+    request_max_body_size=256 * 1024 * 1024,
+)
+async def register_data_items(session: AsyncSession, state: State, data: list[dict[str, Any]]) -> Response[bytes]:
+    try:
+        registrations = msgspec.convert(data, list[service.ItemRegistration], strict=False)
+    except msgspec.ValidationError as exc:
+        message, _, where = str(exc).partition(" - at `$")
+        location = f"items{where.rstrip('`')}" if where else "items"
+        raise InvalidQueryParameters(f"{location}: {message}") from None
+    uids = await service.register_items(
+        session, registrations, checksum_max_bytes=state.settings.register_checksum_max_bytes
+    )
+    return json_response([str(uid) for uid in uids])
+
+
+router = Router(
+    path="/ingest",
+    route_handlers=[init_data_item, register_data_item, register_data_items],
+    dependencies={"session": Provide(provide_session)},
+    tags=["ingest"],
+)

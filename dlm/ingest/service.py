@@ -1,0 +1,273 @@
+"""Ingest: making payloads known to DLM, one at a time or thousands per transaction."""
+
+import datetime
+import uuid
+from collections import Counter
+from typing import Annotated, Any
+
+import msgspec
+from sqlalchemy import select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dlm.data_item import (
+    ItemInit,
+    changes_dict,
+    create_items,
+    lock_item_names,
+    next_versions,
+    resolve_oid,
+    utc,
+)
+from dlm.db.models import DataItem, Storage
+from dlm.enums import ChecksumMethod, ItemState, ItemType, Phase
+from dlm.errors import (
+    DLMError,
+    InvalidQueryParameters,
+    NotFound,
+    UnmetPreconditionForOperation,
+    ValueAlreadyInDB,
+)
+from dlm.storage.service import backend_for, resolve_storage
+from dlm.transfer.paths import check_relative_uri
+
+MAX_BULK_ITEMS = 100_000
+
+
+class ItemRegistration(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One payload to register: the parameters of ``register_data_item`` plus its metadata."""
+
+    item_name: Annotated[str, msgspec.Meta(min_length=1)]
+    uri: Annotated[str, msgspec.Meta(min_length=1)]
+    storage_name: str = ""
+    storage_id: str = ""
+    item_type: ItemType = ItemType.FILE
+    target_phase: Phase = Phase.SOLID
+    uid_expiration: datetime.datetime | None = None
+    oid_expiration: datetime.datetime | None = None
+    parents: str | None = None
+    item_size: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    decompressed_size: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    do_storage_access_check: bool = True
+    metadata: dict[str, Any] | None = None
+
+
+async def init_item(
+    session: AsyncSession, *, item_name: str | None, uid_phase: Phase, init: ItemInit
+) -> uuid.UUID:
+    """Create an INITIALISED replica; its payload is written independently and announced with set_uri."""
+    values = changes_dict(init)
+    if item_name:
+        values["item_name"] = item_name
+    if not values.get("item_name") and "oid" not in values:
+        raise InvalidQueryParameters("item_name: required unless json_data names the item (item_name or oid)")
+    if values.get("item_state", ItemState.INITIALISED) is not ItemState.INITIALISED:
+        raise InvalidQueryParameters("json_data.item_state: a new item is INITIALISED; use set_state afterwards")
+    values.pop("item_state", None)
+    values.setdefault("uid_phase", uid_phase)
+    if values.get("storage_id") is not None:
+        storage = await session.get(Storage, values["storage_id"])
+        if storage is None:
+            raise NotFound(f"json_data.storage_id: storage {values['storage_id']} does not exist")
+        values["uid_phase"] = storage.storage_phase
+    if values.get("parents") is not None:
+        values["parents"] = await resolve_oid(session, values["parents"], "json_data.parents")
+    uid = uuid.uuid4()
+    if "oid" in values:
+        # A further replica of an existing item: same oid (the trigger resolves a uid), same name and version.
+        oid = await resolve_oid(session, values["oid"], "json_data.oid")
+        existing = (
+            await session.execute(
+                select(DataItem.item_name, DataItem.item_version).where(DataItem.oid == oid).limit(1)
+            )
+        ).one()
+        values = {"item_name": existing.item_name, **values, "oid": oid, "item_version": existing.item_version}
+        await lock_item_names(session, [values["item_name"]])
+    else:
+        await lock_item_names(session, [values["item_name"]])
+        values["item_version"] = (await next_versions(session, [values["item_name"]]))[values["item_name"]]
+        values["oid_phase"] = Phase.PLASMA
+    await create_items(session, [{"uid": uid, **values}])
+    return uid
+
+
+async def register_item(
+    session: AsyncSession, registration: ItemRegistration, *, checksum_max_bytes: int = 0
+) -> uuid.UUID:
+    """Register an existing payload as a READY replica in one step; returns its uid."""
+    return (await register_items(session, [registration], checksum_max_bytes=checksum_max_bytes))[0]
+
+
+async def register_items(
+    session: AsyncSession, registrations: list[ItemRegistration], *, checksum_max_bytes: int = 0
+) -> list[uuid.UUID]:
+    """Register many payloads in one transaction: all of them or, on any error, none. Each becomes a new
+    logical item (its own oid), READY on its storage. Errors name the entry (``items[i]``) at fault."""
+    if not registrations:
+        raise InvalidQueryParameters("items: at least one item is required")
+    if len(registrations) > MAX_BULK_ITEMS:
+        raise InvalidQueryParameters(f"items: at most {MAX_BULK_ITEMS} items per call")
+    single = len(registrations) == 1
+    where = (lambda index: "") if single else (lambda index: f"items[{index}].")
+
+    for index, entry in enumerate(registrations):
+        with _naming(where(index)):
+            check_relative_uri(entry.uri)
+    storages = await _resolve_storages(session, registrations, where)
+    payloads = await _inspect_payloads(session, registrations, storages, where, checksum_max_bytes)
+    parents = await _resolve_parents(session, registrations, where)
+
+    names = [entry.item_name for entry in registrations]
+    keys = [(entry.item_name, storages[index].storage_id) for index, entry in enumerate(registrations)]
+    duplicated = [key for key, count in Counter(keys).items() if count > 1]
+    if duplicated:
+        index = keys.index(duplicated[0])
+        raise ValueAlreadyInDB(f"{where(index)}item_name: {duplicated[0][0]!r} appears twice for one storage")
+    await lock_item_names(session, names)
+    taken = (
+        await session.execute(
+            select(DataItem.item_name, DataItem.storage_id)
+            .where(tuple_(DataItem.item_name, DataItem.storage_id).in_(keys))
+            .where(DataItem.item_state != ItemState.DELETED)
+            .limit(1)
+        )
+    ).first()
+    if taken is not None:
+        index = keys.index((taken.item_name, taken.storage_id))
+        storage_name = storages[index].storage_name
+        raise ValueAlreadyInDB(
+            f"{where(index)}item_name: {taken.item_name!r} is already registered on storage {storage_name!r}"
+        )
+
+    versions = await next_versions(session, names)
+    rows = []
+    for index, entry in enumerate(registrations):
+        uid, storage, payload = uuid.uuid4(), storages[index], payloads[index]
+        rows.append(
+            {
+                "uid": uid,
+                "item_name": entry.item_name,
+                "item_version": versions[entry.item_name],
+                "storage_id": storage.storage_id,
+                "uri": entry.uri,
+                "item_type": entry.item_type,
+                "item_state": ItemState.READY,
+                "uid_phase": storage.storage_phase,
+                "oid_phase": storage.storage_phase,
+                "target_phase": entry.target_phase,
+                "uid_expiration": utc(entry.uid_expiration) if entry.uid_expiration else None,
+                "oid_expiration": utc(entry.oid_expiration) if entry.oid_expiration else None,
+                "parents": parents[index],
+                "item_size": entry.item_size if entry.item_size is not None else payload.size,
+                "decompressed_size": entry.decompressed_size,
+                "item_checksum": payload.checksum,
+                "checksum_method": ChecksumMethod.CRC32C,
+                "metadata": {**(entry.metadata or {}), "uid": str(uid), "item_name": entry.item_name},
+            }
+        )
+        versions[entry.item_name] += 1
+    # Leave absent expiries to the column defaults; insert rows share their key set to batch together.
+    for key in ("uid_expiration", "oid_expiration"):
+        if all(row[key] is None for row in rows):
+            for row in rows:
+                del row[key]
+        else:
+            default = await _column_default(session, key)
+            for row in rows:
+                row[key] = row[key] or default
+    return await create_items(session, rows)
+
+
+class _Payload(msgspec.Struct):
+    size: int | None = None
+    checksum: str | None = None
+
+
+class _naming:
+    """Prefix the message of a DLM error raised inside the block with the entry it concerns."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, DLMError) and self.prefix:
+            exc.message = f"{self.prefix}{exc.message}"
+            exc.args = (exc.message,)
+
+
+async def _resolve_storages(
+    session: AsyncSession, registrations: list[ItemRegistration], where: Any
+) -> list[Storage]:
+    cache: dict[tuple[str, str], Storage] = {}
+    resolved = []
+    for index, entry in enumerate(registrations):
+        key = (entry.storage_name, entry.storage_id)
+        if key not in cache:
+            with _naming(where(index)):
+                storage = await resolve_storage(session, storage_name=entry.storage_name, storage_id=entry.storage_id)
+                if storage.storage_retired:
+                    raise UnmetPreconditionForOperation(f"storage {storage.storage_name!r} is retired")
+                if not storage.storage_available:
+                    raise UnmetPreconditionForOperation(f"storage {storage.storage_name!r} is not available")
+            cache[key] = storage
+        resolved.append(cache[key])
+    return resolved
+
+
+async def _inspect_payloads(
+    session: AsyncSession,
+    registrations: list[ItemRegistration],
+    storages: list[Storage],
+    where: Any,
+    checksum_max_bytes: int,
+) -> list[_Payload]:
+    """Check each payload exists and is of the declared kind; note its size, and its crc32c when cheap."""
+    payloads = [_Payload() for _ in registrations]
+    by_storage: dict[uuid.UUID, list[int]] = {}
+    for index, entry in enumerate(registrations):
+        if entry.do_storage_access_check:
+            by_storage.setdefault(storages[index].storage_id, []).append(index)
+    for indices in by_storage.values():
+        storage = storages[indices[0]]
+        with _naming(where(indices[0])):
+            backend = backend_for(storage)
+        infos = await backend.stat_many([registrations[index].uri for index in indices])
+        for index, info in zip(indices, infos, strict=True):
+            entry = registrations[index]
+            if info is None:
+                raise UnmetPreconditionForOperation(
+                    f"{where(index)}uri: no payload at {entry.uri!r} on storage {storage.storage_name!r}"
+                )
+            if info.is_container != (entry.item_type is ItemType.CONTAINER):
+                kind = "a directory" if info.is_container else "a file"
+                raise UnmetPreconditionForOperation(
+                    f"{where(index)}item_type: the payload at {entry.uri!r} is {kind}, not a {entry.item_type.value}"
+                )
+            if not info.is_container:
+                payloads[index].size = info.size
+                if info.size <= checksum_max_bytes:
+                    payloads[index].checksum = await backend.checksum(entry.uri, ChecksumMethod.CRC32C)
+    return payloads
+
+
+async def _resolve_parents(
+    session: AsyncSession, registrations: list[ItemRegistration], where: Any
+) -> list[uuid.UUID | None]:
+    cache: dict[str, uuid.UUID] = {}
+    resolved: list[uuid.UUID | None] = []
+    for index, entry in enumerate(registrations):
+        if not entry.parents:
+            resolved.append(None)
+            continue
+        if entry.parents not in cache:
+            with _naming(where(index)):
+                cache[entry.parents] = await resolve_oid(session, entry.parents, "parents")
+        resolved.append(cache[entry.parents])
+    return resolved
+
+
+async def _column_default(session: AsyncSession, column: str) -> datetime.datetime:
+    server_default = DataItem.__table__.c[column].server_default
+    return await session.scalar(select(server_default.arg))  # type: ignore[union-attr]

@@ -1,0 +1,215 @@
+"""/request: SKA-DLM's request manager (queries and item setters), plus the item history."""
+
+from typing import Annotated, Any
+
+from litestar import Response, Router, get, patch
+from litestar.di import Provide
+from litestar.params import Parameter
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dlm.api import json_response, provide_session
+from dlm.enums import ItemState, Phase
+from dlm.parsing import parse_datetime, parse_duration, parse_enum
+from dlm.request import service, setters
+from dlm.request.filters import MAX_PAGE_SIZE
+from dlm.rows import row_dict, row_dicts
+
+Rows = list[dict[str, Any]]
+Item = dict[str, Any]
+PARAMS_DESCRIPTION = (
+    "PostgREST-style filters on any data_item column, AND-ed: `item_state=eq.READY&uid_expiration=lt.2026-01-01"
+    "&item_name=like.*ms&storage_id=in.(id1,id2)&order=uid_creation.desc&limit=100&offset=0` (or the same as a "
+    "JSON object). Operators: eq, neq, gt, gte, lt, lte, like, ilike (* is the wildcard), in.(…), is.null, "
+    "cs.{json} for JSON columns, each optionally prefixed by not. Page size: 1000 at most."
+)
+
+
+@get("/query_data_item", operation_id="query_data_item", summary="Query Data Item")
+async def query_data_item(
+    session: AsyncSession,
+    item_name: str = "",
+    oid: str = "",
+    uid: str = "",
+    storage_id: str = "",
+    params: Annotated[str | None, Parameter(description=PARAMS_DESCRIPTION)] = None,
+) -> Rows:
+    """Query data_items by item_name, oid, uid, storage_id and params filters; with none, the first 1000."""
+    rows = await service.query_items(
+        session, item_name=item_name, oid=oid, uid=uid, storage_id=storage_id, params=params
+    )
+    return row_dicts(rows)
+
+
+@patch("/update_data_item", operation_id="update_data_item", summary="Update Data Item")
+async def update_data_item(
+    session: AsyncSession, item_name: str = "", oid: str = "", uid: str = "", data: dict[str, Any] | None = None
+) -> Item:
+    """Change columns (the JSON body) of the data_items named by uid, oid or item_name; returns the first."""
+    rows = await setters.update_items(session, item_name=item_name, oid=oid, uid=uid, changes=data)
+    return row_dict(rows[0]._mapping)
+
+
+@patch("/set_uri", operation_id="set_uri", summary="Set Uri")
+async def set_uri(session: AsyncSession, uid: str, uri: str, storage_id: str) -> Item:
+    """Set where a data_item's payload is: its storage and its path relative to the storage root."""
+    return row_dict((await setters.set_uri(session, uid=uid, uri=uri, storage_id=storage_id))._mapping)
+
+
+@patch("/set_metadata", operation_id="set_metadata", summary="Set Metadata")
+async def set_metadata(session: AsyncSession, uid: str, data: dict[str, Any] | None = None) -> Item:
+    """Replace the metadata (a JSON object) of a data_item."""
+    return row_dict((await setters.set_metadata(session, uid=uid, metadata=data))._mapping)
+
+
+@patch("/set_state", operation_id="set_state", summary="Set State")
+async def set_state(
+    session: AsyncSession,
+    uid: str,
+    new_state: Annotated[ItemState, Parameter(query="state")],  # `state` is a reserved name in Litestar
+) -> Item:
+    """Move a data_item to another state; only legal transitions are accepted."""
+    return row_dict((await setters.set_state(session, uid=uid, state=new_state))._mapping)
+
+
+@patch("/set_oid_expiration", operation_id="set_oid_expiration", summary="Set Oid Expiration")
+async def set_oid_expiration(session: AsyncSession, oid: str, expiration: str) -> Item:
+    """Set when the item (all replicas of the oid) expires. ISO 8601; no offset means UTC."""
+    moment = parse_datetime(expiration, "expiration")
+    return row_dict((await setters.set_oid_expiration(session, oid=oid, expiration=moment))[0]._mapping)
+
+
+@patch("/set_uid_expiration", operation_id="set_uid_expiration", summary="Set Uid Expiration")
+async def set_uid_expiration(session: AsyncSession, uid: str, expiration: str) -> Item:
+    """Set when one replica expires. ISO 8601; no offset means UTC."""
+    moment = parse_datetime(expiration, "expiration")
+    return row_dict((await setters.set_uid_expiration(session, uid=uid, expiration=moment))._mapping)
+
+
+@patch("/set_user", operation_id="set_user", summary="Set User")
+async def set_user(session: AsyncSession, oid: str = "", uid: str = "", user: str = "SKA") -> Item:
+    """Set the owner of a replica (uid) or of every replica of an item (oid)."""
+    row = await setters.set_owner_field(session, oid=oid, uid=uid, column="item_owner", value=user)
+    return row_dict(row._mapping)
+
+
+@patch("/set_group", operation_id="set_group", summary="Set Group")
+async def set_group(session: AsyncSession, oid: str = "", uid: str = "", group: str = "SKA") -> Item:
+    """Set the group of a replica (uid) or of every replica of an item (oid)."""
+    row = await setters.set_owner_field(session, oid=oid, uid=uid, column="item_group", value=group)
+    return row_dict(row._mapping)
+
+
+@patch("/set_acl", operation_id="set_acl", summary="Set Acl")
+async def set_acl(session: AsyncSession, oid: str = "", uid: str = "", acl: str = "{}") -> Item:
+    """Set the access control list (a JSON object) of a replica (uid) or of every replica of an item (oid)."""
+    row = await setters.set_owner_field(session, oid=oid, uid=uid, column="acl", value=setters.parse_acl(acl))
+    return row_dict(row._mapping)
+
+
+@patch("/set_phase", operation_id="set_phase", summary="Set Phase")
+async def set_phase(session: AsyncSession, uid: str, phase: str) -> Item:
+    """Set the phase the item must reach (its target_phase, on every replica); the replication engine acts
+    on it. A replica's own uid_phase always follows its storage."""
+    row = await setters.set_phase(session, uid=uid, phase=parse_enum(Phase, phase, "phase"))
+    return row_dict(row._mapping)
+
+
+@patch("/update_item_tags", operation_id="update_item_tags", summary="Update Item Tags")
+async def update_item_tags(
+    session: AsyncSession, item_name: str = "", oid: str = "", data: dict[str, Any] | None = None
+) -> Item:
+    """Merge tags (the JSON body) into every replica of the item named by oid or item_name."""
+    row = await setters.update_item_tags(session, item_name=item_name, oid=oid, item_tags=data)
+    return row_dict(row._mapping)
+
+
+@get("/query_expired", operation_id="query_expired", summary="Query Expired")
+async def query_expired(
+    session: AsyncSession,
+    offset: Annotated[
+        str | None, Parameter(description="ISO 8601 duration (PT1H) or seconds added to now: look ahead")
+    ] = None,
+) -> Rows:
+    """Live data_items whose uid_expiration has passed (as of now + offset)."""
+    duration = parse_duration(offset, "offset") if offset else None
+    return row_dicts(await service.query_expired(session, offset=duration))
+
+
+@get("/query_deleted", operation_id="query_deleted", summary="Query Deleted")
+async def query_deleted(session: AsyncSession, uid: str = "") -> Rows:
+    """Data_items in state DELETED (optionally just the one uid)."""
+    return row_dicts(await service.query_deleted(session, uid=uid))
+
+
+@get("/query_new", operation_id="query_new", summary="Query New")
+async def query_new(session: AsyncSession, check_date: str, uid: str = "") -> Rows:
+    """Data_items created after check_date (exclusive; ISO 8601, no offset means UTC)."""
+    moment = parse_datetime(check_date, "check_date")
+    return row_dicts(await service.query_new(session, check_date=moment, uid=uid))
+
+
+@get("/query_exists", operation_id="query_exists", summary="Query Exists")
+async def query_exists(
+    session: AsyncSession, item_name: str = "", oid: str = "", uid: str = "", ready: bool = False
+) -> Response[bytes]:
+    """Whether a data_item with this item_name, oid or uid exists (and is READY, if ready=true)."""
+    return json_response(await service.item_exists(session, item_name=item_name, oid=oid, uid=uid, ready=ready))
+
+
+@get("/query_exist_and_ready", operation_id="query_exists_and_ready", summary="Query Exists And Ready")
+async def query_exist_and_ready(
+    session: AsyncSession, item_name: str = "", oid: str = "", uid: str = ""
+) -> Response[bytes]:
+    """Whether a READY data_item with this item_name, oid or uid exists."""
+    return json_response(await service.item_exists(session, item_name=item_name, oid=oid, uid=uid, ready=True))
+
+
+@get("/query_item_storage", operation_id="query_item_storage", summary="Query Item Storage")
+async def query_item_storage(session: AsyncSession, item_name: str = "", oid: str = "", uid: str = "") -> Rows:
+    """The storages holding READY replicas of an item, one row per replica."""
+    return row_dicts(await service.query_item_storage(session, item_name=item_name, oid=oid, uid=uid))
+
+
+@get("/query_item_history", operation_id="query_item_history", summary="Query Item History")
+async def query_item_history(
+    session: AsyncSession,
+    item_name: str = "",
+    oid: str = "",
+    uid: str = "",
+    after_event_id: Annotated[int, Parameter(ge=0, description="page on from this event_id")] = 0,
+    limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE_SIZE)] = MAX_PAGE_SIZE,
+) -> Rows:
+    """DLM addition. The trace of an item: every change of state, phase, uri, storage or expiry, with who
+    made it and when, oldest first. uid: one replica; oid or item_name: all replicas of the item(s)."""
+    rows = await service.item_history(
+        session, item_name=item_name, oid=oid, uid=uid, after_event_id=after_event_id, limit=limit
+    )
+    return row_dicts(rows)
+
+
+router = Router(
+    path="/request",
+    route_handlers=[
+        query_data_item,
+        update_data_item,
+        set_uri,
+        set_metadata,
+        set_state,
+        set_oid_expiration,
+        set_uid_expiration,
+        set_user,
+        set_group,
+        set_acl,
+        set_phase,
+        update_item_tags,
+        query_expired,
+        query_deleted,
+        query_new,
+        query_exists,
+        query_exist_and_ready,
+        query_item_storage,
+        query_item_history,
+    ],
+    dependencies={"session": Provide(provide_session)},
+    tags=["request"],
+)

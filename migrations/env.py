@@ -1,0 +1,45 @@
+"""Alembic environment: runs DLM's revisions over an asyncpg connection."""
+
+import asyncio
+
+from alembic import context
+from sqlalchemy.engine import Connection
+from sqlalchemy.pool import NullPool
+
+from dlm.config import Settings
+from dlm.db.engine import async_database_url
+from dlm.db.models import Base
+
+config = context.config
+
+
+def _database_url() -> str:
+    url = config.get_main_option("sqlalchemy.url") or Settings.from_env().database_url
+    if not url:
+        raise SystemExit("set DLM_DATABASE_URL to the database to migrate")
+    return async_database_url(url)
+
+
+def _run(connection: Connection) -> None:
+    context.configure(connection=connection, target_metadata=Base.metadata, compare_type=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def _run_online() -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(_database_url(), poolclass=NullPool)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(_run)
+    finally:
+        await engine.dispose()
+
+
+if context.is_offline_mode():
+    context.configure(url=_database_url(), target_metadata=Base.metadata, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+else:
+    asyncio.run(_run_online())
