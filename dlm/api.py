@@ -38,7 +38,9 @@ def handle_dlm_error(request: Request[Any, Any, Any], exc: DLMError) -> Response
     return _error(exc.status_code, exc.name, exc.message)
 
 
-def handle_validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, str]]:
+def handle_validation_error(
+    request: Request[Any, Any, Any], exc: ValidationException
+) -> Response[dict[str, str]]:
     problems = []
     for problem in exc.extra if isinstance(exc.extra, list) else []:
         if isinstance(problem, dict):
@@ -54,10 +56,18 @@ def _public_name(request: Request[Any, Any, Any], key: str | None) -> str | None
         definition = request.route_handler.parsed_fn_signature.parameters[key].kwarg_definition
     except (KeyError, AttributeError):
         return key
-    return getattr(definition, "query", None) or getattr(definition, "header", None) or key
+    for attribute in ("name", "query", "header"):
+        if public := getattr(definition, attribute, None):
+            return public
+    return key
 
 
-_HTTP_ERROR_NAMES = {404: "NotFound", 405: "MethodNotAllowed", 413: "RequestTooLarge", 503: "ServiceUnavailable"}
+_HTTP_ERROR_NAMES = {
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    413: "RequestTooLarge",
+    503: "ServiceUnavailable",
+}
 
 
 def handle_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, str]]:
@@ -72,7 +82,9 @@ def handle_unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> 
     if translated is not None:
         return handle_dlm_error(request, translated)
     log.exception("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
-    return _error(HTTP_500_INTERNAL_SERVER_ERROR, "InternalError", "internal error; the server log has the details")
+    return _error(
+        HTTP_500_INTERNAL_SERVER_ERROR, "InternalError", "internal error; the server log has the details"
+    )
 
 
 EXCEPTION_HANDLERS: dict[type[Exception], Any] = {

@@ -115,7 +115,9 @@ async def lock_item_names(session: AsyncSession, names: Iterable[str | None]) ->
     buckets = sorted({_name_bucket(name) for name in names if name})
     if buckets:
         await session.execute(
-            text("SELECT pg_advisory_xact_lock(:namespace, bucket) FROM unnest(CAST(:buckets AS int[])) AS bucket"),
+            text(
+                "SELECT pg_advisory_xact_lock(:namespace, bucket) FROM unnest(CAST(:buckets AS int[])) AS bucket"
+            ),
             {"namespace": NAME_LOCK_NAMESPACE, "buckets": buckets},
         )
 
@@ -193,7 +195,9 @@ async def change_items(
         raise NotFound("no data_item matches")
     values = dict(values)
     if values.get("storage_id") is not None:
-        phase = await session.scalar(select(Storage.storage_phase).where(Storage.storage_id == values["storage_id"]))
+        phase = await session.scalar(
+            select(Storage.storage_phase).where(Storage.storage_id == values["storage_id"])
+        )
         if phase is None:
             raise NotFound(f"storage_id {values['storage_id']} does not exist")
         values["uid_phase"] = phase
@@ -208,13 +212,13 @@ async def change_items(
         raise InvalidQueryParameters("nothing to change")
     uids = [row.uid for row in current]
     changed = (
-        await session.execute(
-            update(ITEMS).where(ITEMS.c.uid.in_(uids)).values(**values).returning(*ITEMS.c)
-        )
+        await session.execute(update(ITEMS).where(ITEMS.c.uid.in_(uids)).values(**values).returning(*ITEMS.c))
     ).all()
     if {"item_state", "uid_phase", "storage_id"} & values.keys():
         await refresh_oid_phase(session, {row.oid for row in current})
-        changed = (await session.execute(select(ITEMS).where(ITEMS.c.uid.in_(uids)).order_by(ITEMS.c.uid))).all()
+        changed = (
+            await session.execute(select(ITEMS).where(ITEMS.c.uid.in_(uids)).order_by(ITEMS.c.uid))
+        ).all()
     return sorted(changed, key=lambda row: row.uid)
 
 

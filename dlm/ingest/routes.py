@@ -5,8 +5,8 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Response, Router, post
 from litestar.datastructures import State
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromQuery, HeaderParameter, JSONBody
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dlm.api import json_response, provide_session
@@ -17,7 +17,8 @@ from dlm.ingest import service
 from dlm.parsing import parse_datetime
 
 Authorization = Annotated[
-    str | None, Parameter(header="authorization", required=False, description="Bearer token (not yet verified)")
+    str | None,
+    HeaderParameter(name="authorization", required=False, description="Bearer token (not yet verified)"),
 ]
 
 
@@ -30,10 +31,10 @@ Authorization = Annotated[
     status_code=200,
 )
 async def init_data_item(
-    session: AsyncSession,
-    item_name: str | None = None,
-    uid_phase: Phase = Phase.GAS,
-    data: dict[str, Any] | None = None,
+    session: NamedDependency[AsyncSession],
+    item_name: FromQuery[str | None] = None,
+    uid_phase: FromQuery[Phase] = Phase.GAS,
+    data: JSONBody[dict[str, Any] | None] = None,
     authorization: Authorization = None,
 ) -> Response[bytes]:
     init = convert_body(data, ItemInit, "json_data")
@@ -52,21 +53,21 @@ async def init_data_item(
     status_code=200,
 )
 async def register_data_item(
-    session: AsyncSession,
+    session: NamedDependency[AsyncSession],
     state: State,
-    item_name: str,
-    uri: str,
-    item_type: ItemType = ItemType.FILE,
-    target_phase: Phase = Phase.SOLID,
-    uid_expiration: str | None = None,
-    oid_expiration: str | None = None,
-    storage_name: str = "",
-    storage_id: str = "",
-    parents: str | None = None,
-    item_size: int | None = None,
-    decompressed_size: int | None = None,
-    do_storage_access_check: bool = True,
-    data: dict[str, Any] | None = None,
+    item_name: FromQuery[str],
+    uri: FromQuery[str],
+    item_type: FromQuery[ItemType] = ItemType.FILE,
+    target_phase: FromQuery[Phase] = Phase.SOLID,
+    uid_expiration: FromQuery[str | None] = None,
+    oid_expiration: FromQuery[str | None] = None,
+    storage_name: FromQuery[str] = "",
+    storage_id: FromQuery[str] = "",
+    parents: FromQuery[str | None] = None,
+    item_size: FromQuery[int | None] = None,
+    decompressed_size: FromQuery[int | None] = None,
+    do_storage_access_check: FromQuery[bool] = True,
+    data: JSONBody[dict[str, Any] | None] = None,
     authorization: Authorization = None,
 ) -> Response[bytes]:
     if not item_name.strip():
@@ -105,7 +106,9 @@ async def register_data_item(
     status_code=200,
     request_max_body_size=256 * 1024 * 1024,
 )
-async def register_data_items(session: AsyncSession, state: State, data: list[dict[str, Any]]) -> Response[bytes]:
+async def register_data_items(
+    session: NamedDependency[AsyncSession], state: State, data: JSONBody[list[dict[str, Any]]]
+) -> Response[bytes]:
     try:
         registrations = msgspec.convert(data, list[service.ItemRegistration], strict=False)
     except msgspec.ValidationError as exc:

@@ -61,7 +61,9 @@ async def init_item(
     if not values.get("item_name") and "oid" not in values:
         raise InvalidQueryParameters("item_name: required unless json_data names the item (item_name or oid)")
     if values.get("item_state", ItemState.INITIALISED) is not ItemState.INITIALISED:
-        raise InvalidQueryParameters("json_data.item_state: a new item is INITIALISED; use set_state afterwards")
+        raise InvalidQueryParameters(
+            "json_data.item_state: a new item is INITIALISED; use set_state afterwards"
+        )
     values.pop("item_state", None)
     values.setdefault("uid_phase", uid_phase)
     if values.get("storage_id") is not None:
@@ -80,7 +82,12 @@ async def init_item(
                 select(DataItem.item_name, DataItem.item_version).where(DataItem.oid == oid).limit(1)
             )
         ).one()
-        values = {"item_name": existing.item_name, **values, "oid": oid, "item_version": existing.item_version}
+        values = {
+            "item_name": existing.item_name,
+            **values,
+            "oid": oid,
+            "item_version": existing.item_version,
+        }
         await lock_item_names(session, [values["item_name"]])
     else:
         await lock_item_names(session, [values["item_name"]])
@@ -206,7 +213,9 @@ async def _resolve_storages(
         key = (entry.storage_name, entry.storage_id)
         if key not in cache:
             with _naming(where(index)):
-                storage = await resolve_storage(session, storage_name=entry.storage_name, storage_id=entry.storage_id)
+                storage = await resolve_storage(
+                    session, storage_name=entry.storage_name, storage_id=entry.storage_id
+                )
                 if storage.storage_retired:
                     raise UnmetPreconditionForOperation(f"storage {storage.storage_name!r} is retired")
                 if not storage.storage_available:

@@ -3,8 +3,8 @@
 from typing import Annotated, Any
 
 from litestar import Response, Router, get, patch
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dlm.api import json_response, provide_session
@@ -26,12 +26,12 @@ PARAMS_DESCRIPTION = (
 
 @get("/query_data_item", operation_id="query_data_item", summary="Query Data Item")
 async def query_data_item(
-    session: AsyncSession,
-    item_name: str = "",
-    oid: str = "",
-    uid: str = "",
-    storage_id: str = "",
-    params: Annotated[str | None, Parameter(description=PARAMS_DESCRIPTION)] = None,
+    session: NamedDependency[AsyncSession],
+    item_name: FromQuery[str] = "",
+    oid: FromQuery[str] = "",
+    uid: FromQuery[str] = "",
+    storage_id: FromQuery[str] = "",
+    params: Annotated[str | None, QueryParameter(description=PARAMS_DESCRIPTION)] = None,
 ) -> Rows:
     """Query data_items by item_name, oid, uid, storage_id and params filters; with none, the first 1000."""
     rows = await service.query_items(
@@ -42,7 +42,11 @@ async def query_data_item(
 
 @patch("/update_data_item", operation_id="update_data_item", summary="Update Data Item")
 async def update_data_item(
-    session: AsyncSession, item_name: str = "", oid: str = "", uid: str = "", data: dict[str, Any] | None = None
+    session: NamedDependency[AsyncSession],
+    item_name: FromQuery[str] = "",
+    oid: FromQuery[str] = "",
+    uid: FromQuery[str] = "",
+    data: JSONBody[dict[str, Any] | None] = None,
 ) -> Item:
     """Change columns (the JSON body) of the data_items named by uid, oid or item_name; returns the first."""
     rows = await setters.update_items(session, item_name=item_name, oid=oid, uid=uid, changes=data)
@@ -50,64 +54,92 @@ async def update_data_item(
 
 
 @patch("/set_uri", operation_id="set_uri", summary="Set Uri")
-async def set_uri(session: AsyncSession, uid: str, uri: str, storage_id: str) -> Item:
+async def set_uri(
+    session: NamedDependency[AsyncSession],
+    uid: FromQuery[str],
+    uri: FromQuery[str],
+    storage_id: FromQuery[str],
+) -> Item:
     """Set where a data_item's payload is: its storage and its path relative to the storage root."""
     return row_dict((await setters.set_uri(session, uid=uid, uri=uri, storage_id=storage_id))._mapping)
 
 
 @patch("/set_metadata", operation_id="set_metadata", summary="Set Metadata")
-async def set_metadata(session: AsyncSession, uid: str, data: dict[str, Any] | None = None) -> Item:
+async def set_metadata(
+    session: NamedDependency[AsyncSession], uid: FromQuery[str], data: JSONBody[dict[str, Any] | None] = None
+) -> Item:
     """Replace the metadata (a JSON object) of a data_item."""
     return row_dict((await setters.set_metadata(session, uid=uid, metadata=data))._mapping)
 
 
 @patch("/set_state", operation_id="set_state", summary="Set State")
 async def set_state(
-    session: AsyncSession,
-    uid: str,
-    new_state: Annotated[ItemState, Parameter(query="state")],  # `state` is a reserved name in Litestar
+    session: NamedDependency[AsyncSession],
+    uid: FromQuery[str],
+    new_state: Annotated[ItemState, QueryParameter(name="state")],  # `state` is a reserved name in Litestar
 ) -> Item:
     """Move a data_item to another state; only legal transitions are accepted."""
     return row_dict((await setters.set_state(session, uid=uid, state=new_state))._mapping)
 
 
 @patch("/set_oid_expiration", operation_id="set_oid_expiration", summary="Set Oid Expiration")
-async def set_oid_expiration(session: AsyncSession, oid: str, expiration: str) -> Item:
+async def set_oid_expiration(
+    session: NamedDependency[AsyncSession], oid: FromQuery[str], expiration: FromQuery[str]
+) -> Item:
     """Set when the item (all replicas of the oid) expires. ISO 8601; no offset means UTC."""
     moment = parse_datetime(expiration, "expiration")
     return row_dict((await setters.set_oid_expiration(session, oid=oid, expiration=moment))[0]._mapping)
 
 
 @patch("/set_uid_expiration", operation_id="set_uid_expiration", summary="Set Uid Expiration")
-async def set_uid_expiration(session: AsyncSession, uid: str, expiration: str) -> Item:
+async def set_uid_expiration(
+    session: NamedDependency[AsyncSession], uid: FromQuery[str], expiration: FromQuery[str]
+) -> Item:
     """Set when one replica expires. ISO 8601; no offset means UTC."""
     moment = parse_datetime(expiration, "expiration")
     return row_dict((await setters.set_uid_expiration(session, uid=uid, expiration=moment))._mapping)
 
 
 @patch("/set_user", operation_id="set_user", summary="Set User")
-async def set_user(session: AsyncSession, oid: str = "", uid: str = "", user: str = "SKA") -> Item:
+async def set_user(
+    session: NamedDependency[AsyncSession],
+    oid: FromQuery[str] = "",
+    uid: FromQuery[str] = "",
+    user: FromQuery[str] = "SKA",
+) -> Item:
     """Set the owner of a replica (uid) or of every replica of an item (oid)."""
     row = await setters.set_owner_field(session, oid=oid, uid=uid, column="item_owner", value=user)
     return row_dict(row._mapping)
 
 
 @patch("/set_group", operation_id="set_group", summary="Set Group")
-async def set_group(session: AsyncSession, oid: str = "", uid: str = "", group: str = "SKA") -> Item:
+async def set_group(
+    session: NamedDependency[AsyncSession],
+    oid: FromQuery[str] = "",
+    uid: FromQuery[str] = "",
+    group: FromQuery[str] = "SKA",
+) -> Item:
     """Set the group of a replica (uid) or of every replica of an item (oid)."""
     row = await setters.set_owner_field(session, oid=oid, uid=uid, column="item_group", value=group)
     return row_dict(row._mapping)
 
 
 @patch("/set_acl", operation_id="set_acl", summary="Set Acl")
-async def set_acl(session: AsyncSession, oid: str = "", uid: str = "", acl: str = "{}") -> Item:
+async def set_acl(
+    session: NamedDependency[AsyncSession],
+    oid: FromQuery[str] = "",
+    uid: FromQuery[str] = "",
+    acl: FromQuery[str] = "{}",
+) -> Item:
     """Set the access control list (a JSON object) of a replica (uid) or of every replica of an item (oid)."""
     row = await setters.set_owner_field(session, oid=oid, uid=uid, column="acl", value=setters.parse_acl(acl))
     return row_dict(row._mapping)
 
 
 @patch("/set_phase", operation_id="set_phase", summary="Set Phase")
-async def set_phase(session: AsyncSession, uid: str, phase: str) -> Item:
+async def set_phase(
+    session: NamedDependency[AsyncSession], uid: FromQuery[str], phase: FromQuery[str]
+) -> Item:
     """Set the phase the item must reach (its target_phase, on every replica); the replication engine acts
     on it. A replica's own uid_phase always follows its storage."""
     row = await setters.set_phase(session, uid=uid, phase=parse_enum(Phase, phase, "phase"))
@@ -116,7 +148,10 @@ async def set_phase(session: AsyncSession, uid: str, phase: str) -> Item:
 
 @patch("/update_item_tags", operation_id="update_item_tags", summary="Update Item Tags")
 async def update_item_tags(
-    session: AsyncSession, item_name: str = "", oid: str = "", data: dict[str, Any] | None = None
+    session: NamedDependency[AsyncSession],
+    item_name: FromQuery[str] = "",
+    oid: FromQuery[str] = "",
+    data: JSONBody[dict[str, Any] | None] = None,
 ) -> Item:
     """Merge tags (the JSON body) into every replica of the item named by oid or item_name."""
     row = await setters.update_item_tags(session, item_name=item_name, oid=oid, item_tags=data)
@@ -125,9 +160,9 @@ async def update_item_tags(
 
 @get("/query_expired", operation_id="query_expired", summary="Query Expired")
 async def query_expired(
-    session: AsyncSession,
+    session: NamedDependency[AsyncSession],
     offset: Annotated[
-        str | None, Parameter(description="ISO 8601 duration (PT1H) or seconds added to now: look ahead")
+        str | None, QueryParameter(description="ISO 8601 duration (PT1H) or seconds added to now: look ahead")
     ] = None,
 ) -> Rows:
     """Live data_items whose uid_expiration has passed (as of now + offset)."""
@@ -136,13 +171,15 @@ async def query_expired(
 
 
 @get("/query_deleted", operation_id="query_deleted", summary="Query Deleted")
-async def query_deleted(session: AsyncSession, uid: str = "") -> Rows:
+async def query_deleted(session: NamedDependency[AsyncSession], uid: FromQuery[str] = "") -> Rows:
     """Data_items in state DELETED (optionally just the one uid)."""
     return row_dicts(await service.query_deleted(session, uid=uid))
 
 
 @get("/query_new", operation_id="query_new", summary="Query New")
-async def query_new(session: AsyncSession, check_date: str, uid: str = "") -> Rows:
+async def query_new(
+    session: NamedDependency[AsyncSession], check_date: FromQuery[str], uid: FromQuery[str] = ""
+) -> Rows:
     """Data_items created after check_date (exclusive; ISO 8601, no offset means UTC)."""
     moment = parse_datetime(check_date, "check_date")
     return row_dicts(await service.query_new(session, check_date=moment, uid=uid))
@@ -150,34 +187,50 @@ async def query_new(session: AsyncSession, check_date: str, uid: str = "") -> Ro
 
 @get("/query_exists", operation_id="query_exists", summary="Query Exists")
 async def query_exists(
-    session: AsyncSession, item_name: str = "", oid: str = "", uid: str = "", ready: bool = False
+    session: NamedDependency[AsyncSession],
+    item_name: FromQuery[str] = "",
+    oid: FromQuery[str] = "",
+    uid: FromQuery[str] = "",
+    ready: FromQuery[bool] = False,
 ) -> Response[bytes]:
     """Whether a data_item with this item_name, oid or uid exists (and is READY, if ready=true)."""
-    return json_response(await service.item_exists(session, item_name=item_name, oid=oid, uid=uid, ready=ready))
+    return json_response(
+        await service.item_exists(session, item_name=item_name, oid=oid, uid=uid, ready=ready)
+    )
 
 
 @get("/query_exist_and_ready", operation_id="query_exists_and_ready", summary="Query Exists And Ready")
 async def query_exist_and_ready(
-    session: AsyncSession, item_name: str = "", oid: str = "", uid: str = ""
+    session: NamedDependency[AsyncSession],
+    item_name: FromQuery[str] = "",
+    oid: FromQuery[str] = "",
+    uid: FromQuery[str] = "",
 ) -> Response[bytes]:
     """Whether a READY data_item with this item_name, oid or uid exists."""
-    return json_response(await service.item_exists(session, item_name=item_name, oid=oid, uid=uid, ready=True))
+    return json_response(
+        await service.item_exists(session, item_name=item_name, oid=oid, uid=uid, ready=True)
+    )
 
 
 @get("/query_item_storage", operation_id="query_item_storage", summary="Query Item Storage")
-async def query_item_storage(session: AsyncSession, item_name: str = "", oid: str = "", uid: str = "") -> Rows:
+async def query_item_storage(
+    session: NamedDependency[AsyncSession],
+    item_name: FromQuery[str] = "",
+    oid: FromQuery[str] = "",
+    uid: FromQuery[str] = "",
+) -> Rows:
     """The storages holding READY replicas of an item, one row per replica."""
     return row_dicts(await service.query_item_storage(session, item_name=item_name, oid=oid, uid=uid))
 
 
 @get("/query_item_history", operation_id="query_item_history", summary="Query Item History")
 async def query_item_history(
-    session: AsyncSession,
-    item_name: str = "",
-    oid: str = "",
-    uid: str = "",
-    after_event_id: Annotated[int, Parameter(ge=0, description="page on from this event_id")] = 0,
-    limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE_SIZE)] = MAX_PAGE_SIZE,
+    session: NamedDependency[AsyncSession],
+    item_name: FromQuery[str] = "",
+    oid: FromQuery[str] = "",
+    uid: FromQuery[str] = "",
+    after_event_id: Annotated[int, QueryParameter(ge=0, description="page on from this event_id")] = 0,
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = MAX_PAGE_SIZE,
 ) -> Rows:
     """DLM addition. The trace of an item: every change of state, phase, uri, storage or expiry, with who
     made it and when, oldest first. uid: one replica; oid or item_name: all replicas of the item(s)."""

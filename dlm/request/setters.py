@@ -15,7 +15,12 @@ from dlm.parsing import parse_json_object, parse_uuid, require_one
 
 
 async def update_items(
-    session: AsyncSession, *, item_name: str = "", oid: str = "", uid: str = "", changes: dict[str, Any] | None
+    session: AsyncSession,
+    *,
+    item_name: str = "",
+    oid: str = "",
+    uid: str = "",
+    changes: dict[str, Any] | None,
 ) -> list[Row[Any]]:
     """Change columns of the replicas named by uid, oid or item_name (all of them for an oid or a name)."""
     values = changes_dict(convert_body(changes, ItemChanges, "post_data"))
@@ -42,7 +47,9 @@ async def set_uid_expiration(session: AsyncSession, *, uid: str, expiration: dat
     return (await change_items(session, item_selector(uid=uid), {"uid_expiration": expiration}))[0]
 
 
-async def set_oid_expiration(session: AsyncSession, *, oid: str, expiration: datetime.datetime) -> list[Row[Any]]:
+async def set_oid_expiration(
+    session: AsyncSession, *, oid: str, expiration: datetime.datetime
+) -> list[Row[Any]]:
     if not oid:
         raise InvalidQueryParameters("oid: required")
     return await change_items(session, item_selector(oid=oid), {"oid_expiration": expiration})
@@ -83,4 +90,3 @@ async def update_item_tags(
         merged = {key: value for key, value in merged.items() if value is not None}
         changed += await change_items(session, DataItem.uid == row.uid, {"item_tags": merged})
     return min(changed, key=lambda row: row.uid_creation)
-

@@ -24,7 +24,9 @@ MAX_ROWS = 1000
 
 
 async def query_location_facilities(session: AsyncSession) -> list[str]:
-    result = await session.scalars(select(LocationFacility.facility_name).order_by(LocationFacility.facility_name))
+    result = await session.scalars(
+        select(LocationFacility.facility_name).order_by(LocationFacility.facility_name)
+    )
     return list(result)
 
 
@@ -69,7 +71,9 @@ async def query_locations(
     return list((await session.execute(query)).all())
 
 
-async def resolve_location(session: AsyncSession, *, location_name: str = "", location_id: str = "") -> uuid.UUID:
+async def resolve_location(
+    session: AsyncSession, *, location_name: str = "", location_id: str = ""
+) -> uuid.UUID:
     if not location_name and not location_id:
         raise InvalidQueryParameters("one of location_id, location_name is required")
     query = select(Location.location_id)
@@ -124,12 +128,16 @@ async def init_storage(
     session.add(storage)
     await session.flush()
     if storage_config:
-        session.add(StorageConfig(storage_id=storage.storage_id, config=storage_config, config_type=ConfigType.RCLONE))
+        session.add(
+            StorageConfig(storage_id=storage.storage_id, config=storage_config, config_type=ConfigType.RCLONE)
+        )
         await session.flush()
     return storage.storage_id
 
 
-async def query_storages(session: AsyncSession, *, storage_name: str = "", storage_id: str = "") -> list[Row[Any]]:
+async def query_storages(
+    session: AsyncSession, *, storage_name: str = "", storage_id: str = ""
+) -> list[Row[Any]]:
     query = select(Storage.__table__).order_by(Storage.storage_name).limit(MAX_ROWS)
     # As in SKA-DLM, a storage_name takes precedence over a storage_id.
     if storage_name:

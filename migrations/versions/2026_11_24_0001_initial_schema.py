@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = '0001'
+revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -20,8 +20,16 @@ depends_on: str | Sequence[str] | None = None
 FACILITIES = ["SRC", "STFC", "AWS", "Google", "Pawsey Centre", "external", "local"]
 
 ENUM_TYPES = [
-    "phase_type", "location_type", "location_country", "storage_type", "storage_interface",
-    "item_type", "item_state", "checksum_method", "migration_status", "config_type",
+    "phase_type",
+    "location_type",
+    "location_country",
+    "storage_type",
+    "storage_interface",
+    "item_type",
+    "item_state",
+    "checksum_method",
+    "migration_status",
+    "config_type",
 ]
 
 TRIGGERS = [
@@ -165,195 +173,365 @@ def upgrade() -> None:
 
 
 def _create_tables() -> None:
-    op.create_table('data_item_event',
-    sa.Column('event_id', sa.BigInteger(), sa.Identity(always=True), nullable=False),
-    sa.Column('event_time', sa.DateTime(timezone=True), server_default=sa.text('clock_timestamp()'), nullable=False),
-    sa.Column('uid', sa.UUID(), nullable=False),
-    sa.Column('oid', sa.UUID(), nullable=False),
-    sa.Column('event', sa.String(), nullable=False),
-    sa.Column('old_value', sa.Text(), nullable=True),
-    sa.Column('new_value', sa.Text(), nullable=True),
-    sa.Column('actor', sa.String(), nullable=False),
-    sa.PrimaryKeyConstraint('event_id', name=op.f('pk_data_item_event'))
+    op.create_table(
+        "data_item_event",
+        sa.Column("event_id", sa.BigInteger(), sa.Identity(always=True), nullable=False),
+        sa.Column(
+            "event_time",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("clock_timestamp()"),
+            nullable=False,
+        ),
+        sa.Column("uid", sa.UUID(), nullable=False),
+        sa.Column("oid", sa.UUID(), nullable=False),
+        sa.Column("event", sa.String(), nullable=False),
+        sa.Column("old_value", sa.Text(), nullable=True),
+        sa.Column("new_value", sa.Text(), nullable=True),
+        sa.Column("actor", sa.String(), nullable=False),
+        sa.PrimaryKeyConstraint("event_id", name=op.f("pk_data_item_event")),
     )
-    op.create_index('ix_data_item_event_oid_event_id', 'data_item_event', ['oid', 'event_id'], unique=False)
-    op.create_index('ix_data_item_event_uid_event_id', 'data_item_event', ['uid', 'event_id'], unique=False)
-    op.create_table('location_facility',
-    sa.Column('facility_name', sa.String(), nullable=False),
-    sa.PrimaryKeyConstraint('facility_name', name=op.f('pk_location_facility'))
+    op.create_index("ix_data_item_event_oid_event_id", "data_item_event", ["oid", "event_id"], unique=False)
+    op.create_index("ix_data_item_event_uid_event_id", "data_item_event", ["uid", "event_id"], unique=False)
+    op.create_table(
+        "location_facility",
+        sa.Column("facility_name", sa.String(), nullable=False),
+        sa.PrimaryKeyConstraint("facility_name", name=op.f("pk_location_facility")),
     )
-    op.create_table('phase_change',
-    sa.Column('phase_change_id', sa.BigInteger(), sa.Identity(always=True), nullable=False),
-    sa.Column('oid', sa.UUID(), nullable=False),
-    sa.Column('final_phase', sa.Enum('PLASMA', 'GAS', 'LIQUID', 'SOLID', name='phase_type'), nullable=False),
-    sa.Column('request_creation', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.Column('request_expiry', sa.DateTime(timezone=True), server_default=sa.text("now() + interval '24 hours'"), nullable=False),
-    sa.Column('completed', sa.DateTime(timezone=True), nullable=True),
-    sa.PrimaryKeyConstraint('phase_change_id', name=op.f('pk_phase_change'))
+    op.create_table(
+        "phase_change",
+        sa.Column("phase_change_id", sa.BigInteger(), sa.Identity(always=True), nullable=False),
+        sa.Column("oid", sa.UUID(), nullable=False),
+        sa.Column(
+            "final_phase", sa.Enum("PLASMA", "GAS", "LIQUID", "SOLID", name="phase_type"), nullable=False
+        ),
+        sa.Column(
+            "request_creation", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+        ),
+        sa.Column(
+            "request_expiry",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now() + interval '24 hours'"),
+            nullable=False,
+        ),
+        sa.Column("completed", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("phase_change_id", name=op.f("pk_phase_change")),
     )
-    op.create_index(op.f('ix_phase_change_oid'), 'phase_change', ['oid'], unique=False)
-    op.create_table('location',
-    sa.Column('location_id', sa.UUID(), server_default=sa.text('gen_random_uuid()'), nullable=False),
-    sa.Column('location_name', sa.String(), nullable=False),
-    sa.Column('location_type', sa.Enum('local-dev', 'low-integration', 'mid-integration', 'low-operations', 'mid-operations', name='location_type'), nullable=False),
-    sa.Column('location_country', sa.Enum('AU', 'ZA', 'UK', name='location_country'), nullable=True),
-    sa.Column('location_city', sa.String(), nullable=True),
-    sa.Column('location_facility', sa.String(), nullable=True),
-    sa.Column('location_check_url', sa.String(), nullable=True),
-    sa.Column('location_last_check', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('location_date', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.ForeignKeyConstraint(['location_facility'], ['location_facility.facility_name'], name=op.f('fk_location_location_facility_location_facility')),
-    sa.PrimaryKeyConstraint('location_id', name=op.f('pk_location')),
-    sa.UniqueConstraint('location_name', name=op.f('uq_location_location_name'))
+    op.create_index(op.f("ix_phase_change_oid"), "phase_change", ["oid"], unique=False)
+    op.create_table(
+        "location",
+        sa.Column("location_id", sa.UUID(), server_default=sa.text("gen_random_uuid()"), nullable=False),
+        sa.Column("location_name", sa.String(), nullable=False),
+        sa.Column(
+            "location_type",
+            sa.Enum(
+                "local-dev",
+                "low-integration",
+                "mid-integration",
+                "low-operations",
+                "mid-operations",
+                name="location_type",
+            ),
+            nullable=False,
+        ),
+        sa.Column("location_country", sa.Enum("AU", "ZA", "UK", name="location_country"), nullable=True),
+        sa.Column("location_city", sa.String(), nullable=True),
+        sa.Column("location_facility", sa.String(), nullable=True),
+        sa.Column("location_check_url", sa.String(), nullable=True),
+        sa.Column("location_last_check", sa.DateTime(timezone=True), nullable=True),
+        sa.Column(
+            "location_date", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+        ),
+        sa.ForeignKeyConstraint(
+            ["location_facility"],
+            ["location_facility.facility_name"],
+            name=op.f("fk_location_location_facility_location_facility"),
+        ),
+        sa.PrimaryKeyConstraint("location_id", name=op.f("pk_location")),
+        sa.UniqueConstraint("location_name", name=op.f("uq_location_location_name")),
     )
-    op.create_table('storage',
-    sa.Column('storage_id', sa.UUID(), server_default=sa.text('gen_random_uuid()'), nullable=False),
-    sa.Column('location_id', sa.UUID(), nullable=False),
-    sa.Column('storage_name', sa.String(), nullable=False),
-    sa.Column('root_directory', sa.String(), nullable=False),
-    sa.Column('storage_type', sa.Enum('filesystem', 'objectstore', 'tape', name='storage_type'), nullable=False),
-    sa.Column('storage_interface', sa.Enum('posix', 's3', 'sftp', 'https', name='storage_interface'), nullable=False),
-    sa.Column('storage_phase', sa.Enum('PLASMA', 'GAS', 'LIQUID', 'SOLID', name='phase_type'), server_default='GAS', nullable=False),
-    sa.Column('storage_capacity', sa.BigInteger(), server_default='-1', nullable=False),
-    sa.Column('storage_use_pct', sa.Numeric(precision=5, scale=2), server_default='0', nullable=False),
-    sa.Column('storage_permissions', sa.String(), server_default='RW', nullable=False),
-    sa.Column('storage_checked', sa.Boolean(), server_default='false', nullable=False),
-    sa.Column('storage_check_url', sa.String(), nullable=True),
-    sa.Column('storage_last_checked', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('storage_num_objects', sa.BigInteger(), server_default='0', nullable=False),
-    sa.Column('storage_available', sa.Boolean(), server_default='true', nullable=False),
-    sa.Column('storage_retired', sa.Boolean(), server_default='false', nullable=False),
-    sa.Column('storage_retire_date', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('storage_date', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.ForeignKeyConstraint(['location_id'], ['location.location_id'], name=op.f('fk_storage_location_id_location')),
-    sa.PrimaryKeyConstraint('storage_id', name=op.f('pk_storage')),
-    sa.UniqueConstraint('storage_name', name=op.f('uq_storage_storage_name'))
+    op.create_table(
+        "storage",
+        sa.Column("storage_id", sa.UUID(), server_default=sa.text("gen_random_uuid()"), nullable=False),
+        sa.Column("location_id", sa.UUID(), nullable=False),
+        sa.Column("storage_name", sa.String(), nullable=False),
+        sa.Column("root_directory", sa.String(), nullable=False),
+        sa.Column(
+            "storage_type", sa.Enum("filesystem", "objectstore", "tape", name="storage_type"), nullable=False
+        ),
+        sa.Column(
+            "storage_interface",
+            sa.Enum("posix", "s3", "sftp", "https", name="storage_interface"),
+            nullable=False,
+        ),
+        sa.Column(
+            "storage_phase",
+            sa.Enum("PLASMA", "GAS", "LIQUID", "SOLID", name="phase_type"),
+            server_default="GAS",
+            nullable=False,
+        ),
+        sa.Column("storage_capacity", sa.BigInteger(), server_default="-1", nullable=False),
+        sa.Column("storage_use_pct", sa.Numeric(precision=5, scale=2), server_default="0", nullable=False),
+        sa.Column("storage_permissions", sa.String(), server_default="RW", nullable=False),
+        sa.Column("storage_checked", sa.Boolean(), server_default="false", nullable=False),
+        sa.Column("storage_check_url", sa.String(), nullable=True),
+        sa.Column("storage_last_checked", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("storage_num_objects", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("storage_available", sa.Boolean(), server_default="true", nullable=False),
+        sa.Column("storage_retired", sa.Boolean(), server_default="false", nullable=False),
+        sa.Column("storage_retire_date", sa.DateTime(timezone=True), nullable=True),
+        sa.Column(
+            "storage_date", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+        ),
+        sa.ForeignKeyConstraint(
+            ["location_id"], ["location.location_id"], name=op.f("fk_storage_location_id_location")
+        ),
+        sa.PrimaryKeyConstraint("storage_id", name=op.f("pk_storage")),
+        sa.UniqueConstraint("storage_name", name=op.f("uq_storage_storage_name")),
     )
-    op.create_index(op.f('ix_storage_location_id'), 'storage', ['location_id'], unique=False)
-    op.create_table('data_item',
-    sa.Column('uid', sa.UUID(), server_default=sa.text('gen_random_uuid()'), nullable=False),
-    sa.Column('oid', sa.UUID(), nullable=False),
-    sa.Column('item_version', sa.Integer(), server_default='1', nullable=False),
-    sa.Column('item_name', sa.String(), nullable=True),
-    sa.Column('item_tags', postgresql.JSONB(astext_type=sa.Text()), nullable=True),
-    sa.Column('storage_id', sa.UUID(), nullable=True),
-    sa.Column('uri', sa.String(), nullable=True),
-    sa.Column('item_value', sa.Text(), nullable=True),
-    sa.Column('item_type', sa.Enum('unknown', 'file', 'container', name='item_type'), server_default='file', nullable=False),
-    sa.Column('item_format', sa.String(), server_default='unknown', nullable=True),
-    sa.Column('item_encoding', sa.String(), server_default='unknown', nullable=True),
-    sa.Column('item_mime_type', sa.String(), server_default='application/octet-stream', nullable=True),
-    sa.Column('item_level', sa.SmallInteger(), server_default='-1', nullable=False),
-    sa.Column('uid_phase', sa.Enum('PLASMA', 'GAS', 'LIQUID', 'SOLID', name='phase_type'), server_default='GAS', nullable=False),
-    sa.Column('oid_phase', sa.Enum('PLASMA', 'GAS', 'LIQUID', 'SOLID', name='phase_type'), server_default='GAS', nullable=False),
-    sa.Column('target_phase', sa.Enum('PLASMA', 'GAS', 'LIQUID', 'SOLID', name='phase_type'), server_default='SOLID', nullable=False),
-    sa.Column('item_state', sa.Enum('INITIALISED', 'READY', 'CORRUPTED', 'EXPIRED', 'DELETED', name='item_state'), server_default='INITIALISED', nullable=False),
-    sa.Column('uid_creation', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.Column('oid_creation', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('uid_expiration', sa.DateTime(timezone=True), server_default=sa.text("now() + interval '24 hours'"), nullable=False),
-    sa.Column('oid_expiration', sa.DateTime(timezone=True), server_default=sa.text("'2099-12-31 23:59:59+00'"), nullable=False),
-    sa.Column('uid_deletion', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('expired', sa.Boolean(), server_default='false', nullable=False),
-    sa.Column('deleted', sa.Boolean(), server_default='false', nullable=False),
-    sa.Column('last_access', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('item_checksum', sa.String(), nullable=True),
-    sa.Column('checksum_method', sa.Enum('none', 'crc32c', 'adler32', 'md5', 'sha256', 'xxh3', name='checksum_method'), server_default='crc32c', nullable=False),
-    sa.Column('last_check', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('item_owner', sa.String(), server_default='SKA', nullable=False),
-    sa.Column('item_group', sa.String(), server_default='SKA', nullable=False),
-    sa.Column('acl', postgresql.JSONB(astext_type=sa.Text()), nullable=True),
-    sa.Column('activate_method', sa.String(), nullable=True),
-    sa.Column('item_size', sa.BigInteger(), nullable=True),
-    sa.Column('decompressed_size', sa.BigInteger(), nullable=True),
-    sa.Column('compression_method', sa.String(), nullable=True),
-    sa.Column('parents', sa.UUID(), nullable=True),
-    sa.Column('children', sa.UUID(), nullable=True),
-    sa.Column('metadata', postgresql.JSONB(astext_type=sa.Text()), nullable=True),
-    sa.ForeignKeyConstraint(['storage_id'], ['storage.storage_id'], name=op.f('fk_data_item_storage_id_storage')),
-    sa.PrimaryKeyConstraint('uid', name=op.f('pk_data_item'))
+    op.create_index(op.f("ix_storage_location_id"), "storage", ["location_id"], unique=False)
+    op.create_table(
+        "data_item",
+        sa.Column("uid", sa.UUID(), server_default=sa.text("gen_random_uuid()"), nullable=False),
+        sa.Column("oid", sa.UUID(), nullable=False),
+        sa.Column("item_version", sa.Integer(), server_default="1", nullable=False),
+        sa.Column("item_name", sa.String(), nullable=True),
+        sa.Column("item_tags", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+        sa.Column("storage_id", sa.UUID(), nullable=True),
+        sa.Column("uri", sa.String(), nullable=True),
+        sa.Column("item_value", sa.Text(), nullable=True),
+        sa.Column(
+            "item_type",
+            sa.Enum("unknown", "file", "container", name="item_type"),
+            server_default="file",
+            nullable=False,
+        ),
+        sa.Column("item_format", sa.String(), server_default="unknown", nullable=True),
+        sa.Column("item_encoding", sa.String(), server_default="unknown", nullable=True),
+        sa.Column("item_mime_type", sa.String(), server_default="application/octet-stream", nullable=True),
+        sa.Column("item_level", sa.SmallInteger(), server_default="-1", nullable=False),
+        sa.Column(
+            "uid_phase",
+            sa.Enum("PLASMA", "GAS", "LIQUID", "SOLID", name="phase_type"),
+            server_default="GAS",
+            nullable=False,
+        ),
+        sa.Column(
+            "oid_phase",
+            sa.Enum("PLASMA", "GAS", "LIQUID", "SOLID", name="phase_type"),
+            server_default="GAS",
+            nullable=False,
+        ),
+        sa.Column(
+            "target_phase",
+            sa.Enum("PLASMA", "GAS", "LIQUID", "SOLID", name="phase_type"),
+            server_default="SOLID",
+            nullable=False,
+        ),
+        sa.Column(
+            "item_state",
+            sa.Enum("INITIALISED", "READY", "CORRUPTED", "EXPIRED", "DELETED", name="item_state"),
+            server_default="INITIALISED",
+            nullable=False,
+        ),
+        sa.Column(
+            "uid_creation", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+        ),
+        sa.Column("oid_creation", sa.DateTime(timezone=True), nullable=True),
+        sa.Column(
+            "uid_expiration",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now() + interval '24 hours'"),
+            nullable=False,
+        ),
+        sa.Column(
+            "oid_expiration",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("'2099-12-31 23:59:59+00'"),
+            nullable=False,
+        ),
+        sa.Column("uid_deletion", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("expired", sa.Boolean(), server_default="false", nullable=False),
+        sa.Column("deleted", sa.Boolean(), server_default="false", nullable=False),
+        sa.Column("last_access", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("item_checksum", sa.String(), nullable=True),
+        sa.Column(
+            "checksum_method",
+            sa.Enum("none", "crc32c", "adler32", "md5", "sha256", "xxh3", name="checksum_method"),
+            server_default="crc32c",
+            nullable=False,
+        ),
+        sa.Column("last_check", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("item_owner", sa.String(), server_default="SKA", nullable=False),
+        sa.Column("item_group", sa.String(), server_default="SKA", nullable=False),
+        sa.Column("acl", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+        sa.Column("activate_method", sa.String(), nullable=True),
+        sa.Column("item_size", sa.BigInteger(), nullable=True),
+        sa.Column("decompressed_size", sa.BigInteger(), nullable=True),
+        sa.Column("compression_method", sa.String(), nullable=True),
+        sa.Column("parents", sa.UUID(), nullable=True),
+        sa.Column("children", sa.UUID(), nullable=True),
+        sa.Column("metadata", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["storage_id"], ["storage.storage_id"], name=op.f("fk_data_item_storage_id_storage")
+        ),
+        sa.PrimaryKeyConstraint("uid", name=op.f("pk_data_item")),
     )
-    op.create_index('ix_data_item_item_name', 'data_item', ['item_name'], unique=False)
-    op.create_index('ix_data_item_item_state', 'data_item', ['item_state'], unique=False)
-    op.create_index('ix_data_item_oid', 'data_item', ['oid'], unique=False)
-    op.create_index('ix_data_item_oid_expiration_live', 'data_item', ['oid_expiration'], unique=False, postgresql_where=sa.text("item_state <> 'DELETED'"))
-    op.create_index('ix_data_item_parents', 'data_item', ['parents'], unique=False, postgresql_where=sa.text('parents IS NOT NULL'))
-    op.create_index('ix_data_item_storage_id_item_state', 'data_item', ['storage_id', 'item_state'], unique=False)
-    op.create_index('ix_data_item_uid_creation', 'data_item', ['uid_creation'], unique=False)
-    op.create_index('ix_data_item_uid_expiration_live', 'data_item', ['uid_expiration'], unique=False, postgresql_where=sa.text("item_state <> 'DELETED'"))
-    op.create_index('uq_data_item_item_name_storage_id_live', 'data_item', ['item_name', 'storage_id'], unique=True, postgresql_where=sa.text("item_state <> 'DELETED'"))
-    op.create_table('migration',
-    sa.Column('migration_id', sa.BigInteger(), sa.Identity(always=True), nullable=False),
-    sa.Column('job_id', sa.BigInteger(), nullable=True),
-    sa.Column('oid', sa.UUID(), nullable=False),
-    sa.Column('source_uid', sa.UUID(), nullable=True),
-    sa.Column('destination_uid', sa.UUID(), nullable=True),
-    sa.Column('source_storage_id', sa.UUID(), nullable=False),
-    sa.Column('destination_storage_id', sa.UUID(), nullable=False),
-    sa.Column('user', sa.String(), server_default='SKA', nullable=False),
-    sa.Column('group', sa.String(), server_default='SKA', nullable=False),
-    sa.Column('job_status', postgresql.JSONB(astext_type=sa.Text()), nullable=True),
-    sa.Column('job_stats', postgresql.JSONB(astext_type=sa.Text()), nullable=True),
-    sa.Column('complete', sa.Boolean(), server_default='false', nullable=False),
-    sa.Column('date', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.Column('completion_date', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('status', sa.Enum('PENDING', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED', name='migration_status'), server_default='PENDING', nullable=False),
-    sa.Column('bytes_total', sa.BigInteger(), nullable=True),
-    sa.Column('bytes_done', sa.BigInteger(), server_default='0', nullable=False),
-    sa.Column('attempts', sa.Integer(), server_default='0', nullable=False),
-    sa.Column('last_error', sa.Text(), nullable=True),
-    sa.Column('next_attempt_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.Column('lease_owner', sa.String(), nullable=True),
-    sa.Column('lease_expires', sa.DateTime(timezone=True), nullable=True),
-    sa.ForeignKeyConstraint(['destination_storage_id'], ['storage.storage_id'], name=op.f('fk_migration_destination_storage_id_storage')),
-    sa.ForeignKeyConstraint(['source_storage_id'], ['storage.storage_id'], name=op.f('fk_migration_source_storage_id_storage')),
-    sa.PrimaryKeyConstraint('migration_id', name=op.f('pk_migration'))
+    op.create_index("ix_data_item_item_name", "data_item", ["item_name"], unique=False)
+    op.create_index("ix_data_item_item_state", "data_item", ["item_state"], unique=False)
+    op.create_index("ix_data_item_oid", "data_item", ["oid"], unique=False)
+    op.create_index(
+        "ix_data_item_oid_expiration_live",
+        "data_item",
+        ["oid_expiration"],
+        unique=False,
+        postgresql_where=sa.text("item_state <> 'DELETED'"),
     )
-    op.create_index('ix_migration_claimable', 'migration', ['next_attempt_at'], unique=False, postgresql_where=sa.text("status IN ('PENDING', 'RUNNING')"))
-    op.create_index(op.f('ix_migration_date'), 'migration', ['date'], unique=False)
-    op.create_index(op.f('ix_migration_destination_storage_id'), 'migration', ['destination_storage_id'], unique=False)
-    op.create_index(op.f('ix_migration_oid'), 'migration', ['oid'], unique=False)
-    op.create_index(op.f('ix_migration_source_storage_id'), 'migration', ['source_storage_id'], unique=False)
-    op.create_table('storage_config',
-    sa.Column('config_id', sa.UUID(), server_default=sa.text('gen_random_uuid()'), nullable=False),
-    sa.Column('storage_id', sa.UUID(), nullable=False),
-    sa.Column('config', postgresql.JSONB(astext_type=sa.Text()), nullable=False),
-    sa.Column('config_type', sa.Enum('rclone', 'ssh', 'aws', 'gcs', name='config_type'), server_default='rclone', nullable=False),
-    sa.Column('config_date', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.ForeignKeyConstraint(['storage_id'], ['storage.storage_id'], name=op.f('fk_storage_config_storage_id_storage')),
-    sa.PrimaryKeyConstraint('config_id', name=op.f('pk_storage_config'))
+    op.create_index(
+        "ix_data_item_parents",
+        "data_item",
+        ["parents"],
+        unique=False,
+        postgresql_where=sa.text("parents IS NOT NULL"),
     )
-    op.create_index(op.f('ix_storage_config_storage_id'), 'storage_config', ['storage_id'], unique=False)
+    op.create_index(
+        "ix_data_item_storage_id_item_state", "data_item", ["storage_id", "item_state"], unique=False
+    )
+    op.create_index("ix_data_item_uid_creation", "data_item", ["uid_creation"], unique=False)
+    op.create_index(
+        "ix_data_item_uid_expiration_live",
+        "data_item",
+        ["uid_expiration"],
+        unique=False,
+        postgresql_where=sa.text("item_state <> 'DELETED'"),
+    )
+    op.create_index(
+        "uq_data_item_item_name_storage_id_live",
+        "data_item",
+        ["item_name", "storage_id"],
+        unique=True,
+        postgresql_where=sa.text("item_state <> 'DELETED'"),
+    )
+    op.create_table(
+        "migration",
+        sa.Column("migration_id", sa.BigInteger(), sa.Identity(always=True), nullable=False),
+        sa.Column("job_id", sa.BigInteger(), nullable=True),
+        sa.Column("oid", sa.UUID(), nullable=False),
+        sa.Column("source_uid", sa.UUID(), nullable=True),
+        sa.Column("destination_uid", sa.UUID(), nullable=True),
+        sa.Column("source_storage_id", sa.UUID(), nullable=False),
+        sa.Column("destination_storage_id", sa.UUID(), nullable=False),
+        sa.Column("user", sa.String(), server_default="SKA", nullable=False),
+        sa.Column("group", sa.String(), server_default="SKA", nullable=False),
+        sa.Column("job_status", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+        sa.Column("job_stats", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+        sa.Column("complete", sa.Boolean(), server_default="false", nullable=False),
+        sa.Column("date", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column("completion_date", sa.DateTime(timezone=True), nullable=True),
+        sa.Column(
+            "status",
+            sa.Enum("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", name="migration_status"),
+            server_default="PENDING",
+            nullable=False,
+        ),
+        sa.Column("bytes_total", sa.BigInteger(), nullable=True),
+        sa.Column("bytes_done", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column(
+            "next_attempt_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+        ),
+        sa.Column("lease_owner", sa.String(), nullable=True),
+        sa.Column("lease_expires", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["destination_storage_id"],
+            ["storage.storage_id"],
+            name=op.f("fk_migration_destination_storage_id_storage"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["source_storage_id"], ["storage.storage_id"], name=op.f("fk_migration_source_storage_id_storage")
+        ),
+        sa.PrimaryKeyConstraint("migration_id", name=op.f("pk_migration")),
+    )
+    op.create_index(
+        "ix_migration_claimable",
+        "migration",
+        ["next_attempt_at"],
+        unique=False,
+        postgresql_where=sa.text("status IN ('PENDING', 'RUNNING')"),
+    )
+    op.create_index(op.f("ix_migration_date"), "migration", ["date"], unique=False)
+    op.create_index(
+        op.f("ix_migration_destination_storage_id"), "migration", ["destination_storage_id"], unique=False
+    )
+    op.create_index(op.f("ix_migration_oid"), "migration", ["oid"], unique=False)
+    op.create_index(op.f("ix_migration_source_storage_id"), "migration", ["source_storage_id"], unique=False)
+    op.create_table(
+        "storage_config",
+        sa.Column("config_id", sa.UUID(), server_default=sa.text("gen_random_uuid()"), nullable=False),
+        sa.Column("storage_id", sa.UUID(), nullable=False),
+        sa.Column("config", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.Column(
+            "config_type",
+            sa.Enum("rclone", "ssh", "aws", "gcs", name="config_type"),
+            server_default="rclone",
+            nullable=False,
+        ),
+        sa.Column("config_date", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["storage_id"], ["storage.storage_id"], name=op.f("fk_storage_config_storage_id_storage")
+        ),
+        sa.PrimaryKeyConstraint("config_id", name=op.f("pk_storage_config")),
+    )
+    op.create_index(op.f("ix_storage_config_storage_id"), "storage_config", ["storage_id"], unique=False)
 
 
 def downgrade() -> None:
     for statement in DROP_TRIGGERS:
         op.execute(statement)
-    op.drop_index(op.f('ix_storage_config_storage_id'), table_name='storage_config')
-    op.drop_table('storage_config')
-    op.drop_index(op.f('ix_migration_source_storage_id'), table_name='migration')
-    op.drop_index(op.f('ix_migration_oid'), table_name='migration')
-    op.drop_index(op.f('ix_migration_destination_storage_id'), table_name='migration')
-    op.drop_index(op.f('ix_migration_date'), table_name='migration')
-    op.drop_index('ix_migration_claimable', table_name='migration', postgresql_where=sa.text("status IN ('PENDING', 'RUNNING')"))
-    op.drop_table('migration')
-    op.drop_index('uq_data_item_item_name_storage_id_live', table_name='data_item', postgresql_where=sa.text("item_state <> 'DELETED'"))
-    op.drop_index('ix_data_item_uid_expiration_live', table_name='data_item', postgresql_where=sa.text("item_state <> 'DELETED'"))
-    op.drop_index('ix_data_item_uid_creation', table_name='data_item')
-    op.drop_index('ix_data_item_storage_id_item_state', table_name='data_item')
-    op.drop_index('ix_data_item_parents', table_name='data_item', postgresql_where=sa.text('parents IS NOT NULL'))
-    op.drop_index('ix_data_item_oid_expiration_live', table_name='data_item', postgresql_where=sa.text("item_state <> 'DELETED'"))
-    op.drop_index('ix_data_item_oid', table_name='data_item')
-    op.drop_index('ix_data_item_item_state', table_name='data_item')
-    op.drop_index('ix_data_item_item_name', table_name='data_item')
-    op.drop_table('data_item')
-    op.drop_index(op.f('ix_storage_location_id'), table_name='storage')
-    op.drop_table('storage')
-    op.drop_table('location')
-    op.drop_index(op.f('ix_phase_change_oid'), table_name='phase_change')
-    op.drop_table('phase_change')
-    op.drop_table('location_facility')
-    op.drop_index('ix_data_item_event_uid_event_id', table_name='data_item_event')
-    op.drop_index('ix_data_item_event_oid_event_id', table_name='data_item_event')
-    op.drop_table('data_item_event')
+    op.drop_index(op.f("ix_storage_config_storage_id"), table_name="storage_config")
+    op.drop_table("storage_config")
+    op.drop_index(op.f("ix_migration_source_storage_id"), table_name="migration")
+    op.drop_index(op.f("ix_migration_oid"), table_name="migration")
+    op.drop_index(op.f("ix_migration_destination_storage_id"), table_name="migration")
+    op.drop_index(op.f("ix_migration_date"), table_name="migration")
+    op.drop_index(
+        "ix_migration_claimable",
+        table_name="migration",
+        postgresql_where=sa.text("status IN ('PENDING', 'RUNNING')"),
+    )
+    op.drop_table("migration")
+    op.drop_index(
+        "uq_data_item_item_name_storage_id_live",
+        table_name="data_item",
+        postgresql_where=sa.text("item_state <> 'DELETED'"),
+    )
+    op.drop_index(
+        "ix_data_item_uid_expiration_live",
+        table_name="data_item",
+        postgresql_where=sa.text("item_state <> 'DELETED'"),
+    )
+    op.drop_index("ix_data_item_uid_creation", table_name="data_item")
+    op.drop_index("ix_data_item_storage_id_item_state", table_name="data_item")
+    op.drop_index(
+        "ix_data_item_parents", table_name="data_item", postgresql_where=sa.text("parents IS NOT NULL")
+    )
+    op.drop_index(
+        "ix_data_item_oid_expiration_live",
+        table_name="data_item",
+        postgresql_where=sa.text("item_state <> 'DELETED'"),
+    )
+    op.drop_index("ix_data_item_oid", table_name="data_item")
+    op.drop_index("ix_data_item_item_state", table_name="data_item")
+    op.drop_index("ix_data_item_item_name", table_name="data_item")
+    op.drop_table("data_item")
+    op.drop_index(op.f("ix_storage_location_id"), table_name="storage")
+    op.drop_table("storage")
+    op.drop_table("location")
+    op.drop_index(op.f("ix_phase_change_oid"), table_name="phase_change")
+    op.drop_table("phase_change")
+    op.drop_table("location_facility")
+    op.drop_index("ix_data_item_event_uid_event_id", table_name="data_item_event")
+    op.drop_index("ix_data_item_event_oid_event_id", table_name="data_item_event")
+    op.drop_table("data_item_event")
     for enum_type in ENUM_TYPES:
         op.execute(f"DROP TYPE {enum_type}")

@@ -1,0 +1,149 @@
+"""The `dlm` command: run the service and administer its database."""
+
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import click
+import msgspec
+
+from dlm.config import InvalidSettings, Settings
+from dlm.errors import DLMError
+
+
+class CLIError(click.ClickException):
+    """One readable line on stderr and exit status 1, never a traceback."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"dlm: error: {self.message}", err=True)
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings.from_env(**overrides)
+    except InvalidSettings as exc:
+        raise CLIError(str(exc)) from None
+
+
+def run(coroutine_function: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    try:
+        return asyncio.run(coroutine_function())
+    except DLMError as exc:
+        raise CLIError(exc.message) from None
+    except (OSError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dlm")
+def main() -> None:
+    """DLM, the Data Lifecycle Manager.
+
+    \b
+    Start the service (embedded database, no set-up needed):
+      dlm serve
+    Use an existing PostgreSQL instead:
+      DLM_DATABASE_URL=postgresql://dlm@db.example.org/dlm dlm db upgrade
+      DLM_DATABASE_URL=postgresql://dlm@db.example.org/dlm dlm serve --host 0.0.0.0
+    """
+
+
+@main.command()
+@click.option("--host", help="Interface to listen on (DLM_HOST, default 127.0.0.1).")
+@click.option("--port", type=int, help="Port to listen on (DLM_PORT, default 8000).")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the DLM service.
+
+    With no DLM_DATABASE_URL, DLM starts an embedded PostgreSQL in its data directory (DLM_DATA_DIR),
+    brings its schema up to date and creates a location `local` with a POSIX storage `local` there, so
+    that files can be registered at once. Ctrl-C stops both.
+
+    \b
+    Examples:
+      dlm serve
+      dlm serve --port 9000
+    """
+    import uvicorn
+
+    from dlm.app import create_app
+    from dlm.serve import prepare
+
+    settings = load_settings(host=host, port=port)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    embedded = None
+    try:
+        settings, embedded = run(lambda: prepare(settings))
+        click.echo(f"DLM serving on http://{settings.host}:{settings.port} (API docs at /schema)", err=True)
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+@main.group()
+def db() -> None:
+    """Manage DLM's database schema (Alembic revisions)."""
+
+
+def _database_url() -> str:
+    settings = load_settings()
+    if settings.database_url:
+        return settings.database_url
+    raise CLIError("set DLM_DATABASE_URL (`dlm serve` manages the embedded database by itself)")
+
+
+@db.command()
+@click.option("--revision", default="head", show_default=True, help="Revision to upgrade to.")
+def upgrade(revision: str) -> None:
+    """Bring the schema up to date.
+
+    \b
+    Example:
+      DLM_DATABASE_URL=postgresql://postgres@127.0.0.1/dlm dlm db upgrade
+    """
+    from dlm.db import schema
+
+    url = _database_url()
+    run(lambda: schema.upgrade(url, revision))
+    click.echo(f"schema at {revision}")
+
+
+@db.command()
+@click.argument("revision")
+def downgrade(revision: str) -> None:
+    """Take the schema back to REVISION (`base` removes DLM's tables and their data)."""
+    from dlm.db import schema
+
+    url = _database_url()
+    run(lambda: schema.downgrade(url, revision))
+    click.echo(f"schema at {revision}")
+
+
+@db.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def current(as_json: bool) -> None:
+    """Show the schema revision of the database and the one this DLM needs."""
+    from dlm.db import schema
+    from dlm.db.engine import create_engine
+
+    url = _database_url()
+
+    async def read() -> str | None:
+        engine = create_engine(url, pool_size=1)
+        try:
+            return await schema.current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    revision, head = run(read), schema.head_revision()
+    if as_json:
+        click.echo(msgspec.json.encode({"current": revision, "head": head, "up_to_date": revision == head}))
+    else:
+        click.echo(f"current: {revision or '(none)'}\nhead:    {head}")
+    if revision != head:
+        sys.exit(3)

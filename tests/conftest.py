@@ -1,0 +1,223 @@
+"""Test fixtures: a real PostgreSQL (DLM_TEST_DATABASE_URL, else testcontainers, else embedded), a fresh
+database per test cloned from a template built by `alembic upgrade head`, and a DLM app client."""
+
+import asyncio
+import contextlib
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from litestar.testing import AsyncTestClient
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from dlm.app import create_app
+from dlm.config import Settings
+from dlm.db import schema
+from dlm.db.engine import create_engine, create_sessionmaker
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server we may create databases on, as an admin URL."""
+    if url := os.environ.get("DLM_TEST_DATABASE_URL"):
+        yield url
+    elif _docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16-alpine", driver=None) as container:
+            yield container.get_connection_url()
+    else:
+        from dlm.db.embedded import EmbeddedPostgres
+
+        with tempfile.TemporaryDirectory(prefix="dlm-test-pg-") as directory:
+            os.chmod(directory, 0o755)
+            server = EmbeddedPostgres(Path(directory) / "pgdata")
+            try:
+                yield server.database_url
+            finally:
+                server.stop()
+
+
+def _with_database(url: str, database: str) -> str:
+    return make_url(url).set(database=database).render_as_string(hide_password=False)
+
+
+def _asyncpg_dsn(url: str) -> dict[str, Any]:
+    parsed = make_url(url)
+    return {
+        "user": parsed.username,
+        "password": parsed.password,
+        "host": parsed.query.get("host") or parsed.host,
+        "port": parsed.port,
+        "database": parsed.database,
+    }
+
+
+@contextlib.asynccontextmanager
+async def admin_connection(url: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(**_asyncpg_dsn(url))
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+async def template_database(postgres_url: str) -> AsyncIterator[str]:
+    """A database migrated with `alembic upgrade head`; each test gets a copy of it."""
+    name = f"dlm_template_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    async with admin_connection(postgres_url) as connection:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    await schema.upgrade(_with_database(postgres_url, name))
+    yield name
+    async with admin_connection(postgres_url) as connection:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def database_url(postgres_url: str, template_database: str) -> AsyncIterator[str]:
+    """A fresh database of our own, at the head revision."""
+    name = f"dlm_test_{uuid.uuid4().hex[:12]}"
+    async with admin_connection(postgres_url) as connection:
+        await connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    yield _with_database(postgres_url, name)
+    async with admin_connection(postgres_url) as connection:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def empty_database_url(postgres_url: str) -> AsyncIterator[str]:
+    """A fresh database with no schema at all."""
+    name = f"dlm_empty_{uuid.uuid4().hex[:12]}"
+    async with admin_connection(postgres_url) as connection:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    yield _with_database(postgres_url, name)
+    async with admin_connection(postgres_url) as connection:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url, pool_size=4)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return create_sessionmaker(engine)
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(database_url=database_url, data_dir=str(tmp_path / "data"))
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[AsyncTestClient]:
+    async with AsyncTestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def storage_root(tmp_path: Path) -> Path:
+    root = tmp_path / "store"
+    root.mkdir()
+    return root
+
+
+class Registry:
+    """Helpers that set up locations, storages and payloads through the public API."""
+
+    def __init__(self, client: AsyncTestClient, root: Path) -> None:
+        self.client = client
+        self.root = root
+
+    async def location(self, name: str = "site") -> str:
+        response = await self.client.post(
+            "/storage/init_location", params={"location_name": name, "location_type": "local-dev"}
+        )
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    async def storage(self, name: str = "disk", *, phase: str = "GAS", root: Path | None = None) -> str:
+        root = root or self.root
+        root.mkdir(parents=True, exist_ok=True)
+        existing = await self.client.get("/storage/query_location", params={"location_name": "site"})
+        if not existing.json():
+            await self.location("site")
+        response = await self.client.post(
+            "/storage/init_storage",
+            params={
+                "storage_name": name,
+                "storage_type": "filesystem",
+                "storage_interface": "posix",
+                "root_directory": str(root),
+                "location_name": "site",
+                "storage_phase": phase,
+            },
+        )
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def payload(self, uri: str, content: bytes = b"payload\n", root: Path | None = None) -> Path:
+        path = (root or self.root) / uri
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        return path
+
+    async def register(
+        self, name: str, uri: str | None = None, *, storage: str = "disk", **params: Any
+    ) -> str:
+        uri = uri or name
+        if not (self.root / uri).exists() and params.get("do_storage_access_check", True):
+            self.payload(uri)
+        response = await self.client.post(
+            "/ingest/register_data_item",
+            params={"item_name": name, "uri": uri, "storage_name": storage, **params},
+        )
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    async def item(self, uid: str) -> dict[str, Any]:
+        response = await self.client.get("/request/query_data_item", params={"uid": uid})
+        assert response.status_code == 200, response.text
+        [row] = response.json()
+        return row
+
+
+@pytest.fixture
+async def registry(client: AsyncTestClient, storage_root: Path) -> Registry:
+    registry = Registry(client, storage_root)
+    await registry.storage()
+    return registry
+
+
+def assert_error(response: Any, status: int, name: str, *fragments: str) -> None:
+    """The response is DLM's JSON error with this status and name, mentioning each fragment."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"exec", "message"}, body
+    assert body["exec"] == name, body
+    for fragment in fragments:
+        assert fragment in body["message"], body
+
+
+async def gather(*coroutines: Any) -> list[Any]:
+    return await asyncio.gather(*coroutines)

@@ -1,0 +1,146 @@
+import uuid
+
+import pytest
+import sqlalchemy.exc
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from dlm.app import create_app
+from dlm.config import Settings
+from dlm.db import schema
+from dlm.db.engine import create_engine
+from dlm.db.models import Base
+from dlm.errors import SchemaOutOfDate
+from dlm.serve import prepare
+
+
+async def _tables(engine: AsyncEngine) -> set[str]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))
+        return {row[0] for row in rows}
+
+
+async def test_migrations_match_the_models(engine: AsyncEngine) -> None:
+    def differences(connection: object) -> list[object]:
+        return compare_metadata(MigrationContext.configure(connection), Base.metadata)  # type: ignore[arg-type]
+
+    async with engine.connect() as connection:
+        assert await connection.run_sync(differences) == []
+
+
+async def test_downgrade_to_base_then_upgrade_restores_the_schema(
+    database_url: str, engine: AsyncEngine
+) -> None:
+    expected = {
+        "alembic_version",
+        "location_facility",
+        "location",
+        "storage",
+        "storage_config",
+        "data_item",
+        "data_item_event",
+        "migration",
+        "phase_change",
+    }
+    assert await _tables(engine) == expected
+    await engine.dispose()
+    await schema.downgrade(database_url, "base")
+    assert await _tables(engine) == {"alembic_version"}
+    await engine.dispose()
+    await schema.upgrade(database_url)
+    assert await _tables(engine) == expected
+    async with engine.begin() as connection:
+        await connection.execute(text("INSERT INTO data_item (item_name) VALUES ('after-round-trip')"))
+        events = await connection.scalar(text("SELECT count(*) FROM data_item_event"))
+    assert events > 0, "the history triggers came back with the schema"
+
+
+async def test_server_refuses_a_database_without_schema(empty_database_url: str, tmp_path: object) -> None:
+    settings = Settings(database_url=empty_database_url)
+    with pytest.raises(SchemaOutOfDate, match="dlm db upgrade"):
+        await prepare(settings)
+    with pytest.raises(BaseException) as caught:  # the lifespan wraps it in an exception group
+        async with create_app(settings).lifespan():
+            pass
+    assert "run `dlm db upgrade`" in repr(caught.value.exceptions if hasattr(caught.value, "exceptions") else caught.value)
+
+
+async def test_server_refuses_a_schema_that_is_behind(database_url: str, engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:
+        await connection.execute(text("UPDATE alembic_version SET version_num = 'older'"))
+    with pytest.raises(SchemaOutOfDate, match="not know"):
+        await schema.check_schema(engine)
+    async with engine.begin() as connection:
+        await connection.execute(text(f"UPDATE alembic_version SET version_num = '{schema.head_revision()}'"))
+    await schema.check_schema(engine)
+
+
+async def test_history_is_append_only(engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:
+        await connection.execute(text("INSERT INTO data_item (item_name) VALUES ('x')"))
+    for statement in (
+        "DELETE FROM data_item_event",
+        "UPDATE data_item_event SET actor = 'me'",
+        "TRUNCATE data_item_event",
+    ):
+        with pytest.raises(sqlalchemy.exc.DBAPIError, match="append-only"):
+            async with engine.begin() as connection:
+                await connection.execute(text(statement))
+
+
+async def test_an_oid_naming_a_uid_resolves_to_that_items_oid(engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:
+        first = await connection.scalar(text("INSERT INTO data_item (item_name) VALUES ('a') RETURNING uid"))
+        second = await connection.scalar(
+            text("INSERT INTO data_item (item_name, oid) VALUES ('a', :oid) RETURNING uid"), {"oid": first}
+        )
+        # A third replica that names the *second* replica's uid still joins the first item.
+        third = await connection.scalar(
+            text("INSERT INTO data_item (item_name, oid) VALUES ('a', :oid) RETURNING uid"), {"oid": second}
+        )
+        rows = (await connection.execute(text("SELECT uid, oid, oid_creation FROM data_item"))).all()
+    oids = {row.uid: row.oid for row in rows}
+    assert oids == {first: first, second: first, third: first}
+    assert len({row.oid_creation for row in rows}) == 1
+
+
+async def test_a_name_is_unique_per_storage_among_live_replicas(engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:
+        location = await connection.scalar(
+            text(
+                "INSERT INTO location (location_name, location_type) VALUES ('l', 'local-dev') RETURNING location_id"
+            )
+        )
+        storage = await connection.scalar(
+            text(
+                "INSERT INTO storage (location_id, storage_name, root_directory, storage_type, storage_interface) "
+                "VALUES (:l, 's', '/', 'filesystem', 'posix') RETURNING storage_id"
+            ),
+            {"l": location},
+        )
+        insert = text("INSERT INTO data_item (item_name, storage_id, item_state) VALUES ('n', :s, :state)")
+        await connection.execute(insert, {"s": storage, "state": "DELETED"})
+        await connection.execute(insert, {"s": storage, "state": "READY"})
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
+        async with engine.begin() as connection:
+            await connection.execute(insert, {"s": storage, "state": "INITIALISED"})
+
+
+async def test_timestamps_are_utc_whatever_the_server_zone(database_url: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("SET TIME ZONE 'Australia/Perth'"))
+            uid = await connection.scalar(
+                text("INSERT INTO data_item (item_name) VALUES ('tz') RETURNING uid")
+            )
+            event_text = await connection.scalar(
+                text("SELECT new_value FROM data_item_event WHERE uid = :u AND event = 'oid_expiration'"),
+                {"u": uid},
+            )
+        assert event_text == "2099-12-31T23:59:59.000000+00:00"
+        assert isinstance(uid, uuid.UUID)
+    finally:
+        await engine.dispose()
