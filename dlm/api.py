@@ -38,9 +38,7 @@ def handle_dlm_error(request: Request[Any, Any, Any], exc: DLMError) -> Response
     return _error(exc.status_code, exc.name, exc.message)
 
 
-def handle_validation_error(
-    request: Request[Any, Any, Any], exc: ValidationException
-) -> Response[dict[str, str]]:
+def handle_validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, str]]:
     problems = []
     for problem in exc.extra if isinstance(exc.extra, list) else []:
         if isinstance(problem, dict):
@@ -82,9 +80,7 @@ def handle_unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> 
     if translated is not None:
         return handle_dlm_error(request, translated)
     log.exception("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
-    return _error(
-        HTTP_500_INTERNAL_SERVER_ERROR, "InternalError", "internal error; the server log has the details"
-    )
+    return _error(HTTP_500_INTERNAL_SERVER_ERROR, "InternalError", "internal error; the server log has the details")
 
 
 EXCEPTION_HANDLERS: dict[type[Exception], Any] = {

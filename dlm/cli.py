@@ -71,9 +71,7 @@ def serve(host: str | None, port: int | None) -> None:
     from dlm.serve import prepare
 
     settings = load_settings(host=host, port=port)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     embedded = None
     try:

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dlm.db.models import DataItem, Storage
 from dlm.enums import STATE_TRANSITIONS, ChecksumMethod, ItemState, ItemType, Phase, combined_phase
 from dlm.errors import InvalidQueryParameters, NotFound, UnmetPreconditionForOperation
-from dlm.parsing import parse_uuid
+from dlm.parsing import parse_datetime, parse_uuid
 from dlm.transfer.paths import check_relative_uri
 
 ITEMS = DataItem.__table__
@@ -70,22 +70,29 @@ _NOT_CHANGEABLE_HINTS = {
 }
 
 
+DATETIME_FIELDS = frozenset({"uid_expiration", "oid_expiration", "last_access"})
+
+
 def convert_body(body: dict[str, Any] | None, struct: type[msgspec.Struct], field: str) -> Any:
-    """Decode a JSON body into ``struct``; errors name the offending key."""
-    for key in body or {}:
+    """Decode a JSON body into ``struct``; errors name the offending key. Timestamps follow the API's one
+    rule (ISO 8601 date or date-time, naive means UTC), as they do in query parameters."""
+    body = dict(body or {})
+    for key, value in body.items():
         if key in _NOT_CHANGEABLE_HINTS and key not in struct.__struct_fields__:
             raise InvalidQueryParameters(f"{field}.{key}: cannot be set: {_NOT_CHANGEABLE_HINTS[key]}")
+        if key in DATETIME_FIELDS and isinstance(value, str):
+            body[key] = parse_datetime(value, f"{field}.{key}")
     try:
-        return msgspec.convert(body or {}, struct, strict=False)
+        return msgspec.convert(body, struct, strict=False)
     except msgspec.ValidationError as exc:
-        raise InvalidQueryParameters(f"{field}: {_describe_validation_error(str(exc))}") from None
+        raise InvalidQueryParameters(_describe_validation_error(str(exc), field)) from None
 
 
-def _describe_validation_error(error: str) -> str:
+def _describe_validation_error(error: str, field: str) -> str:
+    # msgspec says "Expected `int`, got `str` - at `$.item_size`": lead with the field's full name.
     message, _, where = error.partition(" - at `$")
-    if "unknown field" in message:
-        return message.replace("Object contains unknown field", "unknown or read-only field")
-    return f"{where.rstrip('`').lstrip('.')}: {message}" if where else message
+    message = message.replace("Object contains unknown field", "unknown or read-only field")
+    return f"{field}{where.rstrip('`')}: {message}"
 
 
 def utc(value: datetime.datetime) -> datetime.datetime:
@@ -115,9 +122,7 @@ async def lock_item_names(session: AsyncSession, names: Iterable[str | None]) ->
     buckets = sorted({_name_bucket(name) for name in names if name})
     if buckets:
         await session.execute(
-            text(
-                "SELECT pg_advisory_xact_lock(:namespace, bucket) FROM unnest(CAST(:buckets AS int[])) AS bucket"
-            ),
+            text("SELECT pg_advisory_xact_lock(:namespace, bucket) FROM unnest(CAST(:buckets AS int[])) AS bucket"),
             {"namespace": NAME_LOCK_NAMESPACE, "buckets": buckets},
         )
 
@@ -151,9 +156,7 @@ async def get_item(session: AsyncSession, uid: str | uuid.UUID, *, for_update: b
 async def resolve_oid(session: AsyncSession, value: str | uuid.UUID, field: str) -> uuid.UUID:
     """The oid of the item named by a uid or an oid."""
     given = value if isinstance(value, uuid.UUID) else parse_uuid(value, field)
-    found = await session.scalar(
-        select(DataItem.oid).where((DataItem.uid == given) | (DataItem.oid == given)).limit(1)
-    )
+    found = await session.scalar(select(DataItem.oid).where((DataItem.uid == given) | (DataItem.oid == given)).limit(1))
     if found is None:
         raise NotFound(f"{field}: no item has uid or oid {given}")
     return found
@@ -177,9 +180,7 @@ async def create_items(session: AsyncSession, rows: list[dict[str, Any]]) -> lis
     return [row["uid"] for row in rows]
 
 
-async def change_items(
-    session: AsyncSession, selector: ColumnElement[bool], values: dict[str, Any]
-) -> list[Row[Any]]:
+async def change_items(session: AsyncSession, selector: ColumnElement[bool], values: dict[str, Any]) -> list[Row[Any]]:
     """Apply ``values`` to every replica ``selector`` matches, enforcing DLM's rules: legal state
     transitions only, READY needs a payload location, uid_phase follows the storage, oid_phase stays
     the combined phase of the item's READY replicas. Returns the changed rows."""
@@ -195,9 +196,7 @@ async def change_items(
         raise NotFound("no data_item matches")
     values = dict(values)
     if values.get("storage_id") is not None:
-        phase = await session.scalar(
-            select(Storage.storage_phase).where(Storage.storage_id == values["storage_id"])
-        )
+        phase = await session.scalar(select(Storage.storage_phase).where(Storage.storage_id == values["storage_id"]))
         if phase is None:
             raise NotFound(f"storage_id {values['storage_id']} does not exist")
         values["uid_phase"] = phase
@@ -216,9 +215,7 @@ async def change_items(
     ).all()
     if {"item_state", "uid_phase", "storage_id"} & values.keys():
         await refresh_oid_phase(session, {row.oid for row in current})
-        changed = (
-            await session.execute(select(ITEMS).where(ITEMS.c.uid.in_(uids)).order_by(ITEMS.c.uid))
-        ).all()
+        changed = (await session.execute(select(ITEMS).where(ITEMS.c.uid.in_(uids)).order_by(ITEMS.c.uid))).all()
     return sorted(changed, key=lambda row: row.uid)
 
 

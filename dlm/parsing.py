@@ -45,9 +45,7 @@ def parse_datetime(value: str, field: str) -> datetime.datetime:
 def parse_duration(value: str, field: str) -> datetime.timedelta:
     """ISO 8601 duration (P1D, PT1H30M, -PT5M) or a number of seconds."""
     text = value.strip()
-    invalid = InvalidQueryParameters(
-        f"{field}: {value!r} is not an ISO 8601 duration (e.g. P1D, PT1H) or seconds"
-    )
+    invalid = InvalidQueryParameters(f"{field}: {value!r} is not an ISO 8601 duration (e.g. P1D, PT1H) or seconds")
     try:
         return datetime.timedelta(seconds=float(text))
     except ValueError:

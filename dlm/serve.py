@@ -45,20 +45,11 @@ async def seed_default_storage(settings: Settings) -> None:
     try:
         async with transaction(create_sessionmaker(engine), actor="dlm serve") as session:
             if (
-                await session.scalar(
-                    select(Location.location_id).where(Location.location_name == DEFAULT_LOCATION)
-                )
+                await session.scalar(select(Location.location_id).where(Location.location_name == DEFAULT_LOCATION))
                 is None
             ):
-                await init_location(
-                    session, location_name=DEFAULT_LOCATION, location_type=LocationType.LOCAL_DEV
-                )
-            if (
-                await session.scalar(
-                    select(Storage.storage_id).where(Storage.storage_name == DEFAULT_STORAGE)
-                )
-                is None
-            ):
+                await init_location(session, location_name=DEFAULT_LOCATION, location_type=LocationType.LOCAL_DEV)
+            if await session.scalar(select(Storage.storage_id).where(Storage.storage_name == DEFAULT_STORAGE)) is None:
                 await init_storage(
                     session,
                     storage_name=DEFAULT_STORAGE,

@@ -182,9 +182,7 @@ class Registry:
         path.write_bytes(content)
         return path
 
-    async def register(
-        self, name: str, uri: str | None = None, *, storage: str = "disk", **params: Any
-    ) -> str:
+    async def register(self, name: str, uri: str | None = None, *, storage: str = "disk", **params: Any) -> str:
         uri = uri or name
         if not (self.root / uri).exists() and params.get("do_storage_access_check", True):
             self.payload(uri)

@@ -30,9 +30,7 @@ class EmbeddedPostgres:
 
     @property
     def database_url(self) -> str:
-        return (
-            make_url(self._server.get_uri()).set(database=DATABASE_NAME).render_as_string(hide_password=False)
-        )
+        return make_url(self._server.get_uri()).set(database=DATABASE_NAME).render_as_string(hide_password=False)
 
     def stop(self) -> None:
         self._server.cleanup()

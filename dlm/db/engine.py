@@ -47,9 +47,7 @@ async def set_actor(session: AsyncSession, actor: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def transaction(
-    sessionmaker: async_sessionmaker[AsyncSession], *, actor: str
-) -> AsyncIterator[AsyncSession]:
+async def transaction(sessionmaker: async_sessionmaker[AsyncSession], *, actor: str) -> AsyncIterator[AsyncSession]:
     """One unit of work: commits when the block ends, rolls back if it raises, and translates
     database errors into DLM errors."""
     try:

@@ -72,14 +72,10 @@ class LocationFacility(Base):
 class Location(Base):
     __tablename__ = "location"
 
-    location_id: Mapped[uuid.UUID] = mapped_column(
-        UUID, primary_key=True, server_default=text("gen_random_uuid()")
-    )
+    location_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, server_default=text("gen_random_uuid()"))
     location_name: Mapped[str] = mapped_column(String, unique=True)
     location_type: Mapped[LocationType] = mapped_column(pg_enum(LocationType, "location_type"))
-    location_country: Mapped[LocationCountry | None] = mapped_column(
-        pg_enum(LocationCountry, "location_country")
-    )
+    location_country: Mapped[LocationCountry | None] = mapped_column(pg_enum(LocationCountry, "location_country"))
     location_city: Mapped[str | None] = mapped_column(String)
     location_facility: Mapped[str | None] = mapped_column(ForeignKey("location_facility.facility_name"))
     location_check_url: Mapped[str | None] = mapped_column(String)
@@ -90,16 +86,12 @@ class Location(Base):
 class Storage(Base):
     __tablename__ = "storage"
 
-    storage_id: Mapped[uuid.UUID] = mapped_column(
-        UUID, primary_key=True, server_default=text("gen_random_uuid()")
-    )
+    storage_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, server_default=text("gen_random_uuid()"))
     location_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("location.location_id"), index=True)
     storage_name: Mapped[str] = mapped_column(String, unique=True)
     root_directory: Mapped[str] = mapped_column(String)
     storage_type: Mapped[StorageType] = mapped_column(pg_enum(StorageType, "storage_type"))
-    storage_interface: Mapped[StorageInterface] = mapped_column(
-        pg_enum(StorageInterface, "storage_interface")
-    )
+    storage_interface: Mapped[StorageInterface] = mapped_column(pg_enum(StorageInterface, "storage_interface"))
     storage_phase: Mapped[Phase] = mapped_column(PHASE, server_default=Phase.GAS.value)
     # Bytes DLM may use on this storage; -1 means no limit was set.
     storage_capacity: Mapped[int] = mapped_column(BigInteger, server_default="-1")
@@ -118,9 +110,7 @@ class Storage(Base):
 class StorageConfig(Base):
     __tablename__ = "storage_config"
 
-    config_id: Mapped[uuid.UUID] = mapped_column(
-        UUID, primary_key=True, server_default=text("gen_random_uuid()")
-    )
+    config_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, server_default=text("gen_random_uuid()"))
     storage_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("storage.storage_id"), index=True)
     config: Mapped[dict[str, Any]] = mapped_column(JSONB)
     config_type: Mapped[ConfigType] = mapped_column(
@@ -146,9 +136,7 @@ class DataItem(Base):
     storage_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("storage.storage_id"))
     uri: Mapped[str | None] = mapped_column(String)
     item_value: Mapped[str | None] = mapped_column(Text)
-    item_type: Mapped[ItemType] = mapped_column(
-        pg_enum(ItemType, "item_type"), server_default=ItemType.FILE.value
-    )
+    item_type: Mapped[ItemType] = mapped_column(pg_enum(ItemType, "item_type"), server_default=ItemType.FILE.value)
     item_format: Mapped[str | None] = mapped_column(String, server_default="unknown")
     item_encoding: Mapped[str | None] = mapped_column(String, server_default="unknown")
     item_mime_type: Mapped[str | None] = mapped_column(String, server_default="application/octet-stream")

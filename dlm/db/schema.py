@@ -62,13 +62,9 @@ async def check_schema(engine: AsyncEngine) -> None:
         return
     if current is None:
         raise SchemaOutOfDate("the database has no DLM schema; run `dlm db upgrade` first")
-    known = {
-        script.revision for script in ScriptDirectory.from_config(alembic_config("x://")).walk_revisions()
-    }
+    known = {script.revision for script in ScriptDirectory.from_config(alembic_config("x://")).walk_revisions()}
     if current in known:
-        raise SchemaOutOfDate(
-            f"the database schema is at {current}, this DLM needs {head}; run `dlm db upgrade`"
-        )
+        raise SchemaOutOfDate(f"the database schema is at {current}, this DLM needs {head}; run `dlm db upgrade`")
     raise SchemaOutOfDate(
         f"the database schema is at {current}, which this DLM does not know (newer DLM?); it needs {head}"
     )

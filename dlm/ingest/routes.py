@@ -2,7 +2,6 @@
 
 from typing import Annotated, Any
 
-import msgspec
 from litestar import Response, Router, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
@@ -109,12 +108,10 @@ async def register_data_item(
 async def register_data_items(
     session: NamedDependency[AsyncSession], state: State, data: JSONBody[list[dict[str, Any]]]
 ) -> Response[bytes]:
-    try:
-        registrations = msgspec.convert(data, list[service.ItemRegistration], strict=False)
-    except msgspec.ValidationError as exc:
-        message, _, where = str(exc).partition(" - at `$")
-        location = f"items{where.rstrip('`')}" if where else "items"
-        raise InvalidQueryParameters(f"{location}: {message}") from None
+    registrations = [
+        convert_body(entry, service.ItemRegistration, f"items[{index}]") if isinstance(entry, dict) else entry
+        for index, entry in enumerate(data)
+    ]
     uids = await service.register_items(
         session, registrations, checksum_max_bytes=state.settings.register_checksum_max_bytes
     )

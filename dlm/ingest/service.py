@@ -51,9 +51,7 @@ class ItemRegistration(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     metadata: dict[str, Any] | None = None
 
 
-async def init_item(
-    session: AsyncSession, *, item_name: str | None, uid_phase: Phase, init: ItemInit
-) -> uuid.UUID:
+async def init_item(session: AsyncSession, *, item_name: str | None, uid_phase: Phase, init: ItemInit) -> uuid.UUID:
     """Create an INITIALISED replica; its payload is written independently and announced with set_uri."""
     values = changes_dict(init)
     if item_name:
@@ -61,9 +59,7 @@ async def init_item(
     if not values.get("item_name") and "oid" not in values:
         raise InvalidQueryParameters("item_name: required unless json_data names the item (item_name or oid)")
     if values.get("item_state", ItemState.INITIALISED) is not ItemState.INITIALISED:
-        raise InvalidQueryParameters(
-            "json_data.item_state: a new item is INITIALISED; use set_state afterwards"
-        )
+        raise InvalidQueryParameters("json_data.item_state: a new item is INITIALISED; use set_state afterwards")
     values.pop("item_state", None)
     values.setdefault("uid_phase", uid_phase)
     if values.get("storage_id") is not None:
@@ -78,9 +74,7 @@ async def init_item(
         # A further replica of an existing item: same oid (the trigger resolves a uid), same name and version.
         oid = await resolve_oid(session, values["oid"], "json_data.oid")
         existing = (
-            await session.execute(
-                select(DataItem.item_name, DataItem.item_version).where(DataItem.oid == oid).limit(1)
-            )
+            await session.execute(select(DataItem.item_name, DataItem.item_version).where(DataItem.oid == oid).limit(1))
         ).one()
         values = {
             "item_name": existing.item_name,
@@ -204,18 +198,14 @@ class _naming:
             exc.args = (exc.message,)
 
 
-async def _resolve_storages(
-    session: AsyncSession, registrations: list[ItemRegistration], where: Any
-) -> list[Storage]:
+async def _resolve_storages(session: AsyncSession, registrations: list[ItemRegistration], where: Any) -> list[Storage]:
     cache: dict[tuple[str, str], Storage] = {}
     resolved = []
     for index, entry in enumerate(registrations):
         key = (entry.storage_name, entry.storage_id)
         if key not in cache:
             with _naming(where(index)):
-                storage = await resolve_storage(
-                    session, storage_name=entry.storage_name, storage_id=entry.storage_id
-                )
+                storage = await resolve_storage(session, storage_name=entry.storage_name, storage_id=entry.storage_id)
                 if storage.storage_retired:
                     raise UnmetPreconditionForOperation(f"storage {storage.storage_name!r} is retired")
                 if not storage.storage_available:

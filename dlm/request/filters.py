@@ -44,9 +44,7 @@ def parse_params(params: str | None, table: Table, default_order: list[str]) -> 
         elif key == "select":
             query.columns = [_column(name.strip(), table, "select") for name in str(value).split(",")]
         elif key in {"or", "and", "not"}:
-            raise InvalidQueryParameters(
-                f"params.{key}: logical groups are not supported; filters are AND-ed"
-            )
+            raise InvalidQueryParameters(f"params.{key}: logical groups are not supported; filters are AND-ed")
         else:
             query.conditions.append(_condition(_column(key, table, "params"), value))
     if not query.order_by:
@@ -142,9 +140,7 @@ def _apply(column: Column[Any], operator: str, operand: str, field: str) -> Colu
             raise InvalidQueryParameters(f"{field}: cs. takes a JSON document") from None
         return column.contains(document)
     if is_json:
-        raise InvalidQueryParameters(
-            f"{field}: a JSON column can be filtered with is.null or cs.{{...}} only"
-        )
+        raise InvalidQueryParameters(f"{field}: a JSON column can be filtered with is.null or cs.{{...}} only")
     if operator in {"like", "ilike"}:
         if not isinstance(column.type, sa.String):
             raise InvalidQueryParameters(f"{field}: {operator}. applies to text columns only")

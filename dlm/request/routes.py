@@ -137,9 +137,7 @@ async def set_acl(
 
 
 @patch("/set_phase", operation_id="set_phase", summary="Set Phase")
-async def set_phase(
-    session: NamedDependency[AsyncSession], uid: FromQuery[str], phase: FromQuery[str]
-) -> Item:
+async def set_phase(session: NamedDependency[AsyncSession], uid: FromQuery[str], phase: FromQuery[str]) -> Item:
     """Set the phase the item must reach (its target_phase, on every replica); the replication engine acts
     on it. A replica's own uid_phase always follows its storage."""
     row = await setters.set_phase(session, uid=uid, phase=parse_enum(Phase, phase, "phase"))
@@ -194,9 +192,7 @@ async def query_exists(
     ready: FromQuery[bool] = False,
 ) -> Response[bytes]:
     """Whether a data_item with this item_name, oid or uid exists (and is READY, if ready=true)."""
-    return json_response(
-        await service.item_exists(session, item_name=item_name, oid=oid, uid=uid, ready=ready)
-    )
+    return json_response(await service.item_exists(session, item_name=item_name, oid=oid, uid=uid, ready=ready))
 
 
 @get("/query_exist_and_ready", operation_id="query_exists_and_ready", summary="Query Exists And Ready")
@@ -207,9 +203,7 @@ async def query_exist_and_ready(
     uid: FromQuery[str] = "",
 ) -> Response[bytes]:
     """Whether a READY data_item with this item_name, oid or uid exists."""
-    return json_response(
-        await service.item_exists(session, item_name=item_name, oid=oid, uid=uid, ready=True)
-    )
+    return json_response(await service.item_exists(session, item_name=item_name, oid=oid, uid=uid, ready=True))
 
 
 @get("/query_item_storage", operation_id="query_item_storage", summary="Query Item Storage")

@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import Row, and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dlm.data_item import ITEMS, item_selector, resolve_oid
+from dlm.data_item import ITEMS, item_selector
 from dlm.db.models import DataItem, DataItemEvent, Storage
 from dlm.enums import ItemState
 from dlm.errors import NotFound
@@ -129,7 +129,7 @@ async def item_history(
     if uid:
         selector = DataItemEvent.uid == parse_uuid(uid, "uid")
     elif oid:
-        selector = DataItemEvent.oid == await resolve_oid(session, oid, "oid")
+        selector = DataItemEvent.oid == parse_uuid(oid, "oid")
     else:
         selector = DataItemEvent.oid.in_(select(DataItem.oid).where(item_selector(item_name=item_name)))
     statement = (

@@ -47,9 +47,7 @@ async def set_uid_expiration(session: AsyncSession, *, uid: str, expiration: dat
     return (await change_items(session, item_selector(uid=uid), {"uid_expiration": expiration}))[0]
 
 
-async def set_oid_expiration(
-    session: AsyncSession, *, oid: str, expiration: datetime.datetime
-) -> list[Row[Any]]:
+async def set_oid_expiration(session: AsyncSession, *, oid: str, expiration: datetime.datetime) -> list[Row[Any]]:
     if not oid:
         raise InvalidQueryParameters("oid: required")
     return await change_items(session, item_selector(oid=oid), {"oid_expiration": expiration})

@@ -47,9 +47,7 @@ async def query_location(
     location_id: FromQuery[str] = "",
 ) -> list[dict[str, Any]]:
     """Locations by name or id; with neither, the first 1000."""
-    return row_dicts(
-        await service.query_locations(session, location_name=location_name, location_id=location_id)
-    )
+    return row_dicts(await service.query_locations(session, location_name=location_name, location_id=location_id))
 
 
 @post("/init_storage", operation_id="init_storage", summary="Init Storage", status_code=200)

@@ -24,9 +24,7 @@ MAX_ROWS = 1000
 
 
 async def query_location_facilities(session: AsyncSession) -> list[str]:
-    result = await session.scalars(
-        select(LocationFacility.facility_name).order_by(LocationFacility.facility_name)
-    )
+    result = await session.scalars(select(LocationFacility.facility_name).order_by(LocationFacility.facility_name))
     return list(result)
 
 
@@ -45,9 +43,7 @@ async def init_location(
     if location_facility:
         known = await query_location_facilities(session)
         if location_facility not in known:
-            raise InvalidQueryParameters(
-                f"location_facility: {location_facility!r} is not one of {', '.join(known)}"
-            )
+            raise InvalidQueryParameters(f"location_facility: {location_facility!r} is not one of {', '.join(known)}")
     location = Location(
         location_name=location_name,
         location_type=location_type,
@@ -60,9 +56,7 @@ async def init_location(
     return location.location_id
 
 
-async def query_locations(
-    session: AsyncSession, *, location_name: str = "", location_id: str = ""
-) -> list[Row[Any]]:
+async def query_locations(session: AsyncSession, *, location_name: str = "", location_id: str = "") -> list[Row[Any]]:
     query = select(Location.__table__).order_by(Location.location_name).limit(MAX_ROWS)
     if location_name:
         query = query.where(Location.location_name == location_name)
@@ -71,9 +65,7 @@ async def query_locations(
     return list((await session.execute(query)).all())
 
 
-async def resolve_location(
-    session: AsyncSession, *, location_name: str = "", location_id: str = ""
-) -> uuid.UUID:
+async def resolve_location(session: AsyncSession, *, location_name: str = "", location_id: str = "") -> uuid.UUID:
     if not location_name and not location_id:
         raise InvalidQueryParameters("one of location_id, location_name is required")
     query = select(Location.location_id)
@@ -128,16 +120,12 @@ async def init_storage(
     session.add(storage)
     await session.flush()
     if storage_config:
-        session.add(
-            StorageConfig(storage_id=storage.storage_id, config=storage_config, config_type=ConfigType.RCLONE)
-        )
+        session.add(StorageConfig(storage_id=storage.storage_id, config=storage_config, config_type=ConfigType.RCLONE))
         await session.flush()
     return storage.storage_id
 
 
-async def query_storages(
-    session: AsyncSession, *, storage_name: str = "", storage_id: str = ""
-) -> list[Row[Any]]:
+async def query_storages(session: AsyncSession, *, storage_name: str = "", storage_id: str = "") -> list[Row[Any]]:
     query = select(Storage.__table__).order_by(Storage.storage_name).limit(MAX_ROWS)
     # As in SKA-DLM, a storage_name takes precedence over a storage_id.
     if storage_name:

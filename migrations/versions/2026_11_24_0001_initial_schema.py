@@ -201,12 +201,8 @@ def _create_tables() -> None:
         "phase_change",
         sa.Column("phase_change_id", sa.BigInteger(), sa.Identity(always=True), nullable=False),
         sa.Column("oid", sa.UUID(), nullable=False),
-        sa.Column(
-            "final_phase", sa.Enum("PLASMA", "GAS", "LIQUID", "SOLID", name="phase_type"), nullable=False
-        ),
-        sa.Column(
-            "request_creation", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
-        ),
+        sa.Column("final_phase", sa.Enum("PLASMA", "GAS", "LIQUID", "SOLID", name="phase_type"), nullable=False),
+        sa.Column("request_creation", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.Column(
             "request_expiry",
             sa.DateTime(timezone=True),
@@ -238,9 +234,7 @@ def _create_tables() -> None:
         sa.Column("location_facility", sa.String(), nullable=True),
         sa.Column("location_check_url", sa.String(), nullable=True),
         sa.Column("location_last_check", sa.DateTime(timezone=True), nullable=True),
-        sa.Column(
-            "location_date", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
-        ),
+        sa.Column("location_date", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.ForeignKeyConstraint(
             ["location_facility"],
             ["location_facility.facility_name"],
@@ -255,9 +249,7 @@ def _create_tables() -> None:
         sa.Column("location_id", sa.UUID(), nullable=False),
         sa.Column("storage_name", sa.String(), nullable=False),
         sa.Column("root_directory", sa.String(), nullable=False),
-        sa.Column(
-            "storage_type", sa.Enum("filesystem", "objectstore", "tape", name="storage_type"), nullable=False
-        ),
+        sa.Column("storage_type", sa.Enum("filesystem", "objectstore", "tape", name="storage_type"), nullable=False),
         sa.Column(
             "storage_interface",
             sa.Enum("posix", "s3", "sftp", "https", name="storage_interface"),
@@ -279,9 +271,7 @@ def _create_tables() -> None:
         sa.Column("storage_available", sa.Boolean(), server_default="true", nullable=False),
         sa.Column("storage_retired", sa.Boolean(), server_default="false", nullable=False),
         sa.Column("storage_retire_date", sa.DateTime(timezone=True), nullable=True),
-        sa.Column(
-            "storage_date", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
-        ),
+        sa.Column("storage_date", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.ForeignKeyConstraint(
             ["location_id"], ["location.location_id"], name=op.f("fk_storage_location_id_location")
         ),
@@ -333,9 +323,7 @@ def _create_tables() -> None:
             server_default="INITIALISED",
             nullable=False,
         ),
-        sa.Column(
-            "uid_creation", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
-        ),
+        sa.Column("uid_creation", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.Column("oid_creation", sa.DateTime(timezone=True), nullable=True),
         sa.Column(
             "uid_expiration",
@@ -371,9 +359,7 @@ def _create_tables() -> None:
         sa.Column("parents", sa.UUID(), nullable=True),
         sa.Column("children", sa.UUID(), nullable=True),
         sa.Column("metadata", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["storage_id"], ["storage.storage_id"], name=op.f("fk_data_item_storage_id_storage")
-        ),
+        sa.ForeignKeyConstraint(["storage_id"], ["storage.storage_id"], name=op.f("fk_data_item_storage_id_storage")),
         sa.PrimaryKeyConstraint("uid", name=op.f("pk_data_item")),
     )
     op.create_index("ix_data_item_item_name", "data_item", ["item_name"], unique=False)
@@ -393,9 +379,7 @@ def _create_tables() -> None:
         unique=False,
         postgresql_where=sa.text("parents IS NOT NULL"),
     )
-    op.create_index(
-        "ix_data_item_storage_id_item_state", "data_item", ["storage_id", "item_state"], unique=False
-    )
+    op.create_index("ix_data_item_storage_id_item_state", "data_item", ["storage_id", "item_state"], unique=False)
     op.create_index("ix_data_item_uid_creation", "data_item", ["uid_creation"], unique=False)
     op.create_index(
         "ix_data_item_uid_expiration_live",
@@ -437,9 +421,7 @@ def _create_tables() -> None:
         sa.Column("bytes_done", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
         sa.Column("last_error", sa.Text(), nullable=True),
-        sa.Column(
-            "next_attempt_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
-        ),
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.Column("lease_owner", sa.String(), nullable=True),
         sa.Column("lease_expires", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
@@ -460,9 +442,7 @@ def _create_tables() -> None:
         postgresql_where=sa.text("status IN ('PENDING', 'RUNNING')"),
     )
     op.create_index(op.f("ix_migration_date"), "migration", ["date"], unique=False)
-    op.create_index(
-        op.f("ix_migration_destination_storage_id"), "migration", ["destination_storage_id"], unique=False
-    )
+    op.create_index(op.f("ix_migration_destination_storage_id"), "migration", ["destination_storage_id"], unique=False)
     op.create_index(op.f("ix_migration_oid"), "migration", ["oid"], unique=False)
     op.create_index(op.f("ix_migration_source_storage_id"), "migration", ["source_storage_id"], unique=False)
     op.create_table(
@@ -512,9 +492,7 @@ def downgrade() -> None:
     )
     op.drop_index("ix_data_item_uid_creation", table_name="data_item")
     op.drop_index("ix_data_item_storage_id_item_state", table_name="data_item")
-    op.drop_index(
-        "ix_data_item_parents", table_name="data_item", postgresql_where=sa.text("parents IS NOT NULL")
-    )
+    op.drop_index("ix_data_item_parents", table_name="data_item", postgresql_where=sa.text("parents IS NOT NULL"))
     op.drop_index(
         "ix_data_item_oid_expiration_live",
         table_name="data_item",

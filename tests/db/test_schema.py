@@ -30,9 +30,7 @@ async def test_migrations_match_the_models(engine: AsyncEngine) -> None:
         assert await connection.run_sync(differences) == []
 
 
-async def test_downgrade_to_base_then_upgrade_restores_the_schema(
-    database_url: str, engine: AsyncEngine
-) -> None:
+async def test_downgrade_to_base_then_upgrade_restores_the_schema(database_url: str, engine: AsyncEngine) -> None:
     expected = {
         "alembic_version",
         "location_facility",
@@ -64,7 +62,9 @@ async def test_server_refuses_a_database_without_schema(empty_database_url: str,
     with pytest.raises(BaseException) as caught:  # the lifespan wraps it in an exception group
         async with create_app(settings).lifespan():
             pass
-    assert "run `dlm db upgrade`" in repr(caught.value.exceptions if hasattr(caught.value, "exceptions") else caught.value)
+    assert "run `dlm db upgrade`" in repr(
+        caught.value.exceptions if hasattr(caught.value, "exceptions") else caught.value
+    )
 
 
 async def test_server_refuses_a_schema_that_is_behind(database_url: str, engine: AsyncEngine) -> None:
@@ -109,9 +109,7 @@ async def test_an_oid_naming_a_uid_resolves_to_that_items_oid(engine: AsyncEngin
 async def test_a_name_is_unique_per_storage_among_live_replicas(engine: AsyncEngine) -> None:
     async with engine.begin() as connection:
         location = await connection.scalar(
-            text(
-                "INSERT INTO location (location_name, location_type) VALUES ('l', 'local-dev') RETURNING location_id"
-            )
+            text("INSERT INTO location (location_name, location_type) VALUES ('l', 'local-dev') RETURNING location_id")
         )
         storage = await connection.scalar(
             text(
@@ -133,9 +131,7 @@ async def test_timestamps_are_utc_whatever_the_server_zone(database_url: str) ->
     try:
         async with engine.begin() as connection:
             await connection.execute(text("SET TIME ZONE 'Australia/Perth'"))
-            uid = await connection.scalar(
-                text("INSERT INTO data_item (item_name) VALUES ('tz') RETURNING uid")
-            )
+            uid = await connection.scalar(text("INSERT INTO data_item (item_name) VALUES ('tz') RETURNING uid"))
             event_text = await connection.scalar(
                 text("SELECT new_value FROM data_item_event WHERE uid = :u AND event = 'oid_expiration'"),
                 {"u": uid},

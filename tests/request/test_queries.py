@@ -1,0 +1,115 @@
+import datetime
+
+import pytest
+
+from tests.conftest import Registry, assert_error
+
+NO_SUCH_UID = "00000000-0000-0000-0000-0000000000aa"
+
+
+async def test_query_by_each_identifier(registry: Registry) -> None:
+    uid = await registry.register("q1")
+    await registry.register("q2")
+    item = await registry.item(uid)
+    client = registry.client
+    for params in ({"uid": uid}, {"oid": item["oid"]}, {"item_name": "q1"}):
+        rows = (await client.get("/request/query_data_item", params=params)).json()
+        assert [row["uid"] for row in rows] == [uid]
+    rows = (await client.get("/request/query_data_item", params={"storage_id": item["storage_id"]})).json()
+    assert len(rows) == 2
+    assert (await client.get("/request/query_data_item", params={"uid": NO_SUCH_UID})).json() == []
+    assert_error(
+        await client.get("/request/query_data_item", params={"oid": "zzz"}), 422, "InvalidQueryParameters", "oid"
+    )
+
+
+async def test_exists_and_ready(registry: Registry) -> None:
+    uid = await registry.register("here")
+    initialised = (await registry.client.post("/ingest/init_data_item", params={"item_name": "pending"})).json()
+    client = registry.client
+
+    async def ask(path: str, **params: str) -> bool:
+        response = await client.get(path, params=params)
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"].startswith("application/json")
+        return response.json()
+
+    assert await ask("/request/query_exists", item_name="here") is True
+    assert await ask("/request/query_exists", uid=uid, ready="true") is True
+    assert await ask("/request/query_exists", uid=initialised) is True
+    assert await ask("/request/query_exists", uid=initialised, ready="true") is False
+    assert await ask("/request/query_exist_and_ready", uid=initialised) is False
+    assert await ask("/request/query_exist_and_ready", item_name="here") is True
+    assert await ask("/request/query_exists", item_name="nobody") is False
+    assert_error(await client.get("/request/query_exists"), 422, "InvalidQueryParameters", "item_name")
+    assert_error(
+        await client.get("/request/query_exists", params={"item_name": "x", "ready": "sometimes"}),
+        422,
+        "InvalidQueryParameters",
+        "ready",
+    )
+
+
+async def test_query_expired_with_and_without_offset(registry: Registry) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    past = await registry.register("past", uid_expiration=(now - datetime.timedelta(hours=1)).isoformat())
+    soon = await registry.register("soon", uid_expiration=(now + datetime.timedelta(minutes=30)).isoformat())
+    await registry.register("later", uid_expiration=(now + datetime.timedelta(days=3)).isoformat())
+    client = registry.client
+
+    async def expired(**params: str) -> list[str]:
+        response = await client.get("/request/query_expired", params=params)
+        assert response.status_code == 200, response.text
+        return [row["uid"] for row in response.json()]
+
+    assert await expired() == [past]
+    assert await expired(offset="PT1H") == [past, soon]
+    assert await expired(offset="3600") == [past, soon]
+    assert await expired(offset="-PT2H") == []
+    await client.patch("/request/set_state", params={"uid": past, "state": "DELETED"})
+    assert await expired() == [], "deleted replicas are no longer candidates"
+    assert_error(
+        await client.get("/request/query_expired", params={"offset": "soon"}), 422, "InvalidQueryParameters", "offset"
+    )
+
+
+async def test_query_deleted_and_new(registry: Registry) -> None:
+    client = registry.client
+    first = await registry.register("first")
+    between = (await registry.item(first))["uid_creation"]
+    second = await registry.register("second")
+    response = await client.get("/request/query_new", params={"check_date": between})
+    assert [row["uid"] for row in response.json()] == [second]
+    response = await client.get("/request/query_new", params={"check_date": "2000-01-01", "uid": first})
+    assert [row["uid"] for row in response.json()] == [first]
+    assert_error(await client.get("/request/query_new"), 422, "InvalidQueryParameters", "check_date")
+    assert_error(
+        await client.get("/request/query_new", params={"check_date": "tomorrow"}),
+        422,
+        "InvalidQueryParameters",
+        "check_date",
+    )
+
+    assert (await client.get("/request/query_deleted")).json() == []
+    await client.patch("/request/set_state", params={"uid": first, "state": "DELETED"})
+    deleted = (await client.get("/request/query_deleted")).json()
+    assert [row["uid"] for row in deleted] == [first]
+    assert deleted[0]["deleted"] is True and deleted[0]["uid_deletion"] is not None
+    assert (await client.get("/request/query_deleted", params={"uid": second})).json() == []
+
+
+async def test_query_item_storage_lists_ready_replicas_with_their_storage(registry: Registry) -> None:
+    uid = await registry.register("where")
+    rows = (await registry.client.get("/request/query_item_storage", params={"item_name": "where"})).json()
+    assert len(rows) == 1
+    assert rows[0]["uid"] == uid and rows[0]["storage_name"] == "disk"
+    assert rows[0]["root_directory"] == str(registry.root) and rows[0]["uri"] == "where"
+    await registry.client.patch("/request/set_state", params={"uid": uid, "state": "DELETED"})
+    assert (await registry.client.get("/request/query_item_storage", params={"uid": uid})).json() == []
+    assert_error(await registry.client.get("/request/query_item_storage"), 422, "InvalidQueryParameters")
+
+
+@pytest.mark.parametrize("path", ["/request/query_data_item", "/request/query_expired", "/request/query_deleted"])
+async def test_empty_database_queries_return_empty_lists(client: object, path: str) -> None:
+    response = await client.get(path)  # type: ignore[attr-defined]
+    assert response.status_code == 200 and response.json() == []
