@@ -8,8 +8,10 @@ from typing import Any
 
 import click
 import msgspec
+import sqlalchemy.exc
 
 from dlm.config import InvalidSettings, Settings
+from dlm.db.engine import translate_database_error
 from dlm.errors import DLMError
 
 
@@ -32,8 +34,12 @@ def run(coroutine_function: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
         return asyncio.run(coroutine_function())
     except DLMError as exc:
         raise CLIError(exc.message) from None
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:
         raise CLIError(str(exc)) from None
+    except (OSError, sqlalchemy.exc.SQLAlchemyError) as exc:
+        translated = translate_database_error(exc)
+        detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise CLIError(f"{translated.message if translated else 'database error'}: {detail}") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -52,7 +52,10 @@ async def transaction(sessionmaker: async_sessionmaker[AsyncSession], *, actor: 
     database errors into DLM errors."""
     try:
         async with sessionmaker() as session, session.begin():
-            await set_actor(session, actor)
+            try:
+                await set_actor(session, actor)  # the first statement: this is where the connection is made
+            except (sqlalchemy.exc.DBAPIError, OSError, TimeoutError, sqlalchemy.exc.TimeoutError) as exc:
+                raise ServiceUnavailable("the database is unreachable") from exc
             yield session
     except DLMError:
         raise

@@ -1,0 +1,57 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dlm.db import schema
+
+
+def dlm(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("DLM_")}
+    return subprocess.run(
+        [sys.executable, "-m", "dlm", *args], env={**environment, **env}, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_db_current_and_upgrade(empty_database_url: str) -> None:
+    behind = dlm("db", "current", DLM_DATABASE_URL=empty_database_url)
+    assert behind.returncode == 3 and "(none)" in behind.stdout
+    upgraded = dlm("db", "upgrade", DLM_DATABASE_URL=empty_database_url)
+    assert upgraded.returncode == 0, upgraded.stderr
+    current = dlm("db", "current", "--json", DLM_DATABASE_URL=empty_database_url)
+    assert current.returncode == 0
+    assert f'"current":"{schema.head_revision()}"' in current.stdout
+
+
+def test_serve_refuses_a_schema_that_is_behind_with_one_line(empty_database_url: str) -> None:
+    result = dlm("serve", DLM_DATABASE_URL=empty_database_url, DLM_PORT="8799")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "dlm: error: the database has no DLM schema; run `dlm db upgrade` first"
+    )
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["serve"], {"DLM_PORT": "eighty"}, "DLM_PORT"),
+        (["serve"], {"DLM_PORT": "70000"}, "DLM_PORT"),
+        (["db", "upgrade"], {}, "DLM_DATABASE_URL"),
+        (["db", "current"], {"DLM_DATABASE_URL": "mysql://x@y/z"}, "PostgreSQL"),
+        (["db", "current"], {"DLM_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}, "unreachable"),
+    ],
+)
+def test_cli_errors_are_one_readable_line(args: list[str], env: dict[str, str], message: str) -> None:
+    result = dlm(*args, **env)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dlm: error:") and message in lines[0], result.stderr
+
+
+def test_help_has_examples() -> None:
+    for args in (["--help"], ["serve", "--help"], ["db", "upgrade", "--help"]):
+        result = dlm(*args)
+        assert result.returncode == 0 and "dlm" in result.stdout
+    assert "Examples" in dlm("serve", "--help").stdout

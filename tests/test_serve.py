@@ -1,0 +1,79 @@
+"""`dlm serve` with nothing configured: the embedded database, a default storage, and a clean stop."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _start(data_dir: Path, port: int) -> subprocess.Popen[str]:
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("DLM_")}
+    environment.update(DLM_DATA_DIR=str(data_dir), DLM_PORT=str(port))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dlm", "serve"], env=environment, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    process.kill()
+    raise AssertionError("dlm serve did not become ready")
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    assert process.wait(timeout=30) == 0
+
+
+def _postgres_running(pgdata: Path) -> bool:
+    for candidate in psutil.process_iter(["name", "cmdline"]):
+        if candidate.info["name"] == "postgres" and str(pgdata) in " ".join(candidate.info["cmdline"] or []):
+            return True
+    return False
+
+
+def test_a_newcomer_registers_a_file_with_zero_setup(tmp_path: Path) -> None:
+    data_dir, port = tmp_path / "dlm-home", _free_port()
+    server = _start(data_dir, port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        (data_dir / "storage" / "hello.txt").write_text("hello, DLM\n")
+        response = httpx.post(
+            f"{base}/ingest/register_data_item",
+            params={"item_name": "hello", "uri": "hello.txt", "storage_name": "local"},
+        )
+        assert response.status_code == 200, response.text
+        uid = response.json()
+        [item] = httpx.get(f"{base}/request/query_data_item", params={"item_name": "hello"}).json()
+        assert item["uid"] == uid and item["item_state"] == "READY" and item["item_size"] == 11
+        history = httpx.get(f"{base}/request/query_item_history", params={"uid": uid}).json()
+        assert history[0]["event"] == "created"
+    finally:
+        _stop(server)
+    assert not _postgres_running(data_dir / "pgdata"), "Ctrl-C stops the embedded database too"
+
+    server = _start(data_dir, port)  # a second start reuses the data
+    try:
+        rows = httpx.get(f"{base}/request/query_data_item", params={"item_name": "hello"}).json()
+        assert [row["uid"] for row in rows] == [uid]
+        storages = httpx.get(f"{base}/storage/query_storage").json()
+        assert [storage["storage_name"] for storage in storages] == ["local"], "seeding is idempotent"
+    finally:
+        _stop(server)
