@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import ColumnElement, Row, func, select, text, update
+from sqlalchemy import ARRAY, ColumnElement, Row, String, any_, cast, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dlm.db.models import DataItem, Storage
@@ -135,7 +135,7 @@ async def next_versions(session: AsyncSession, names: Sequence[str]) -> dict[str
     """The version a new logical item of each name gets: one more than the newest so far."""
     rows = await session.execute(
         select(DataItem.item_name, func.max(DataItem.item_version))
-        .where(DataItem.item_name.in_(set(names)))
+        .where(DataItem.item_name == any_(cast(sorted(set(names)), ARRAY(String))))
         .group_by(DataItem.item_name)
     )
     newest = {name: version for name, version in rows.all()}

@@ -6,7 +6,7 @@ from collections import Counter
 from typing import Annotated, Any
 
 import msgspec
-from sqlalchemy import select, tuple_
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dlm.data_item import (
@@ -124,12 +124,16 @@ async def register_items(
         index = keys.index(duplicated[0])
         raise ValueAlreadyInDB(f"{where(index)}item_name: {duplicated[0][0]!r} appears twice for one storage")
     await lock_item_names(session, names)
+    # Arrays, not an IN list: a batch of 100,000 keys is still one bound parameter per column.
     taken = (
         await session.execute(
-            select(DataItem.item_name, DataItem.storage_id)
-            .where(tuple_(DataItem.item_name, DataItem.storage_id).in_(keys))
-            .where(DataItem.item_state != ItemState.DELETED)
-            .limit(1)
+            text(
+                "SELECT d.item_name, d.storage_id FROM data_item AS d "
+                "JOIN unnest(CAST(:names AS text[]), CAST(:storages AS uuid[])) AS k(item_name, storage_id) "
+                "ON d.item_name = k.item_name AND d.storage_id = k.storage_id "
+                "WHERE d.item_state <> 'DELETED' LIMIT 1"
+            ),
+            {"names": [name for name, _ in keys], "storages": [storage for _, storage in keys]},
         )
     ).first()
     if taken is not None:

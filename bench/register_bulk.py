@@ -1,0 +1,145 @@
+"""Bulk registration: DLM's POST /ingest/register_data_items against raw asyncpg inserts into the same
+table (same triggers), each into a fresh database, in the same run.
+
+    python bench/register_bulk.py [--items 10000] [--rounds 3]
+
+The database is DLM_BENCH_DATABASE_URL, else DLM_TEST_DATABASE_URL, else the local PostgreSQL.
+"""
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+from litestar.testing import AsyncTestClient
+from sqlalchemy.engine import make_url
+
+from dlm.app import create_app
+from dlm.config import Settings
+from dlm.db import schema
+
+
+def _url() -> str:
+    return (
+        os.environ.get("DLM_BENCH_DATABASE_URL")
+        or os.environ.get("DLM_TEST_DATABASE_URL")
+        or "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+
+
+def _dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _fresh_database(admin_url: str) -> str:
+    name = f"dlm_bench_{uuid.uuid4().hex[:10]}"
+    connection = await asyncpg.connect(_dsn(admin_url))
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    await schema.upgrade(url)
+    return url
+
+
+async def _drop(admin_url: str, url: str) -> None:
+    connection = await asyncpg.connect(_dsn(admin_url))
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+async def _storage(client: AsyncTestClient, root: Path) -> None:
+    await client.post("/storage/init_location", params={"location_name": "bench", "location_type": "local-dev"})
+    response = await client.post(
+        "/storage/init_storage",
+        params={"storage_name": "bench", "storage_type": "filesystem", "storage_interface": "posix",
+                "root_directory": str(root), "location_name": "bench"},
+    )
+    response.raise_for_status()
+
+
+async def dlm_bulk(admin_url: str, root: Path, items: int, check_payloads: bool) -> float:
+    url = await _fresh_database(admin_url)
+    try:
+        async with AsyncTestClient(create_app(Settings(database_url=url)), timeout=600) as client:
+            await _storage(client, root)
+            entries = [
+                {"item_name": f"item-{index}", "uri": f"files/{index}.dat", "storage_name": "bench",
+                 "do_storage_access_check": check_payloads}
+                for index in range(items)
+            ]
+            started = time.perf_counter()
+            response = await client.post("/ingest/register_data_items", json=entries)
+            elapsed = time.perf_counter() - started
+            response.raise_for_status()
+            assert len(response.json()) == items
+            return elapsed
+    finally:
+        await _drop(admin_url, url)
+
+
+async def raw_asyncpg(admin_url: str, root: Path, items: int) -> float:
+    url = await _fresh_database(admin_url)
+    try:
+        connection = await asyncpg.connect(_dsn(url))
+        try:
+            location = await connection.fetchval(
+                "INSERT INTO location (location_name, location_type) VALUES ('bench', 'local-dev') RETURNING location_id"
+            )
+            storage = await connection.fetchval(
+                "INSERT INTO storage (location_id, storage_name, root_directory, storage_type, storage_interface) "
+                "VALUES ($1, 'bench', $2, 'filesystem', 'posix') RETURNING storage_id",
+                location, str(root),
+            )
+            rows = [(uuid.uuid4(), f"item-{index}", storage, f"files/{index}.dat") for index in range(items)]
+            started = time.perf_counter()
+            async with connection.transaction():
+                await connection.executemany(
+                    "INSERT INTO data_item (uid, item_name, storage_id, uri, item_state) "
+                    "VALUES ($1, $2, $3, $4, 'READY')",
+                    rows,
+                )
+            return time.perf_counter() - started
+        finally:
+            await connection.close()
+    finally:
+        await _drop(admin_url, url)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    admin_url = _url()
+    with tempfile.TemporaryDirectory(prefix="dlm-bench-") as directory:
+        root = Path(directory)
+        (root / "files").mkdir()
+        for index in range(args.items):
+            (root / "files" / f"{index}.dat").write_bytes(b"x" * 64)
+        runs = {
+            "raw asyncpg executemany (baseline)": lambda: raw_asyncpg(admin_url, root, args.items),
+            "DLM register_data_items, no payload check": lambda: dlm_bulk(admin_url, root, args.items, False),
+            "DLM register_data_items, payloads stat+crc32c": lambda: dlm_bulk(admin_url, root, args.items, True),
+        }
+        results = {}
+        for label, run in runs.items():
+            results[label] = statistics.median([await run() for _ in range(args.rounds)])
+    baseline = results["raw asyncpg executemany (baseline)"]
+    print(f"\nRegistering {args.items:,} items in one transaction (median of {args.rounds} rounds)\n")
+    print(f"| {'method':<46} | {'seconds':>8} | {'items/s':>9} | {'vs baseline':>11} |")
+    print(f"|{'-' * 48}|{'-' * 10}|{'-' * 11}|{'-' * 13}|")
+    for label, seconds in results.items():
+        print(f"| {label:<46} | {seconds:8.2f} | {args.items / seconds:9,.0f} | {seconds / baseline:10.2f}x |")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
