@@ -92,3 +92,16 @@ async def test_bad_bulk_bodies(registry: Registry) -> None:
         "items[1].uri",
     )
     assert await _count(registry) == 0
+
+
+async def test_large_batches_bind_arrays_not_lists(registry: Registry) -> None:
+    # 12,000 keys once overflowed PostgreSQL's expression stack when sent as an IN list.
+    entries = [
+        {"item_name": f"big-{index}", "uri": f"big/{index}", "storage_name": "disk", "do_storage_access_check": False}
+        for index in range(12_000)
+    ]
+    response = await registry.client.post("/ingest/register_data_items", json=entries)
+    assert response.status_code == 200, response.text
+    assert len(response.json()) == 12_000
+    response = await registry.client.post("/ingest/register_data_items", json=entries[::-1])
+    assert_error(response, 422, "ValueAlreadyInDB", "is already registered")
