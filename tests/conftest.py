@@ -78,38 +78,40 @@ async def admin_connection(url: str) -> AsyncIterator[asyncpg.Connection]:
         await connection.close()
 
 
+@contextlib.asynccontextmanager
+async def scratch_database(postgres_url: str, prefix: str, *, template: str | None = None) -> AsyncIterator[str]:
+    """A database of our own (a copy of ``template``, or empty) for as long as the block runs."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    clone = f' TEMPLATE "{template}"' if template else ""
+    async with admin_connection(postgres_url) as connection:
+        await connection.execute(f'CREATE DATABASE "{name}"{clone}')
+    try:
+        yield _with_database(postgres_url, name)
+    finally:
+        async with admin_connection(postgres_url) as connection:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session")
 async def template_database(postgres_url: str) -> AsyncIterator[str]:
     """A database migrated with `alembic upgrade head`; each test gets a copy of it."""
-    name = f"dlm_template_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    async with admin_connection(postgres_url) as connection:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    await schema.upgrade(_with_database(postgres_url, name))
-    yield name
-    async with admin_connection(postgres_url) as connection:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with scratch_database(postgres_url, f"dlm_template_{os.getpid()}") as url:
+        await schema.upgrade(url)
+        yield make_url(url).database
 
 
 @pytest.fixture
 async def database_url(postgres_url: str, template_database: str) -> AsyncIterator[str]:
     """A fresh database of our own, at the head revision."""
-    name = f"dlm_test_{uuid.uuid4().hex[:12]}"
-    async with admin_connection(postgres_url) as connection:
-        await connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    yield _with_database(postgres_url, name)
-    async with admin_connection(postgres_url) as connection:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with scratch_database(postgres_url, "dlm_test", template=template_database) as url:
+        yield url
 
 
 @pytest.fixture
 async def empty_database_url(postgres_url: str) -> AsyncIterator[str]:
     """A fresh database with no schema at all."""
-    name = f"dlm_empty_{uuid.uuid4().hex[:12]}"
-    async with admin_connection(postgres_url) as connection:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    yield _with_database(postgres_url, name)
-    async with admin_connection(postgres_url) as connection:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with scratch_database(postgres_url, "dlm_empty") as url:
+        yield url
 
 
 @pytest.fixture
