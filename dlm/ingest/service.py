@@ -76,12 +76,11 @@ async def init_item(session: AsyncSession, *, item_name: str | None, uid_phase: 
         existing = (
             await session.execute(select(DataItem.item_name, DataItem.item_version).where(DataItem.oid == oid).limit(1))
         ).one()
-        values = {
-            "item_name": existing.item_name,
-            **values,
-            "oid": oid,
-            "item_version": existing.item_version,
-        }
+        if values.get("item_name", existing.item_name) != existing.item_name:
+            raise InvalidQueryParameters(
+                f"item_name: a replica of item {oid} is named {existing.item_name!r}, like all its replicas"
+            )
+        values = {**values, "item_name": existing.item_name, "oid": oid, "item_version": existing.item_version}
         await lock_item_names(session, [values["item_name"]])
     else:
         await lock_item_names(session, [values["item_name"]])

@@ -35,12 +35,9 @@ class PosixBackend:
             raise UnmetPreconditionForOperation(f"uri: cannot access {uri!r}: {exc.strerror}") from None
         return PayloadInfo(size=info.st_size, is_container=stat.S_ISDIR(info.st_mode))
 
-    async def stat(self, uri: str) -> PayloadInfo | None:
-        """Size and kind of the payload at ``uri``, or None when there is none."""
-        return await asyncio.to_thread(self._stat, uri)
-
     async def stat_many(self, uris: list[str]) -> list[PayloadInfo | None]:
-        # One thread hop for the whole batch: bulk registration stats thousands of small files.
+        """Size and kind of each payload (None where there is none), in one thread hop for the whole
+        batch: bulk registration stats thousands of small files."""
         return await asyncio.to_thread(lambda: [self._stat(uri) for uri in uris])
 
     async def checksum(self, uri: str, method: ChecksumMethod) -> str:

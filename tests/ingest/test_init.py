@@ -63,6 +63,8 @@ async def test_init_a_further_replica_of_an_item(registry: Registry) -> None:
     replica = await registry.item(response.json())
     assert replica["oid"] == first
     assert replica["item_name"] == "original" and replica["item_version"] == 1
+    response = await registry.client.post("/ingest/init_data_item", params={"item_name": "other"}, json={"oid": first})
+    assert_error(response, 422, "InvalidQueryParameters", "item_name", "original")
 
 
 async def test_init_versions_a_reused_name(registry: Registry) -> None:
