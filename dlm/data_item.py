@@ -210,13 +210,14 @@ async def change_items(session: AsyncSession, selector: ColumnElement[bool], val
     if not values:
         raise InvalidQueryParameters("nothing to change")
     uids = [row.uid for row in current]
-    changed = (
-        await session.execute(update(ITEMS).where(ITEMS.c.uid.in_(uids)).values(**values).returning(*ITEMS.c))
-    ).all()
-    if {"item_state", "uid_phase", "storage_id"} & values.keys():
-        await refresh_oid_phase(session, {row.oid for row in current})
-        changed = (await session.execute(select(ITEMS).where(ITEMS.c.uid.in_(uids)).order_by(ITEMS.c.uid))).all()
-    return sorted(changed, key=lambda row: row.uid)
+    statement = update(ITEMS).where(ITEMS.c.uid.in_(uids)).values(**values)
+    if not {"item_state", "uid_phase", "storage_id"} & values.keys():
+        changed = (await session.execute(statement.returning(*ITEMS.c))).all()
+        return sorted(changed, key=lambda row: row.uid)
+    # The change moves the item's combined phase: refresh it, then read the rows back once.
+    await session.execute(statement)
+    await refresh_oid_phase(session, {row.oid for row in current})
+    return list((await session.execute(select(ITEMS).where(ITEMS.c.uid.in_(uids)).order_by(ITEMS.c.uid))).all())
 
 
 def _check_transition(row: Row[Any], new_state: ItemState, values: dict[str, Any]) -> None:

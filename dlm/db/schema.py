@@ -2,6 +2,7 @@
 schema that is not at this DLM's head revision."""
 
 import asyncio
+import functools
 from pathlib import Path
 
 import sqlalchemy.exc
@@ -31,8 +32,14 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
+@functools.cache
+def _scripts() -> ScriptDirectory:
+    # The revisions shipped with this DLM cannot change while it runs; read them once, not per health probe.
+    return ScriptDirectory.from_config(alembic_config("postgresql://unused"))
+
+
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config("postgresql://unused")).get_current_head()
+    head = _scripts().get_current_head()
     assert head is not None, "the migrations directory has no revisions"
     return head
 
@@ -62,7 +69,7 @@ async def check_schema(engine: AsyncEngine) -> None:
         return
     if current is None:
         raise SchemaOutOfDate("the database has no DLM schema; run `dlm db upgrade` first")
-    known = {script.revision for script in ScriptDirectory.from_config(alembic_config("x://")).walk_revisions()}
+    known = {script.revision for script in _scripts().walk_revisions()}
     if current in known:
         raise SchemaOutOfDate(f"the database schema is at {current}, this DLM needs {head}; run `dlm db upgrade`")
     raise SchemaOutOfDate(
