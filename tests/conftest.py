@@ -4,7 +4,12 @@ database per test cloned from a template built by `alembic upgrade head`, and a 
 import asyncio
 import contextlib
 import os
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -207,6 +212,69 @@ async def registry(client: AsyncTestClient, storage_root: Path) -> Registry:
     registry = Registry(client, storage_root)
     await registry.storage()
     return registry
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 endpoint on loopback: moto's server, in its own process (in-thread it is far slower)."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                raise RuntimeError("moto_server did not start") from None
+            time.sleep(0.1)
+    try:
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+S3_CREDENTIALS = {"access_key_id": "dlm-test", "secret_access_key": "dlm-test-secret", "region": "us-east-1"}
+
+
+@pytest.fixture
+def s3_config(s3_endpoint: str) -> dict[str, Any]:
+    """An rclone-style config for the test endpoint."""
+    return {"type": "s3", "provider": "Other", "endpoint": s3_endpoint, **S3_CREDENTIALS}
+
+
+@pytest.fixture
+async def s3_bucket(s3_config: dict[str, Any]) -> str:
+    """A fresh, empty bucket for this test."""
+    return await new_bucket(s3_config)
+
+
+async def new_bucket(s3_config: dict[str, Any]) -> str:
+    import aioboto3
+
+    name = f"dlm-{uuid.uuid4().hex[:16]}"
+    async with aioboto3.Session().client(
+        "s3",
+        endpoint_url=s3_config["endpoint"],
+        aws_access_key_id=s3_config["access_key_id"],
+        aws_secret_access_key=s3_config["secret_access_key"],
+        region_name="us-east-1",
+    ) as s3:
+        await s3.create_bucket(Bucket=name)
+    return name
 
 
 def assert_error(response: Any, status: int, name: str, *fragments: str) -> None:

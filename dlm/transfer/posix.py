@@ -1,29 +1,60 @@
-"""Payloads on a local (POSIX) file system."""
+"""Payloads on a local (POSIX) file system: a directory tree under the storage's root."""
 
 import asyncio
+import errno
 import os
+import shutil
 import stat
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
-import msgspec
+import aiofiles
+import aiofiles.os
 
 from dlm.checksum import file_checksum
 from dlm.enums import ChecksumMethod
-from dlm.errors import UnmetPreconditionForOperation
+from dlm.errors import DLMError
+from dlm.transfer.base import (
+    CHUNK_SIZE,
+    Entry,
+    PayloadInfo,
+    PayloadMissing,
+    StorageRefused,
+    StorageUnreachable,
+    TransferError,
+)
 from dlm.transfer.paths import resolve_inside
 
-
-class PayloadInfo(msgspec.Struct, frozen=True):
-    size: int
-    is_container: bool
+PARTIAL_SUFFIX = ".dlm-partial"
+_WALK_BATCH = 1000
+_REFUSED = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EISDIR, errno.ENOTDIR}
+T = TypeVar("T")
 
 
 class PosixBackend:
     def __init__(self, root_directory: str) -> None:
         self.root = Path(root_directory)
 
+    async def __aenter__(self) -> "PosixBackend":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
     def local_path(self, uri: str) -> Path:
         return resolve_inside(self.root, uri)
+
+    def _error(self, exc: OSError, uri: str) -> TransferError:
+        reason = exc.strerror or str(exc)
+        if not self.root.is_dir():
+            # An unmounted or vanished volume may come back: worth retrying, never worth recreating.
+            return StorageUnreachable(f"storage root {str(self.root)!r} is not there")
+        if exc.errno == errno.ENOENT:
+            return PayloadMissing(f"no payload at {uri!r}")
+        if exc.errno in _REFUSED:
+            return StorageRefused(f"{uri!r}: {reason}")
+        return StorageUnreachable(f"{uri!r}: {reason}")
 
     def _stat(self, uri: str) -> PayloadInfo | None:
         path = self.local_path(uri)
@@ -32,13 +63,139 @@ class PosixBackend:
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
-            raise UnmetPreconditionForOperation(f"uri: cannot access {uri!r}: {exc.strerror}") from None
-        return PayloadInfo(size=info.st_size, is_container=stat.S_ISDIR(info.st_mode))
+            raise self._error(exc, uri) from None
+        if stat.S_ISDIR(info.st_mode):
+            return PayloadInfo(size=None, is_container=True)
+        return PayloadInfo(size=info.st_size, is_container=False)
+
+    async def stat(self, uri: str) -> PayloadInfo | None:
+        return await asyncio.to_thread(self._stat, uri)
 
     async def stat_many(self, uris: list[str]) -> list[PayloadInfo | None]:
-        """Size and kind of each payload (None where there is none), in one thread hop for the whole
-        batch: bulk registration stats thousands of small files."""
+        """One thread hop for the whole batch: bulk registration stats thousands of small files."""
         return await asyncio.to_thread(lambda: [self._stat(uri) for uri in uris])
 
+    async def read(self, uri: str, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
+        path = self.local_path(uri)
+        try:
+            async with aiofiles.open(path, "rb") as stream:
+                while chunk := await stream.read(chunk_size):
+                    yield chunk
+        except IsADirectoryError:
+            raise StorageRefused(f"{uri!r} is a directory, not a file") from None
+        except OSError as exc:
+            raise self._error(exc, uri) from None
+
+    async def write(
+        self, uri: str, chunks: AsyncIterable[bytes], *, size_hint: int | None = None, mode: int | None = None
+    ) -> int:
+        """Write next to the target under a partial name, fsync, then rename over it: a crash leaves
+        either the old state or the whole file, plus at worst a ``.dlm-partial`` that the next attempt
+        at the same URI overwrites."""
+        target = self.local_path(uri)
+        partial = target.with_name(f".{target.name}{PARTIAL_SUFFIX}")
+        written = 0
+        try:
+            if not self.root.is_dir():
+                raise FileNotFoundError(errno.ENOENT, "storage root missing")
+            await aiofiles.os.makedirs(target.parent, exist_ok=True)
+            async with aiofiles.open(partial, "wb") as stream:
+                async for chunk in chunks:
+                    await stream.write(chunk)
+                    written += len(chunk)
+                await stream.flush()
+                await asyncio.to_thread(os.fsync, stream.fileno())
+            if mode is not None:
+                await asyncio.to_thread(os.chmod, partial, stat.S_IMODE(mode))
+            await aiofiles.os.replace(partial, target)
+            await asyncio.to_thread(_fsync_directory, target.parent)
+        except BaseException as exc:
+            await asyncio.to_thread(_remove_quietly, partial)
+            if isinstance(exc, OSError):
+                raise self._error(exc, uri) from None
+            raise
+        return written
+
+    async def delete(self, uri: str) -> bool:
+        path = self.local_path(uri)
+
+        def remove() -> bool:
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            except FileNotFoundError:
+                return False
+            except OSError as exc:
+                raise self._error(exc, uri) from None
+            return True
+
+        return await asyncio.to_thread(remove)
+
+    async def walk(self, uri: str = "") -> AsyncIterator[Entry]:
+        start = self.local_path(uri) if uri else self.root.resolve()
+        batches = self._walk_batches(start, uri)
+        while batch := await asyncio.to_thread(next, batches, None):
+            for entry in batch:
+                yield entry
+
+    def _walk_batches(self, start: Path, uri: str) -> Iterator[list[Entry]]:
+        real_root = self.root.resolve()
+        try:
+            info = os.stat(start)
+        except OSError as exc:
+            raise self._error(exc, uri) from None
+        if not stat.S_ISDIR(info.st_mode):
+            yield [Entry(path="", size=info.st_size, mode=info.st_mode)]
+            return
+        batch: list[Entry] = []
+
+        def translate(exc: OSError) -> None:
+            raise self._error(exc, uri)
+
+        for directory, _, files in os.walk(start, onerror=translate):
+            for name in sorted(files):
+                if name.endswith(PARTIAL_SUFFIX):
+                    continue
+                path = Path(directory, name)
+                relative = path.relative_to(start).as_posix()
+                try:
+                    resolve_inside(real_root, path.relative_to(real_root).as_posix())
+                    info = os.stat(path)
+                except DLMError:
+                    raise StorageRefused(f"{uri}/{relative}: a symlink that points outside the storage root") from None
+                except OSError as exc:
+                    raise self._error(exc, f"{uri}/{relative}") from None
+                batch.append(Entry(path=relative, size=info.st_size, mode=info.st_mode))
+                if len(batch) >= _WALK_BATCH:
+                    yield batch
+                    batch = []
+        if batch:
+            yield batch
+
     async def checksum(self, uri: str, method: ChecksumMethod) -> str:
-        return await asyncio.to_thread(file_checksum, self.local_path(uri), method)
+        return await _in_thread(lambda: file_checksum(self.local_path(uri), method), self, uri)
+
+
+async def _in_thread(function: Callable[[], T], backend: PosixBackend, uri: str) -> T:
+    try:
+        return await asyncio.to_thread(function)
+    except OSError as exc:
+        raise backend._error(exc, uri) from None
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+def _fsync_directory(path: Path) -> None:
+    """Make the rename itself durable."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,85 @@
+"""What every transfer backend offers, and the errors they raise.
+
+A backend reaches the payloads of one storage. URIs are relative to the storage's root and can never
+leave it. Reads and writes are streams of chunks, so memory stays bounded whatever the payload size,
+and a write is atomic: until it returns, nothing is visible at the URI.
+"""
+
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Protocol
+
+import msgspec
+
+from dlm.enums import ChecksumMethod
+
+CHUNK_SIZE = 8 * 1024 * 1024
+
+
+class PayloadInfo(msgspec.Struct, frozen=True):
+    # Bytes of a file; None for a container (adding up its members would mean walking it).
+    size: int | None
+    is_container: bool
+
+
+class Entry(msgspec.Struct, frozen=True):
+    """A file found by ``walk``: its path relative to the walked URI ('' for the URI itself)."""
+
+    path: str
+    size: int
+    # POSIX permission bits, kept when copying to another POSIX storage; None on object stores.
+    mode: int | None = None
+
+
+class TransferError(Exception):
+    """A storage operation failed. ``transient`` errors (a network hiccup, a busy server) are worth
+    retrying; the others (missing payload, wrong credentials, bad checksum) will fail again."""
+
+    transient = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class PayloadMissing(TransferError):
+    pass
+
+
+class StorageUnreachable(TransferError):
+    transient = True
+
+
+class StorageRefused(TransferError):
+    """The storage answered but will not do it: access denied, no such bucket, disk full."""
+
+
+class ChecksumMismatch(TransferError):
+    pass
+
+
+class Backend(Protocol):
+    async def stat(self, uri: str) -> PayloadInfo | None:
+        """Size and kind of the payload at ``uri``; None when there is none."""
+        ...
+
+    async def stat_many(self, uris: list[str]) -> list[PayloadInfo | None]: ...
+
+    def read(self, uri: str, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
+        """The bytes of the file at ``uri``, chunk by chunk."""
+        ...
+
+    async def write(
+        self, uri: str, chunks: AsyncIterable[bytes], *, size_hint: int | None = None, mode: int | None = None
+    ) -> int:
+        """Store ``chunks`` as the file at ``uri``, atomically; returns the bytes written."""
+        ...
+
+    async def delete(self, uri: str) -> bool:
+        """Remove the file or container at ``uri`` (recursively); False when there was nothing."""
+        ...
+
+    def walk(self, uri: str = "") -> AsyncIterator[Entry]:
+        """Every file at or under ``uri`` (the whole storage by default)."""
+        ...
+
+    async def checksum(self, uri: str, method: ChecksumMethod) -> str: ...

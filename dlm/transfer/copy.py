@@ -1,0 +1,114 @@
+"""Copy a payload (a file, or a container recursively) between any two backends, verified.
+
+Bytes stream from the source through a checksum into the destination's atomic write, one chunk at a
+time. Each file is then read back from the destination and its checksum compared with what left the
+source. Any failure removes what was written at the destination URI.
+"""
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import msgspec
+
+from dlm.checksum import Hasher, new_hasher
+from dlm.enums import ChecksumMethod
+from dlm.transfer.base import CHUNK_SIZE, Backend, ChecksumMismatch, Entry
+
+Progress = Callable[[int, int], Awaitable[None]]
+
+
+class CopyResult(msgspec.Struct, frozen=True):
+    files: int
+    bytes: int
+    # The checksum of a single-file payload (None for a container: its members are verified one by one).
+    checksum: str | None
+    seconds: float
+
+
+class _Throttle:
+    """Keep a copy at or below ``rate`` bytes/s (0: unlimited) so bulk copies leave room for others."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.started = time.monotonic()
+        self.done = 0
+
+    async def account(self, size: int) -> None:
+        if not self.rate:
+            return
+        self.done += size
+        ahead = self.done / self.rate - (time.monotonic() - self.started)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+
+
+async def list_payload(backend: Backend, uri: str) -> list[Entry]:
+    return [entry async for entry in backend.walk(uri)]
+
+
+def member_uri(uri: str, entry: Entry) -> str:
+    return f"{uri}/{entry.path}" if entry.path else uri
+
+
+async def copy_payload(
+    source: Backend,
+    source_uri: str,
+    destination: Backend,
+    destination_uri: str,
+    *,
+    method: ChecksumMethod = ChecksumMethod.CRC32C,
+    on_progress: Progress | None = None,
+    max_bytes_per_second: int = 0,
+    expected_checksum: str | None = None,
+) -> CopyResult:
+    """Copy and verify. ``expected_checksum`` (the registered checksum of a single file, by ``method``)
+    also catches a source that has rotted since it was registered."""
+    if method is ChecksumMethod.NONE:
+        method = ChecksumMethod.CRC32C
+    started = time.monotonic()
+    entries = await list_payload(source, source_uri)
+    total = sum(entry.size for entry in entries)
+    throttle = _Throttle(max_bytes_per_second)
+    chunk_size = CHUNK_SIZE if not max_bytes_per_second else max(64 * 1024, min(CHUNK_SIZE, max_bytes_per_second // 4))
+    done = 0
+    checksum = None
+    if on_progress:
+        await on_progress(0, total)
+    try:
+        for entry in entries:
+            hasher = new_hasher(method)
+
+            async def counted(
+                entry_uri: str = member_uri(source_uri, entry), hasher: Hasher = hasher
+            ) -> AsyncIterator[bytes]:
+                nonlocal done
+                async for chunk in source.read(entry_uri, chunk_size):
+                    hasher.update(chunk)
+                    yield chunk
+                    done += len(chunk)
+                    await throttle.account(len(chunk))
+                    if on_progress:
+                        await on_progress(done, total)
+
+            target = member_uri(destination_uri, entry)
+            await destination.write(target, counted(), size_hint=entry.size, mode=entry.mode)
+            checksum = hasher.hexdigest()
+            if not entry.path and expected_checksum and checksum != expected_checksum:
+                raise ChecksumMismatch(
+                    f"source {source_uri!r} has {method.value} {checksum}, but {expected_checksum} was registered"
+                )
+            written = await destination.checksum(target, method)
+            if written != checksum:
+                raise ChecksumMismatch(
+                    f"destination {target!r} reads back with {method.value} {written}, the source sent {checksum}"
+                )
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await destination.delete(destination_uri)
+        raise
+    single = len(entries) == 1 and not entries[0].path
+    return CopyResult(
+        files=len(entries), bytes=done, checksum=checksum if single else None, seconds=time.monotonic() - started
+    )

@@ -1,0 +1,276 @@
+"""Payloads in an S3 object store (AWS, MinIO, Ceph RGW, moto...), reached with aioboto3.
+
+The storage's ``root_directory`` is ``bucket`` or ``bucket/prefix``; a payload's URI is a key under
+it, and a container is every object under ``uri/``. Connection settings come from the storage's
+config in rclone's remote format (``endpoint``, ``access_key_id``, ``secret_access_key``, ``region``,
+``env_auth``), so existing rclone remotes carry over.
+"""
+
+import contextlib
+import math
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
+
+import aioboto3
+import aiohttp
+import botocore.exceptions
+import msgspec
+from aiobotocore.config import AioConfig
+
+from dlm.checksum import new_hasher
+from dlm.enums import ChecksumMethod
+from dlm.transfer.base import (
+    CHUNK_SIZE,
+    Entry,
+    PayloadInfo,
+    PayloadMissing,
+    StorageRefused,
+    StorageUnreachable,
+    TransferError,
+)
+from dlm.transfer.paths import check_relative_uri
+
+# S3 refuses parts under 5 MiB (except the last) and uploads of more than 10,000 parts.
+MIN_PART_SIZE = 5 * 1024 * 1024
+DEFAULT_PART_SIZE = 16 * 1024 * 1024
+MAX_PARTS = 10_000
+_MISSING = {"404", "NoSuchKey", "NotFound"}
+_TRANSIENT = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
+
+
+class S3Settings(msgspec.Struct, kw_only=True, frozen=True):
+    """The parts of an rclone ``s3`` remote that DLM uses."""
+
+    endpoint: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    session_token: str | None = None
+    region: str | None = None
+    # True: take credentials from the environment / instance profile, as rclone does.
+    env_auth: bool = False
+    force_path_style: bool = True
+    part_size: int = DEFAULT_PART_SIZE
+
+    @classmethod
+    def from_rclone(cls, config: dict[str, Any]) -> "S3Settings":
+        known = {field.name for field in msgspec.structs.fields(cls)}
+        values = {key: value for key, value in config.items() if key in known and value not in ("", None)}
+        # rclone writes booleans as strings in its config files.
+        return msgspec.convert(values, cls, strict=False)
+
+
+def split_root(root_directory: str) -> tuple[str, str]:
+    """``bucket/prefix`` (optionally with a leading ``/`` or ``s3://``) → (bucket, 'prefix/' or '')."""
+    root = root_directory.removeprefix("s3://").strip("/")
+    bucket, _, prefix = root.partition("/")
+    return bucket, f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+
+
+class S3Backend:
+    def __init__(self, root_directory: str, settings: S3Settings) -> None:
+        self.bucket, self.prefix = split_root(root_directory)
+        self.settings = settings
+        self._stack = contextlib.AsyncExitStack()
+        self._client: Any = None
+
+    async def __aenter__(self) -> "S3Backend":
+        settings = self.settings
+        session = aioboto3.Session()
+        credentials: dict[str, Any] = {}
+        if not settings.env_auth:
+            credentials = {
+                "aws_access_key_id": settings.access_key_id,
+                "aws_secret_access_key": settings.secret_access_key,
+                "aws_session_token": settings.session_token,
+            }
+        config = AioConfig(
+            s3={"addressing_style": "path" if settings.force_path_style else "auto"},
+            # Only checksums S3 itself requires: MinIO and Ceph releases differ in which others they accept.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=10,
+            read_timeout=120,
+        )
+        self._client = await self._stack.enter_async_context(
+            session.client(
+                "s3",
+                endpoint_url=settings.endpoint,
+                region_name=settings.region or "us-east-1",
+                config=config,
+                **credentials,
+            )
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stack.aclose()
+
+    def key(self, uri: str) -> str:
+        return f"{self.prefix}{check_relative_uri(uri).as_posix()}"
+
+    def _error(self, exc: Exception, uri: str) -> TransferError:
+        where = f"s3://{self.bucket}/{self.key(uri) if uri else self.prefix}"
+        if isinstance(exc, botocore.exceptions.ClientError):
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in _MISSING:
+                return PayloadMissing(f"no payload at {uri!r}")
+            if code in _TRANSIENT:
+                return StorageUnreachable(f"{where}: {code}")
+            return StorageRefused(f"{where}: {code or exc}")
+        if isinstance(exc, botocore.exceptions.NoCredentialsError):
+            return StorageRefused(f"{where}: no credentials in the storage config")
+        return StorageUnreachable(f"{where}: {exc}")
+
+    @contextlib.contextmanager
+    def _translated(self, uri: str) -> Any:
+        try:
+            yield
+        except TransferError:
+            raise
+        except (
+            botocore.exceptions.BotoCoreError,
+            botocore.exceptions.ClientError,
+            aiohttp.ClientError,
+            OSError,
+        ) as exc:
+            raise self._error(exc, uri) from None
+
+    async def stat(self, uri: str) -> PayloadInfo | None:
+        key = self.key(uri)
+        with self._translated(uri):
+            try:
+                head = await self._client.head_object(Bucket=self.bucket, Key=key)
+                return PayloadInfo(size=head["ContentLength"], is_container=False)
+            except botocore.exceptions.ClientError as exc:
+                if self._error(exc, uri).__class__ is not PayloadMissing:
+                    raise
+            listed = await self._client.list_objects_v2(Bucket=self.bucket, Prefix=f"{key}/", MaxKeys=1)
+        if listed.get("KeyCount", 0):
+            return PayloadInfo(size=None, is_container=True)
+        return None
+
+    async def stat_many(self, uris: list[str]) -> list[PayloadInfo | None]:
+        return [await self.stat(uri) for uri in uris]
+
+    async def read(self, uri: str, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
+        with self._translated(uri):
+            response = await self._client.get_object(Bucket=self.bucket, Key=self.key(uri))
+            body = response["Body"]
+            try:
+                async for chunk in body.iter_chunks(chunk_size):
+                    yield chunk
+            finally:
+                body.close()
+
+    def part_size(self, size_hint: int | None) -> int:
+        if size_hint is None:
+            # Unknown size: parts big enough for ~5 TiB, S3's own object limit.
+            return max(self.settings.part_size, 512 * 1024 * 1024)
+        return max(self.settings.part_size, MIN_PART_SIZE, math.ceil(size_hint / MAX_PARTS))
+
+    async def write(
+        self, uri: str, chunks: AsyncIterable[bytes], *, size_hint: int | None = None, mode: int | None = None
+    ) -> int:
+        """One PUT for a payload that fits in a part, otherwise a multipart upload holding one part in
+        memory at a time. Nothing is visible at the key until the upload completes; any failure aborts it."""
+        key = self.key(uri)
+        part_size = self.part_size(size_hint)
+        buffer = bytearray()
+        written = 0
+        upload_id: str | None = None
+        parts: list[dict[str, Any]] = []
+        with self._translated(uri):
+            await self._abort_stale_uploads(key)
+            try:
+                async for chunk in chunks:
+                    buffer += chunk
+                    written += len(chunk)
+                    while len(buffer) >= part_size:
+                        if upload_id is None:
+                            created = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
+                            upload_id = created["UploadId"]
+                        await self._upload_part(key, upload_id, parts, bytes(buffer[:part_size]))
+                        del buffer[:part_size]
+                if upload_id is None:
+                    await self._client.put_object(Bucket=self.bucket, Key=key, Body=bytes(buffer))
+                    return written
+                if buffer:
+                    await self._upload_part(key, upload_id, parts, bytes(buffer))
+                await self._client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                )
+            except BaseException:
+                if upload_id is not None:
+                    with contextlib.suppress(Exception):
+                        await self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                raise
+        return written
+
+    async def _upload_part(self, key: str, upload_id: str, parts: list[dict[str, Any]], body: bytes) -> None:
+        number = len(parts) + 1
+        response = await self._client.upload_part(
+            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+        )
+        parts.append({"ETag": response["ETag"], "PartNumber": number})
+
+    async def _abort_stale_uploads(self, key: str) -> None:
+        """A writer that crashed mid-upload leaves its parts billed and invisible; the next write of the
+        same key (the resumed job) clears them."""
+        listed = await self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+        for upload in listed.get("Uploads", []):
+            if upload["Key"] == key:
+                await self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload["UploadId"])
+
+    async def delete(self, uri: str) -> bool:
+        key = self.key(uri)
+        found = False
+        with self._translated(uri):
+            info = await self.stat(uri)
+            if info is not None and not info.is_container:
+                await self._client.delete_object(Bucket=self.bucket, Key=key)
+                found = True
+            batch: list[dict[str, str]] = []
+            async for listed in self._list(f"{key}/"):
+                batch.append({"Key": listed["Key"]})
+                if len(batch) == 1000:
+                    await self._delete_batch(batch)
+                    batch, found = [], True
+            if batch:
+                await self._delete_batch(batch)
+                found = True
+        return found
+
+    async def _delete_batch(self, batch: list[dict[str, str]]) -> None:
+        response = await self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+        if errors := response.get("Errors"):
+            raise StorageRefused(f"s3://{self.bucket}/{errors[0]['Key']}: {errors[0].get('Code')}")
+
+    async def _list(self, prefix: str) -> AsyncIterator[dict[str, Any]]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for listed in page.get("Contents", []):
+                yield listed
+
+    async def walk(self, uri: str = "") -> AsyncIterator[Entry]:
+        with self._translated(uri):
+            if uri:
+                info = await self.stat(uri)
+                if info is None:
+                    raise PayloadMissing(f"no payload at {uri!r}")
+                if not info.is_container:
+                    yield Entry(path="", size=info.size or 0)
+                    return
+                prefix = f"{self.key(uri)}/"
+            else:
+                prefix = self.prefix
+            async for listed in self._list(prefix):
+                relative = listed["Key"][len(prefix) :]
+                if relative and not relative.endswith("/"):  # skip "directory" marker objects
+                    yield Entry(path=relative, size=listed["Size"])
+
+    async def checksum(self, uri: str, method: ChecksumMethod) -> str:
+        hasher = new_hasher(method)
+        async for chunk in self.read(uri):
+            hasher.update(chunk)
+        return hasher.hexdigest()

@@ -1,0 +1,143 @@
+"""Both backends against real storage: a temporary directory and moto's S3 server over HTTP."""
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dlm.checksum import new_hasher
+from dlm.enums import ChecksumMethod, StorageInterface
+from dlm.errors import InvalidQueryParameters
+from dlm.transfer import make_backend
+from dlm.transfer.base import PayloadMissing, StorageRefused
+from dlm.transfer.s3 import MIN_PART_SIZE, S3Backend, S3Settings
+from tests.conftest import new_bucket
+
+
+async def chunks_of(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def read_all(backend: Any, uri: str) -> bytes:
+    return b"".join([chunk async for chunk in backend.read(uri)])
+
+
+@pytest.fixture(params=["posix", "s3"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path, s3_config: dict[str, Any]) -> AsyncIterator[Any]:
+    if request.param == "posix":
+        root = tmp_path / "root"
+        root.mkdir()
+        async with make_backend(StorageInterface.POSIX, str(root), {"type": "local"}) as posix:
+            yield posix
+    else:
+        bucket = await new_bucket(s3_config)
+        async with make_backend(StorageInterface.S3, f"{bucket}/prefix", s3_config) as s3:
+            yield s3
+
+
+async def test_write_then_read_stat_checksum_and_delete(backend: Any) -> None:
+    written = await backend.write("a/b/file.bin", chunks_of(b"hello ", b"world"))
+    assert written == 11
+    assert await read_all(backend, "a/b/file.bin") == b"hello world"
+    assert (await backend.stat("a/b/file.bin")).size == 11
+    assert (await backend.stat("a/b")).is_container
+    assert await backend.stat("a/missing") is None
+    for method in ChecksumMethod:
+        if method is ChecksumMethod.NONE:
+            continue
+        hasher = new_hasher(method)
+        hasher.update(b"hello world")
+        assert await backend.checksum("a/b/file.bin", method) == hasher.hexdigest()
+    assert await backend.delete("a/b/file.bin")
+    assert await backend.stat("a/b/file.bin") is None
+    assert not await backend.delete("a/b/file.bin")
+
+
+async def test_walk_lists_a_container_recursively_and_delete_removes_it(backend: Any) -> None:
+    for uri, content in [("box/x", b"1"), ("box/sub/y", b"22"), ("box/sub/deeper/z", b"333"), ("other", b"4")]:
+        await backend.write(uri, chunks_of(content))
+    entries = sorted([(entry.path, entry.size) async for entry in backend.walk("box")])
+    assert entries == [("sub/deeper/z", 3), ("sub/y", 2), ("x", 1)]
+    assert [(entry.path, entry.size) async for entry in backend.walk("other")] == [("", 1)]
+    assert sorted([entry.path async for entry in backend.walk()]) == ["box/sub/deeper/z", "box/sub/y", "box/x", "other"]
+    assert await backend.delete("box")
+    assert await backend.stat("box") is None
+    assert await backend.stat("other") is not None
+
+
+async def test_reading_a_missing_payload_is_a_clear_permanent_error(backend: Any) -> None:
+    with pytest.raises(PayloadMissing) as raised:
+        await read_all(backend, "nothing/here")
+    assert not raised.value.transient
+    with pytest.raises(PayloadMissing):
+        [entry async for entry in backend.walk("nothing")]
+
+
+async def test_a_failed_write_leaves_nothing_behind(backend: Any) -> None:
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"x" * 1024
+        raise RuntimeError("source went away")
+
+    with pytest.raises(RuntimeError):
+        await backend.write("dir/file", broken())
+    assert await backend.stat("dir/file") is None
+    assert [entry async for entry in backend.walk()] == []
+
+
+@pytest.mark.parametrize("uri", ["../outside", "a/../../outside", "/etc/passwd", ""])
+async def test_uris_cannot_escape_the_root(backend: Any, uri: str) -> None:
+    with pytest.raises(InvalidQueryParameters):
+        await backend.write(uri, chunks_of(b"x"))
+    with pytest.raises(InvalidQueryParameters):
+        await backend.stat(uri)
+
+
+async def test_posix_symlinks_pointing_outside_the_root_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "box").mkdir(parents=True)
+    secret = tmp_path / "secret"
+    secret.write_text("not yours")
+    (root / "link").symlink_to(secret)
+    (root / "box" / "link").symlink_to(secret)
+    async with make_backend(StorageInterface.POSIX, str(root), None) as posix:
+        with pytest.raises(InvalidQueryParameters, match="outside the storage root"):
+            await read_all(posix, "link")
+        with pytest.raises(StorageRefused, match="outside the storage root"):
+            [entry async for entry in posix.walk("box")]
+
+
+async def test_posix_write_is_atomic_and_keeps_permissions(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    async with make_backend(StorageInterface.POSIX, str(root), None) as posix:
+        await posix.write("f", chunks_of(b"data"), mode=0o100640)
+        assert (root / "f").stat().st_mode & 0o777 == 0o640
+        assert [path.name for path in root.iterdir()] == ["f"]
+
+
+async def test_s3_large_payloads_go_up_in_parts(s3_bucket: str, s3_config: dict[str, Any]) -> None:
+    settings = S3Settings.from_rclone({**s3_config, "part_size": str(MIN_PART_SIZE)})
+    part = os.urandom(1024 * 1024)
+    async with S3Backend(s3_bucket, settings) as s3:
+        written = await s3.write("big", chunks_of(*[part] * 12), size_hint=12 * len(part))
+        assert written == 12 * len(part)
+        head = await s3._client.head_object(Bucket=s3_bucket, Key="big")
+        assert head["ETag"].strip('"').endswith("-3")  # a multipart upload of three 5 MiB parts
+        assert await read_all(s3, "big") == part * 12
+
+
+async def test_s3_unreachable_endpoint_is_transient(s3_bucket: str) -> None:
+    settings = S3Settings(endpoint="http://127.0.0.1:9", access_key_id="a", secret_access_key="b")
+    async with S3Backend(s3_bucket, settings) as s3:
+        with pytest.raises(Exception) as raised:
+            await s3.stat("x")
+    assert getattr(raised.value, "transient", False), raised.value
+
+
+async def test_s3_wrong_bucket_is_refused_permanently(s3_config: dict[str, Any]) -> None:
+    async with S3Backend("no-such-bucket", S3Settings.from_rclone(s3_config)) as s3:
+        with pytest.raises(StorageRefused, match="NoSuchBucket"):
+            await s3.write("x", chunks_of(b"x"))

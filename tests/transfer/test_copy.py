@@ -1,0 +1,161 @@
+"""Verified copies in all four directions, containers, failures, and bounded memory."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dlm.checksum import new_hasher
+from dlm.enums import ChecksumMethod, StorageInterface
+from dlm.transfer import make_backend
+from dlm.transfer.base import ChecksumMismatch, StorageUnreachable
+from dlm.transfer.copy import copy_payload
+from tests.conftest import new_bucket
+
+
+async def chunks_of(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def contents(backend: Any, uri: str) -> dict[str, bytes]:
+    found = {}
+    async for entry in backend.walk(uri):
+        found[entry.path] = b"".join(
+            [chunk async for chunk in backend.read(f"{uri}/{entry.path}" if entry.path else uri)]
+        )
+    return found
+
+
+async def open_backend(kind: str, tmp_path: Path, s3_config: dict[str, Any], name: str) -> Any:
+    if kind == "posix":
+        root = tmp_path / name
+        root.mkdir()
+        return make_backend(StorageInterface.POSIX, str(root), None)
+    return make_backend(StorageInterface.S3, await new_bucket(s3_config), s3_config)
+
+
+DIRECTIONS = [("posix", "posix"), ("posix", "s3"), ("s3", "posix"), ("s3", "s3")]
+
+
+@pytest.mark.parametrize(("source_kind", "destination_kind"), DIRECTIONS)
+async def test_a_file_and_a_container_copy_in_every_direction(
+    source_kind: str, destination_kind: str, tmp_path: Path, s3_config: dict[str, Any]
+) -> None:
+    payload = os.urandom(3 * 1024 * 1024 + 17)
+    members = {"a.txt": b"alpha", "sub/b.bin": os.urandom(70_000), "sub/deep/c": b""}
+    async with (
+        await open_backend(source_kind, tmp_path, s3_config, "source") as source,
+        await open_backend(destination_kind, tmp_path, s3_config, "destination") as destination,
+    ):
+        await source.write("in/file.bin", chunks_of(payload))
+        for path, content in members.items():
+            await source.write(f"box/{path}", chunks_of(content))
+        progress: list[tuple[int, int]] = []
+
+        async def record(done: int, total: int) -> None:
+            progress.append((done, total))
+
+        result = await copy_payload(source, "in/file.bin", destination, "out/file.bin", on_progress=record)
+        hasher = new_hasher(ChecksumMethod.CRC32C)
+        hasher.update(payload)
+        assert (result.files, result.bytes, result.checksum) == (1, len(payload), hasher.hexdigest())
+        assert await contents(destination, "out/file.bin") == {"": payload}
+        assert progress[0] == (0, len(payload)) and progress[-1] == (len(payload), len(payload))
+
+        result = await copy_payload(source, "box", destination, "copied/box", method=ChecksumMethod.SHA256)
+        assert (result.files, result.bytes, result.checksum) == (3, sum(map(len, members.values())), None)
+        assert await contents(destination, "copied/box") == members
+
+
+async def test_a_source_that_no_longer_matches_its_registered_checksum_is_not_copied(tmp_path: Path) -> None:
+    (tmp_path / "source").mkdir()
+    (tmp_path / "destination").mkdir()
+    (tmp_path / "source" / "f").write_bytes(b"rotten bits")
+    async with (
+        make_backend(StorageInterface.POSIX, str(tmp_path / "source"), None) as source,
+        make_backend(StorageInterface.POSIX, str(tmp_path / "destination"), None) as destination,
+    ):
+        with pytest.raises(ChecksumMismatch, match="was registered"):
+            await copy_payload(source, "f", destination, "f", expected_checksum="00000000")
+    assert list((tmp_path / "destination").iterdir()) == []
+
+
+async def test_a_destination_that_disappears_mid_copy_fails_transiently_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    source_root, destination_root = tmp_path / "source", tmp_path / "mount"
+    source_root.mkdir()
+    destination_root.mkdir()
+    (source_root / "f").write_bytes(os.urandom(4 * 1024 * 1024))
+
+    async def unmount_halfway(done: int, total: int) -> None:
+        if done >= total // 2 and destination_root.exists():
+            subprocess.run(["rm", "-rf", str(destination_root)], check=True)
+
+    async with (
+        make_backend(StorageInterface.POSIX, str(source_root), None) as source,
+        make_backend(StorageInterface.POSIX, str(destination_root), None) as destination,
+    ):
+        with pytest.raises(StorageUnreachable, match="not there") as raised:
+            await copy_payload(
+                source, "f", destination, "dir/f", on_progress=unmount_halfway, max_bytes_per_second=16 * 1024 * 1024
+            )
+    assert raised.value.transient
+    # The vanished volume is not recreated underneath its mount point.
+    assert not destination_root.exists()
+
+
+MEMORY_PROBE = textwrap.dedent(
+    """
+    import asyncio, json, resource, sys
+    from dlm.enums import StorageInterface
+    from dlm.transfer import make_backend
+    from dlm.transfer.copy import copy_payload
+
+    async def main(kind, source_root, destination_root, config):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        async with make_backend(StorageInterface.POSIX, source_root, None) as source, \\
+                   make_backend(StorageInterface(kind), destination_root, config) as destination:
+            result = await copy_payload(source, "big", destination, "big")
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps({"bytes": result.bytes, "grew_kib": after - before}))
+
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])))
+    """
+)
+
+
+@pytest.mark.parametrize(("kind", "size"), [("posix", 2 * 1024**3), ("s3", 160 * 1024**2)])
+async def test_memory_stays_bounded_whatever_the_payload_size(
+    kind: str, size: int, tmp_path: Path, s3_config: dict[str, Any]
+) -> None:
+    """A multi-GiB sparse file (POSIX) and a payload many parts long (S3) copy in a process whose peak
+    memory grows by far less than the payload."""
+    import json
+
+    source_root = tmp_path / "source"
+    source_root.mkdir()
+    with open(source_root / "big", "wb") as sparse:
+        sparse.truncate(size)
+    if kind == "posix":
+        destination_root = tmp_path / "destination"
+        destination_root.mkdir()
+        target, config = str(destination_root), {}
+    else:
+        target, config = await new_bucket(s3_config), {**s3_config, "part_size": 5 * 1024 * 1024}
+    probe = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, kind, str(source_root), target, json.dumps(config)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert probe.returncode == 0, probe.stderr
+    report = json.loads(probe.stdout)
+    assert report["bytes"] == size
+    assert report["grew_kib"] * 1024 < 96 * 1024 * 1024, report
