@@ -8,11 +8,16 @@ import msgspec
 from litestar import Request, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.status_codes import HTTP_422_UNPROCESSABLE_ENTITY, HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.status_codes import (
+    HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dlm.db.engine import transaction, translate_database_error
 from dlm.errors import DLMError
+from dlm.transfer.base import TransferError
 
 log = logging.getLogger("dlm.api")
 
@@ -36,6 +41,12 @@ def _error(status: int, name: str, message: str) -> Response[dict[str, str]]:
 
 def handle_dlm_error(request: Request[Any, Any, Any], exc: DLMError) -> Response[dict[str, str]]:
     return _error(exc.status_code, exc.name, exc.message)
+
+
+def handle_transfer_error(request: Request[Any, Any, Any], exc: TransferError) -> Response[dict[str, str]]:
+    """A storage could not be reached (503, worth retrying) or refused what was asked (422)."""
+    status = HTTP_503_SERVICE_UNAVAILABLE if exc.transient else HTTP_422_UNPROCESSABLE_ENTITY
+    return _error(status, type(exc).__name__, exc.message)
 
 
 def handle_validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, str]]:
@@ -76,6 +87,15 @@ def handle_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Re
 
 
 def handle_unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
+    # Litestar wraps an error raised while a dependency cleans up (our transaction translating a
+    # database error at flush or commit) in an ExceptionGroup; the error inside is the one to report.
+    if isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+        inner = exc.exceptions[0]
+        if isinstance(inner, DLMError):
+            return handle_dlm_error(request, inner)
+        if isinstance(inner, TransferError):
+            return handle_transfer_error(request, inner)
+        exc = inner
     translated = translate_database_error(exc)
     if translated is not None:
         return handle_dlm_error(request, translated)
@@ -85,6 +105,7 @@ def handle_unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> 
 
 EXCEPTION_HANDLERS: dict[type[Exception], Any] = {
     DLMError: handle_dlm_error,
+    TransferError: handle_transfer_error,
     ValidationException: handle_validation_error,
     HTTPException: handle_http_error,
     Exception: handle_unexpected_error,

@@ -32,6 +32,22 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     # Registration computes a payload's checksum only when it is this small (bytes); 0 turns it off.
     register_checksum_max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 64 * 1024 * 1024
     log_level: str = "INFO"
+    # Files (JSON or TOML) listing locations and storages (with their configs) to create at startup
+    # when missing; see docs/operations.md.
+    location_config: str | None = None
+    storage_config: str | None = None
+    # The public key DLM's SFTP transfers present (GET /storage/get_ssh_public_key).
+    ssh_public_key_file: str | None = None
+    # Copies this process runs at once; 0 leaves the migration queue to other DLM processes.
+    migration_workers: Annotated[int, msgspec.Meta(ge=0, le=64)] = 2
+    # A claimed copy is another process's to take over when its lease runs out without a heartbeat.
+    migration_lease_seconds: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    migration_poll_seconds: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    # Transient failures are retried after retry_base * 2**(attempt-1) seconds, at most this many attempts.
+    migration_max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 5
+    migration_retry_base_seconds: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    # Per-copy bandwidth cap in bytes/s; 0 means as fast as the storages allow.
+    transfer_max_bytes_per_second: Annotated[int, msgspec.Meta(ge=0)] = 0
 
     @property
     def embedded(self) -> bool:

@@ -183,6 +183,25 @@ class Registry:
         assert response.status_code == 200, response.text
         return response.json()
 
+    async def s3_storage(self, name: str, bucket: str, config: dict[str, Any], *, phase: str = "SOLID") -> str:
+        existing = await self.client.get("/storage/query_location", params={"location_name": "site"})
+        if not existing.json():
+            await self.location("site")
+        response = await self.client.post(
+            "/storage/init_storage",
+            params={
+                "storage_name": name,
+                "storage_type": "objectstore",
+                "storage_interface": "s3",
+                "root_directory": bucket,
+                "location_name": "site",
+                "storage_phase": phase,
+            },
+            json=config,
+        )
+        assert response.status_code == 200, response.text
+        return response.json()
+
     def payload(self, uri: str, content: bytes = b"payload\n", root: Path | None = None) -> Path:
         path = (root or self.root) / uri
         path.parent.mkdir(parents=True, exist_ok=True)

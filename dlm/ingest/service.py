@@ -27,7 +27,7 @@ from dlm.errors import (
     UnmetPreconditionForOperation,
     ValueAlreadyInDB,
 )
-from dlm.storage.service import backend_for, resolve_storage
+from dlm.storage.service import resolve_storage, storage_backend
 from dlm.transfer.paths import check_relative_uri
 
 MAX_BULK_ITEMS = 100_000
@@ -234,23 +234,25 @@ async def _inspect_payloads(
     for indices in by_storage.values():
         storage = storages[indices[0]]
         with _naming(where(indices[0])):
-            backend = backend_for(storage)
-        infos = await backend.stat_many([registrations[index].uri for index in indices])
-        for index, info in zip(indices, infos, strict=True):
-            entry = registrations[index]
-            if info is None:
-                raise UnmetPreconditionForOperation(
-                    f"{where(index)}uri: no payload at {entry.uri!r} on storage {storage.storage_name!r}"
-                )
-            if info.is_container != (entry.item_type is ItemType.CONTAINER):
-                kind = "a directory" if info.is_container else "a file"
-                raise UnmetPreconditionForOperation(
-                    f"{where(index)}item_type: the payload at {entry.uri!r} is {kind}, not a {entry.item_type.value}"
-                )
-            if not info.is_container:
-                payloads[index].size = info.size
-                if info.size <= checksum_max_bytes:
-                    payloads[index].checksum = await backend.checksum(entry.uri, ChecksumMethod.CRC32C)
+            backend_context = await storage_backend(session, storage)
+        async with backend_context as backend:
+            infos = await backend.stat_many([registrations[index].uri for index in indices])
+            for index, info in zip(indices, infos, strict=True):
+                entry = registrations[index]
+                if info is None:
+                    raise UnmetPreconditionForOperation(
+                        f"{where(index)}uri: no payload at {entry.uri!r} on storage {storage.storage_name!r}"
+                    )
+                if info.is_container != (entry.item_type is ItemType.CONTAINER):
+                    kind = "a directory" if info.is_container else "a file"
+                    raise UnmetPreconditionForOperation(
+                        f"{where(index)}item_type: the payload at {entry.uri!r} is {kind}, "
+                        f"not a {entry.item_type.value}"
+                    )
+                if info.size is not None:
+                    payloads[index].size = info.size
+                    if info.size <= checksum_max_bytes:
+                        payloads[index].checksum = await backend.checksum(entry.uri, ChecksumMethod.CRC32C)
     return payloads
 
 

@@ -1,14 +1,15 @@
-"""/storage: locations and storages (the part of SKA-DLM's storage manager that registration needs)."""
+"""/storage: locations, storages and their configs, usage, and payload deletion."""
 
 from typing import Any
 
 from litestar import Response, Router, get, post
+from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery, JSONBody
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dlm.api import json_response, provide_session
-from dlm.enums import LocationCountry, LocationType, Phase, StorageInterface, StorageType
+from dlm.enums import ConfigType, LocationCountry, LocationType, Phase, StorageInterface, StorageType
 from dlm.rows import row_dicts
 from dlm.storage import service
 
@@ -88,9 +89,87 @@ async def query_storage(
     return row_dicts(await service.query_storages(session, storage_name=storage_name, storage_id=storage_id))
 
 
+@post("/create_storage_config", operation_id="create_storage_config", summary="Create Storage Config", status_code=200)
+async def create_storage_config(
+    session: NamedDependency[AsyncSession],
+    data: JSONBody[dict[str, Any]],
+    storage_id: FromQuery[str] = "",
+    storage_name: FromQuery[str] = "",
+    config_type: FromQuery[ConfigType] = ConfigType.RCLONE,
+) -> Response[bytes]:
+    """Validate and store a config for a storage (rclone's remote format for config_type rclone); it
+    supersedes the storage's earlier configs. Returns the config_id."""
+    config_id = await service.create_storage_config(
+        session, config=data, storage_id=storage_id, storage_name=storage_name, config_type=config_type
+    )
+    return json_response(str(config_id))
+
+
+@get("/get_storage_config", operation_id="get_storage_config", summary="Get Storage Config")
+async def get_storage_config(
+    session: NamedDependency[AsyncSession],
+    storage_id: FromQuery[str] = "",
+    storage_name: FromQuery[str] = "",
+    config_type: FromQuery[ConfigType] = ConfigType.RCLONE,
+) -> list[dict[str, Any]]:
+    """A storage's configs, newest first. Secrets (keys, passwords, tokens) are shown as ``***``."""
+    return await service.get_storage_configs(
+        session, storage_id=storage_id, storage_name=storage_name, config_type=config_type
+    )
+
+
+@post("/rclone_config", operation_id="create_rclone_config", summary="Create Rclone Config", status_code=200)
+async def rclone_config(session: NamedDependency[AsyncSession], data: JSONBody[dict[str, Any]]) -> Response[bytes]:
+    """Validate an rclone remote (``{"name", "type", "parameters"}``) and store it as the config of the
+    storage it is named after. DLM copies natively, so no rclone daemon is involved."""
+    return json_response(await service.register_rclone_remote(session, data))
+
+
+@get("/get_ssh_public_key", operation_id="get_ssh_public_key", summary="Get Ssh Public Key")
+async def get_ssh_public_key(state: State) -> Response[bytes]:
+    """The SSH public key DLM presents to SFTP storages (``DLM_SSH_PUBLIC_KEY_FILE``)."""
+    return json_response(service.ssh_public_key(state.settings.ssh_public_key_file))
+
+
+@get("/storage_usage", operation_id="storage_usage", summary="Storage Usage")
+async def storage_usage(
+    session: NamedDependency[AsyncSession], storage_name: FromQuery[str] = "", storage_id: FromQuery[str] = ""
+) -> list[dict[str, Any]]:
+    """DLM addition. Per storage: capacity, bytes and replicas DLM holds there, and for POSIX storages
+    the file system's total and free bytes."""
+    return await service.storage_usage(session, storage_name=storage_name, storage_id=storage_id)
+
+
+@post(
+    "/delete_data_item_payload",
+    operation_id="delete_data_item_payload",
+    summary="Delete Data Item Payload",
+    status_code=200,
+)
+async def delete_data_item_payload(
+    session: NamedDependency[AsyncSession], uid: FromQuery[str], force: FromQuery[bool] = False
+) -> list[dict[str, Any]]:
+    """DLM addition. Delete one replica's payload and mark it DELETED (the row stays as the trace),
+    with its registered children on the same storage if it is a container. Refused when the item
+    would fall below its target_phase before it expires, unless force=true."""
+    return row_dicts(await service.delete_payload(session, uid=uid, force=force))
+
+
 router = Router(
     path="/storage",
-    route_handlers=[query_location_facility, init_location, query_location, init_storage, query_storage],
+    route_handlers=[
+        query_location_facility,
+        init_location,
+        query_location,
+        init_storage,
+        query_storage,
+        create_storage_config,
+        get_storage_config,
+        rclone_config,
+        get_ssh_public_key,
+        storage_usage,
+        delete_data_item_payload,
+    ],
     dependencies={"session": Provide(provide_session)},
     tags=["storage"],
 )

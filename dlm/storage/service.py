@@ -1,24 +1,35 @@
-"""Locations and storages: where payloads live."""
+"""Locations, storages and their configs: where payloads live and how DLM reaches them."""
 
+import asyncio
+import datetime
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dlm.db.models import Location, LocationFacility, Storage, StorageConfig
+from dlm.data_item import ITEMS, change_items, get_item
+from dlm.db.models import DataItem, Location, LocationFacility, Migration, Storage, StorageConfig
 from dlm.enums import (
     ConfigType,
+    ItemState,
+    ItemType,
     LocationCountry,
     LocationType,
+    MigrationStatus,
     Phase,
     StorageInterface,
     StorageType,
+    combined_phase,
 )
-from dlm.errors import InvalidQueryParameters, NotFound, UnmetPreconditionForOperation
+from dlm.errors import Conflict, InvalidQueryParameters, NotFound, UnmetPreconditionForOperation, ValueAlreadyInDB
 from dlm.parsing import parse_uuid
+from dlm.storage import configs
+from dlm.transfer import make_backend
 from dlm.transfer.posix import PosixBackend
+from dlm.transfer.s3 import S3Backend
 
 MAX_ROWS = 1000
 
@@ -95,6 +106,10 @@ async def init_storage(
     """Create a storage volume at a location and return its id."""
     if not storage_name.strip():
         raise InvalidQueryParameters("storage_name: must not be empty")
+    if storage_config:
+        configs.validate(storage_config, interface=storage_interface)
+    if await session.scalar(select(Storage.storage_id).where(Storage.storage_name == storage_name)):
+        raise ValueAlreadyInDB(f"storage_name: a storage named {storage_name!r} exists already")
     if storage_capacity < -1:
         raise InvalidQueryParameters("storage_capacity: must be a number of bytes, or -1 for no limit")
     if storage_interface is StorageInterface.POSIX:
@@ -150,11 +165,169 @@ async def resolve_storage(session: AsyncSession, *, storage_name: str = "", stor
     return storage
 
 
-def backend_for(storage: Storage) -> PosixBackend:
-    """The backend that reaches this storage's payloads."""
-    if storage.storage_interface is StorageInterface.POSIX:
-        return PosixBackend(storage.root_directory)
-    raise UnmetPreconditionForOperation(
-        f"storage {storage.storage_name!r}: payload access over {storage.storage_interface.value} is not "
-        "available yet; register with do_storage_access_check=false"
+async def latest_config(
+    session: AsyncSession, storage_id: uuid.UUID, config_type: ConfigType = ConfigType.RCLONE
+) -> dict[str, Any] | None:
+    """The storage's newest config of this type (configs are appended, never edited in place)."""
+    return await session.scalar(
+        select(StorageConfig.config)
+        .where(StorageConfig.storage_id == storage_id, StorageConfig.config_type == config_type)
+        .order_by(StorageConfig.config_date.desc(), StorageConfig.config_id)
+        .limit(1)
     )
+
+
+async def create_storage_config(
+    session: AsyncSession,
+    *,
+    config: Any,
+    storage_id: str = "",
+    storage_name: str = "",
+    config_type: ConfigType = ConfigType.RCLONE,
+) -> uuid.UUID:
+    """Validate and store a config for a storage; it supersedes earlier ones of the same type."""
+    storage = await resolve_storage(session, storage_name=storage_name, storage_id=storage_id)
+    configs.validate(config, config_type=config_type, interface=storage.storage_interface)
+    row = StorageConfig(storage_id=storage.storage_id, config=config, config_type=config_type)
+    session.add(row)
+    await session.flush()
+    return row.config_id
+
+
+async def get_storage_configs(
+    session: AsyncSession, *, storage_id: str = "", storage_name: str = "", config_type: ConfigType = ConfigType.RCLONE
+) -> list[dict[str, Any]]:
+    """The storage's configs of this type, newest first, with every secret redacted."""
+    storage = await resolve_storage(session, storage_name=storage_name, storage_id=storage_id)
+    found = await session.scalars(
+        select(StorageConfig.config)
+        .where(StorageConfig.storage_id == storage.storage_id, StorageConfig.config_type == config_type)
+        .order_by(StorageConfig.config_date.desc(), StorageConfig.config_id)
+    )
+    return [configs.redact(config) for config in found]
+
+
+async def register_rclone_remote(session: AsyncSession, config: Any) -> bool:
+    """SKA-DLM's ``rclone_config``: a remote named after a storage becomes that storage's config.
+    DLM moves bytes itself, so there is no rclone daemon to tell."""
+    configs.validate(config)
+    name = config.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidQueryParameters("config.name: required, the name of the storage this remote reaches")
+    await create_storage_config(session, config=config, storage_name=name)
+    return True
+
+
+def ssh_public_key(key_file: str | None) -> str:
+    if not key_file:
+        raise NotFound("no SSH public key is configured (set DLM_SSH_PUBLIC_KEY_FILE)")
+    try:
+        return Path(key_file).read_text().strip()
+    except OSError as exc:
+        raise NotFound(f"the SSH public key {key_file!r} cannot be read: {exc.strerror}") from None
+
+
+async def storage_backend(session: AsyncSession, storage: Storage) -> PosixBackend | S3Backend:
+    """The backend that reaches this storage's payloads, as an async context manager."""
+    config = await latest_config(session, storage.storage_id)
+    return make_backend(storage.storage_interface, storage.root_directory, config, storage.storage_name)
+
+
+async def storage_usage(session: AsyncSession, *, storage_name: str = "", storage_id: str = "") -> list[dict[str, Any]]:
+    """What DLM holds on each storage (bytes and replicas not deleted), against its capacity, and for a
+    POSIX storage what its file system says is free."""
+    query = (
+        select(
+            Storage.storage_id,
+            Storage.storage_name,
+            Storage.storage_interface,
+            Storage.root_directory,
+            Storage.storage_capacity,
+            func.coalesce(func.sum(DataItem.item_size), 0).label("used_bytes"),
+            func.count(DataItem.uid).label("objects"),
+        )
+        .outerjoin(DataItem, (DataItem.storage_id == Storage.storage_id) & (DataItem.item_state != ItemState.DELETED))
+        .group_by(Storage.storage_id)
+        .order_by(Storage.storage_name)
+        .limit(MAX_ROWS)
+    )
+    if storage_name or storage_id:
+        storage = await resolve_storage(session, storage_name=storage_name, storage_id=storage_id)
+        query = query.where(Storage.storage_id == storage.storage_id)
+    usage = []
+    for row in (await session.execute(query)).all():
+        capacity = row.storage_capacity if row.storage_capacity >= 0 else None
+        entry: dict[str, Any] = {
+            "storage_id": str(row.storage_id),
+            "storage_name": row.storage_name,
+            "capacity_bytes": capacity,
+            "used_bytes": int(row.used_bytes),
+            "objects": row.objects,
+            "use_pct": round(100 * int(row.used_bytes) / capacity, 2) if capacity else None,
+            "filesystem_total_bytes": None,
+            "filesystem_free_bytes": None,
+        }
+        if row.storage_interface is StorageInterface.POSIX:
+            try:
+                disk = await asyncio.to_thread(shutil.disk_usage, row.root_directory)
+                entry["filesystem_total_bytes"], entry["filesystem_free_bytes"] = disk.total, disk.free
+            except OSError:
+                pass  # an unmounted volume: DLM's own numbers still stand
+        usage.append(entry)
+    return usage
+
+
+async def delete_payload(session: AsyncSession, *, uid: str, force: bool = False) -> list[Row[Any]]:
+    """Delete a replica's payload and mark it DELETED (its row stays, as the trace). Refused when the
+    item would fall below its target_phase while the item itself has not expired, unless ``force``.
+    Registered children of a container replica go with it."""
+    item = await get_item(session, uid)
+    # Lock every replica of the item: two deletions of different replicas must not each count the other.
+    replicas = (
+        await session.execute(select(ITEMS).where(ITEMS.c.oid == item.oid).order_by(ITEMS.c.uid).with_for_update())
+    ).all()
+    replica = next(row for row in replicas if row.uid == item.uid)
+    if replica.item_state is ItemState.DELETED:
+        raise UnmetPreconditionForOperation(f"uid {replica.uid}: already DELETED")
+    busy = await session.scalar(
+        select(Migration.migration_id).where(
+            Migration.source_uid == replica.uid,
+            Migration.status.in_([MigrationStatus.PENDING, MigrationStatus.RUNNING]),
+        )
+    )
+    if busy is not None:
+        raise Conflict(f"uid {replica.uid}: migration {busy} is copying it; cancel it first")
+    if not force:
+        _check_resilience(replica, replicas)
+    selector = ITEMS.c.uid == replica.uid
+    if replica.item_type is ItemType.CONTAINER:
+        selector = selector | (
+            (ITEMS.c.parents == replica.oid)
+            & (ITEMS.c.storage_id == replica.storage_id)
+            & (ITEMS.c.item_state != ItemState.DELETED)
+        )
+    changed = await change_items(session, selector, {"item_state": ItemState.DELETED})
+    # The rows change first and the payloads go second, inside one transaction: if a payload cannot
+    # be deleted, the rows roll back and nothing claims a payload is gone while it is still there.
+    storage = await session.get(Storage, replica.storage_id) if replica.storage_id else None
+    if storage is not None:
+        async with await storage_backend(session, storage) as backend:
+            for row in changed:
+                if row.uri:
+                    await backend.delete(row.uri)
+    return changed
+
+
+def _check_resilience(replica: Row[Any], replicas: list[Row[Any]]) -> None:
+    if replica.item_state is not ItemState.READY:
+        return
+    if replica.oid_expiration <= datetime.datetime.now(datetime.UTC):
+        return
+    before = combined_phase([row.uid_phase for row in replicas if row.item_state is ItemState.READY])
+    remaining = [row.uid_phase for row in replicas if row.item_state is ItemState.READY and row.uid != replica.uid]
+    after = combined_phase(remaining) if remaining else Phase.PLASMA
+    if after.weight < before.weight and after.weight < replica.target_phase.weight:
+        raise UnmetPreconditionForOperation(
+            f"uid {replica.uid}: deleting it would leave item {replica.item_name!r} at {after.value}, below its "
+            f"target_phase {replica.target_phase.value}, and the item has not expired; pass force=true to delete anyway"
+        )
