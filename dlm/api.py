@@ -2,12 +2,13 @@
 
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.params import HeaderParameter
 from litestar.status_codes import (
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_500_INTERNAL_SERVER_ERROR,
@@ -22,6 +23,12 @@ from dlm.transfer.base import TransferError
 log = logging.getLogger("dlm.api")
 
 API_ACTOR = "api"
+
+# SKA-DLM's routes take a bearer token; its clients send it, so the parameter is part of the contract.
+Authorization = Annotated[
+    str | None,
+    HeaderParameter(name="authorization", required=False, description="Bearer token (not yet verified)"),
+]
 
 
 async def provide_session(state: State) -> AsyncIterator[AsyncSession]:

@@ -1,4 +1,5 @@
-"""The DLM service: one Litestar process hosting the ingest, request and storage routers."""
+"""The DLM service: one Litestar process hosting the ingest, request, storage and migration routers,
+and the workers that run queued copies."""
 
 import contextlib
 import logging
@@ -16,6 +17,8 @@ from dlm.config import Settings
 from dlm.db.engine import create_engine, create_sessionmaker
 from dlm.db.schema import check_schema, current_revision, head_revision
 from dlm.ingest.routes import router as ingest_router
+from dlm.migration.routes import router as migration_router
+from dlm.migration.worker import MigrationWorkers
 from dlm.request.routes import router as request_router
 from dlm.storage.routes import router as storage_router
 
@@ -56,12 +59,18 @@ def create_app(settings: Settings) -> Litestar:
                 await connection.execute(text("SELECT 1"))
             app.state.engine = engine
             app.state.sessionmaker = create_sessionmaker(engine)
-            yield
+            workers = MigrationWorkers(app.state.sessionmaker, settings)
+            app.state.migration_workers = workers
+            workers.start()
+            try:
+                yield
+            finally:
+                await workers.stop()  # before the engine goes: a stopped copy hands its job back
         finally:
             await engine.dispose()
 
     return Litestar(
-        route_handlers=[ingest_router, request_router, storage_router, health_live, health_ready],
+        route_handlers=[ingest_router, request_router, storage_router, migration_router, health_live, health_ready],
         lifespan=[lifespan],
         state=State({"settings": settings}),
         exception_handlers=EXCEPTION_HANDLERS,

@@ -8,7 +8,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 CONTRACT = Path(__file__).parent / "contract"
-MANAGERS = ("ingest", "request", "storage")
+MANAGERS = ("ingest", "migration", "request", "storage")
 
 
 def _operations(document: dict) -> dict[tuple[str, str], set[tuple[str, str]]]:
@@ -61,6 +61,8 @@ async def test_dlm_additions_are_documented(served: dict) -> None:
         "/request/query_item_history",
         "/storage/storage_usage",
         "/storage/delete_data_item_payload",
+        "/migration/cancel_migration",
+        "/migration/retry_migration",
         "/health/live",
         "/health/ready",
     ):

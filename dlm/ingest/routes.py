@@ -1,24 +1,19 @@
 """/ingest: SKA-DLM's ingest manager, plus bulk registration."""
 
-from typing import Annotated, Any
+from typing import Any
 
 from litestar import Response, Router, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromQuery, HeaderParameter, JSONBody
+from litestar.params import FromQuery, JSONBody
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dlm.api import json_response, provide_session
+from dlm.api import Authorization, json_response, provide_session
 from dlm.data_item import ItemInit, convert_body
 from dlm.enums import ItemType, Phase
 from dlm.errors import InvalidQueryParameters
 from dlm.ingest import service
 from dlm.parsing import parse_datetime
-
-Authorization = Annotated[
-    str | None,
-    HeaderParameter(name="authorization", required=False, description="Bearer token (not yet verified)"),
-]
 
 
 @post(

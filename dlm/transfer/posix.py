@@ -120,6 +120,8 @@ class PosixBackend:
         path = self.local_path(uri)
 
         def remove() -> bool:
+            # A write cut short by a crash leaves its partial file beside the target: it goes too.
+            _remove_quietly(path.with_name(f".{path.name}{PARTIAL_SUFFIX}"))
             try:
                 if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path)

@@ -1,0 +1,97 @@
+"""/migration: SKA-DLM's migration manager, with copies that DLM runs itself, plus cancel and retry."""
+
+from typing import Any
+
+from litestar import Response, Router, get, post
+from litestar.background_tasks import BackgroundTask
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromQuery
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dlm.api import Authorization, provide_session
+from dlm.migration import service
+from dlm.rows import row_dict, row_dicts
+
+
+def _wake_workers(state: State) -> BackgroundTask | None:
+    """Runs after the response, so after the job's transaction committed and a worker can see it."""
+    workers = state.get("migration_workers")
+    return BackgroundTask(workers.wake) if workers is not None else None
+
+
+@post(
+    "/copy_data_item",
+    operation_id="copy_data_item",
+    summary="Copy Data Item",
+    status_code=200,
+    description="Queue a verified copy of an item (by uid, oid or item_name) to another storage, at `path` "
+    "(default: the source's uri). Returns at once with the new replica's uid (INITIALISED until the copy is "
+    "verified, then READY) and the migration_id to follow the copy with get_migration.",
+)
+async def copy_data_item(
+    session: NamedDependency[AsyncSession],
+    state: State,
+    item_name: FromQuery[str] = "",
+    oid: FromQuery[str] = "",
+    uid: FromQuery[str] = "",
+    destination_name: FromQuery[str] = "",
+    destination_id: FromQuery[str] = "",
+    path: FromQuery[str] = "",
+    authorization: Authorization = None,
+) -> Response[dict[str, Any]]:
+    result = await service.copy_item(
+        session,
+        item_name=item_name,
+        oid=oid,
+        uid=uid,
+        destination_name=destination_name,
+        destination_id=destination_id,
+        path=path,
+    )
+    return Response(result, background=_wake_workers(state))
+
+
+@get("/query_migrations", operation_id="query_migrations", summary="Query Migrations")
+async def query_migrations(
+    session: NamedDependency[AsyncSession],
+    start_date: FromQuery[str | None] = None,
+    end_date: FromQuery[str | None] = None,
+    storage_id: FromQuery[str | None] = None,
+    authorization: Authorization = None,
+) -> list[dict[str, Any]]:
+    """Migrations created on or after start_date, completed by end_date (YYYY-MM-DD or YYYYMMDD, or a
+    full ISO 8601 time), from or to storage_id; newest first, at most 1000."""
+    rows = await service.query_migrations(session, start_date=start_date, end_date=end_date, storage_id=storage_id)
+    return row_dicts(rows)
+
+
+@get("/get_migration", operation_id="get_migration_record", summary="Get Migration Record")
+async def get_migration(session: NamedDependency[AsyncSession], migration_id: FromQuery[int]) -> list[dict[str, Any]]:
+    """The migration as a one-row list (empty when there is none): status, bytes_done of bytes_total,
+    attempts, last_error, and job_stats once it succeeded."""
+    return row_dicts(await service.get_migration(session, migration_id))
+
+
+@post("/cancel_migration", operation_id="cancel_migration", summary="Cancel Migration", status_code=200)
+async def cancel_migration(session: NamedDependency[AsyncSession], migration_id: FromQuery[int]) -> dict[str, Any]:
+    """DLM addition. Stop a PENDING or RUNNING copy; its destination replica becomes DELETED and any
+    payload it wrote is removed."""
+    return row_dict((await service.cancel_migration(session, migration_id))._mapping)
+
+
+@post("/retry_migration", operation_id="retry_migration", summary="Retry Migration", status_code=200)
+async def retry_migration(
+    session: NamedDependency[AsyncSession], state: State, migration_id: FromQuery[int]
+) -> Response[dict[str, Any]]:
+    """DLM addition. Queue a FAILED or CANCELLED migration again, to a fresh destination replica."""
+    result = await service.retry_migration(session, migration_id)
+    return Response(result, background=_wake_workers(state))
+
+
+router = Router(
+    path="/migration",
+    route_handlers=[copy_data_item, query_migrations, get_migration, cancel_migration, retry_migration],
+    dependencies={"session": Provide(provide_session)},
+    tags=["migration"],
+)

@@ -1,0 +1,283 @@
+"""Copies of data items between storages, as durable jobs in the ``migration`` table.
+
+``copy_item`` only records the job and the destination replica (INITIALISED); a worker
+(``dlm.migration.worker``) in any DLM process claims it and moves the bytes. The replica becomes
+READY only once the copy has been verified, so a reader never sees a replica that is not there.
+"""
+
+import datetime
+import uuid
+from typing import Any
+
+from sqlalchemy import Row, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dlm.data_item import ITEMS, change_items, create_items, item_selector
+from dlm.db.models import Migration, Storage
+from dlm.enums import ItemState, MigrationStatus
+from dlm.errors import Conflict, InvalidQueryParameters, NotFound, UnmetPreconditionForOperation
+from dlm.parsing import parse_datetime, parse_uuid
+from dlm.storage.service import resolve_storage, storage_backend
+from dlm.transfer.paths import check_relative_uri
+
+MAX_ROWS = 1000
+ACTIVE = (MigrationStatus.PENDING, MigrationStatus.RUNNING)
+
+# What a further replica shares with the item it copies; the rest (uid, storage, uri, state, phase,
+# replica expiry, checksum until verified) is the new replica's own.
+_ITEM_COLUMNS = (
+    "oid",
+    "item_version",
+    "item_name",
+    "item_tags",
+    "item_value",
+    "item_type",
+    "item_format",
+    "item_encoding",
+    "item_mime_type",
+    "item_level",
+    "target_phase",
+    "oid_creation",
+    "oid_expiration",
+    "checksum_method",
+    "item_owner",
+    "item_group",
+    "acl",
+    "activate_method",
+    "item_size",
+    "decompressed_size",
+    "compression_method",
+    "parents",
+    "children",
+    "metadata",
+)
+
+
+def replica_values(source: Row[Any], *, storage: Storage, uri: str, state: ItemState) -> dict[str, Any]:
+    """Column values of a new replica of ``source`` at ``uri`` on ``storage``."""
+    values = {column: getattr(source, column) for column in _ITEM_COLUMNS}
+    values.update(
+        uid=uuid.uuid4(),
+        storage_id=storage.storage_id,
+        uri=uri,
+        item_state=state,
+        uid_phase=storage.storage_phase,
+        oid_phase=source.oid_phase,
+    )
+    return values
+
+
+async def pick_source(session: AsyncSession, *, item_name: str = "", oid: str = "", uid: str = "") -> Row[Any]:
+    """The READY replica to copy from: the one named by uid, else one of the item's (for an item_name,
+    its newest version's) on an available storage."""
+    query = (
+        select(ITEMS)
+        .join(Storage, Storage.storage_id == ITEMS.c.storage_id)
+        .where(item_selector(item_name=item_name, oid=oid, uid=uid))
+        .order_by(
+            ITEMS.c.item_version.desc(),
+            (ITEMS.c.item_state == ItemState.READY).desc(),
+            Storage.storage_available.desc(),
+            ITEMS.c.uid_phase.desc(),
+            ITEMS.c.uid,
+        )
+        .limit(1)
+    )
+    source = (await session.execute(query)).first()
+    named = f"uid {uid}" if uid else f"oid {oid}" if oid else f"item_name {item_name!r}"
+    if source is None:
+        raise NotFound(f"{named}: no replica with a payload on a storage")
+    if source.item_state is not ItemState.READY:
+        raise UnmetPreconditionForOperation(f"{named}: replica {source.uid} is {source.item_state.value}, not READY")
+    return source
+
+
+async def _check_destination(session: AsyncSession, source: Row[Any], destination: Storage, uri: str) -> None:
+    if destination.storage_retired:
+        raise UnmetPreconditionForOperation(f"destination: storage {destination.storage_name!r} is retired")
+    if not destination.storage_available:
+        raise UnmetPreconditionForOperation(f"destination: storage {destination.storage_name!r} is not available")
+    if "W" not in (destination.storage_permissions or "").upper():
+        raise UnmetPreconditionForOperation(f"destination: storage {destination.storage_name!r} is read-only")
+    if destination.storage_id == source.storage_id:
+        raise InvalidQueryParameters(
+            f"destination: the item already lives on {destination.storage_name!r}; choose another storage"
+        )
+    existing = await session.scalar(
+        select(ITEMS.c.uid).where(
+            ITEMS.c.item_name == source.item_name,
+            ITEMS.c.storage_id == destination.storage_id,
+            ITEMS.c.item_state != ItemState.DELETED,
+        )
+    )
+    if existing is not None:
+        raise Conflict(
+            f"destination: {destination.storage_name!r} already holds replica {existing} of {source.item_name!r}"
+        )
+    async with await storage_backend(session, destination) as backend:
+        if await backend.stat(uri) is not None:
+            raise Conflict(
+                f"path: {uri!r} already exists on {destination.storage_name!r}; DLM will not overwrite "
+                "a payload it does not manage (choose another path)"
+            )
+
+
+async def copy_item(
+    session: AsyncSession,
+    *,
+    item_name: str = "",
+    oid: str = "",
+    uid: str = "",
+    destination_name: str = "",
+    destination_id: str = "",
+    path: str = "",
+    user: str = "SKA",
+) -> dict[str, Any]:
+    """Queue a verified copy of an item to another storage; returns the new replica's uid and the
+    migration_id to follow it by. ``path`` (relative to the destination root) defaults to the source's uri."""
+    if not (item_name or oid or uid):
+        raise InvalidQueryParameters("one of item_name, oid, uid is required")
+    if not (destination_name or destination_id):
+        raise InvalidQueryParameters("one of destination_name, destination_id is required")
+    source = await pick_source(session, item_name=item_name, oid=oid, uid=uid)
+    destination = await resolve_storage(session, storage_name=destination_name, storage_id=destination_id)
+    uri = str(check_relative_uri(path, "path")) if path else source.uri
+    await _check_destination(session, source, destination, uri)
+    [replica_uid] = await create_items(
+        session, [replica_values(source, storage=destination, uri=uri, state=ItemState.INITIALISED)]
+    )
+    migration = Migration(
+        oid=source.oid,
+        source_uid=source.uid,
+        destination_uid=replica_uid,
+        source_storage_id=source.storage_id,
+        destination_storage_id=destination.storage_id,
+        user=user,
+        bytes_total=source.item_size,
+        job_status={"finished": False, "success": False, "error": ""},
+    )
+    session.add(migration)
+    await session.flush()
+    return {"uid": str(replica_uid), "migration_id": migration.migration_id}
+
+
+async def query_migrations(
+    session: AsyncSession, *, start_date: str | None = None, end_date: str | None = None, storage_id: str | None = None
+) -> list[Row[Any]]:
+    """Migrations created on or after ``start_date``, completed on or before ``end_date``, from or to
+    ``storage_id``; newest first."""
+    query = select(Migration.__table__).order_by(Migration.migration_id.desc()).limit(MAX_ROWS)
+    if start_date:
+        query = query.where(Migration.date >= parse_datetime(start_date, "start_date"))
+    if end_date:
+        end = parse_datetime(end_date, "end_date")
+        if len(end_date.strip()) in (8, 10):  # a date alone means the whole of that day
+            end += datetime.timedelta(days=1)
+        query = query.where(Migration.completion_date < end)
+    if storage_id:
+        storage = parse_uuid(storage_id, "storage_id")
+        query = query.where((Migration.source_storage_id == storage) | (Migration.destination_storage_id == storage))
+    return list((await session.execute(query)).all())
+
+
+async def get_migration(session: AsyncSession, migration_id: int) -> list[Row[Any]]:
+    return list(
+        (await session.execute(select(Migration.__table__).where(Migration.migration_id == migration_id))).all()
+    )
+
+
+async def _lock_migration(session: AsyncSession, migration_id: int) -> Migration:
+    migration = await session.scalar(select(Migration).where(Migration.migration_id == migration_id).with_for_update())
+    if migration is None:
+        raise NotFound(f"migration_id {migration_id} does not exist")
+    return migration
+
+
+async def discard_destination(session: AsyncSession, migration: Migration) -> None:
+    """Mark the destination replica DELETED and remove whatever payload reached the destination."""
+    if migration.destination_uid is None:
+        return
+    replica = (await session.execute(select(ITEMS).where(ITEMS.c.uid == migration.destination_uid))).first()
+    if replica is None or replica.item_state is ItemState.DELETED:
+        return
+    await change_items(session, ITEMS.c.uid == replica.uid, {"item_state": ItemState.DELETED})
+    storage = await session.get(Storage, migration.destination_storage_id)
+    if storage is not None and replica.uri:
+        async with await storage_backend(session, storage) as backend:
+            await backend.delete(replica.uri)
+
+
+async def cancel_migration(session: AsyncSession, migration_id: int) -> Row[Any]:
+    """Stop a PENDING or RUNNING copy. Its destination replica becomes DELETED; a worker copying it
+    notices within a heartbeat and stops, and what reached the destination is removed."""
+    migration = await _lock_migration(session, migration_id)
+    if migration.status not in ACTIVE:
+        raise UnmetPreconditionForOperation(
+            f"migration_id {migration_id}: {migration.status.value}; "
+            "only PENDING or RUNNING migrations can be cancelled"
+        )
+    now = datetime.datetime.now(datetime.UTC)
+    copying = (
+        migration.status is MigrationStatus.RUNNING
+        and migration.lease_expires is not None
+        and migration.lease_expires > now
+    )
+    if copying:
+        # The worker owns the destination until it sees the cancellation; it cleans up itself.
+        await change_items(session, ITEMS.c.uid == migration.destination_uid, {"item_state": ItemState.DELETED})
+    else:
+        await discard_destination(session, migration)
+    return await _set(
+        session,
+        migration_id,
+        status=MigrationStatus.CANCELLED,
+        complete=False,
+        completion_date=now,
+        last_error="cancelled",
+        job_status={"finished": True, "success": False, "error": "cancelled"},
+    )
+
+
+async def retry_migration(session: AsyncSession, migration_id: int) -> dict[str, Any]:
+    """Run a FAILED or CANCELLED migration again, to a fresh destination replica."""
+    migration = await _lock_migration(session, migration_id)
+    if migration.status not in (MigrationStatus.FAILED, MigrationStatus.CANCELLED):
+        raise UnmetPreconditionForOperation(
+            f"migration_id {migration_id}: {migration.status.value}; only FAILED or CANCELLED migrations can be retried"
+        )
+    source = await pick_source(session, uid=str(migration.source_uid))
+    destination = await session.get(Storage, migration.destination_storage_id)
+    assert destination is not None  # a foreign key
+    old_uri = await session.scalar(select(ITEMS.c.uri).where(ITEMS.c.uid == migration.destination_uid))
+    uri = old_uri or source.uri
+    await _check_destination(session, source, destination, uri)
+    [replica_uid] = await create_items(
+        session, [replica_values(source, storage=destination, uri=uri, state=ItemState.INITIALISED)]
+    )
+    await _set(
+        session,
+        migration_id,
+        status=MigrationStatus.PENDING,
+        destination_uid=replica_uid,
+        complete=False,
+        completion_date=None,
+        attempts=0,
+        bytes_done=0,
+        last_error=None,
+        next_attempt_at=datetime.datetime.now(datetime.UTC),
+        lease_owner=None,
+        lease_expires=None,
+        job_status={"finished": False, "success": False, "error": ""},
+        job_stats=None,
+    )
+    return {"uid": str(replica_uid), "migration_id": migration_id}
+
+
+async def _set(session: AsyncSession, migration_id: int, **values: Any) -> Row[Any]:
+    statement = (
+        update(Migration)
+        .where(Migration.migration_id == migration_id)
+        .values(**values)
+        .returning(*Migration.__table__.c)
+    )
+    return (await session.execute(statement)).one()

@@ -1,0 +1,410 @@
+"""The workers that run queued copies: claim a job, copy and verify under a lease, finish it.
+
+Any number of DLM processes may run workers against one database. A job is claimed with
+``FOR UPDATE SKIP LOCKED`` and leased; the worker renews the lease (and records progress) every
+heartbeat. A job whose lease runs out (its process died) is claimed again by whoever comes next,
+so a copy survives a crash or a restart. Transient errors are retried with exponential backoff;
+permanent ones fail the job with the reason, leaving no destination replica or payload behind.
+"""
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from dlm.config import Settings
+from dlm.data_item import ITEMS, change_items, create_items, refresh_oid_phase
+from dlm.db.engine import transaction
+from dlm.db.models import Migration, Storage
+from dlm.enums import ChecksumMethod, ItemState, ItemType, MigrationStatus
+from dlm.errors import DLMError, ServiceUnavailable, UnmetPreconditionForOperation
+from dlm.migration.service import discard_destination, replica_values
+from dlm.storage.service import storage_backend
+from dlm.transfer.base import TransferError
+from dlm.transfer.copy import CopyResult, copy_payload
+
+log = logging.getLogger("dlm.migration")
+
+ACTOR = "migration"
+# How often a running copy records its progress and renews its lease, at most.
+HEARTBEAT_SECONDS = 1.0
+
+
+class Stopped(Exception):
+    """The job is no longer ours to finish: cancelled, or its lease was taken over."""
+
+
+def new_owner(index: int = 0) -> str:
+    """A name for one worker that no other worker, here or in another process, shares."""
+    return f"{socket.gethostname()}:{os.getpid()}:{index}:{uuid.uuid4().hex[:6]}"
+
+
+async def claim(session: AsyncSession, owner: str, lease_seconds: float) -> Migration | None:
+    """Take the next job that is due, or whose worker stopped renewing its lease."""
+    now = func.now()
+    due = (
+        select(Migration.migration_id)
+        .where(
+            or_(
+                and_(Migration.status == MigrationStatus.PENDING, Migration.next_attempt_at <= now),
+                and_(Migration.status == MigrationStatus.RUNNING, Migration.lease_expires < now),
+            )
+        )
+        .order_by(Migration.next_attempt_at, Migration.migration_id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    statement = (
+        update(Migration)
+        .where(Migration.migration_id == due)
+        .values(
+            status=MigrationStatus.RUNNING,
+            lease_owner=owner,
+            lease_expires=now + datetime.timedelta(seconds=lease_seconds),
+            attempts=Migration.attempts + 1,
+        )
+        .returning(Migration)
+    )
+    return await session.scalar(statement, execution_options={"populate_existing": True})
+
+
+class Job:
+    """One claimed migration, run to its end by ``run``."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, owner: str, job: Migration):
+        self.sessionmaker = sessionmaker
+        self.settings = settings
+        self.owner = owner
+        self.migration_id = job.migration_id
+        self.attempts = job.attempts
+        self.done = 0
+        self.total = job.bytes_total
+        self.last_renewal = time.monotonic()
+
+    async def run(self) -> MigrationStatus:
+        try:
+            if self.attempts > self.settings.migration_max_attempts:
+                # Claimed again and again without finishing: its copies keep dying with their process.
+                return await self._fail(f"gave up after {self.settings.migration_max_attempts} attempts", retry=False)
+            result = await self._copy()
+            return await self._succeed(result)
+        except Stopped as exc:
+            log.info("migration %s: stopped (%s)", self.migration_id, exc)
+            return MigrationStatus.CANCELLED
+        except asyncio.CancelledError:
+            await self._release()
+            raise
+        except TransferError as exc:
+            return await self._fail(f"{type(exc).__name__}: {exc.message}", retry=exc.transient)
+        except ServiceUnavailable as exc:
+            return await self._fail(exc.message, retry=True)
+        except DLMError as exc:
+            return await self._fail(exc.message, retry=False)
+        except Exception as exc:
+            log.exception("migration %s: unexpected error", self.migration_id)
+            return await self._fail(f"internal error: {exc!r}", retry=False)
+
+    async def _copy(self) -> CopyResult:
+        async with transaction(self.sessionmaker, actor=ACTOR) as session:
+            job = await session.get(Migration, self.migration_id)
+            assert job is not None
+            source = (await session.execute(select(ITEMS).where(ITEMS.c.uid == job.source_uid))).one()
+            target = (await session.execute(select(ITEMS).where(ITEMS.c.uid == job.destination_uid))).one()
+            if source.item_state is not ItemState.READY:
+                raise UnmetPreconditionForOperation(
+                    f"the source replica {source.uid} is {source.item_state.value}, no longer READY"
+                )
+            if target.item_state is not ItemState.INITIALISED:
+                raise UnmetPreconditionForOperation(
+                    f"the destination replica {target.uid} is {target.item_state.value}, no longer INITIALISED"
+                )
+            source_storage = await session.get(Storage, job.source_storage_id)
+            destination_storage = await session.get(Storage, job.destination_storage_id)
+            assert source_storage is not None and destination_storage is not None
+            source_backend = await storage_backend(session, source_storage)
+            destination_backend = await storage_backend(session, destination_storage)
+        method = source.checksum_method if source.checksum_method is not ChecksumMethod.NONE else ChecksumMethod.CRC32C
+        expected = source.item_checksum if source.item_type is not ItemType.CONTAINER else None
+        async with source_backend as reader, destination_backend as writer:
+            copying = asyncio.create_task(
+                copy_payload(
+                    reader,
+                    source.uri,
+                    writer,
+                    target.uri,
+                    method=method,
+                    on_progress=self._progress,
+                    max_bytes_per_second=self.settings.transfer_max_bytes_per_second,
+                    expected_checksum=expected,
+                )
+            )
+            try:
+                while True:
+                    finished, _ = await asyncio.wait({copying}, timeout=self._heartbeat_interval())
+                    if finished:
+                        return copying.result()
+                    await self._heartbeat()
+            finally:
+                if not copying.done():
+                    copying.cancel()
+                    with contextlib.suppress(BaseException):
+                        await copying  # it removes what it wrote
+
+    def _heartbeat_interval(self) -> float:
+        return min(HEARTBEAT_SECONDS, self.settings.migration_lease_seconds / 4)
+
+    async def _progress(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+
+    async def _heartbeat(self) -> None:
+        """Record progress and renew the lease; raise Stopped if the job was cancelled or taken over."""
+        try:
+            async with transaction(self.sessionmaker, actor=ACTOR) as session:
+                status = await session.scalar(
+                    update(Migration)
+                    .where(
+                        Migration.migration_id == self.migration_id,
+                        Migration.lease_owner == self.owner,
+                        Migration.status == MigrationStatus.RUNNING,
+                    )
+                    .values(
+                        bytes_done=self.done,
+                        bytes_total=self.total,
+                        lease_expires=func.now() + datetime.timedelta(seconds=self.settings.migration_lease_seconds),
+                    )
+                    .returning(Migration.status)
+                )
+        except ServiceUnavailable:
+            # The database is away: keep copying while the lease holds, stop once another may take over.
+            if time.monotonic() - self.last_renewal > self.settings.migration_lease_seconds:
+                raise Stopped("lease lost while the database was unreachable") from None
+            return
+        if status is None:
+            raise Stopped("cancelled, or the lease passed to another worker")
+        self.last_renewal = time.monotonic()
+
+    async def _lock_if_ours(self, session: AsyncSession) -> Migration | None:
+        job = await session.scalar(
+            select(Migration).where(Migration.migration_id == self.migration_id).with_for_update()
+        )
+        if job is None or job.status is not MigrationStatus.RUNNING or job.lease_owner != self.owner:
+            return None
+        return job
+
+    async def _succeed(self, result: CopyResult) -> MigrationStatus:
+        async with transaction(self.sessionmaker, actor=ACTOR) as session:
+            job = await self._lock_if_ours(session)
+            if job is None:
+                # Cancelled while the last bytes went over: the cancellation wins, and what we wrote goes.
+                await self._discard_if_cancelled(session)
+                return MigrationStatus.CANCELLED
+            source = (await session.execute(select(ITEMS).where(ITEMS.c.uid == job.source_uid))).one()
+            values: dict[str, Any] = {"item_state": ItemState.READY, "item_size": result.bytes}
+            if result.checksum is not None:
+                values["item_checksum"] = result.checksum
+                if source.checksum_method is ChecksumMethod.NONE:
+                    values["checksum_method"] = ChecksumMethod.CRC32C
+            await change_items(session, ITEMS.c.uid == job.destination_uid, values)
+            if source.item_type is ItemType.CONTAINER:
+                await self._replicate_children(session, job, source)
+            seconds = max(result.seconds, 1e-9)
+            await session.execute(
+                update(Migration)
+                .where(Migration.migration_id == self.migration_id)
+                .values(
+                    status=MigrationStatus.SUCCEEDED,
+                    complete=True,
+                    completion_date=func.now(),
+                    bytes_done=result.bytes,
+                    bytes_total=result.bytes,
+                    last_error=None,
+                    lease_owner=None,
+                    lease_expires=None,
+                    job_status={"finished": True, "success": True, "error": ""},
+                    job_stats={
+                        "files": result.files,
+                        "bytes": result.bytes,
+                        "seconds": round(result.seconds, 3),
+                        "bytes_per_second": round(result.bytes / seconds),
+                        "checksum": result.checksum,
+                        "worker": self.owner,
+                    },
+                )
+            )
+        log.info("migration %s: copied %d bytes in %d files", self.migration_id, result.bytes, result.files)
+        return MigrationStatus.SUCCEEDED
+
+    async def _replicate_children(self, session: AsyncSession, job: Migration, container: Any) -> None:
+        """The container's registered members got copied with it: give each a READY replica there too."""
+        destination = await session.get(Storage, job.destination_storage_id)
+        target_uri = await session.scalar(select(ITEMS.c.uri).where(ITEMS.c.uid == job.destination_uid))
+        assert destination is not None and target_uri is not None
+        prefix = f"{container.uri}/"
+        children = (
+            await session.execute(
+                select(ITEMS).where(
+                    ITEMS.c.parents == container.oid,
+                    ITEMS.c.storage_id == container.storage_id,
+                    ITEMS.c.item_state == ItemState.READY,
+                    ITEMS.c.uri.startswith(prefix, autoescape=True),
+                )
+            )
+        ).all()
+        already = set(
+            await session.scalars(
+                select(ITEMS.c.oid).where(
+                    ITEMS.c.oid.in_([child.oid for child in children]),
+                    ITEMS.c.storage_id == destination.storage_id,
+                    ITEMS.c.item_state != ItemState.DELETED,
+                )
+            )
+        )
+        rows = []
+        for child in children:
+            if child.oid in already:
+                continue
+            uri = target_uri + "/" + child.uri[len(prefix) :]
+            row = replica_values(child, storage=destination, uri=uri, state=ItemState.READY)
+            row["item_checksum"] = child.item_checksum  # verified file by file during the copy
+            rows.append(row)
+        await create_items(session, rows)
+        if rows:
+            await refresh_oid_phase(session, {row["oid"] for row in rows})
+
+    async def _discard_if_cancelled(self, session: AsyncSession) -> None:
+        job = await session.get(Migration, self.migration_id)
+        if job is not None and job.status is MigrationStatus.CANCELLED:
+            target = (await session.execute(select(ITEMS).where(ITEMS.c.uid == job.destination_uid))).one()
+            destination = await session.get(Storage, job.destination_storage_id)
+            assert destination is not None
+            async with await storage_backend(session, destination) as backend:
+                await backend.delete(target.uri)
+
+    async def _fail(self, reason: str, *, retry: bool) -> MigrationStatus:
+        async with transaction(self.sessionmaker, actor=ACTOR) as session:
+            job = await self._lock_if_ours(session)
+            if job is None:
+                await self._discard_if_cancelled(session)
+                return MigrationStatus.CANCELLED
+            if retry and job.attempts < self.settings.migration_max_attempts:
+                delay = self.settings.migration_retry_base_seconds * 2 ** (job.attempts - 1)
+                log.warning("migration %s: %s; retrying in %.0f s", self.migration_id, reason, delay)
+                await session.execute(
+                    update(Migration)
+                    .where(Migration.migration_id == self.migration_id)
+                    .values(
+                        status=MigrationStatus.PENDING,
+                        last_error=reason,
+                        next_attempt_at=func.now() + datetime.timedelta(seconds=delay),
+                        lease_owner=None,
+                        lease_expires=None,
+                        bytes_done=0,
+                        job_status={"finished": False, "success": False, "error": reason},
+                    )
+                )
+                return MigrationStatus.PENDING
+            if retry:
+                reason = f"{reason} (gave up after {job.attempts} attempts)"
+            log.warning("migration %s failed: %s", self.migration_id, reason)
+            await session.execute(
+                update(Migration)
+                .where(Migration.migration_id == self.migration_id)
+                .values(
+                    status=MigrationStatus.FAILED,
+                    last_error=reason,
+                    completion_date=func.now(),
+                    lease_owner=None,
+                    lease_expires=None,
+                    job_status={"finished": True, "success": False, "error": reason},
+                )
+            )
+            try:
+                await discard_destination(session, job)
+            except TransferError as exc:
+                # The rows say FAILED and DELETED either way; the audit finds a payload left behind.
+                log.warning("migration %s: could not remove the destination payload: %s", self.migration_id, exc)
+                await change_items(session, ITEMS.c.uid == job.destination_uid, {"item_state": ItemState.DELETED})
+        return MigrationStatus.FAILED
+
+    async def _release(self) -> None:
+        """Shutting down mid-copy: hand the job straight back (this attempt does not count)."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5), transaction(self.sessionmaker, actor=ACTOR) as session:
+                await session.execute(
+                    update(Migration)
+                    .where(Migration.migration_id == self.migration_id, Migration.lease_owner == self.owner)
+                    .values(
+                        status=MigrationStatus.PENDING,
+                        attempts=Migration.attempts - 1,
+                        next_attempt_at=func.now(),
+                        lease_owner=None,
+                        lease_expires=None,
+                    )
+                )
+
+
+async def run_next(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, owner: str) -> int | None:
+    """Claim and run one due job; returns its migration_id, or None when none is due."""
+    async with transaction(sessionmaker, actor=ACTOR) as session:
+        job = await claim(session, owner, settings.migration_lease_seconds)
+    if job is None:
+        return None
+    log.info("migration %s: attempt %d by %s", job.migration_id, job.attempts, owner)
+    await Job(sessionmaker, settings, owner, job).run()
+    return job.migration_id
+
+
+async def run_until_idle(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings) -> list[int]:
+    """Run due jobs one after another until none is due (for the CLI and tests)."""
+    owner = new_owner()
+    ran = []
+    while (migration_id := await run_next(sessionmaker, settings, owner)) is not None:
+        ran.append(migration_id)
+    return ran
+
+
+class MigrationWorkers:
+    """``settings.migration_workers`` loops in this process, each running one job at a time."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings) -> None:
+        self.sessionmaker = sessionmaker
+        self.settings = settings
+        self.wakeup = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        for index in range(self.settings.migration_workers):
+            self.tasks.append(asyncio.create_task(self._loop(new_owner(index)), name=f"dlm-migration-{index}"))
+
+    def wake(self) -> None:
+        """A job was queued in this process: look now rather than at the next poll."""
+        self.wakeup.set()
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks.clear()
+
+    async def _loop(self, owner: str) -> None:
+        while True:
+            try:
+                ran = await run_next(self.sessionmaker, self.settings, owner)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("migration worker %s: cannot reach the queue", owner, exc_info=True)
+                ran = None
+            if ran is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wakeup.wait(), self.settings.migration_poll_seconds)
+                self.wakeup.clear()

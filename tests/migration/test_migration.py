@@ -1,0 +1,351 @@
+"""Copies through the migration manager: every direction, containers, progress, verification,
+classified failures that leave nothing behind, cancel and retry, and clear errors for bad input."""
+
+import asyncio
+import datetime
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from dlm.checksum import new_hasher
+from dlm.enums import ChecksumMethod
+from tests.conftest import Registry, assert_error, free_port, new_bucket
+from tests.migration.conftest import (
+    copy,
+    list_objects,
+    migration,
+    put_object,
+    read_object,
+    storage_id,
+    wait_for,
+)
+
+
+def crc32c(content: bytes) -> str:
+    hasher = new_hasher(ChecksumMethod.CRC32C)
+    hasher.update(content)
+    return hasher.hexdigest()
+
+
+class Place:
+    """One storage of either kind, with a way to put and read payloads on it directly."""
+
+    def __init__(self, registry: Registry, name: str, *, root: Path | None = None, bucket: str = "", config=None):
+        self.registry, self.name, self.root, self.bucket, self.config = registry, name, root, bucket, config
+
+    @classmethod
+    async def create(cls, registry: Registry, kind: str, name: str, tmp_path: Path, config: dict) -> "Place":
+        if kind == "posix":
+            root = tmp_path / name
+            await registry.storage(name, root=root)
+            return cls(registry, name, root=root)
+        bucket = await new_bucket(config)
+        await registry.s3_storage(name, bucket, config)
+        return cls(registry, name, bucket=bucket, config=config)
+
+    async def put(self, uri: str, content: bytes) -> None:
+        if self.root is not None:
+            path = self.root / uri
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+        else:
+            await put_object(self.config, self.bucket, uri, content)
+
+    async def read(self, uri: str) -> bytes | None:
+        if self.root is not None:
+            path = self.root / uri
+            return path.read_bytes() if path.is_file() else None
+        return await read_object(self.config, self.bucket, uri)
+
+    async def names(self) -> list[str]:
+        if self.root is not None:
+            return sorted(str(path.relative_to(self.root)) for path in self.root.rglob("*") if path.is_file())
+        return sorted(await list_objects(self.config, self.bucket))
+
+    async def register(self, name: str, uri: str, **params: Any) -> str:
+        response = await self.registry.client.post(
+            "/ingest/register_data_item", params={"item_name": name, "uri": uri, "storage_name": self.name, **params}
+        )
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+DIRECTIONS = [("posix", "posix"), ("posix", "s3"), ("s3", "posix"), ("s3", "s3")]
+
+
+@pytest.mark.parametrize(("source_kind", "destination_kind"), DIRECTIONS)
+async def test_a_copy_in_every_direction_becomes_a_verified_ready_replica(
+    registry: Registry, tmp_path: Path, s3_config: dict, source_kind: str, destination_kind: str
+) -> None:
+    source = await Place.create(registry, source_kind, "source", tmp_path, s3_config)
+    destination = await Place.create(registry, destination_kind, "destination", tmp_path, s3_config)
+    content = os.urandom(3 * 1024 * 1024 + 17)
+    await source.put("obs/vis.dat", content)
+    source_uid = await source.register("vis", "obs/vis.dat")
+
+    queued = await copy(registry.client, item_name="vis", destination_name="destination")
+    pending = await registry.item(queued["uid"])
+    assert pending["item_state"] == "INITIALISED" and pending["uri"] == "obs/vis.dat"
+
+    done = await wait_for(registry.client, queued["migration_id"])
+    assert done["status"] == "SUCCEEDED", done
+    assert (done["bytes_done"], done["bytes_total"], done["attempts"], done["complete"]) == (
+        len(content),
+        len(content),
+        1,
+        True,
+    )
+    assert done["job_stats"]["files"] == 1 and done["job_stats"]["checksum"] == crc32c(content)
+    assert done["job_status"] == {"finished": True, "success": True, "error": ""}
+    assert done["source_uid"] == source_uid and done["destination_uid"] == queued["uid"]
+    assert await destination.read("obs/vis.dat") == content
+
+    replica = await registry.item(queued["uid"])
+    original = await registry.item(source_uid)
+    assert replica["item_state"] == "READY"
+    assert (replica["oid"], replica["item_name"], replica["item_version"]) == (
+        original["oid"],
+        "vis",
+        original["item_version"],
+    )
+    assert replica["item_checksum"] == original["item_checksum"] == crc32c(content)
+    assert replica["item_size"] == len(content) and replica["uid_phase"] == registry_phase(destination_kind)
+    assert await destination.names() == ["obs/vis.dat"], "no partial or temporary object is left behind"
+
+
+def registry_phase(kind: str) -> str:
+    return "GAS" if kind == "posix" else "SOLID"  # what Registry gives each kind of storage
+
+
+async def test_a_copy_keeps_permissions_and_goes_to_the_path_asked(registry: Registry, tmp_path: Path) -> None:
+    await registry.storage("second", root=tmp_path / "second")
+    path = registry.payload("raw/data.bin", b"x" * 1000)
+    path.chmod(0o640)
+    uid = await registry.register("data", "raw/data.bin")
+    queued = await copy(registry.client, uid=uid, destination_name="second", path="archive/2026/data.bin")
+    assert (await wait_for(registry.client, queued["migration_id"]))["status"] == "SUCCEEDED"
+    copied = tmp_path / "second" / "archive/2026/data.bin"
+    assert copied.read_bytes() == b"x" * 1000
+    assert copied.stat().st_mode & 0o777 == 0o640
+    assert (await registry.item(queued["uid"]))["uri"] == "archive/2026/data.bin"
+
+
+async def test_the_item_gains_the_phase_of_its_new_replica(registry: Registry, tmp_path: Path) -> None:
+    await registry.storage("vault", root=tmp_path / "vault", phase="SOLID")
+    uid = await registry.register("precious")
+    assert (await registry.item(uid))["oid_phase"] == "GAS"
+    queued = await copy(registry.client, uid=uid, destination_name="vault")
+    await wait_for(registry.client, queued["migration_id"])
+    assert (await registry.item(uid))["oid_phase"] == "SOLID"
+    assert (await registry.item(queued["uid"]))["uid_phase"] == "SOLID"
+
+
+async def test_a_container_copies_recursively_with_its_registered_members(
+    registry: Registry, tmp_path: Path, s3_config: dict
+) -> None:
+    destination = await Place.create(registry, "s3", "objects", tmp_path, s3_config)
+    members = {"run/a.ms": b"a" * 100, "run/sub/b.ms": b"b" * 200, "run/sub/deeper/c.ms": b"c" * 300}
+    for uri, content in members.items():
+        registry.payload(uri, content)
+    container_uid = await registry.register("run", item_type="container")
+    container_oid = (await registry.item(container_uid))["oid"]
+    member_uid = await registry.register("run/a.ms", parents=container_oid)
+
+    queued = await copy(registry.client, uid=container_uid, destination_name="objects", path="copies/run")
+    done = await wait_for(registry.client, queued["migration_id"])
+    assert done["status"] == "SUCCEEDED", done
+    assert done["job_stats"]["files"] == 3 and done["bytes_done"] == 600
+    assert await destination.names() == ["copies/run/a.ms", "copies/run/sub/b.ms", "copies/run/sub/deeper/c.ms"]
+    for uri, content in members.items():
+        assert await destination.read(uri.replace("run/", "copies/run/", 1)) == content
+
+    member_oid = (await registry.item(member_uid))["oid"]
+    rows = (await registry.client.get("/request/query_data_item", params={"oid": member_oid})).json()
+    copied = next(row for row in rows if row["uid"] != member_uid)
+    assert (copied["item_state"], copied["uri"], copied["uid_phase"]) == ("READY", "copies/run/a.ms", "SOLID")
+    assert copied["item_checksum"] == crc32c(b"a" * 100)
+
+
+async def test_progress_is_visible_while_a_copy_runs(
+    slow_client: AsyncTestClient, storage_root: Path, tmp_path: Path
+) -> None:
+    registry = Registry(slow_client, storage_root)
+    await registry.storage()
+    await registry.storage("second", root=tmp_path / "second")
+    registry.payload("big", os.urandom(6 * 1024 * 1024))
+    uid = await registry.register("big")
+    queued = await copy(slow_client, uid=uid, destination_name="second")
+    running = await wait_for(slow_client, queued["migration_id"], {"RUNNING"}, timeout=10)
+    seen = []
+    while running["status"] == "RUNNING":
+        seen.append(running["bytes_done"])
+        running = await migration(slow_client, queued["migration_id"])
+    assert running["status"] == "SUCCEEDED"
+    assert any(0 < done < 6 * 1024 * 1024 for done in seen), seen
+    assert seen == sorted(seen), "progress only moves forward"
+
+
+async def test_a_checksum_mismatch_fails_and_leaves_nothing(registry: Registry, tmp_path: Path) -> None:
+    await registry.storage("second", root=tmp_path / "second")
+    path = registry.payload("rotten", b"good bytes\n")
+    uid = await registry.register("rotten")
+    path.write_bytes(b"evil bytes\n")  # same size, other content: bit rot since registration
+    queued = await copy(registry.client, uid=uid, destination_name="second")
+    done = await wait_for(registry.client, queued["migration_id"])
+    assert done["status"] == "FAILED" and done["attempts"] == 1, "a mismatch is not worth retrying"
+    assert "ChecksumMismatch" in done["last_error"] and done["job_status"]["success"] is False
+    assert (await registry.item(queued["uid"]))["item_state"] == "DELETED"
+    assert list((tmp_path / "second").iterdir()) == []
+
+
+async def test_a_missing_source_payload_fails_with_the_reason(registry: Registry, tmp_path: Path) -> None:
+    await registry.storage("second", root=tmp_path / "second")
+    path = registry.payload("vanishing")
+    uid = await registry.register("vanishing")
+    path.unlink()
+    queued = await copy(registry.client, uid=uid, destination_name="second")
+    done = await wait_for(registry.client, queued["migration_id"])
+    assert done["status"] == "FAILED" and "PayloadMissing" in done["last_error"], done
+    assert (await registry.item(queued["uid"]))["item_state"] == "DELETED"
+
+
+async def test_an_unreachable_destination_is_refused_up_front(registry: Registry, s3_config: dict) -> None:
+    await registry.s3_storage("dead", "nowhere", {**s3_config, "endpoint": f"http://127.0.0.1:{free_port()}"})
+    uid = await registry.register("obs")
+    response = await registry.client.post("/migration/copy_data_item", params={"uid": uid, "destination_name": "dead"})
+    assert_error(response, 503, "StorageUnreachable", "127.0.0.1")
+    assert (await registry.client.get("/migration/query_migrations")).json() == []
+
+
+async def test_a_destination_vanishing_mid_copy_is_retried_with_backoff_then_failed(
+    slow_client: AsyncTestClient, storage_root: Path, tmp_path: Path
+) -> None:
+    registry = Registry(slow_client, storage_root)
+    await registry.storage()
+    second = tmp_path / "second"
+    await registry.storage("second", root=second)
+    registry.payload("big", os.urandom(8 * 1024 * 1024))
+    uid = await registry.register("big")
+    queued = await copy(slow_client, uid=uid, destination_name="second")
+    await wait_for(slow_client, queued["migration_id"], {"RUNNING"}, timeout=10)
+    shutil.rmtree(second)  # the volume is unmounted under the copy
+
+    done = await wait_for(slow_client, queued["migration_id"], timeout=30)
+    assert done["status"] == "FAILED", done
+    assert done["attempts"] == 2, "transient: retried once (max_attempts=2), then given up"
+    assert "StorageUnreachable" in done["last_error"] and "gave up after 2 attempts" in done["last_error"]
+    assert (await registry.item(queued["uid"]))["item_state"] == "DELETED"
+    assert not second.exists(), "DLM never recreates a storage root that vanished"
+    events = (await slow_client.get("/request/query_item_history", params={"uid": queued["uid"]})).json()
+    assert "READY" not in {event.get("new_value") for event in events}
+
+
+async def test_cancel_stops_a_running_copy_and_retry_runs_it_again(
+    slow_client: AsyncTestClient, storage_root: Path, tmp_path: Path
+) -> None:
+    registry = Registry(slow_client, storage_root)
+    await registry.storage()
+    second = tmp_path / "second"
+    await registry.storage("second", root=second)
+    content = os.urandom(8 * 1024 * 1024)
+    registry.payload("big", content)
+    uid = await registry.register("big")
+    queued = await copy(slow_client, uid=uid, destination_name="second")
+    await wait_for(slow_client, queued["migration_id"], {"RUNNING"}, timeout=10)
+
+    cancelled = await slow_client.post("/migration/cancel_migration", params={"migration_id": queued["migration_id"]})
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "CANCELLED"
+    assert (await registry.item(queued["uid"]))["item_state"] == "DELETED"
+    deadline = time.monotonic() + 10
+    while list(second.iterdir()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert list(second.iterdir()) == [], "the worker removes what it had written"
+    assert (await migration(slow_client, queued["migration_id"]))["status"] == "CANCELLED"
+    again = await slow_client.post("/migration/cancel_migration", params={"migration_id": queued["migration_id"]})
+    assert_error(again, 422, "UnmetPreconditionForOperation", "CANCELLED")
+
+    retried = await slow_client.post("/migration/retry_migration", params={"migration_id": queued["migration_id"]})
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["migration_id"] == queued["migration_id"] and retried.json()["uid"] != queued["uid"]
+    done = await wait_for(slow_client, queued["migration_id"])
+    assert done["status"] == "SUCCEEDED" and done["destination_uid"] == retried.json()["uid"]
+    assert (second / "big").read_bytes() == content
+    not_again = await slow_client.post("/migration/retry_migration", params={"migration_id": queued["migration_id"]})
+    assert_error(not_again, 422, "UnmetPreconditionForOperation", "SUCCEEDED")
+
+
+async def test_query_migrations_filters_by_storage_and_date(registry: Registry, tmp_path: Path) -> None:
+    await registry.storage("second", root=tmp_path / "second")
+    await registry.storage("third", root=tmp_path / "third")
+    first = await copy(registry.client, uid=await registry.register("a"), destination_name="second")
+    other = await copy(registry.client, uid=await registry.register("b"), destination_name="third")
+    for queued in (first, other):
+        await wait_for(registry.client, queued["migration_id"])
+
+    async def ids(**params: Any) -> list[int]:
+        response = await registry.client.get("/migration/query_migrations", params=params)
+        assert response.status_code == 200, response.text
+        return [row["migration_id"] for row in response.json()]
+
+    both = [other["migration_id"], first["migration_id"]]
+    assert await ids() == both
+    assert await ids(storage_id=await storage_id(registry, "second")) == [first["migration_id"]]
+    assert await ids(storage_id=await storage_id(registry, "disk")) == both, "the source storage matches too"
+    today = datetime.datetime.now(datetime.UTC).date()
+    assert await ids(start_date=today.isoformat(), end_date=today.strftime("%Y%m%d")) == both
+    assert await ids(start_date=(today + datetime.timedelta(days=1)).isoformat()) == []
+    assert await ids(end_date=(today - datetime.timedelta(days=1)).isoformat()) == []
+    assert_error(
+        await registry.client.get("/migration/query_migrations", params={"start_date": "soon"}),
+        422,
+        "InvalidQueryParameters",
+        "start_date",
+    )
+    assert_error(
+        await registry.client.get("/migration/query_migrations", params={"storage_id": "x"}),
+        422,
+        "InvalidQueryParameters",
+        "storage_id",
+    )
+    assert (await registry.client.get("/migration/get_migration", params={"migration_id": 999999})).json() == []
+
+
+async def test_bad_copy_requests_are_refused_and_leave_nothing(registry: Registry, tmp_path: Path) -> None:
+    client = registry.client
+    second = tmp_path / "second"
+    await registry.storage("second", root=second)
+    uid = await registry.register("obs")
+    (second / "taken").write_text("someone else's file\n")
+
+    async def refused(status: int, name: str, fragment: str, **params: Any) -> None:
+        assert_error(await client.post("/migration/copy_data_item", params=params), status, name, fragment)
+
+    await refused(422, "InvalidQueryParameters", "item_name", destination_name="second")
+    await refused(422, "InvalidQueryParameters", "destination_name", uid=uid)
+    await refused(404, "NotFound", "nope", item_name="nope", destination_name="second")
+    await refused(404, "NotFound", "moon", uid=uid, destination_name="moon")
+    await refused(422, "InvalidQueryParameters", "uid", uid="not-a-uuid", destination_name="second")
+    await refused(422, "InvalidQueryParameters", "already lives", uid=uid, destination_name="disk")
+    await refused(422, "InvalidQueryParameters", "path", uid=uid, destination_name="second", path="../escape")
+    await refused(422, "InvalidQueryParameters", "path", uid=uid, destination_name="second", path="/etc/passwd")
+    await refused(409, "Conflict", "taken", uid=uid, destination_name="second", path="taken")
+
+    first = await copy(client, uid=uid, destination_name="second")
+    await wait_for(client, first["migration_id"])
+    await refused(409, "Conflict", "already holds", uid=uid, destination_name="second", path="elsewhere")
+
+    pending = await client.post("/ingest/init_data_item", params={"item_name": "unfinished"})
+    await refused(404, "NotFound", "no replica with a payload", uid=pending.json(), destination_name="second")
+
+    migrations = (await client.get("/migration/query_migrations")).json()
+    assert [row["migration_id"] for row in migrations] == [first["migration_id"]]
+    assert sorted(path.name for path in second.iterdir()) == ["obs", "taken"]
+    bad_id = await client.get("/migration/get_migration", params={"migration_id": "abc"})
+    assert bad_id.status_code == 422 and "migration_id" in bad_id.text
+    assert_error(await client.post("/migration/cancel_migration", params={"migration_id": 424242}), 404, "NotFound")
