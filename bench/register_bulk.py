@@ -60,8 +60,13 @@ async def _storage(client: AsyncTestClient, root: Path) -> None:
     await client.post("/storage/init_location", params={"location_name": "bench", "location_type": "local-dev"})
     response = await client.post(
         "/storage/init_storage",
-        params={"storage_name": "bench", "storage_type": "filesystem", "storage_interface": "posix",
-                "root_directory": str(root), "location_name": "bench"},
+        params={
+            "storage_name": "bench",
+            "storage_type": "filesystem",
+            "storage_interface": "posix",
+            "root_directory": str(root),
+            "location_name": "bench",
+        },
     )
     response.raise_for_status()
 
@@ -72,8 +77,12 @@ async def dlm_bulk(admin_url: str, root: Path, items: int, check_payloads: bool)
         async with AsyncTestClient(create_app(Settings(database_url=url)), timeout=600) as client:
             await _storage(client, root)
             entries = [
-                {"item_name": f"item-{index}", "uri": f"files/{index}.dat", "storage_name": "bench",
-                 "do_storage_access_check": check_payloads}
+                {
+                    "item_name": f"item-{index}",
+                    "uri": f"files/{index}.dat",
+                    "storage_name": "bench",
+                    "do_storage_access_check": check_payloads,
+                }
                 for index in range(items)
             ]
             started = time.perf_counter()
@@ -92,12 +101,14 @@ async def raw_asyncpg(admin_url: str, root: Path, items: int) -> float:
         connection = await asyncpg.connect(_dsn(url))
         try:
             location = await connection.fetchval(
-                "INSERT INTO location (location_name, location_type) VALUES ('bench', 'local-dev') RETURNING location_id"
+                "INSERT INTO location (location_name, location_type) VALUES ('bench', 'local-dev') "
+                "RETURNING location_id"
             )
             storage = await connection.fetchval(
                 "INSERT INTO storage (location_id, storage_name, root_directory, storage_type, storage_interface) "
                 "VALUES ($1, 'bench', $2, 'filesystem', 'posix') RETURNING storage_id",
-                location, str(root),
+                location,
+                str(root),
             )
             rows = [(uuid.uuid4(), f"item-{index}", storage, f"files/{index}.dat") for index in range(items)]
             started = time.perf_counter()

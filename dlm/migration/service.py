@@ -227,15 +227,16 @@ async def cancel_migration(session: AsyncSession, migration_id: int) -> Row[Any]
         await change_items(session, ITEMS.c.uid == migration.destination_uid, {"item_state": ItemState.DELETED})
     else:
         await discard_destination(session, migration)
-    return await _set(
-        session,
-        migration_id,
-        status=MigrationStatus.CANCELLED,
-        complete=False,
-        completion_date=now,
-        last_error="cancelled",
-        job_status={"finished": True, "success": False, "error": "cancelled"},
-    )
+    values: dict[str, Any] = {
+        "status": MigrationStatus.CANCELLED,
+        "complete": False,
+        "completion_date": now,
+        "last_error": "cancelled",
+        "job_status": {"finished": True, "success": False, "error": "cancelled"},
+    }
+    if not copying:
+        values["lease_owner"] = values["lease_expires"] = None
+    return await _set(session, migration_id, **values)
 
 
 async def retry_migration(session: AsyncSession, migration_id: int) -> dict[str, Any]:
@@ -244,6 +245,11 @@ async def retry_migration(session: AsyncSession, migration_id: int) -> dict[str,
     if migration.status not in (MigrationStatus.FAILED, MigrationStatus.CANCELLED):
         raise UnmetPreconditionForOperation(
             f"migration_id {migration_id}: {migration.status.value}; only FAILED or CANCELLED migrations can be retried"
+        )
+    now = datetime.datetime.now(datetime.UTC)
+    if migration.lease_owner is not None and migration.lease_expires is not None and migration.lease_expires > now:
+        raise Conflict(
+            f"migration_id {migration_id}: its worker is still stopping and removing what it wrote; retry in a moment"
         )
     source = await pick_source(session, uid=str(migration.source_uid))
     destination = await session.get(Storage, migration.destination_storage_id)

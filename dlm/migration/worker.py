@@ -99,6 +99,7 @@ class Job:
             return await self._succeed(result)
         except Stopped as exc:
             log.info("migration %s: stopped (%s)", self.migration_id, exc)
+            await self._let_go()
             return MigrationStatus.CANCELLED
         except asyncio.CancelledError:
             await self._release()
@@ -288,6 +289,8 @@ class Job:
             assert destination is not None
             async with await storage_backend(session, destination) as backend:
                 await backend.delete(target.uri)
+            if job.lease_owner == self.owner:
+                job.lease_owner = job.lease_expires = None
 
     async def _fail(self, reason: str, *, retry: bool) -> MigrationStatus:
         async with transaction(self.sessionmaker, actor=ACTOR) as session:
@@ -335,6 +338,15 @@ class Job:
                 await change_items(session, ITEMS.c.uid == job.destination_uid, {"item_state": ItemState.DELETED})
         return MigrationStatus.FAILED
 
+    async def _let_go(self) -> None:
+        """Say we are done with a cancelled job (what we wrote is gone): it may now be retried."""
+        async with transaction(self.sessionmaker, actor=ACTOR) as session:
+            await session.execute(
+                update(Migration)
+                .where(Migration.migration_id == self.migration_id, Migration.lease_owner == self.owner)
+                .values(lease_owner=None, lease_expires=None)
+            )
+
     async def _release(self) -> None:
         """Shutting down mid-copy: hand the job straight back (this attempt does not count)."""
         with contextlib.suppress(Exception):
@@ -361,15 +373,6 @@ async def run_next(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
     log.info("migration %s: attempt %d by %s", job.migration_id, job.attempts, owner)
     await Job(sessionmaker, settings, owner, job).run()
     return job.migration_id
-
-
-async def run_until_idle(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings) -> list[int]:
-    """Run due jobs one after another until none is due (for the CLI and tests)."""
-    owner = new_owner()
-    ran = []
-    while (migration_id := await run_next(sessionmaker, settings, owner)) is not None:
-        ran.append(migration_id)
-    return ran
 
 
 class MigrationWorkers:

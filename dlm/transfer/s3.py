@@ -91,6 +91,8 @@ class S3Backend:
             retries={"max_attempts": 3, "mode": "standard"},
             connect_timeout=10,
             read_timeout=120,
+            # Room for the files of a container copied side by side (copy.FILES_AT_ONCE) and a spare.
+            max_pool_connections=16,
         )
         self._client = await self._stack.enter_async_context(
             session.client(
