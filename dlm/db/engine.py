@@ -29,6 +29,8 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_timeout=CONNECT_TIMEOUT_SECONDS,
+        # Statement parameters can hold storage secrets; keep them out of error messages and logs.
+        hide_parameters=True,
         connect_args={
             "timeout": CONNECT_TIMEOUT_SECONDS,
             # Timestamps leave the database in UTC whatever the server's default zone is.

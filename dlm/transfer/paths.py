@@ -1,5 +1,7 @@
 """Payload URIs are paths relative to a storage's root; none may ever point outside it."""
 
+import os
+import stat
 from pathlib import Path, PurePosixPath
 
 from dlm.errors import InvalidQueryParameters
@@ -19,14 +21,29 @@ def check_relative_uri(uri: str, field: str = "uri") -> PurePosixPath:
     return path
 
 
-def resolve_inside(root: Path, uri: str, field: str = "uri") -> Path:
-    """The local path of ``uri`` under ``root``, following symlinks, refusing anything that lands outside."""
+def resolve_inside(root: Path, uri: str, field: str = "uri", *, real_root: Path | None = None) -> Path:
+    """The local path of ``uri`` under ``root``, following symlinks, refusing anything that lands outside.
+    ``real_root`` is ``root`` already resolved, to spare resolving it for each of many URIs."""
     relative = check_relative_uri(uri, field)
-    real_root = root.resolve()
+    real_root = real_root or root.resolve()
     try:
-        target = (real_root / relative).resolve()
+        target = _resolve_below(real_root, relative.parts)
     except (RuntimeError, OSError):  # a symlink loop
         raise InvalidQueryParameters(f"{field}: {uri!r} cannot be resolved (symlink loop)") from None
     if target != real_root and real_root not in target.parents:
         raise InvalidQueryParameters(f"{field}: {uri!r} resolves outside the storage root")
     return target
+
+
+def _resolve_below(real_root: Path, parts: tuple[str, ...]) -> Path:
+    """``(real_root / parts).resolve()``, without re-examining the root's own components: one lstat per
+    component below it, and a full resolution only where a component is a symlink."""
+    current = real_root
+    for index, part in enumerate(parts):
+        candidate = current / part
+        try:
+            is_link = stat.S_ISLNK(os.lstat(candidate).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return candidate.joinpath(*parts[index + 1 :])  # nothing further can be a link
+        current = candidate.resolve() if is_link else candidate
+    return current

@@ -1,16 +1,16 @@
 """Payloads on a local (POSIX) file system: a directory tree under the storage's root."""
 
 import asyncio
+import contextlib
 import errno
 import os
 import shutil
 import stat
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiofiles
-import aiofiles.os
 
 from dlm.checksum import file_checksum
 from dlm.enums import ChecksumMethod
@@ -24,7 +24,7 @@ from dlm.transfer.base import (
     StorageUnreachable,
     TransferError,
 )
-from dlm.transfer.paths import resolve_inside
+from dlm.transfer.paths import check_relative_uri, resolve_inside
 
 PARTIAL_SUFFIX = ".dlm-partial"
 _WALK_BATCH = 1000
@@ -32,9 +32,15 @@ _REFUSED = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, 
 T = TypeVar("T")
 
 
+# A write this small is gathered in memory and done in one thread hop (open, write, fsync, rename):
+# for a container of many small files the hops, not the bytes, are what costs.
+SMALL_WRITE = 1024 * 1024
+
+
 class PosixBackend:
     def __init__(self, root_directory: str) -> None:
         self.root = Path(root_directory)
+        self._real_root: Path | None = None
 
     async def __aenter__(self) -> "PosixBackend":
         return self
@@ -43,7 +49,9 @@ class PosixBackend:
         return None
 
     def local_path(self, uri: str) -> Path:
-        return resolve_inside(self.root, uri)
+        if self._real_root is None:
+            self._real_root = self.root.resolve()
+        return resolve_inside(self.root, uri, real_root=self._real_root)
 
     def _error(self, exc: OSError, uri: str) -> TransferError:
         reason = exc.strerror or str(exc)
@@ -76,8 +84,22 @@ class PosixBackend:
         return await asyncio.to_thread(lambda: [self._stat(uri) for uri in uris])
 
     async def read(self, uri: str, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
-        path = self.local_path(uri)
+        """A file up to ``chunk_size`` in one thread hop; a larger one streamed chunk by chunk."""
+
+        # Resolving a path costs a system call per component: done in the thread, off the event loop.
+        def read_small() -> tuple[Path, bytes | None]:
+            path = self.local_path(uri)
+            if os.stat(path).st_size >= chunk_size:
+                return path, None
+            with open(path, "rb") as stream:
+                return path, stream.read()
+
         try:
+            path, whole = await asyncio.to_thread(read_small)
+            if whole is not None:
+                if whole:
+                    yield whole
+                return
             async with aiofiles.open(path, "rb") as stream:
                 while chunk := await stream.read(chunk_size):
                     yield chunk
@@ -91,26 +113,62 @@ class PosixBackend:
     ) -> int:
         """Write next to the target under a partial name, fsync, then rename over it: a crash leaves
         either the old state or the whole file, plus at worst a ``.dlm-partial`` that the next attempt
-        at the same URI overwrites."""
-        target = self.local_path(uri)
-        partial = target.with_name(f".{target.name}{PARTIAL_SUFFIX}")
-        written = 0
-        try:
+        at the same URI overwrites (or deleting the URI removes). Up to SMALL_WRITE bytes are gathered
+        and written in one thread hop; beyond that the bytes stream to disk as they come."""
+        check_relative_uri(uri)  # a bad URI fails before a byte is consumed; resolving waits for the thread
+        target = partial = Path()
+        buffered: list[bytes] = []
+        buffered_size = written = 0
+        stream: Any = None
+
+        def prepare() -> None:
+            nonlocal target, partial
+            target = self.local_path(uri)
+            partial = target.with_name(f".{target.name}{PARTIAL_SUFFIX}")
             if not self.root.is_dir():
                 raise FileNotFoundError(errno.ENOENT, "storage root missing")
-            await aiofiles.os.makedirs(target.parent, exist_ok=True)
-            async with aiofiles.open(partial, "wb") as stream:
-                async for chunk in chunks:
-                    await stream.write(chunk)
-                    written += len(chunk)
+            target.parent.mkdir(parents=True, exist_ok=True)
+
+        def write_small() -> None:
+            prepare()
+            with open(partial, "wb") as small:
+                small.writelines(buffered)
+                small.flush()
+                os.fsync(small.fileno())
+
+        def publish() -> None:
+            if mode is not None:
+                os.chmod(partial, stat.S_IMODE(mode))
+            os.replace(partial, target)
+            _fsync_directory(target.parent)
+
+        try:
+            async for chunk in chunks:
+                written += len(chunk)
+                if stream is None and buffered_size + len(chunk) <= SMALL_WRITE:
+                    buffered.append(chunk)
+                    buffered_size += len(chunk)
+                    continue
+                if stream is None:
+                    await asyncio.to_thread(prepare)
+                    stream = await aiofiles.open(partial, "wb")
+                    for early in buffered:
+                        await stream.write(early)
+                    buffered.clear()
+                await stream.write(chunk)
+            if stream is None:
+                await asyncio.to_thread(lambda: (write_small(), publish()))
+            else:
                 await stream.flush()
                 await asyncio.to_thread(os.fsync, stream.fileno())
-            if mode is not None:
-                await asyncio.to_thread(os.chmod, partial, stat.S_IMODE(mode))
-            await aiofiles.os.replace(partial, target)
-            await asyncio.to_thread(_fsync_directory, target.parent)
+                await stream.close()
+                await asyncio.to_thread(publish)
         except BaseException as exc:
-            await asyncio.to_thread(_remove_quietly, partial)
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    await stream.close()
+            if partial.name:
+                await asyncio.to_thread(_remove_quietly, partial)
             if isinstance(exc, OSError):
                 raise self._error(exc, uri) from None
             raise

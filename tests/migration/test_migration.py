@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -353,3 +354,29 @@ async def test_bad_copy_requests_are_refused_and_leave_nothing(registry: Registr
     bad_id = await client.get("/migration/get_migration", params={"migration_id": "abc"})
     assert bad_id.status_code == 422 and "migration_id" in bad_id.text
     assert_error(await client.post("/migration/cancel_migration", params={"migration_id": 424242}), 404, "NotFound")
+
+
+async def test_stopping_dlm_mid_copy_hands_the_job_back_without_using_an_attempt(
+    throttled: Any, storage_root: Path, tmp_path: Path
+) -> None:
+    from dlm.app import create_app
+
+    second = tmp_path / "second"
+    async with AsyncTestClient(create_app(throttled)) as client:
+        registry = Registry(client, storage_root)
+        await registry.storage()
+        await registry.storage("second", root=second)
+        registry.payload("big", os.urandom(8 * 1024 * 1024))
+        queued = await copy(client, uid=await registry.register("big"), destination_name="second")
+        deadline = time.monotonic() + 10
+        while (await migration(client, queued["migration_id"]))["bytes_done"] == 0:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+    # The app has shut down (its lifespan stopped the workers) in the middle of the copy.
+    async with AsyncTestClient(create_app(msgspec.structs.replace(throttled, migration_workers=0))) as client:
+        row = await migration(client, queued["migration_id"])
+        assert (row["status"], row["attempts"], row["lease_owner"]) == ("PENDING", 0, None), row
+        assert list(second.iterdir()) == [], "the stopped copy removed its partial file"
+    async with AsyncTestClient(create_app(throttled)) as client:
+        done = await wait_for(client, queued["migration_id"], timeout=30)
+        assert (done["status"], done["attempts"]) == ("SUCCEEDED", 1)
