@@ -4,6 +4,7 @@ database per test cloned from a template built by `alembic upgrade head`, and a 
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy.engine import make_url
@@ -294,6 +296,52 @@ async def new_bucket(s3_config: dict[str, Any]) -> str:
     ) as s3:
         await s3.create_bucket(Bucket=name)
     return name
+
+
+class Server:
+    """A `dlm serve` process against a test database; ``settings`` become DLM_* variables."""
+
+    def __init__(self, database_url: str, data_dir: Path, **settings: Any) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        environment = {key: value for key, value in os.environ.items() if not key.startswith("DLM_")}
+        environment.update(
+            DLM_DATABASE_URL=database_url,
+            DLM_DATA_DIR=str(data_dir),
+            DLM_PORT=str(self.port),
+            DLM_MIGRATION_POLL_SECONDS="0.2",
+        )
+        environment.update({f"DLM_{key.upper()}": str(value) for key, value in settings.items()})
+        self.log = data_dir / f"serve-{self.port}.log"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "dlm", "serve"], env=environment, stderr=log)
+
+    async def ready(self) -> "Server":
+        deadline = time.monotonic() + 60
+        async with httpx.AsyncClient(base_url=self.base) as client:
+            while time.monotonic() < deadline:
+                assert self.process.poll() is None, self.log.read_text()
+                try:
+                    if (await client.get("/health/ready", timeout=2)).status_code == 200:
+                        return self
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.2)
+        self.kill()
+        raise AssertionError(f"dlm serve did not become ready: {self.log.read_text()}")
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
 
 
 def assert_error(response: Any, status: int, name: str, *fragments: str) -> None:

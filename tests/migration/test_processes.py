@@ -3,62 +3,13 @@ process running it, and two processes draining one queue never run a job twice."
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.conftest import free_port
-
-
-class Server:
-    """One `dlm serve` process against the test database, with copies throttled so they can be watched."""
-
-    def __init__(self, database_url: str, data_dir: Path, **settings: Any) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        environment = {key: value for key, value in os.environ.items() if not key.startswith("DLM_")}
-        environment.update(
-            DLM_DATABASE_URL=database_url,
-            DLM_DATA_DIR=str(data_dir),
-            DLM_PORT=str(self.port),
-            DLM_MIGRATION_POLL_SECONDS="0.2",
-            **{f"DLM_{key.upper()}": str(value) for key, value in settings.items()},
-        )
-        self.log = data_dir / f"serve-{self.port}.log"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        with self.log.open("w") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "dlm", "serve"], env=environment, stderr=log)
-
-    async def ready(self) -> "Server":
-        deadline = time.monotonic() + 60
-        async with httpx.AsyncClient(base_url=self.base) as client:
-            while time.monotonic() < deadline:
-                assert self.process.poll() is None, self.log.read_text()
-                try:
-                    if (await client.get("/health/ready", timeout=2)).status_code == 200:
-                        return self
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.2)
-        self.kill()
-        raise AssertionError(f"dlm serve did not become ready: {self.log.read_text()}")
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+from tests.conftest import Server
 
 
 async def _call(base: str, method: str, path: str, **params: Any) -> Any:

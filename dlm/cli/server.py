@@ -1,62 +1,15 @@
-"""The `dlm` command: run the service and administer its database."""
+"""`dlm serve` and `dlm db`: run the service and administer its database."""
 
-import asyncio
 import logging
 import sys
-from collections.abc import Callable, Coroutine
-from typing import Any
 
 import click
 import msgspec
-import sqlalchemy.exc
 
-from dlm.config import InvalidSettings, Settings
-from dlm.db.engine import translate_database_error
-from dlm.errors import DLMError
+from dlm.cli.common import CLIError, load_settings, run
 
 
-class CLIError(click.ClickException):
-    """One readable line on stderr and exit status 1, never a traceback."""
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"dlm: error: {self.message}", err=True)
-
-
-def load_settings(**overrides: object) -> Settings:
-    try:
-        return Settings.from_env(**overrides)
-    except InvalidSettings as exc:
-        raise CLIError(str(exc)) from None
-
-
-def run(coroutine_function: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-    try:
-        return asyncio.run(coroutine_function())
-    except DLMError as exc:
-        raise CLIError(exc.message) from None
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
-    except (OSError, sqlalchemy.exc.SQLAlchemyError) as exc:
-        translated = translate_database_error(exc)
-        detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        raise CLIError(f"{translated.message if translated else 'database error'}: {detail}") from None
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="dlm")
-def main() -> None:
-    """DLM, the Data Lifecycle Manager.
-
-    \b
-    Start the service (embedded database, no set-up needed):
-      dlm serve
-    Use an existing PostgreSQL instead:
-      DLM_DATABASE_URL=postgresql://dlm@db.example.org/dlm dlm db upgrade
-      DLM_DATABASE_URL=postgresql://dlm@db.example.org/dlm dlm serve --host 0.0.0.0
-    """
-
-
-@main.command()
+@click.command()
 @click.option("--host", help="Interface to listen on (DLM_HOST, default 127.0.0.1).")
 @click.option("--port", type=int, help="Port to listen on (DLM_PORT, default 8000).")
 def serve(host: str | None, port: int | None) -> None:
@@ -89,7 +42,7 @@ def serve(host: str | None, port: int | None) -> None:
             embedded.stop()
 
 
-@main.group()
+@click.group()
 def db() -> None:
     """Manage DLM's database schema (Alembic revisions)."""
 

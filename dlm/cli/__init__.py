@@ -1,0 +1,30 @@
+"""The `dlm` command: run the service, administer its database, and use a running DLM."""
+
+import click
+
+from dlm.cli import remote, server
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dlm")
+def main() -> None:
+    """DLM, the Data Lifecycle Manager.
+
+    \b
+    Start the service (embedded database, no set-up needed):
+      dlm serve
+    Use an existing PostgreSQL instead:
+      DLM_DATABASE_URL=postgresql://dlm@db.example.org/dlm dlm db upgrade
+      DLM_DATABASE_URL=postgresql://dlm@db.example.org/dlm dlm serve --host 0.0.0.0
+    Then, from anywhere that reaches it (--url or DLM_URL, default http://127.0.0.1:8000):
+      dlm ingest register hello hello.txt --storage local
+      dlm request query --state READY
+      dlm migration copy --name hello --to archive --wait
+    Every command has --help with examples, and --json for scripts.
+    """
+
+
+main.add_command(server.serve)
+main.add_command(server.db)
+for group in (remote.ingest, remote.request, remote.storage, remote.migration):
+    main.add_command(group)

@@ -1,0 +1,419 @@
+"""`dlm ingest|request|storage|migration …`: use a running DLM over its REST API (``--url``, DLM_URL).
+
+Tables for people by default, ``--json`` for scripts; a refusal is one line naming what was wrong,
+and exit status 1.
+"""
+
+import datetime
+import enum
+import functools
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from dlm.cli.common import CLIError
+from dlm.client import DEFAULT_URL, DLMClient
+from dlm.errors import DLMError
+from dlm.transfer.base import TransferError
+
+ITEM_COLUMNS = ("uid", "item_name", "item_version", "item_type", "item_state", "uid_phase", "oid_phase", "uri")
+MIGRATION_COLUMNS = ("migration_id", "status", "bytes_done", "bytes_total", "attempts", "date", "last_error")
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if isinstance(value, datetime.datetime):
+        return value.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def _as_dict(row: Any) -> dict[str, Any]:
+    return msgspec.structs.asdict(row) if isinstance(row, msgspec.Struct) else dict(row)
+
+
+def show(result: Any, columns: Sequence[str] = (), *, as_json: bool = False) -> None:
+    """Print a result: JSON for scripts; for people a table (rows), ``key: value`` lines (one record)
+    or the bare value (an id)."""
+    if as_json:
+        click.echo(msgspec.json.encode(result).decode())
+        return
+    if isinstance(result, list):
+        if not result:
+            click.echo("(none)", err=True)
+            return
+        rows = [_as_dict(row) for row in result]
+        names = list(columns) or list(rows[0])
+        cells = [[_text(row.get(name)) for name in names] for row in rows]
+        widths = [max(len(name), *(len(line[index]) for line in cells)) for index, name in enumerate(names)]
+        click.echo("  ".join(name.ljust(width) for name, width in zip(names, widths, strict=True)).rstrip())
+        for line in cells:
+            click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+    elif isinstance(result, msgspec.Struct | dict):
+        record = _as_dict(result)
+        width = max(len(key) for key in record)
+        for key, value in record.items():
+            click.echo(f"{key.ljust(width)}  {_text(value)}")
+    else:
+        click.echo(_text(result))
+
+
+def remote(columns: Sequence[str] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command ``--url`` and ``--json``, a client, one-line errors, and printing of its result."""
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        @click.option(
+            "--url", envvar="DLM_URL", default=DEFAULT_URL, show_default=True, help="The DLM server (DLM_URL)."
+        )
+        @click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
+        @functools.wraps(function)
+        def command(url: str, as_json: bool, **options: Any) -> None:
+            click.get_current_context().meta["as_json"] = as_json
+            try:
+                with DLMClient(url) as client:
+                    result = function(client, **options)
+            except (DLMError, TransferError) as exc:
+                raise CLIError(f"{type(exc).__name__}: {exc.message}") from None
+            if result is not None:
+                show(result, columns, as_json=as_json)
+
+        return command
+
+    return decorate
+
+
+def _json_object(value: str | None, name: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(Path(value[1:]).read_text() if value.startswith("@") else value)
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"{name}: not a JSON object ({exc})") from None
+    if not isinstance(parsed, dict):
+        raise CLIError(f"{name}: must be a JSON object")
+    return parsed
+
+
+# --- ingest -------------------------------------------------------------------------------------
+
+
+@click.group()
+def ingest() -> None:
+    """Register payloads as data items."""
+
+
+@ingest.command("register")
+@click.argument("name")
+@click.argument("uri")
+@click.option("--storage", "storage_name", required=True, help="Storage the payload is on.")
+@click.option("--container", is_flag=True, help="The URI is a directory or S3 prefix, registered as a whole.")
+@click.option("--parents", help="oid (or uid) of the container this item belongs to.")
+@click.option("--target-phase", type=click.Choice(["GAS", "LIQUID", "SOLID"]), default="SOLID", show_default=True)
+@click.option("--metadata", help='JSON object, or @file with one: {"scan": 7}.')
+@remote()
+def ingest_register(
+    client: DLMClient,
+    name: str,
+    uri: str,
+    storage_name: str,
+    container: bool,
+    parents: str | None,
+    target_phase: str,
+    metadata: str | None,
+) -> str:
+    """Register the payload at URI on a storage as a READY item NAME; prints its uid.
+
+    \b
+    Examples:
+      dlm ingest register obs-42 raw/obs-42.ms --storage local --container
+      dlm ingest register cal.h5 cal/cal.h5 --storage local --metadata '{"scan": 7}'
+    """
+    return client.register(
+        name,
+        uri,
+        storage_name=storage_name,
+        item_type="container" if container else "file",
+        parents=parents,
+        target_phase=target_phase,
+        metadata=_json_object(metadata, "--metadata"),
+    )
+
+
+# --- request ------------------------------------------------------------------------------------
+
+
+@click.group()
+def request() -> None:
+    """Find items, follow their history, change their lifecycle."""
+
+
+@request.command("query")
+@click.option("--name", "item_name", default="", help="item_name.")
+@click.option("--oid", default="", help="All replicas of this item.")
+@click.option("--uid", default="", help="One replica.")
+@click.option("--state", help="item_state, e.g. READY.")
+@click.option("--where", "params", help="A filter in the params language: item_name=like.obs-*&limit=10.")
+@remote(ITEM_COLUMNS)
+def request_query(
+    client: DLMClient, item_name: str, oid: str, uid: str, state: str | None, params: str | None
+) -> list[Any]:
+    """List items (at most 1000); every criterion must hold.
+
+    \b
+    Examples:
+      dlm request query --state READY
+      dlm request query --name obs-42 --json
+      dlm request query --where 'uid_expiration=lt.2027-01-01&order=uid_creation.desc'
+    """
+    filters = [f"item_state=eq.{state.upper()}"] if state else []
+    if params:
+        filters.append(params)
+    return client.query(item_name=item_name, oid=oid, uid=uid, params="&".join(filters) or None)
+
+
+@request.command("history")
+@click.option("--name", "item_name", default="")
+@click.option("--oid", default="")
+@click.option("--uid", default="")
+@remote(("event_id", "event_time", "uid", "event", "old_value", "new_value", "actor"))
+def request_history(client: DLMClient, item_name: str, oid: str, uid: str) -> list[Any]:
+    """The trace of an item: every change, with who made it and when, oldest first.
+
+    \b
+    Example:
+      dlm request history --name obs-42
+    """
+    return client.history(item_name=item_name, oid=oid, uid=uid)
+
+
+@request.command("set-phase")
+@click.argument("uid")
+@click.argument("phase", type=click.Choice(["GAS", "LIQUID", "SOLID"]))
+@remote(ITEM_COLUMNS + ("target_phase",))
+def request_set_phase(client: DLMClient, uid: str, phase: str) -> Any:
+    """Set the phase the item (all its replicas) must reach.
+
+    \b
+    Example:
+      dlm request set-phase 3f0c… SOLID
+    """
+    return client.set_phase(uid, phase)
+
+
+# --- storage ------------------------------------------------------------------------------------
+
+
+@click.group()
+def storage() -> None:
+    """Locations, storages, their configs and usage."""
+
+
+@storage.command("add-location")
+@click.argument("name")
+@click.option("--type", "location_type", required=True, help="e.g. local-dev, low-operations.")
+@click.option("--country", help="AU, ZA or UK.")
+@click.option("--city")
+@click.option("--facility", help="One of `dlm storage facilities`.")
+@remote()
+def storage_add_location(
+    client: DLMClient, name: str, location_type: str, country: str | None, city: str | None, facility: str | None
+) -> str:
+    """Create a location; prints its id.
+
+    \b
+    Example:
+      dlm storage add-location pawsey --type low-operations --city Perth --facility 'Pawsey Centre'
+    """
+    return client.add_location(
+        name, location_type, location_country=country, location_city=city, location_facility=facility
+    )
+
+
+@storage.command("locations")
+@remote(("location_id", "location_name", "location_type", "location_country", "location_city", "location_facility"))
+def storage_locations(client: DLMClient) -> list[Any]:
+    """List locations."""
+    return client.locations()
+
+
+@storage.command("add-storage")
+@click.argument("name")
+@click.option("--location", "location_name", required=True)
+@click.option("--interface", type=click.Choice(["posix", "s3"]), default="posix", show_default=True)
+@click.option("--root", "root_directory", required=True, help="Absolute directory (posix) or bucket[/prefix] (s3).")
+@click.option("--phase", type=click.Choice(["GAS", "LIQUID", "SOLID"]), default="GAS", show_default=True)
+@click.option("--capacity", type=int, help="Bytes DLM may use there.")
+@click.option("--config", help="Its config in rclone's format: a JSON object, or @file.")
+@remote()
+def storage_add_storage(
+    client: DLMClient,
+    name: str,
+    location_name: str,
+    interface: str,
+    root_directory: str,
+    phase: str,
+    capacity: int | None,
+    config: str | None,
+) -> str:
+    """Create a storage; prints its id.
+
+    \b
+    Examples:
+      dlm storage add-storage scratch --location local --root /data/scratch --phase LIQUID
+      dlm storage add-storage archive --location local --interface s3 --root my-bucket --phase SOLID \\
+          --config '{"type": "s3", "endpoint": "http://minio:9000", "access_key_id": "…", "secret_access_key": "…"}'
+    """
+    return client.add_storage(
+        name,
+        root_directory=root_directory,
+        location_name=location_name,
+        storage_interface=interface,
+        storage_phase=phase,
+        storage_capacity=capacity,
+        config=_json_object(config, "--config"),
+    )
+
+
+@storage.command("list")
+@remote(("storage_id", "storage_name", "storage_interface", "storage_phase", "root_directory", "storage_available"))
+def storage_list(client: DLMClient) -> list[Any]:
+    """List storages."""
+    return client.storages()
+
+
+@storage.command("config")
+@click.argument("name")
+@click.option("--set", "new_config", help="Store this config (JSON object or @file) as the newest.")
+@remote()
+def storage_config(client: DLMClient, name: str, new_config: str | None) -> Any:
+    """Show a storage's configs, newest first (secrets as ***), or store a new one with --set.
+
+    \b
+    Examples:
+      dlm storage config archive
+      dlm storage config archive --set @archive-rotated.json
+    """
+    if new_config is not None:
+        return client.set_storage_config(name, _json_object(new_config, "--set") or {})
+    return client.storage_configs(name)
+
+
+@storage.command("usage")
+@click.option("--name", "storage_name", default="")
+@remote(("storage_name", "capacity_bytes", "used_bytes", "objects", "use_pct", "filesystem_free_bytes"))
+def storage_usage(client: DLMClient, storage_name: str) -> list[Any]:
+    """What DLM holds on each storage, and what is free."""
+    return client.usage(storage_name=storage_name)
+
+
+@storage.command("delete-payload")
+@click.argument("uid")
+@click.option("--force", is_flag=True, help="Even if the item would fall below its target phase.")
+@remote(ITEM_COLUMNS)
+def storage_delete_payload(client: DLMClient, uid: str, force: bool) -> list[Any]:
+    """Delete one replica's payload; its row stays, DELETED."""
+    return client.delete_payload(uid, force=force)
+
+
+# --- migration ----------------------------------------------------------------------------------
+
+
+@click.group()
+def migration() -> None:
+    """Copy items between storages and follow the copies."""
+
+
+@migration.command("copy")
+@click.option("--name", "item_name", default="", help="The item (its newest version).")
+@click.option("--oid", default="")
+@click.option("--uid", default="", help="Copy from this replica.")
+@click.option("--to", "destination_name", required=True, help="Destination storage.")
+@click.option("--path", default="", help="Destination path (default: the source's uri).")
+@click.option("--wait", is_flag=True, help="Follow the copy to its end, with a progress bar.")
+@remote()
+def migration_copy(
+    client: DLMClient, item_name: str, oid: str, uid: str, destination_name: str, path: str, wait: bool
+) -> Any:
+    """Queue a verified copy of an item to another storage.
+
+    Without --wait, prints the new replica's uid and the migration_id at once. With --wait, shows the
+    progress and exits 1 if the copy fails.
+
+    \b
+    Examples:
+      dlm migration copy --name obs-42 --to archive --wait
+      dlm migration copy --uid 3f0c… --to scratch --path staging/obs-42.ms
+    """
+    queued = client.queue_copy(item_name=item_name, oid=oid, uid=uid, destination_name=destination_name, path=path)
+    if not wait:
+        return queued
+    as_json = click.get_current_context().meta["as_json"]
+    if as_json or not sys.stderr.isatty():
+        finished = client.wait(queued["migration_id"])
+    else:
+        finished = _wait_with_bar(client, queued["migration_id"])
+    if finished.status != "SUCCEEDED":
+        raise CLIError(f"migration {finished.migration_id} {finished.status}: {finished.last_error}")
+    return finished
+
+
+def _wait_with_bar(client: DLMClient, migration_id: int) -> Any:
+    first = client.migration(migration_id)
+    with click.progressbar(
+        length=max(first.bytes_total or 0, 1), label=f"migration {migration_id}", file=sys.stderr
+    ) as bar:
+        shown = 0
+
+        def advance(current: Any) -> None:
+            nonlocal shown
+            if current.bytes_total and current.bytes_total != bar.length:
+                bar.length = current.bytes_total
+            bar.update(max(current.bytes_done - shown, 0))
+            shown = max(shown, current.bytes_done)
+
+        return client.wait(migration_id, on_progress=advance)
+
+
+@migration.command("list")
+@click.option("--since", "start_date", help="Created on or after (YYYY-MM-DD).")
+@click.option("--until", "end_date", help="Completed on or before (YYYY-MM-DD).")
+@click.option("--storage-id", help="From or to this storage.")
+@remote(MIGRATION_COLUMNS)
+def migration_list(
+    client: DLMClient, start_date: str | None, end_date: str | None, storage_id: str | None
+) -> list[Any]:
+    """List migrations, newest first."""
+    return client.migrations(start_date=start_date, end_date=end_date, storage_id=storage_id)
+
+
+@migration.command("show")
+@click.argument("migration_id", type=int)
+@remote()
+def migration_show(client: DLMClient, migration_id: int) -> Any:
+    """One migration: status, progress, attempts, last error."""
+    return client.migration(migration_id)
+
+
+@migration.command("cancel")
+@click.argument("migration_id", type=int)
+@remote(MIGRATION_COLUMNS)
+def migration_cancel(client: DLMClient, migration_id: int) -> Any:
+    """Stop a queued or running copy; what it wrote is removed."""
+    return client.cancel(migration_id)
+
+
+@migration.command("retry")
+@click.argument("migration_id", type=int)
+@remote()
+def migration_retry(client: DLMClient, migration_id: int) -> Any:
+    """Run a FAILED or CANCELLED copy again."""
+    return client.retry(migration_id)

@@ -1,0 +1,187 @@
+"""The `dlm` CLI and the Python clients, end to end against a live `dlm serve` process."""
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dlm.client import AsyncDLMClient, DLMClient, Item, Migration
+from dlm.errors import InvalidQueryParameters, NotFound, ValueAlreadyInDB
+from tests.conftest import Server, free_port, scratch_database
+
+
+class Live:
+    def __init__(self, url: str, root: Path) -> None:
+        self.url, self.root = url, root
+
+
+@pytest.fixture(scope="module")
+async def live(
+    postgres_url: str, template_database: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Live]:
+    """One server for the module: starting one takes seconds, and each test uses names of its own."""
+    async with scratch_database(postgres_url, "dlm_cli", template=template_database) as url:
+        root = tmp_path_factory.mktemp("live")
+        server = await Server(url, root / "data").ready()
+        try:
+            yield Live(server.base, root)
+        finally:
+            server.stop()
+
+
+def dlm(live: Live, *args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("DLM_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "dlm", *args],
+        env={**environment, "DLM_URL": live.url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == expect, (args, result.stdout, result.stderr)
+    return result
+
+
+def dlm_json(live: Live, *args: str) -> Any:
+    return json.loads(dlm(live, *args, "--json").stdout)
+
+
+def test_a_newcomer_registers_a_container_and_copies_it_from_the_cli(live: Live) -> None:
+    disk, scratch = live.root / "cli-disk", live.root / "cli-scratch"
+    site = disk
+    scratch.mkdir()
+    for member in ("run/a.ms", "run/sub/b.ms"):
+        (site / member).parent.mkdir(parents=True, exist_ok=True)
+        (site / member).write_bytes(os.urandom(2048))
+
+    dlm(live, "storage", "add-location", "cli-site", "--type", "local-dev")
+    dlm(live, "storage", "add-storage", "cli-disk", "--location", "cli-site", "--root", str(disk))
+    dlm(
+        live,
+        "storage",
+        "add-storage",
+        "cli-scratch",
+        "--location",
+        "cli-site",
+        "--root",
+        str(scratch),
+        "--phase",
+        "LIQUID",
+    )
+    listed = dlm(live, "storage", "list").stdout
+    assert "cli-disk" in listed and "cli-scratch" in listed and listed.splitlines()[0].startswith("storage_id")
+
+    container = dlm(live, "ingest", "register", "cli-run", "run", "--storage", "cli-disk", "--container").stdout.strip()
+    [row] = dlm_json(live, "request", "query", "--uid", container)
+    dlm(
+        live,
+        "ingest",
+        "register",
+        "cli-run/a.ms",
+        "run/a.ms",
+        "--storage",
+        "cli-disk",
+        "--parents",
+        row["oid"],
+        "--metadata",
+        '{"scan": 7}',
+    )
+    table = dlm(live, "request", "query", "--where", "item_name=like.cli-run*", "--state", "READY").stdout
+    assert "cli-run/a.ms" in table and "container" in table
+
+    finished = dlm_json(live, "migration", "copy", "--name", "cli-run", "--to", "cli-scratch", "--wait")
+    assert finished["status"] == "SUCCEEDED" and finished["bytes_done"] == 4096
+    assert (scratch / "run/sub/b.ms").read_bytes() == (site / "run/sub/b.ms").read_bytes()
+    shown = dlm(live, "migration", "show", str(finished["migration_id"])).stdout
+    assert "SUCCEEDED" in shown and "bytes_done" in shown
+    assert any(m["migration_id"] == finished["migration_id"] for m in dlm_json(live, "migration", "list"))
+    usage = {row["storage_name"]: row for row in dlm_json(live, "storage", "usage")}
+    assert usage["cli-scratch"]["objects"] == 2, "the container and its registered member"
+    history = dlm_json(live, "request", "history", "--name", "cli-run")
+    assert {event["event"] for event in history} >= {"created", "item_state"}
+
+
+def test_cli_errors_are_one_line_naming_the_problem(live: Live) -> None:
+    cases = [
+        (("ingest", "register", "x", "x", "--storage", "no-such-storage"), "NotFound", "no-such-storage"),
+        (("ingest", "register", "x", "x", "--storage", "s", "--metadata", "{oops"), "--metadata", "JSON"),
+        (("migration", "show", "987654"), "NotFound", "987654"),
+        (("migration", "copy", "--name", "nothing-by-this-name", "--to", "nowhere"), "NotFound", "nothing-by"),
+        (("storage", "config", "no-such-storage"), "NotFound", "no-such-storage"),
+    ]
+    for args, name, fragment in cases:
+        result = dlm(live, *args, expect=1)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("dlm: error:"), result.stderr
+        assert name in lines[0] and fragment in lines[0], lines[0]
+    unreachable = subprocess.run(
+        [sys.executable, "-m", "dlm", "storage", "list", "--url", f"http://127.0.0.1:{free_port()}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert unreachable.returncode == 1 and "cannot reach DLM" in unreachable.stderr
+    assert "Traceback" not in unreachable.stderr
+
+
+def test_every_command_has_help_with_examples(live: Live) -> None:
+    for args in (
+        ("ingest", "register"),
+        ("request", "query"),
+        ("storage", "add-storage"),
+        ("storage", "config"),
+        ("migration", "copy"),
+    ):
+        text = dlm(live, *args, "--help").stdout
+        assert "Example" in text and "--json" in text and "--url" in text, args
+
+
+def test_the_python_client_in_a_few_lines(live: Live) -> None:
+    (live.root / "py-disk").mkdir()
+    (live.root / "py-disk" / "obs.dat").write_bytes(b"observation\n")
+    with DLMClient(live.url) as client:
+        client.add_location("py-site", "local-dev")
+        client.add_storage("py-disk", root_directory=str(live.root / "py-disk"), location_name="py-site")
+        (live.root / "py-copy").mkdir()
+        client.add_storage("py-copy", root_directory=str(live.root / "py-copy"), location_name="py-site")
+        uid = client.register("py-obs", "obs.dat", storage_name="py-disk", metadata={"scan": 1})
+        [item] = client.query(uid=uid)
+        assert isinstance(item, Item) and item.item_size == 12 and item.metadata["scan"] == 1
+        done = client.copy(uid=uid, destination_name="py-copy", wait=True)
+        assert isinstance(done, Migration) and done.status == "SUCCEEDED"
+        with pytest.raises(ValueAlreadyInDB):
+            client.register("py-obs", "obs.dat", storage_name="py-disk")
+        with pytest.raises(NotFound):
+            client.migration(123456)
+        with pytest.raises(InvalidQueryParameters, match="params"):
+            client.query(params="colour=eq.red")
+
+
+async def test_the_async_client(live: Live) -> None:
+    async with AsyncDLMClient(live.url) as client:
+        storages = await client.storages()
+        assert storages and all(storage.storage_id for storage in storages)
+        assert await client.query(item_name="no-such-item") == []
+        with pytest.raises(NotFound, match="migration_id 424242"):
+            await client.migration(424242)
+
+
+def test_the_readme_python_example_runs_as_written(live: Live, capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    example = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    local, scratch = live.root / "readme-local", live.root / "readme-scratch"
+    local.mkdir()
+    scratch.mkdir()
+    (local / "hello.txt").write_text("hello, DLM\n")
+    with DLMClient(live.url) as client:
+        client.add_location("local", "local-dev")
+        client.add_storage("local", root_directory=str(local), location_name="local")
+        client.add_storage("scratch", root_directory=str(scratch), location_name="local")
+    exec(example.replace("http://127.0.0.1:8000", live.url), {})  # noqa: S102 - the README's own code
+    assert capsys.readouterr().out.strip() == "SUCCEEDED"
+    assert (scratch / "hello.txt").read_text() == "hello, DLM\n"
