@@ -76,21 +76,11 @@ def test_a_newcomer_registers_a_container_and_copies_it_from_the_cli(live: Live)
     listed = dlm(live, "storage", "list").stdout
     assert "cli-disk" in listed and "cli-scratch" in listed and listed.splitlines()[0].startswith("storage_id")
 
-    container = dlm(live, "ingest", "register", "cli-run", "run", "--storage", "cli-disk", "--container").stdout.strip()
+    container = dlm(
+        live, "ingest", "register", "cli-run", "run", "--storage", "cli-disk", "--container", "--with-members"
+    ).stdout.strip()
     [row] = dlm_json(live, "request", "query", "--uid", container)
-    dlm(
-        live,
-        "ingest",
-        "register",
-        "cli-run/a.ms",
-        "run/a.ms",
-        "--storage",
-        "cli-disk",
-        "--parents",
-        row["oid"],
-        "--metadata",
-        '{"scan": 7}',
-    )
+    assert row["item_type"] == "container"
     table = dlm(live, "request", "query", "--where", "item_name=like.cli-run*", "--state", "READY").stdout
     assert "cli-run/a.ms" in table and "container" in table
 
@@ -101,7 +91,7 @@ def test_a_newcomer_registers_a_container_and_copies_it_from_the_cli(live: Live)
     assert "SUCCEEDED" in shown and "bytes_done" in shown
     assert any(m["migration_id"] == finished["migration_id"] for m in dlm_json(live, "migration", "list"))
     usage = {row["storage_name"]: row for row in dlm_json(live, "storage", "usage")}
-    assert usage["cli-scratch"]["objects"] == 2, "the container and its registered member"
+    assert usage["cli-scratch"]["objects"] == 3, "the container and its two registered members"
     history = dlm_json(live, "request", "history", "--name", "cli-run")
     assert {event["event"] for event in history} >= {"created", "item_state"}
 

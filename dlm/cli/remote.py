@@ -116,6 +116,7 @@ def ingest() -> None:
 @click.argument("uri")
 @click.option("--storage", "storage_name", required=True, help="Storage the payload is on.")
 @click.option("--container", is_flag=True, help="The URI is a directory or S3 prefix, registered as a whole.")
+@click.option("--with-members", is_flag=True, help="With --container: register each file inside as an item too.")
 @click.option("--parents", help="oid (or uid) of the container this item belongs to.")
 @click.option("--target-phase", type=click.Choice(["GAS", "LIQUID", "SOLID"]), default="SOLID", show_default=True)
 @click.option("--metadata", help='JSON object, or @file with one: {"scan": 7}.')
@@ -126,6 +127,7 @@ def ingest_register(
     uri: str,
     storage_name: str,
     container: bool,
+    with_members: bool,
     parents: str | None,
     target_phase: str,
     metadata: str | None,
@@ -134,7 +136,7 @@ def ingest_register(
 
     \b
     Examples:
-      dlm ingest register obs-42 raw/obs-42.ms --storage local --container
+      dlm ingest register obs-42 raw/obs-42.ms --storage local --container --with-members
       dlm ingest register cal.h5 cal/cal.h5 --storage local --metadata '{"scan": 7}'
     """
     return client.register(
@@ -145,6 +147,7 @@ def ingest_register(
         parents=parents,
         target_phase=target_phase,
         metadata=_json_object(metadata, "--metadata"),
+        register_members=with_members or None,
     )
 
 

@@ -43,7 +43,9 @@ async def init_data_item(
     description="Register a payload that already exists on a storage as a READY data_item, in one call: "
     "checks the storage and (unless do_storage_access_check=false) the payload, refuses a second registration "
     "of the same item_name on the same storage, records size (and crc32c for small files) and stores the "
-    "metadata body with uid and item_name added. Returns the uid.",
+    "metadata body with uid and item_name added. Returns the uid. DLM addition: register_members=true with a "
+    "container also registers every file inside it as an item named <item_name>/<path>, its parents the "
+    "container, all in the same transaction.",
     status_code=200,
 )
 async def register_data_item(
@@ -61,6 +63,7 @@ async def register_data_item(
     item_size: FromQuery[int | None] = None,
     decompressed_size: FromQuery[int | None] = None,
     do_storage_access_check: FromQuery[bool] = True,
+    register_members: FromQuery[bool] = False,
     data: JSONBody[dict[str, Any] | None] = None,
     authorization: Authorization = None,
 ) -> Response[bytes]:
@@ -84,9 +87,10 @@ async def register_data_item(
         do_storage_access_check=do_storage_access_check,
         metadata=data,
     )
-    uid = await service.register_item(
-        session, registration, checksum_max_bytes=state.settings.register_checksum_max_bytes
-    )
+    checksum_max_bytes = state.settings.register_checksum_max_bytes
+    uid = await service.register_item(session, registration, checksum_max_bytes=checksum_max_bytes)
+    if register_members:
+        await service.register_members(session, uid, checksum_max_bytes=checksum_max_bytes)
     return json_response(str(uid))
 
 

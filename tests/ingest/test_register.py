@@ -137,6 +137,39 @@ async def test_children_point_at_their_container(registry: Registry) -> None:
     assert_error(response, 404, "NotFound", "parents")
 
 
+async def test_a_container_can_register_its_members_in_the_same_call(registry: Registry) -> None:
+    members = {"run/a.ms": b"a" * 10, "run/sub/b.ms": b"b" * 20}
+    for uri, content in members.items():
+        registry.payload(uri, content)
+    response = await registry.client.post(
+        "/ingest/register_data_item",
+        params={
+            "item_name": "run",
+            "uri": "run",
+            "storage_name": "disk",
+            "item_type": "container",
+            "register_members": True,
+            "target_phase": "LIQUID",
+        },
+    )
+    assert response.status_code == 200, response.text
+    container = await registry.item(response.json())
+    rows = (await registry.client.get("/request/query_data_item", params={"params": "item_name=like.run/*"})).json()
+    by_name = {row["item_name"]: row for row in rows}
+    assert set(by_name) == {"run/a.ms", "run/sub/b.ms"}
+    for name, row in by_name.items():
+        assert (row["parents"], row["uri"], row["item_state"]) == (container["oid"], name, "READY")
+        assert row["item_size"] == len(members[name]) and row["target_phase"] == "LIQUID"
+
+    registry.payload("single", b"x")
+    not_a_container = await registry.client.post(
+        "/ingest/register_data_item",
+        params={"item_name": "single", "uri": "single", "storage_name": "disk", "register_members": True},
+    )
+    assert_error(not_a_container, 422, "InvalidQueryParameters", "register_members")
+    assert (await registry.client.get("/request/query_data_item", params={"item_name": "single"})).json() == []
+
+
 @pytest.mark.parametrize("uri", ["../outside.txt", "/etc/passwd", "a/../../b", "", "  "])
 async def test_uris_cannot_escape_the_storage_root(registry: Registry, uri: str) -> None:
     response = await registry.client.post(
