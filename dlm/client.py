@@ -14,6 +14,7 @@ server's columns. A refusal raises the exception the server named (``dlm.errors.
 
 import asyncio
 import enum
+import json
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -240,6 +241,78 @@ class _Operations:
     def set_oid_expiration(self, oid: str, expiration: str) -> Any:
         return self._run(_call("PATCH", "/request/set_oid_expiration", Item, oid=oid, expiration=expiration))
 
+    def init_item(self, item_name: str | None = None, *, columns: dict[str, Any] | None = None) -> Any:
+        """A new INITIALISED replica (``columns={"oid": …}`` adds one to an existing item); returns its uid."""
+        return self._run(_call("POST", "/ingest/init_data_item", str, columns, item_name=item_name))
+
+    def update_item(self, changes: dict[str, Any], *, item_name: str = "", oid: str = "", uid: str = "") -> Any:
+        return self._run(
+            _call(
+                "PATCH",
+                "/request/update_data_item",
+                list[Item],
+                changes,
+                item_name=item_name or None,
+                oid=oid or None,
+                uid=uid or None,
+            )
+        )
+
+    def set_uri(self, uid: str, uri: str, storage_id: str) -> Any:
+        return self._run(_call("PATCH", "/request/set_uri", Item, uid=uid, uri=uri, storage_id=storage_id))
+
+    def set_metadata(self, uid: str, metadata: dict[str, Any]) -> Any:
+        return self._run(_call("PATCH", "/request/set_metadata", Item, metadata, uid=uid))
+
+    def set_user(self, user: str, *, oid: str = "", uid: str = "") -> Any:
+        """The owner of a replica (uid) or of all replicas of an item (oid)."""
+        return self._run(_call("PATCH", "/request/set_user", Item, oid=oid or None, uid=uid or None, user=user))
+
+    def set_group(self, group: str, *, oid: str = "", uid: str = "") -> Any:
+        return self._run(_call("PATCH", "/request/set_group", Item, oid=oid or None, uid=uid or None, group=group))
+
+    def set_acl(self, acl: dict[str, Any], *, oid: str = "", uid: str = "") -> Any:
+        return self._run(
+            _call("PATCH", "/request/set_acl", Item, oid=oid or None, uid=uid or None, acl=json.dumps(acl))
+        )
+
+    def update_tags(self, tags: dict[str, Any], *, item_name: str = "", oid: str = "") -> Any:
+        """Merge tags into the item's; a None value removes that tag."""
+        return self._run(
+            _call(
+                "PATCH",
+                "/request/update_item_tags",
+                Any,
+                tags,
+                item_name=item_name or None,
+                oid=oid or None,
+            )
+        )
+
+    def expired(self, *, offset: str | None = None) -> Any:
+        """Live replicas whose uid_expiration is before now (+ ``offset``, e.g. ``PT1H``)."""
+        return self._run(_call("GET", "/request/query_expired", list[Item], offset=offset))
+
+    def deleted(self, *, uid: str = "") -> Any:
+        return self._run(_call("GET", "/request/query_deleted", list[Item], uid=uid or None))
+
+    def new(self, check_date: str, *, uid: str = "") -> Any:
+        """Replicas created after ``check_date``."""
+        return self._run(_call("GET", "/request/query_new", list[Item], check_date=check_date, uid=uid or None))
+
+    def exists(self, *, item_name: str = "", oid: str = "", uid: str = "", ready: bool = False) -> Any:
+        return self._run(
+            _call(
+                "GET",
+                "/request/query_exists",
+                bool,
+                item_name=item_name or None,
+                oid=oid or None,
+                uid=uid or None,
+                ready=ready,
+            )
+        )
+
     # --- storage
     def add_location(self, location_name: str, location_type: str, **options: Any) -> Any:
         """Create a location; returns its id."""
@@ -253,6 +326,9 @@ class _Operations:
                 **options,
             )
         )
+
+    def facilities(self) -> Any:
+        return self._run(_call("GET", "/storage/query_location_facility", list[str]))
 
     def locations(self, *, location_name: str = "") -> Any:
         return self._run(_call("GET", "/storage/query_location", list[Location], location_name=location_name or None))
@@ -297,6 +373,9 @@ class _Operations:
     def storage_configs(self, storage_name: str) -> Any:
         """The storage's configs, newest first, secrets shown as ``***``."""
         return self._run(_call("GET", "/storage/get_storage_config", list[dict[str, Any]], storage_name=storage_name))
+
+    def ssh_public_key(self) -> Any:
+        return self._run(_call("GET", "/storage/get_ssh_public_key", str))
 
     def usage(self, *, storage_name: str = "") -> Any:
         return self._run(_call("GET", "/storage/storage_usage", list[StorageUsage], storage_name=storage_name or None))

@@ -175,3 +175,92 @@ def test_the_readme_python_example_runs_as_written(live: Live, capsys: pytest.Ca
     exec(example.replace("http://127.0.0.1:8000", live.url), {})  # noqa: S102 - the README's own code
     assert capsys.readouterr().out.strip() == "SUCCEEDED"
     assert (scratch / "hello.txt").read_text() == "hello, DLM\n"
+
+
+# Every operation the server offers, and the command that offers it on the command line.
+CLI_FOR_OPERATION = {
+    "/ingest/init_data_item": "ingest init",
+    "/ingest/register_data_item": "ingest register",
+    "/ingest/register_data_items": "ingest register-many",
+    "/request/query_data_item": "request query",
+    "/request/update_data_item": "request update",
+    "/request/set_uri": "request set-uri",
+    "/request/set_metadata": "request set-metadata",
+    "/request/set_state": "request set-state",
+    "/request/set_oid_expiration": "request set-expiration",
+    "/request/set_uid_expiration": "request set-expiration",
+    "/request/set_user": "request set-owner",
+    "/request/set_group": "request set-owner",
+    "/request/set_acl": "request set-owner",
+    "/request/set_phase": "request set-phase",
+    "/request/update_item_tags": "request tag",
+    "/request/query_expired": "request expired",
+    "/request/query_deleted": "request deleted",
+    "/request/query_new": "request new",
+    "/request/query_exists": "request exists",
+    "/request/query_exist_and_ready": "request exists",
+    "/request/query_item_storage": "request where",
+    "/request/query_item_history": "request history",
+    "/storage/query_location_facility": "storage facilities",
+    "/storage/init_location": "storage add-location",
+    "/storage/query_location": "storage locations",
+    "/storage/init_storage": "storage add-storage",
+    "/storage/query_storage": "storage list",
+    "/storage/create_storage_config": "storage config",
+    "/storage/get_storage_config": "storage config",
+    "/storage/rclone_config": "storage config",
+    "/storage/get_ssh_public_key": "storage ssh-key",
+    "/storage/storage_usage": "storage usage",
+    "/storage/delete_data_item_payload": "storage delete-payload",
+    "/migration/copy_data_item": "migration copy",
+    "/migration/query_migrations": "migration list",
+    "/migration/get_migration": "migration show",
+    "/migration/cancel_migration": "migration cancel",
+    "/migration/retry_migration": "migration retry",
+}
+
+
+def test_every_rest_operation_has_a_cli_command() -> None:
+    from click.testing import CliRunner
+
+    from dlm.app import create_app
+    from dlm.cli import main
+    from dlm.config import Settings
+
+    app = create_app(Settings(database_url="postgresql://unused@127.0.0.1/unused"))
+    served = {
+        route.path for route in app.routes if route.path.split("/")[1] in ("ingest", "request", "storage", "migration")
+    }
+    assert served == set(CLI_FOR_OPERATION), served ^ set(CLI_FOR_OPERATION)
+    for command in set(CLI_FOR_OPERATION.values()):
+        result = CliRunner().invoke(main, [*command.split(), "--help"])
+        assert result.exit_code == 0, (command, result.output)
+
+
+def test_the_classic_three_step_ingest_and_lifecycle_commands(live: Live) -> None:
+    (live.root / "classic").mkdir()
+    (live.root / "classic" / "c.dat").write_text("classic\n")
+    dlm(live, "storage", "add-location", "classic-site", "--type", "local-dev")
+    storage_id = dlm(
+        live, "storage", "add-storage", "classic", "--location", "classic-site", "--root", str(live.root / "classic")
+    ).stdout.strip()
+    uid = dlm(live, "ingest", "init", "classic-item").stdout.strip()
+    assert dlm_json(live, "request", "exists", "--uid", uid, "--ready") is False
+    dlm(live, "request", "set-uri", uid, "c.dat", storage_id)
+    assert dlm_json(live, "request", "set-state", uid, "READY")["item_state"] == "READY"
+    assert dlm_json(live, "request", "exists", "--uid", uid, "--ready") is True
+    [where] = dlm_json(live, "request", "where", "--uid", uid)
+    assert where["uri"] == "c.dat"
+    oid = dlm_json(live, "request", "query", "--uid", uid)[0]["oid"]
+    dlm(live, "request", "set-expiration", "--oid", oid, "2031-01-01")
+    item = dlm_json(live, "request", "set-owner", "--oid", oid, "--user", "alice", "--group", "low-sw")
+    assert (item["item_owner"], item["item_group"]) == ("alice", "low-sw")
+    dlm(live, "request", "tag", "--oid", oid, '{"campaign": "AA0.5"}')
+    assert dlm_json(live, "request", "query", "--uid", uid)[0]["item_tags"] == {"campaign": "AA0.5"}
+    dlm(live, "request", "set-expiration", "--uid", uid, "2000-01-01")
+    assert uid in {row["uid"] for row in dlm_json(live, "request", "expired")}
+    assert uid in {row["uid"] for row in dlm_json(live, "request", "new", "2000-01-01")}
+    refused = dlm(live, "request", "set-state", uid, "INITIALISED", expect=1)
+    assert "UnmetPreconditionForOperation" in refused.stderr and "READY" in refused.stderr
+    both = dlm(live, "request", "set-expiration", "--uid", uid, "--oid", oid, "2030-01-01", expect=1)
+    assert "exactly one of --uid, --oid" in both.stderr

@@ -28,3 +28,20 @@ main.add_command(server.serve)
 main.add_command(server.db)
 for group in (remote.ingest, remote.request, remote.storage, remote.migration):
     main.add_command(group)
+
+
+@main.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL.
+
+    \b
+    Examples:
+      eval "$(dlm completion bash)"                # in ~/.bashrc
+      dlm completion fish > ~/.config/fish/completions/dlm.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    completion_class = get_completion_class(shell)
+    assert completion_class is not None  # the choices are the shells Click supports
+    click.echo(completion_class(main, {}, "dlm", "_DLM_COMPLETE").source())

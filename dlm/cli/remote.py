@@ -151,6 +151,41 @@ def ingest_register(
     )
 
 
+@ingest.command("register-many")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@remote()
+def ingest_register_many(client: DLMClient, file: str) -> list[str]:
+    """Register the payloads listed in FILE (a JSON list of register parameters, - for stdin) in one
+    all-or-nothing call; prints the new uids in order.
+
+    \b
+    Example:
+      echo '[{"item_name": "a", "uri": "a.dat", "storage_name": "local"}]' | dlm ingest register-many -
+    """
+    with click.open_file(file) as stream:
+        try:
+            entries = json.load(stream)
+        except ValueError as exc:
+            raise CLIError(f"{file}: not JSON ({exc})") from None
+    if not isinstance(entries, list):
+        raise CLIError(f"{file}: must be a JSON list of registrations")
+    return client.register_many(entries)
+
+
+@ingest.command("init")
+@click.argument("name", required=False)
+@click.option("--columns", help='Columns of the new replica, JSON: {"oid": …} adds a replica to an item.')
+@remote()
+def ingest_init(client: DLMClient, name: str | None, columns: str | None) -> str:
+    """Create an INITIALISED item (the classic three-step ingest: init, set-uri, set-state READY).
+
+    \b
+    Example:
+      uid=$(dlm ingest init obs-43) && dlm request set-uri $uid obs-43.ms STORAGE_ID && dlm request set-state $uid READY
+    """
+    return client.init_item(name, columns=_json_object(columns, "--columns"))
+
+
 # --- request ------------------------------------------------------------------------------------
 
 
@@ -212,6 +247,186 @@ def request_set_phase(client: DLMClient, uid: str, phase: str) -> Any:
     return client.set_phase(uid, phase)
 
 
+@request.command("set-state")
+@click.argument("uid")
+@click.argument("state", type=click.Choice(["INITIALISED", "READY", "EXPIRED", "CORRUPTED", "DELETED"]))
+@remote(ITEM_COLUMNS)
+def request_set_state(client: DLMClient, uid: str, state: str) -> Any:
+    """Move a replica to another state (legal transitions only).
+
+    \b
+    Example:
+      dlm request set-state 3f0c… READY
+    """
+    return client.set_state(uid, state)
+
+
+@request.command("set-uri")
+@click.argument("uid")
+@click.argument("uri")
+@click.argument("storage_id")
+@remote(ITEM_COLUMNS)
+def request_set_uri(client: DLMClient, uid: str, uri: str, storage_id: str) -> Any:
+    """Say where a replica's payload is.
+
+    \b
+    Example:
+      dlm request set-uri 3f0c… obs-43.ms 7ff8a451-…
+    """
+    return client.set_uri(uid, uri, storage_id)
+
+
+@request.command("set-expiration")
+@click.option("--uid", default="", help="This replica's uid_expiration.")
+@click.option("--oid", default="", help="The item's oid_expiration (all replicas).")
+@click.argument("expiration")
+@remote(ITEM_COLUMNS + ("uid_expiration", "oid_expiration"))
+def request_set_expiration(client: DLMClient, uid: str, oid: str, expiration: str) -> Any:
+    """Set when a replica (--uid) or an item (--oid) expires; ISO 8601, UTC unless an offset is given.
+
+    \b
+    Examples:
+      dlm request set-expiration --uid 3f0c… 2027-01-01
+      dlm request set-expiration --oid 3f0c… 2030-06-30T12:00:00+08:00
+    """
+    if bool(uid) == bool(oid):
+        raise CLIError("give exactly one of --uid, --oid")
+    return client.set_uid_expiration(uid, expiration) if uid else client.set_oid_expiration(oid, expiration)
+
+
+@request.command("set-metadata")
+@click.argument("uid")
+@click.argument("metadata")
+@remote()
+def request_set_metadata(client: DLMClient, uid: str, metadata: str) -> Any:
+    """Replace a replica's metadata (a JSON object, or @file).
+
+    \b
+    Example:
+      dlm request set-metadata 3f0c… '{"scan": 8}'
+    """
+    return client.set_metadata(uid, _json_object(metadata, "METADATA") or {})
+
+
+@request.command("update")
+@click.option("--name", "item_name", default="")
+@click.option("--oid", default="")
+@click.option("--uid", default="")
+@click.argument("changes")
+@remote(ITEM_COLUMNS)
+def request_update(client: DLMClient, item_name: str, oid: str, uid: str, changes: str) -> Any:
+    """Change columns of items (a JSON object of column: value).
+
+    \b
+    Example:
+      dlm request update --uid 3f0c… '{"item_format": "ms"}'
+    """
+    return client.update_item(_json_object(changes, "CHANGES") or {}, item_name=item_name, oid=oid, uid=uid)
+
+
+@request.command("set-owner")
+@click.option("--oid", default="")
+@click.option("--uid", default="")
+@click.option("--user")
+@click.option("--group")
+@click.option("--acl", help="A JSON object.")
+@remote(ITEM_COLUMNS + ("item_owner", "item_group"))
+def request_set_owner(
+    client: DLMClient, oid: str, uid: str, user: str | None, group: str | None, acl: str | None
+) -> Any:
+    """Set the user, group and/or ACL of a replica (--uid) or of all replicas of an item (--oid).
+
+    \b
+    Example:
+      dlm request set-owner --oid 3f0c… --user alice --group low-sw
+    """
+    if user is None and group is None and acl is None:
+        raise CLIError("give at least one of --user, --group, --acl")
+    result = None
+    if user is not None:
+        result = client.set_user(user, oid=oid, uid=uid)
+    if group is not None:
+        result = client.set_group(group, oid=oid, uid=uid)
+    if acl is not None:
+        result = client.set_acl(_json_object(acl, "--acl") or {}, oid=oid, uid=uid)
+    return result
+
+
+@request.command("tag")
+@click.option("--name", "item_name", default="")
+@click.option("--oid", default="")
+@click.argument("tags")
+@remote()
+def request_tag(client: DLMClient, item_name: str, oid: str, tags: str) -> Any:
+    """Merge tags into an item's (a JSON object; a null value removes a tag).
+
+    \b
+    Example:
+      dlm request tag --name obs-42 '{"campaign": "AA0.5", "draft": null}'
+    """
+    return client.update_tags(_json_object(tags, "TAGS") or {}, item_name=item_name, oid=oid)
+
+
+@request.command("expired")
+@click.option("--within", "offset", help="Also those expiring within this (ISO 8601 duration, e.g. PT1H).")
+@remote(ITEM_COLUMNS + ("uid_expiration",))
+def request_expired(client: DLMClient, offset: str | None) -> list[Any]:
+    """Live replicas past their uid_expiration.
+
+    \b
+    Example:
+      dlm request expired --within P1D
+    """
+    return client.expired(offset=offset)
+
+
+@request.command("deleted")
+@click.option("--uid", default="")
+@remote(ITEM_COLUMNS)
+def request_deleted(client: DLMClient, uid: str) -> list[Any]:
+    """Deleted replicas (their rows are kept as the trace)."""
+    return client.deleted(uid=uid)
+
+
+@request.command("new")
+@click.argument("since")
+@remote(ITEM_COLUMNS + ("uid_creation",))
+def request_new(client: DLMClient, since: str) -> list[Any]:
+    """Replicas created after SINCE (ISO 8601).
+
+    \b
+    Example:
+      dlm request new 2026-11-24
+    """
+    return client.new(since)
+
+
+@request.command("exists")
+@click.option("--name", "item_name", default="")
+@click.option("--oid", default="")
+@click.option("--uid", default="")
+@click.option("--ready", is_flag=True, help="Only READY replicas count.")
+@remote()
+def request_exists(client: DLMClient, item_name: str, oid: str, uid: str, ready: bool) -> bool:
+    """Print true or false; exit status 0 either way (use --json in scripts)."""
+    return client.exists(item_name=item_name, oid=oid, uid=uid, ready=ready)
+
+
+@request.command("where")
+@click.option("--name", "item_name", default="")
+@click.option("--oid", default="")
+@click.option("--uid", default="")
+@remote(("uid", "item_name", "storage_name", "uri", "uid_phase"))
+def request_where(client: DLMClient, item_name: str, oid: str, uid: str) -> list[Any]:
+    """The READY replicas of an item and the storages holding them.
+
+    \b
+    Example:
+      dlm request where --name obs-42
+    """
+    return client.item_storage(item_name=item_name, oid=oid, uid=uid)
+
+
 # --- storage ------------------------------------------------------------------------------------
 
 
@@ -239,6 +454,13 @@ def storage_add_location(
     return client.add_location(
         name, location_type, location_country=country, location_city=city, location_facility=facility
     )
+
+
+@storage.command("facilities")
+@remote()
+def storage_facilities(client: DLMClient) -> list[str]:
+    """The facility names a location may name."""
+    return client.facilities()
 
 
 @storage.command("locations")
@@ -308,6 +530,13 @@ def storage_config(client: DLMClient, name: str, new_config: str | None) -> Any:
     if new_config is not None:
         return client.set_storage_config(name, _json_object(new_config, "--set") or {})
     return client.storage_configs(name)
+
+
+@storage.command("ssh-key")
+@remote()
+def storage_ssh_key(client: DLMClient) -> str:
+    """The SSH public key DLM presents to SFTP storages (to put in their authorized_keys)."""
+    return client.ssh_public_key()
 
 
 @storage.command("usage")
