@@ -17,6 +17,7 @@ from dlm.config import Settings
 from dlm.db.engine import create_engine, create_sessionmaker
 from dlm.db.schema import check_schema, current_revision, head_revision
 from dlm.ingest.routes import router as ingest_router
+from dlm.metadata import load_extractors
 from dlm.migration.routes import router as migration_router
 from dlm.migration.worker import MigrationWorkers
 from dlm.request.routes import router as request_router
@@ -72,7 +73,8 @@ def create_app(settings: Settings) -> Litestar:
     return Litestar(
         route_handlers=[ingest_router, request_router, storage_router, migration_router, health_live, health_ready],
         lifespan=[lifespan],
-        state=State({"settings": settings}),
+        # Loaded now so that a misnamed plugin stops DLM at startup, not at the first registration.
+        state=State({"settings": settings, "extractors": load_extractors(settings.metadata_plugin_names)}),
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(
             title="DLM",

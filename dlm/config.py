@@ -48,6 +48,16 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     migration_retry_base_seconds: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     # Per-copy bandwidth cap in bytes/s; 0 means as fast as the storages allow.
     transfer_max_bytes_per_second: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # Metadata plugins run at registration, comma-separated; unset: all installed; "none": none.
+    metadata_plugins: str | None = None
+
+    @property
+    def metadata_plugin_names(self) -> list[str] | None:
+        """The plugins chosen, or None for all installed."""
+        if self.metadata_plugins is None:
+            return None
+        names = [name.strip() for name in self.metadata_plugins.split(",") if name.strip()]
+        return [] if names == ["none"] else names
 
     @property
     def embedded(self) -> bool:

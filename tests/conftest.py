@@ -210,13 +210,22 @@ class Registry:
         path.write_bytes(content)
         return path
 
-    async def register(self, name: str, uri: str | None = None, *, storage: str = "disk", **params: Any) -> str:
+    async def register(
+        self,
+        name: str,
+        uri: str | None = None,
+        *,
+        storage: str = "disk",
+        metadata: dict[str, Any] | None = None,
+        **params: Any,
+    ) -> str:
         uri = uri or name
         if not (self.root / uri).exists() and params.get("do_storage_access_check", True):
             self.payload(uri)
         response = await self.client.post(
             "/ingest/register_data_item",
             params={"item_name": name, "uri": uri, "storage_name": storage, **params},
+            json=metadata,
         )
         assert response.status_code == 200, response.text
         return response.json()

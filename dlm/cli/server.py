@@ -35,8 +35,12 @@ def serve(host: str | None, port: int | None) -> None:
     embedded = None
     try:
         settings, embedded = run(lambda: prepare(settings))
+        try:
+            app = create_app(settings)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
         click.echo(f"DLM serving on http://{settings.host}:{settings.port} (API docs at /schema)", err=True)
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     finally:
         if embedded is not None:
             embedded.stop()

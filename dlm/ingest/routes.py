@@ -87,10 +87,10 @@ async def register_data_item(
         do_storage_access_check=do_storage_access_check,
         metadata=data,
     )
-    checksum_max_bytes = state.settings.register_checksum_max_bytes
-    uid = await service.register_item(session, registration, checksum_max_bytes=checksum_max_bytes)
+    options = {"checksum_max_bytes": state.settings.register_checksum_max_bytes, "extractors": state.extractors}
+    uid = await service.register_item(session, registration, **options)
     if register_members:
-        await service.register_members(session, uid, checksum_max_bytes=checksum_max_bytes)
+        await service.register_members(session, uid, **options)
     return json_response(str(uid))
 
 
@@ -112,7 +112,10 @@ async def register_data_items(
         for index, entry in enumerate(data)
     ]
     uids = await service.register_items(
-        session, registrations, checksum_max_bytes=state.settings.register_checksum_max_bytes
+        session,
+        registrations,
+        checksum_max_bytes=state.settings.register_checksum_max_bytes,
+        extractors=state.extractors,
     )
     return json_response([str(uid) for uid in uids])
 

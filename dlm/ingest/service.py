@@ -27,6 +27,7 @@ from dlm.errors import (
     UnmetPreconditionForOperation,
     ValueAlreadyInDB,
 )
+from dlm.metadata import Extractor, Payload, extract
 from dlm.storage.service import resolve_storage, storage_backend
 from dlm.transfer.paths import check_relative_uri
 
@@ -91,14 +92,25 @@ async def init_item(session: AsyncSession, *, item_name: str | None, uid_phase: 
 
 
 async def register_item(
-    session: AsyncSession, registration: ItemRegistration, *, checksum_max_bytes: int = 0
+    session: AsyncSession,
+    registration: ItemRegistration,
+    *,
+    checksum_max_bytes: int = 0,
+    extractors: dict[str, Extractor] | None = None,
 ) -> uuid.UUID:
     """Register an existing payload as a READY replica in one step; returns its uid."""
-    return (await register_items(session, [registration], checksum_max_bytes=checksum_max_bytes))[0]
+    registered = await register_items(
+        session, [registration], checksum_max_bytes=checksum_max_bytes, extractors=extractors
+    )
+    return registered[0]
 
 
 async def register_members(
-    session: AsyncSession, container_uid: uuid.UUID, *, checksum_max_bytes: int = 0
+    session: AsyncSession,
+    container_uid: uuid.UUID,
+    *,
+    checksum_max_bytes: int = 0,
+    extractors: dict[str, Extractor] | None = None,
 ) -> list[uuid.UUID]:
     """Register every file inside a container replica as an item of its own, named
     ``<container name>/<path inside>``, whose ``parents`` is the container; returns their uids."""
@@ -119,7 +131,7 @@ async def register_members(
         )
         for member in members
     ]
-    return await register_items(session, registrations, checksum_max_bytes=checksum_max_bytes)
+    return await register_items(session, registrations, checksum_max_bytes=checksum_max_bytes, extractors=extractors)
 
 
 async def _container_storage(session: AsyncSession, uid: uuid.UUID) -> uuid.UUID:
@@ -130,7 +142,11 @@ async def _container_storage(session: AsyncSession, uid: uuid.UUID) -> uuid.UUID
 
 
 async def register_items(
-    session: AsyncSession, registrations: list[ItemRegistration], *, checksum_max_bytes: int = 0
+    session: AsyncSession,
+    registrations: list[ItemRegistration],
+    *,
+    checksum_max_bytes: int = 0,
+    extractors: dict[str, Extractor] | None = None,
 ) -> list[uuid.UUID]:
     """Register many payloads in one transaction: all of them or, on any error, none. Each becomes a new
     logical item (its own oid), READY on its storage. Errors name the entry (``items[i]``) at fault."""
@@ -145,7 +161,7 @@ async def register_items(
         with _naming(where(index)):
             check_relative_uri(entry.uri)
     storages = await _resolve_storages(session, registrations, where)
-    payloads = await _inspect_payloads(session, registrations, storages, where, checksum_max_bytes)
+    payloads = await _inspect_payloads(session, registrations, storages, where, checksum_max_bytes, extractors or {})
     parents = await _resolve_parents(session, registrations, where)
 
     names = [entry.item_name for entry in registrations]
@@ -197,7 +213,13 @@ async def register_items(
                 "decompressed_size": entry.decompressed_size,
                 "item_checksum": payload.checksum,
                 "checksum_method": ChecksumMethod.CRC32C,
-                "metadata": {**(entry.metadata or {}), "uid": str(uid), "item_name": entry.item_name},
+                # What the caller sent wins over what a plugin found under the same key.
+                "metadata": {
+                    **payload.extracted,
+                    **(entry.metadata or {}),
+                    "uid": str(uid),
+                    "item_name": entry.item_name,
+                },
             }
         )
         versions[entry.item_name] += 1
@@ -216,6 +238,8 @@ async def register_items(
 class _Payload(msgspec.Struct):
     size: int | None = None
     checksum: str | None = None
+    # What the metadata plugins found, by plugin name.
+    extracted: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class _naming:
@@ -256,6 +280,7 @@ async def _inspect_payloads(
     storages: list[Storage],
     where: Any,
     checksum_max_bytes: int,
+    extractors: dict[str, Extractor],
 ) -> list[_Payload]:
     """Check each payload exists and is of the declared kind; note its size, and its crc32c when cheap."""
     payloads = [_Payload() for _ in registrations]
@@ -285,6 +310,16 @@ async def _inspect_payloads(
                     payloads[index].size = info.size
                     if info.size <= checksum_max_bytes:
                         payloads[index].checksum = await backend.checksum(entry.uri, ChecksumMethod.CRC32C)
+                if extractors:
+                    described = Payload(
+                        item_name=entry.item_name,
+                        uri=entry.uri,
+                        item_type=entry.item_type,
+                        storage_name=storage.storage_name,
+                        size=info.size,
+                        modified=info.modified,
+                    )
+                    payloads[index].extracted = await extract(extractors, described, backend)
     return payloads
 
 

@@ -19,6 +19,8 @@ class PayloadInfo(msgspec.Struct, frozen=True):
     # Bytes of a file; None for a container (adding up its members would mean walking it).
     size: int | None
     is_container: bool
+    # Last modification, seconds since the epoch, where the storage says (not for S3 prefixes).
+    modified: float | None = None
 
 
 class Entry(msgspec.Struct, frozen=True):

@@ -73,8 +73,8 @@ class PosixBackend:
         except OSError as exc:
             raise self._error(exc, uri) from None
         if stat.S_ISDIR(info.st_mode):
-            return PayloadInfo(size=None, is_container=True)
-        return PayloadInfo(size=info.st_size, is_container=False)
+            return PayloadInfo(size=None, is_container=True, modified=info.st_mtime)
+        return PayloadInfo(size=info.st_size, is_container=False, modified=info.st_mtime)
 
     async def stat(self, uri: str) -> PayloadInfo | None:
         return await asyncio.to_thread(self._stat, uri)

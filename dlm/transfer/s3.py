@@ -143,7 +143,9 @@ class S3Backend:
         with self._translated(uri):
             try:
                 head = await self._client.head_object(Bucket=self.bucket, Key=key)
-                return PayloadInfo(size=head["ContentLength"], is_container=False)
+                return PayloadInfo(
+                    size=head["ContentLength"], is_container=False, modified=head["LastModified"].timestamp()
+                )
             except botocore.exceptions.ClientError as exc:
                 if self._error(exc, uri).__class__ is not PayloadMissing:
                     raise

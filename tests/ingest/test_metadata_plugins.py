@@ -1,0 +1,103 @@
+"""Metadata plugins at registration: the generic one, the SKA data product one, failures recorded
+but never fatal, and the choice of plugins."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from dlm.app import create_app
+from dlm.config import Settings
+from dlm.enums import ItemType
+from dlm.metadata import ERRORS_KEY, Payload, extract
+from tests.conftest import Registry
+
+PRODUCT = """\
+interface: http://schema.skao.int/ska-data-product-meta/0.1
+execution_block: eb-m001-20191031-12345
+context:
+  observer: AIV_person_1
+  intent: Experimental run
+config:
+  processing_block: pb-m001-20191031-12345
+  processing_script: receive
+date: 2026-11-24
+files:
+  - path: vis.ms
+    status: done
+"""
+
+
+async def test_files_get_generic_metadata_and_their_data_product_description(registry: Registry) -> None:
+    registry.payload("eb-1/vis.ms", b"v" * 100)
+    registry.payload("eb-1/ska-data-product.yaml", PRODUCT.encode())
+    uid = await registry.register("vis", "eb-1/vis.ms", metadata={"execution_block": "mine wins"})
+    metadata = (await registry.item(uid))["metadata"]
+    assert metadata["generic"]["size"] == 100 and metadata["generic"]["modified"].endswith("+00:00")
+    product = metadata["ska_data_product"]
+    assert product["file"] == "eb-1/ska-data-product.yaml"
+    assert product["execution_block"] == "eb-m001-20191031-12345"
+    assert product["context"]["observer"] == "AIV_person_1" and product["date"] == "2026-11-24"
+    assert metadata["execution_block"] == "mine wins", "what the caller sent is kept as sent"
+    assert ERRORS_KEY not in metadata
+
+
+async def test_a_container_is_described_by_the_file_inside_it(registry: Registry) -> None:
+    registry.payload("eb-2/data.h5", b"x")
+    registry.payload("eb-2/ska-data-product.yaml", PRODUCT.encode())
+    uid = await registry.register("eb-2", "eb-2", item_type="container")
+    metadata = (await registry.item(uid))["metadata"]
+    assert metadata["generic"]["mime_type"] == "inode/directory"
+    assert metadata["ska_data_product"]["config"]["processing_script"] == "receive"
+
+
+async def test_a_broken_description_is_recorded_and_the_registration_stands(registry: Registry) -> None:
+    registry.payload("eb-3/vis.ms", b"v")
+    registry.payload("eb-3/ska-data-product.yaml", b"interface: [unclosed\n")
+    uid = await registry.register("vis-3", "eb-3/vis.ms")
+    item = await registry.item(uid)
+    assert item["item_state"] == "READY"
+    assert "ska_data_product" not in item["metadata"]
+    assert "ska_data_product" in item["metadata"][ERRORS_KEY] and "generic" in item["metadata"]
+
+
+async def test_a_failing_plugin_is_recorded_by_name(tmp_path: Path) -> None:
+    async def broken(payload: Payload, backend: object) -> dict:
+        raise RuntimeError("boom")
+
+    async def fine(payload: Payload, backend: object) -> dict:
+        return {"seen": payload.uri}
+
+    payload = Payload(item_name="x", uri="x", item_type=ItemType.FILE, storage_name="s", size=1, modified=None)
+    found = await extract({"broken": broken, "fine": fine}, payload, backend=None)  # type: ignore[arg-type]
+    assert found == {"fine": {"seen": "x"}, ERRORS_KEY: {"broken": "RuntimeError: boom"}}
+
+
+@pytest.mark.parametrize(("choice", "expected"), [("none", set()), ("generic", {"generic"})])
+async def test_the_plugins_that_run_are_chosen_by_setting(
+    database_url: str, tmp_path: Path, choice: str, expected: set[str]
+) -> None:
+    settings = Settings(database_url=database_url, data_dir=str(tmp_path / "data"), metadata_plugins=choice)
+    async with AsyncTestClient(create_app(settings)) as client:
+        registry = Registry(client, tmp_path / "store")
+        await registry.storage()
+        registry.payload("ska-data-product.yaml", PRODUCT.encode())
+        uid = await registry.register("plain", "plain")
+        metadata = (await registry.item(uid))["metadata"]
+    assert set(metadata) - {"uid", "item_name"} == expected
+
+
+def test_an_unknown_plugin_stops_dlm_at_startup_with_one_line(database_url: str) -> None:
+    with pytest.raises(ValueError, match="no plugin named nosuch"):
+        create_app(Settings(database_url=database_url, metadata_plugins="generic,nosuch"))
+    result = subprocess.run(
+        [sys.executable, "-m", "dlm", "serve"],
+        env={"DLM_DATABASE_URL": database_url, "DLM_METADATA_PLUGINS": "nosuch", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("dlm: error: DLM_METADATA_PLUGINS: no plugin named")
