@@ -1,0 +1,79 @@
+"""Write the reference pages that come from the code: docs/cli.md (from the Click commands) and
+docs/api-reference.md (from the OpenAPI document). `python docs/generate.py`; a test fails when
+they are out of date.
+"""
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+DOCS = Path(__file__).parent
+
+
+def cli_reference() -> str:
+    from dlm.cli import main
+
+    lines = ["# `dlm` command reference", "", "Generated from the commands by `python docs/generate.py`.", ""]
+
+    def walk(command: click.Command, path: list[str]) -> None:
+        context = click.Context(command, info_name=" ".join(path), terminal_width=100, max_content_width=100)
+        lines.extend(
+            [f"{'#' * min(len(path) + 1, 4)} `{' '.join(path)}`", "", "```", command.get_help(context), "```", ""]
+        )
+        if isinstance(command, click.Group):
+            for name in sorted(command.list_commands(context)):
+                walk(command.get_command(context, name), [*path, name])
+
+    walk(main, ["dlm"])
+    return "\n".join(lines)
+
+
+def api_reference() -> str:
+    from dlm.app import create_app
+    from dlm.config import Settings
+
+    document = create_app(Settings(database_url="postgresql://unused@127.0.0.1/unused")).openapi_schema.to_schema()
+    lines = [
+        "# REST API reference",
+        "",
+        "Generated from the OpenAPI document (`/schema/openapi.json`) by `python docs/generate.py`;",
+        "[api.md](api.md) explains the API, this page lists it.",
+        "",
+    ]
+    for path, methods in sorted(document["paths"].items()):
+        for method, operation in methods.items():
+            lines.extend([f"## `{method.upper()} {path}`", ""])
+            text = operation.get("description") or operation.get("summary") or ""
+            if text:
+                lines.extend([" ".join(text.split()).replace("<", "&lt;"), ""])
+            parameters = operation.get("parameters", [])
+            if parameters:
+                lines.extend(["| parameter | in | required | type |", "|---|---|---|---|"])
+                for parameter in parameters:
+                    kind = _type(parameter.get("schema", {}))
+                    required = "yes" if parameter.get("required") else ""
+                    lines.append(f"| `{parameter['name']}` | {parameter['in']} | {required} | {kind} |")
+                lines.append("")
+            if "requestBody" in operation:
+                lines.extend(["Body: JSON.", ""])
+    return "\n".join(lines)
+
+
+def _type(schema: dict[str, Any]) -> str:
+    if "$ref" in schema:
+        return f"`{schema['$ref'].rsplit('/', 1)[-1]}`"
+    if "oneOf" in schema or "anyOf" in schema:
+        return " or ".join(_type(option) for option in schema.get("oneOf", schema.get("anyOf", [])))
+    if "enum" in schema:
+        return " / ".join(f"`{value}`" for value in schema["enum"])
+    return str(schema.get("type", "object"))
+
+
+PAGES = {"cli.md": cli_reference, "api-reference.md": api_reference}
+
+if __name__ == "__main__":
+    for name, render in PAGES.items():
+        (DOCS / name).write_text(render())
+        print(f"wrote docs/{name}", file=sys.stderr)
