@@ -17,6 +17,7 @@ from dlm.config import Settings
 from dlm.db.engine import create_engine, create_sessionmaker
 from dlm.db.schema import check_schema, current_revision, head_revision
 from dlm.ingest.routes import router as ingest_router
+from dlm.lifecycle.loops import EngineLoops
 from dlm.metadata import load_extractors
 from dlm.migration.routes import router as migration_router
 from dlm.migration.worker import MigrationWorkers
@@ -62,10 +63,13 @@ def create_app(settings: Settings) -> Litestar:
             app.state.sessionmaker = create_sessionmaker(engine)
             workers = MigrationWorkers(app.state.sessionmaker, settings)
             app.state.migration_workers = workers
+            lifecycle = EngineLoops(app.state.sessionmaker, settings)
             workers.start()
+            lifecycle.start()
             try:
                 yield
             finally:
+                await lifecycle.stop()
                 await workers.stop()  # before the engine goes: a stopped copy hands its job back
         finally:
             await engine.dispose()

@@ -2,7 +2,7 @@
 
 import click
 
-from dlm.cli import remote, server
+from dlm.cli import remote, server, worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,6 +26,7 @@ def main() -> None:
 
 main.add_command(server.serve)
 main.add_command(server.db)
+main.add_command(worker.worker)
 for group in (remote.ingest, remote.request, remote.storage, remote.migration):
     main.add_command(group)
 

@@ -277,18 +277,36 @@ async def storage_usage(session: AsyncSession, *, storage_name: str = "", storag
     return usage
 
 
-async def delete_payload(session: AsyncSession, *, uid: str, force: bool = False) -> list[Row[Any]]:
+async def delete_payload(
+    session: AsyncSession, *, uid: str, force: bool = False, now: datetime.datetime | None = None
+) -> list[Row[Any]]:
     """Delete a replica's payload and mark it DELETED (its row stays, as the trace). Refused when the
     item would fall below its target_phase while the item itself has not expired, unless ``force``.
     Registered children of a container replica go with it."""
     item = await get_item(session, uid)
-    # Lock every replica of the item: two deletions of different replicas must not each count the other.
-    replicas = (
-        await session.execute(select(ITEMS).where(ITEMS.c.oid == item.oid).order_by(ITEMS.c.uid).with_for_update())
-    ).all()
+    replicas = await lock_replicas(session, item.oid)
     replica = next(row for row in replicas if row.uid == item.uid)
     if replica.item_state is ItemState.DELETED:
         raise UnmetPreconditionForOperation(f"uid {replica.uid}: already DELETED")
+    return await delete_replica(session, replica, replicas, force=force, now=now)
+
+
+async def lock_replicas(session: AsyncSession, oid: uuid.UUID) -> list[Row[Any]]:
+    """Every replica of the item, locked: two deletions of different replicas must not each count the
+    other as the one that stays."""
+    query = select(ITEMS).where(ITEMS.c.oid == oid).order_by(ITEMS.c.uid).with_for_update()
+    return list((await session.execute(query)).all())
+
+
+async def delete_replica(
+    session: AsyncSession,
+    replica: Row[Any],
+    replicas: list[Row[Any]],
+    *,
+    force: bool = False,
+    now: datetime.datetime | None = None,
+) -> list[Row[Any]]:
+    """``delete_payload`` for a replica whose item's replicas the caller has locked."""
     busy = await session.scalar(
         select(Migration.migration_id).where(
             Migration.source_uid == replica.uid,
@@ -298,7 +316,7 @@ async def delete_payload(session: AsyncSession, *, uid: str, force: bool = False
     if busy is not None:
         raise Conflict(f"uid {replica.uid}: migration {busy} is copying it; cancel it first")
     if not force:
-        _check_resilience(replica, replicas)
+        check_resilience(replica, replicas, now or datetime.datetime.now(datetime.UTC))
     selector = ITEMS.c.uid == replica.uid
     if replica.item_type is ItemType.CONTAINER:
         selector = selector | (
@@ -318,10 +336,12 @@ async def delete_payload(session: AsyncSession, *, uid: str, force: bool = False
     return changed
 
 
-def _check_resilience(replica: Row[Any], replicas: list[Row[Any]]) -> None:
+def check_resilience(replica: Row[Any], replicas: list[Row[Any]], now: datetime.datetime) -> None:
+    """Refuse (UnmetPreconditionForOperation) to lose ``replica`` if the item, not expired at ``now``,
+    would then fall below its target_phase (SPEC §4). ``replicas``: all of the item's, as they stand."""
     if replica.item_state is not ItemState.READY:
         return
-    if replica.oid_expiration <= datetime.datetime.now(datetime.UTC):
+    if replica.oid_expiration <= now:
         return
     before = combined_phase([row.uid_phase for row in replicas if row.item_state is ItemState.READY])
     remaining = [row.uid_phase for row in replicas if row.item_state is ItemState.READY and row.uid != replica.uid]

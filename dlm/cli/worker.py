@@ -1,0 +1,83 @@
+"""`dlm worker <engine>`: run a lifecycle engine against the database, once or on its interval."""
+
+import asyncio
+import datetime
+import logging
+from typing import Any
+
+import click
+import msgspec
+
+from dlm.cli.common import CLIError, load_settings, run
+from dlm.parsing import parse_datetime
+
+
+@click.group()
+def worker() -> None:
+    """Run a lifecycle engine from here instead of (or as well as) inside `dlm serve`.
+
+    Needs DLM_DATABASE_URL. Any number of workers and servers may run the same engine at once: they
+    never do the same work twice.
+    """
+
+
+@worker.command("expiry")
+@click.option("--once", is_flag=True, help="One pass, then exit (default: a pass every DLM_EXPIRY_INTERVAL_SECONDS).")
+@click.option("--dry-run", is_flag=True, help="Say what would be deleted; touch nothing.")
+@click.option("--now", "now_text", help="Act as if it were this time (ISO 8601), e.g. to preview tomorrow.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def expiry_command(once: bool, dry_run: bool, now_text: str | None, as_json: bool) -> None:
+    """Delete the payloads of expired replicas and items; keep those the item still needs.
+
+    \\b
+    Examples:
+      dlm worker expiry --once --dry-run
+      dlm worker expiry --once --now 2027-01-01 --dry-run --json
+      dlm worker expiry                      # a pass every DLM_EXPIRY_INTERVAL_SECONDS
+    """
+    from dlm.lifecycle import expiry
+
+    now = _parse_now(now_text)
+    _run_engine(lambda sessionmaker: expiry.run_once(sessionmaker, now=now, dry_run=dry_run), once, as_json)
+
+
+def _parse_now(text: str | None) -> datetime.datetime | None:
+    if text is None:
+        return None
+    try:
+        return parse_datetime(text, "--now")
+    except Exception as exc:
+        raise CLIError(getattr(exc, "message", str(exc))) from None
+
+
+def _run_engine(run_once: Any, once: bool, as_json: bool) -> None:
+    from dlm.db.engine import create_engine, create_sessionmaker
+
+    settings = load_settings()
+    if not settings.database_url:
+        raise CLIError("set DLM_DATABASE_URL: workers run against the database DLM serves from")
+    url = settings.database_url
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def passes() -> Any:
+        engine = create_engine(url, pool_size=2)
+        try:
+            sessionmaker = create_sessionmaker(engine)
+            while True:
+                report = await run_once(sessionmaker)
+                if once:
+                    return report
+                click.echo(report.summary(), err=True)
+                await asyncio.sleep(settings.expiry_interval_seconds or 300)
+        finally:
+            await engine.dispose()
+
+    report = run(passes)
+    if as_json:
+        click.echo(msgspec.json.encode(report).decode())
+        return
+    click.echo(report.summary())
+    for decision in report.kept:
+        click.echo(f"kept {decision.uid} ({decision.item_name}): {decision.reason}")
+    for decision in report.deferred:
+        click.echo(f"deferred {decision.uid} ({decision.item_name}): {decision.reason}")

@@ -1,0 +1,140 @@
+"""Expiry: replicas past their ``uid_expiration`` and items past their ``oid_expiration`` lose their
+payloads and become DELETED (the rows stay, as the trace).
+
+A replica whose deletion would leave its item, itself not expired, below its ``target_phase`` is
+kept, and the reason is recorded once in the item's history (event ``expiry_kept``). Several DLM
+processes may run passes at once: an item is claimed with a transaction-scoped advisory lock that a
+second process does not wait for but skips, a batch per transaction, each item inside a savepoint
+so one storage's trouble does not undo the rest.
+"""
+
+import datetime
+import logging
+import uuid
+from typing import Any
+
+import msgspec
+from sqlalchemy import Row, exists, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from dlm.data_item import ITEMS
+from dlm.db.engine import transaction
+from dlm.db.models import DataItemEvent
+from dlm.enums import ItemState
+from dlm.errors import Conflict, UnmetPreconditionForOperation
+from dlm.storage.service import check_resilience, delete_replica, lock_replicas
+from dlm.transfer.base import TransferError
+
+log = logging.getLogger("dlm.lifecycle.expiry")
+
+ACTOR = "expiry"
+KEPT_EVENT = "expiry_kept"
+# The first key of this engine's advisory locks (the second is the oid's hash): "EXPY".
+LOCK_NAMESPACE = 0x45585059
+
+
+class Decision(msgspec.Struct, frozen=True):
+    uid: uuid.UUID
+    item_name: str | None
+    reason: str
+
+
+class ExpiryReport(msgspec.Struct, kw_only=True):
+    """What one pass did (or, in a dry run, would do)."""
+
+    dry_run: bool
+    deleted: list[uuid.UUID] = msgspec.field(default_factory=list)
+    kept: list[Decision] = msgspec.field(default_factory=list)
+    # Not done this pass, to be tried again: a copy reading the replica, a storage not answering.
+    deferred: list[Decision] = msgspec.field(default_factory=list)
+
+    def summary(self) -> str:
+        verb = "would delete" if self.dry_run else "deleted"
+        return f"{verb} {len(self.deleted)}, kept {len(self.kept)}, deferred {len(self.deferred)}"
+
+
+def _expired(now: datetime.datetime) -> Any:
+    return (ITEMS.c.item_state != ItemState.DELETED) & or_(ITEMS.c.uid_expiration <= now, ITEMS.c.oid_expiration <= now)
+
+
+async def run_once(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    now: datetime.datetime | None = None,
+    dry_run: bool = False,
+    batch_size: int = 200,
+) -> ExpiryReport:
+    """One pass over everything expired at ``now`` (default: the present)."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    report = ExpiryReport(dry_run=dry_run)
+    # Items this pass has dealt with; in a dry run, also the replicas it would have deleted.
+    done: set[uuid.UUID] = set()
+    gone: set[uuid.UUID] = set()
+    after = uuid.UUID(int=0)
+    while True:
+        async with transaction(sessionmaker, actor=ACTOR) as session:
+            batch = (
+                await session.execute(
+                    select(ITEMS.c.uid, ITEMS.c.oid)
+                    .where(_expired(now), ITEMS.c.uid > after)
+                    .order_by(ITEMS.c.uid)
+                    .limit(batch_size)
+                )
+            ).all()
+            if not batch:
+                return report
+            after = batch[-1].uid
+            for oid in dict.fromkeys(row.oid for row in batch):
+                if oid in done or not await _claim(session, oid):
+                    continue  # done already, or another process is on it
+                done.add(oid)
+                await _expire_item(session, oid, now, report, gone)
+        log.debug("expiry pass: %s so far", report.summary())
+
+
+async def _claim(session: AsyncSession, oid: uuid.UUID) -> bool:
+    return bool(await session.scalar(select(func.pg_try_advisory_xact_lock(LOCK_NAMESPACE, func.hashtext(str(oid))))))
+
+
+async def _expire_item(
+    session: AsyncSession, oid: uuid.UUID, now: datetime.datetime, report: ExpiryReport, gone: set[uuid.UUID]
+) -> None:
+    """Delete the item's expired replicas one by one, each decision seeing the ones before it."""
+    replicas = await lock_replicas(session, oid)
+    for candidate in replicas:
+        live = [row for row in replicas if row.uid not in gone and row.item_state is not ItemState.DELETED]
+        replica = next((row for row in live if row.uid == candidate.uid), None)
+        if replica is None or (replica.uid_expiration > now and replica.oid_expiration > now):
+            continue
+        try:
+            check_resilience(replica, live, now)
+            if report.dry_run:
+                removed = [replica.uid]
+            else:
+                async with session.begin_nested():
+                    removed = [row.uid for row in await delete_replica(session, replica, live, now=now)]
+            report.deleted.extend(removed)
+            gone.update(removed)
+        except UnmetPreconditionForOperation as exc:
+            report.kept.append(Decision(replica.uid, replica.item_name, exc.message))
+            if not report.dry_run:
+                await _record_kept_once(session, replica, exc.message)
+        except (Conflict, TransferError) as exc:
+            report.deferred.append(Decision(replica.uid, replica.item_name, exc.message))
+            log.warning("expiry: uid %s deferred: %s", replica.uid, exc.message)
+
+
+async def _record_kept_once(session: AsyncSession, replica: Row[Any], reason: str) -> None:
+    """Say in the item's history why an expired replica stays, once per reason, not once per pass."""
+    already = await session.scalar(
+        select(
+            exists().where(
+                DataItemEvent.uid == replica.uid,
+                DataItemEvent.event == KEPT_EVENT,
+                DataItemEvent.new_value == reason,
+            )
+        )
+    )
+    if not already:
+        session.add(DataItemEvent(uid=replica.uid, oid=replica.oid, event=KEPT_EVENT, new_value=reason, actor=ACTOR))
+        await session.flush()

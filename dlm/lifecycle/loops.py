@@ -1,0 +1,51 @@
+"""Run the lifecycle engines on their intervals inside a DLM process."""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from dlm.config import Settings
+from dlm.lifecycle import expiry
+
+log = logging.getLogger("dlm.lifecycle")
+
+Pass = Callable[[async_sessionmaker[AsyncSession]], Awaitable[Any]]
+
+
+def engines(settings: Settings) -> dict[str, tuple[Pass, float]]:
+    """Each engine's single pass and how often it runs (seconds; 0: not in this process)."""
+    return {"expiry": (expiry.run_once, settings.expiry_interval_seconds)}
+
+
+class EngineLoops:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings) -> None:
+        self.sessionmaker = sessionmaker
+        self.settings = settings
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        for name, (run_once, interval) in engines(self.settings).items():
+            if interval > 0:
+                self.tasks.append(asyncio.create_task(self._loop(name, run_once, interval), name=f"dlm-{name}"))
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks.clear()
+
+    async def _loop(self, name: str, run_once: Pass, interval: float) -> None:
+        while True:
+            try:
+                report = await run_once(self.sessionmaker)
+                summary = report.summary()
+                if summary:
+                    log.info("%s pass: %s", name, summary)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the next pass may find the database or storage back
+                log.warning("%s pass failed", name, exc_info=True)
+            await asyncio.sleep(interval)

@@ -1,0 +1,204 @@
+"""Expiry: expired replicas lose their payloads and keep their rows; replicas the item still needs
+stay, with the reason in the history; expired items lose everything; containers take their members;
+a dry run touches nothing; two processes never delete twice."""
+
+import asyncio
+import datetime
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from dlm.db.engine import create_engine, create_sessionmaker
+from dlm.lifecycle import expiry
+from tests.conftest import Registry
+
+NOW = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
+PAST = "2029-06-01"
+
+
+async def _replica(registry: Registry, uid: str, storage: str, root: Path, uri: str) -> str:
+    """A further READY replica of ``uid``'s item on ``storage``."""
+    client = registry.client
+    oid = (await registry.item(uid))["oid"]
+    replica = (await client.post("/ingest/init_data_item", json={"oid": oid})).json()
+    registry.payload(uri, b"copy\n", root=root)
+    storage_id = (await client.get("/storage/query_storage", params={"storage_name": storage})).json()[0]["storage_id"]
+    await client.patch("/request/set_uri", params={"uid": replica, "uri": uri, "storage_id": storage_id})
+    response = await client.patch("/request/set_state", params={"uid": replica, "state": "READY"})
+    assert response.status_code == 200, response.text
+    return replica
+
+
+async def _expire_uid(registry: Registry, uid: str, when: str = PAST) -> None:
+    response = await registry.client.patch("/request/set_uid_expiration", params={"uid": uid, "expiration": when})
+    assert response.status_code == 200, response.text
+
+
+async def _events(registry: Registry, uid: str, event: str) -> list[dict[str, Any]]:
+    history = (await registry.client.get("/request/query_item_history", params={"uid": uid})).json()
+    return [row for row in history if row["event"] == event]
+
+
+async def test_an_expired_replica_that_is_not_needed_is_deleted(
+    registry: Registry, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    await registry.storage("vault", root=tmp_path / "vault", phase="SOLID")
+    scratch_uid = await registry.register("obs", "obs.dat")
+    vault_uid = await _replica(registry, scratch_uid, "vault", tmp_path / "vault", "obs.dat")
+    await _expire_uid(registry, scratch_uid)
+    await _expire_uid(registry, vault_uid, "2031-01-01")  # the vault copy lives on
+
+    report = await expiry.run_once(sessionmaker, now=NOW)
+    assert [str(uid) for uid in report.deleted] == [scratch_uid] and not report.kept
+    gone = await registry.item(scratch_uid)
+    assert (gone["item_state"], gone["deleted"]) == ("DELETED", True) and gone["uid_deletion"]
+    assert not (registry.root / "obs.dat").exists()
+    assert (await registry.item(vault_uid))["item_state"] == "READY"
+    assert (await registry.item(vault_uid))["oid_phase"] == "SOLID"
+    [event] = [row for row in await _events(registry, scratch_uid, "item_state") if row["new_value"] == "DELETED"]
+    assert event["actor"] == "expiry"
+    assert (await expiry.run_once(sessionmaker, now=NOW)).deleted == [], "a second pass finds nothing"
+
+
+async def test_a_replica_the_item_still_needs_is_kept_with_the_reason_recorded_once(
+    registry: Registry, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    uid = await registry.register("needed", target_phase="GAS")
+    await _expire_uid(registry, uid)
+    for _ in range(2):
+        report = await expiry.run_once(sessionmaker, now=NOW)
+        assert report.deleted == [] and [str(kept.uid) for kept in report.kept] == [uid]
+        assert "target_phase" in report.kept[0].reason
+    assert (await registry.item(uid))["item_state"] == "READY"
+    assert (registry.root / "needed").exists()
+    [kept] = await _events(registry, uid, expiry.KEPT_EVENT)
+    assert "target_phase GAS" in kept["new_value"] and kept["actor"] == "expiry"
+
+
+async def test_an_expired_item_loses_every_replica(
+    registry: Registry, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    await registry.storage("vault", root=tmp_path / "vault", phase="SOLID")
+    uid = await registry.register("done-with")
+    other = await _replica(registry, uid, "vault", tmp_path / "vault", "done-with")
+    oid = (await registry.item(uid))["oid"]
+    await registry.client.patch("/request/set_oid_expiration", params={"oid": oid, "expiration": PAST})
+
+    report = await expiry.run_once(sessionmaker, now=NOW)
+    assert {str(uid) for uid in report.deleted} == {uid, other}
+    for replica in (uid, other):
+        assert (await registry.item(replica))["item_state"] == "DELETED"
+    assert not (registry.root / "done-with").exists() and not (tmp_path / "vault" / "done-with").exists()
+    assert (await registry.item(uid))["oid_phase"] == "PLASMA"
+
+
+async def test_a_container_takes_its_members_with_it(
+    registry: Registry, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    for member in ("run/a.ms", "run/sub/b.ms"):
+        registry.payload(member)
+    response = await registry.client.post(
+        "/ingest/register_data_item",
+        params={
+            "item_name": "run",
+            "uri": "run",
+            "storage_name": "disk",
+            "item_type": "container",
+            "register_members": True,
+        },
+    )
+    container = response.json()
+    oid = (await registry.item(container))["oid"]
+    await registry.client.patch("/request/set_oid_expiration", params={"oid": oid, "expiration": PAST})
+
+    report = await expiry.run_once(sessionmaker, now=NOW)
+    assert len(report.deleted) == 3, report
+    members = (await registry.client.get("/request/query_data_item", params={"params": "item_name=like.run/*"})).json()
+    assert {row["item_state"] for row in members} == {"DELETED"}
+    assert not (registry.root / "run").exists()
+
+
+async def test_a_dry_run_says_what_would_go_and_touches_nothing(
+    registry: Registry, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    await registry.storage("second", root=tmp_path / "second")
+    first = await registry.register("pair", target_phase="GAS")
+    second = await _replica(registry, first, "second", tmp_path / "second", "pair")
+    await _expire_uid(registry, first)
+    await _expire_uid(registry, second)
+
+    report = await expiry.run_once(sessionmaker, now=NOW, dry_run=True)
+    # Two GAS copies of a GAS item: one may go, the last must stay.
+    assert report.dry_run and len(report.deleted) == 1 and len(report.kept) == 1
+    assert {(await registry.item(uid))["item_state"] for uid in (first, second)} == {"READY"}
+    assert (registry.root / "pair").exists() and (tmp_path / "second" / "pair").exists()
+    assert await _events(registry, first, expiry.KEPT_EVENT) == await _events(registry, second, expiry.KEPT_EVENT) == []
+
+    real = await expiry.run_once(sessionmaker, now=NOW)
+    assert real.deleted == report.deleted and [k.uid for k in real.kept] == [k.uid for k in report.kept]
+
+
+async def test_an_s3_payload_is_deleted_from_its_bucket(
+    registry: Registry, sessionmaker: async_sessionmaker[AsyncSession], s3_config: dict, s3_bucket: str
+) -> None:
+    from tests.migration.conftest import put_object, read_object
+
+    await registry.s3_storage("objects", s3_bucket, s3_config)
+    await put_object(s3_config, s3_bucket, "obs/x.dat", b"bytes")
+    response = await registry.client.post(
+        "/ingest/register_data_item",
+        params={"item_name": "s3-obs", "uri": "obs/x.dat", "storage_name": "objects", "oid_expiration": PAST},
+    )
+    assert response.status_code == 200, response.text
+    report = await expiry.run_once(sessionmaker, now=NOW)
+    assert [str(uid) for uid in report.deleted] == [response.json()]
+    assert await read_object(s3_config, s3_bucket, "obs/x.dat") is None
+
+
+async def test_two_processes_never_delete_the_same_replica_twice(registry: Registry, database_url: str) -> None:
+    uids = []
+    for index in range(40):
+        uids.append(await registry.register(f"many-{index}", oid_expiration=PAST))
+    engines = [create_engine(database_url, pool_size=2) for _ in range(2)]
+    try:
+        reports = await asyncio.gather(
+            *(expiry.run_once(create_sessionmaker(engine), now=NOW, batch_size=7) for engine in engines)
+        )
+    finally:
+        for engine in engines:
+            await engine.dispose()
+    deleted = [str(uid) for report in reports for uid in report.deleted]
+    assert sorted(deleted) == sorted(uids), "every replica deleted, and by one pass only"
+    for uid in uids:
+        events = [row for row in await _events(registry, uid, "item_state") if row["new_value"] == "DELETED"]
+        assert len(events) == 1
+
+
+async def test_the_worker_command_previews_expiry(registry: Registry, database_url: str) -> None:
+    uid = await registry.register("cli-expiry", oid_expiration=PAST)
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("DLM_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "dlm", "worker", "expiry", "--once", "--dry-run", "--now", "2030-01-01", "--json"],
+        env={**environment, "DLM_DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["dry_run"] is True and report["deleted"] == [uid]
+    assert (await registry.item(uid))["item_state"] == "READY"
+    bad = subprocess.run(
+        [sys.executable, "-m", "dlm", "worker", "expiry", "--once", "--now", "someday"],
+        env={**environment, "DLM_DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [bad.stderr.strip()]
+    assert "--now" in bad.stderr
