@@ -50,6 +50,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     transfer_max_bytes_per_second: Annotated[int, msgspec.Meta(ge=0)] = 0
     # How often this process runs each lifecycle engine's pass, in seconds; 0 leaves it to others.
     expiry_interval_seconds: Annotated[float, msgspec.Meta(ge=0)] = 300.0
+    replication_interval_seconds: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     # Metadata plugins run at registration, comma-separated; unset: all installed; "none": none.
     metadata_plugins: str | None = None
 

@@ -18,7 +18,14 @@ def cli_reference() -> str:
     lines = ["# `dlm` command reference", "", "Generated from the commands by `python docs/generate.py`.", ""]
 
     def walk(command: click.Command, path: list[str]) -> None:
-        context = click.Context(command, info_name=" ".join(path), terminal_width=100, max_content_width=100)
+        # The settings `dlm` itself runs with (main's context_settings), so the help reads the same.
+        context = click.Context(
+            command,
+            info_name=" ".join(path),
+            terminal_width=100,
+            max_content_width=100,
+            help_option_names=["-h", "--help"],
+        )
         lines.extend(
             [f"{'#' * min(len(path) + 1, 4)} `{' '.join(path)}`", "", "```", command.get_help(context), "```", ""]
         )

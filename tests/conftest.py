@@ -133,9 +133,13 @@ def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return create_sessionmaker(engine)
 
 
+# The lifecycle engines act on their own schedule; tests that are not about them must not meet them.
+QUIET_ENGINES = {"expiry_interval_seconds": 0, "replication_interval_seconds": 0}
+
+
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
-    return Settings(database_url=database_url, data_dir=str(tmp_path / "data"))
+    return Settings(database_url=database_url, data_dir=str(tmp_path / "data"), **QUIET_ENGINES)
 
 
 @pytest.fixture
@@ -319,6 +323,7 @@ class Server:
             DLM_DATA_DIR=str(data_dir),
             DLM_PORT=str(self.port),
             DLM_MIGRATION_POLL_SECONDS="0.2",
+            **{f"DLM_{key.upper()}": str(value) for key, value in QUIET_ENGINES.items()},
         )
         environment.update({f"DLM_{key.upper()}": str(value) for key, value in settings.items()})
         self.log = data_dir / f"serve-{self.port}.log"

@@ -1,5 +1,6 @@
 """The generated reference pages match the code, and the docs' links point at files that exist."""
 
+import difflib
 import importlib.util
 import re
 from pathlib import Path
@@ -18,7 +19,9 @@ def _generator() -> object:
 def test_generated_reference_pages_are_up_to_date() -> None:
     generator = _generator()
     for name, render in generator.PAGES.items():  # type: ignore[attr-defined]
-        assert (ROOT / "docs" / name).read_text() == render(), f"docs/{name} is stale: run python docs/generate.py"
+        written, current = (ROOT / "docs" / name).read_text(), render()
+        difference = "\n".join(list(difflib.unified_diff(written.splitlines(), current.splitlines(), lineterm=""))[:30])
+        assert written == current, f"docs/{name} is stale (run python docs/generate.py):\n{difference}"
 
 
 def test_links_between_docs_resolve() -> None:

@@ -21,15 +21,25 @@ def worker() -> None:
     """
 
 
+def engine_options(function: Any) -> Any:
+    for option in reversed(
+        [
+            click.option("--once", is_flag=True, help="One pass, then exit (default: a pass every interval)."),
+            click.option("--dry-run", is_flag=True, help="Say what would be done; touch nothing."),
+            click.option("--now", "now_text", help="Act as if it were this time (ISO 8601)."),
+            click.option("--json", "as_json", is_flag=True, help="Print the report as JSON."),
+        ]
+    ):
+        function = option(function)
+    return function
+
+
 @worker.command("expiry")
-@click.option("--once", is_flag=True, help="One pass, then exit (default: a pass every DLM_EXPIRY_INTERVAL_SECONDS).")
-@click.option("--dry-run", is_flag=True, help="Say what would be deleted; touch nothing.")
-@click.option("--now", "now_text", help="Act as if it were this time (ISO 8601), e.g. to preview tomorrow.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@engine_options
 def expiry_command(once: bool, dry_run: bool, now_text: str | None, as_json: bool) -> None:
     """Delete the payloads of expired replicas and items; keep those the item still needs.
 
-    \\b
+    \b
     Examples:
       dlm worker expiry --once --dry-run
       dlm worker expiry --once --now 2027-01-01 --dry-run --json
@@ -38,7 +48,27 @@ def expiry_command(once: bool, dry_run: bool, now_text: str | None, as_json: boo
     from dlm.lifecycle import expiry
 
     now = _parse_now(now_text)
-    _run_engine(lambda sessionmaker: expiry.run_once(sessionmaker, now=now, dry_run=dry_run), once, as_json)
+    interval = load_settings().expiry_interval_seconds
+    _run_engine(lambda sessionmaker: expiry.run_once(sessionmaker, now=now, dry_run=dry_run), once, as_json, interval)
+
+
+@worker.command("replication")
+@engine_options
+def replication_command(once: bool, dry_run: bool, now_text: str | None, as_json: bool) -> None:
+    """Queue the copies that bring items up to their target phase; replace corrupted replicas.
+
+    \b
+    Examples:
+      dlm worker replication --once --dry-run     # which copies would be made, and where
+      dlm worker replication                      # a pass every DLM_REPLICATION_INTERVAL_SECONDS
+    """
+    from dlm.lifecycle import replication
+
+    now = _parse_now(now_text)
+    interval = load_settings().replication_interval_seconds
+    _run_engine(
+        lambda sessionmaker: replication.run_once(sessionmaker, now=now, dry_run=dry_run), once, as_json, interval
+    )
 
 
 def _parse_now(text: str | None) -> datetime.datetime | None:
@@ -50,7 +80,7 @@ def _parse_now(text: str | None) -> datetime.datetime | None:
         raise CLIError(getattr(exc, "message", str(exc))) from None
 
 
-def _run_engine(run_once: Any, once: bool, as_json: bool) -> None:
+def _run_engine(run_once: Any, once: bool, as_json: bool, interval: float) -> None:
     from dlm.db.engine import create_engine, create_sessionmaker
 
     settings = load_settings()
@@ -68,7 +98,7 @@ def _run_engine(run_once: Any, once: bool, as_json: bool) -> None:
                 if once:
                     return report
                 click.echo(report.summary(), err=True)
-                await asyncio.sleep(settings.expiry_interval_seconds or 300)
+                await asyncio.sleep(interval or 60)
         finally:
             await engine.dispose()
 
@@ -77,7 +107,9 @@ def _run_engine(run_once: Any, once: bool, as_json: bool) -> None:
         click.echo(msgspec.json.encode(report).decode())
         return
     click.echo(report.summary())
-    for decision in report.kept:
-        click.echo(f"kept {decision.uid} ({decision.item_name}): {decision.reason}")
-    for decision in report.deferred:
-        click.echo(f"deferred {decision.uid} ({decision.item_name}): {decision.reason}")
+    for field in msgspec.structs.fields(report):
+        entries = getattr(report, field.name)
+        if isinstance(entries, list) and entries and isinstance(entries[0], msgspec.Struct):
+            for entry in entries:
+                details = ", ".join(f"{key}={value}" for key, value in msgspec.structs.asdict(entry).items())
+                click.echo(f"{field.name}: {details}")

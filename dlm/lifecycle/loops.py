@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dlm.config import Settings
-from dlm.lifecycle import expiry
+from dlm.lifecycle import expiry, replication
 
 log = logging.getLogger("dlm.lifecycle")
 
@@ -17,7 +17,10 @@ Pass = Callable[[async_sessionmaker[AsyncSession]], Awaitable[Any]]
 
 def engines(settings: Settings) -> dict[str, tuple[Pass, float]]:
     """Each engine's single pass and how often it runs (seconds; 0: not in this process)."""
-    return {"expiry": (expiry.run_once, settings.expiry_interval_seconds)}
+    return {
+        "expiry": (expiry.run_once, settings.expiry_interval_seconds),
+        "replication": (replication.run_once, settings.replication_interval_seconds),
+    }
 
 
 class EngineLoops:

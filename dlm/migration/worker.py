@@ -25,9 +25,9 @@ from dlm.data_item import ITEMS, change_items, create_items, refresh_oid_phase
 from dlm.db.engine import transaction
 from dlm.db.models import Migration, Storage
 from dlm.enums import ChecksumMethod, ItemState, ItemType, MigrationStatus
-from dlm.errors import DLMError, ServiceUnavailable, UnmetPreconditionForOperation
+from dlm.errors import Conflict, DLMError, ServiceUnavailable, UnmetPreconditionForOperation
 from dlm.migration.service import discard_destination, replica_values
-from dlm.storage.service import storage_backend
+from dlm.storage.service import lock_replicas, storage_backend
 from dlm.transfer.base import TransferError
 from dlm.transfer.copy import CopyResult, copy_payload
 
@@ -106,7 +106,7 @@ class Job:
             raise
         except TransferError as exc:
             return await self._fail(f"{type(exc).__name__}: {exc.message}", retry=exc.transient)
-        except ServiceUnavailable as exc:
+        except (ServiceUnavailable, Conflict) as exc:  # the database away, or a concurrent change: try again
             return await self._fail(exc.message, retry=True)
         except DLMError as exc:
             return await self._fail(exc.message, retry=False)
@@ -208,6 +208,9 @@ class Job:
                 # Cancelled while the last bytes went over: the cancellation wins, and what we wrote goes.
                 await self._discard_if_cancelled(session)
                 return MigrationStatus.CANCELLED
+            # Lock the item's replicas in the one order every writer uses (by uid) before changing any:
+            # two copies of one item finishing together would otherwise deadlock on each other's rows.
+            await lock_replicas(session, job.oid)
             source = (await session.execute(select(ITEMS).where(ITEMS.c.uid == job.source_uid))).one()
             values: dict[str, Any] = {"item_state": ItemState.READY, "item_size": result.bytes}
             if result.checksum is not None:

@@ -1,0 +1,215 @@
+"""Phase enforcement: an item whose READY replicas do not reach its ``target_phase`` gets new ones,
+copied by the migration manager, until they do; a CORRUPTED replica is replaced from a good one.
+
+Where new replicas go (the placement policy), best first, among storages that are available, not
+retired, writable, and not already holding a live replica of the item:
+
+1. one with room for the payload (its capacity minus what DLM holds there, and for POSIX the file
+   system's free space);
+2. at a location that holds no replica of the item yet (another site survives a site's loss);
+3. of a higher phase (SOLID before LIQUID before GAS);
+4. with more room; then by name, so that the choice is stable.
+
+Storages are taken in that order until the combined phase (SPEC §1) reaches the target: exactly the
+missing copies, no more. An item with a copy already queued is left until that copy ends.
+"""
+
+import asyncio
+import datetime
+import logging
+import shutil
+import uuid
+from typing import Any
+
+import msgspec
+from sqlalchemy import Row, case, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from dlm.data_item import ITEMS
+from dlm.db.engine import transaction
+from dlm.db.models import Migration, Storage
+from dlm.enums import ItemState, MigrationStatus, Phase, StorageInterface, combined_phase
+from dlm.errors import DLMError
+from dlm.migration.service import copy_item
+from dlm.storage.service import delete_replica, lock_replicas
+from dlm.transfer.base import TransferError
+
+log = logging.getLogger("dlm.lifecycle.replication")
+
+ACTOR = "replication"
+LOCK_NAMESPACE = 0x5245504C  # "REPL"
+
+
+class Planned(msgspec.Struct, frozen=True):
+    oid: uuid.UUID
+    item_name: str | None
+    destination: str
+    migration_id: int | None
+
+
+class Unmet(msgspec.Struct, frozen=True):
+    oid: uuid.UUID
+    item_name: str | None
+    reason: str
+
+
+class ReplicationReport(msgspec.Struct, kw_only=True):
+    dry_run: bool
+    queued: list[Planned] = msgspec.field(default_factory=list)
+    replaced: list[uuid.UUID] = msgspec.field(default_factory=list)  # CORRUPTED replicas removed
+    unmet: list[Unmet] = msgspec.field(default_factory=list)
+
+    def summary(self) -> str:
+        verb = "would queue" if self.dry_run else "queued"
+        return f"{verb} {len(self.queued)} copies, replaced {len(self.replaced)} corrupted, {len(self.unmet)} unmet"
+
+
+def _weight(column: Any) -> Any:
+    return case({phase: phase.weight for phase in Phase}, value=column)
+
+
+async def run_once(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    now: datetime.datetime | None = None,
+    dry_run: bool = False,
+    batch_size: int = 200,
+) -> ReplicationReport:
+    now = now or datetime.datetime.now(datetime.UTC)
+    report = ReplicationReport(dry_run=dry_run)
+    after = uuid.UUID(int=0)
+    while True:
+        async with transaction(sessionmaker, actor=ACTOR) as session:
+            oids = list(
+                await session.scalars(
+                    select(ITEMS.c.oid)
+                    .where(
+                        ITEMS.c.oid > after,
+                        ITEMS.c.item_state.in_([ItemState.READY, ItemState.CORRUPTED]),
+                        ITEMS.c.oid_expiration > now,
+                        or_(
+                            _weight(ITEMS.c.oid_phase) < _weight(ITEMS.c.target_phase),
+                            ITEMS.c.item_state == ItemState.CORRUPTED,
+                        ),
+                    )
+                    .group_by(ITEMS.c.oid)
+                    .order_by(ITEMS.c.oid)
+                    .limit(batch_size)
+                )
+            )
+        if not oids:
+            return report
+        after = oids[-1]
+        for oid in oids:
+            # One transaction per item: a copy queued is committed even if the next item fails.
+            async with transaction(sessionmaker, actor=ACTOR) as session:
+                if await session.scalar(
+                    select(func.pg_try_advisory_xact_lock(LOCK_NAMESPACE, func.hashtext(str(oid))))
+                ):
+                    await _enforce(session, oid, report)
+
+
+async def _enforce(session: AsyncSession, oid: uuid.UUID, report: ReplicationReport) -> None:
+    busy = await session.scalar(
+        select(Migration.migration_id).where(
+            Migration.oid == oid, Migration.status.in_([MigrationStatus.PENDING, MigrationStatus.RUNNING])
+        )
+    )
+    if busy is not None:
+        return  # its copy will change the picture; look again next pass
+    replicas = await lock_replicas(session, oid)
+    ready = [row for row in replicas if row.item_state is ItemState.READY]
+    if not ready:
+        return  # nothing good to copy from: the audit has said so
+    name = ready[0].item_name
+    for corrupted in [row for row in replicas if row.item_state is ItemState.CORRUPTED]:
+        if not report.dry_run:
+            try:
+                async with session.begin_nested():
+                    await delete_replica(session, corrupted, replicas, force=True)
+            except (DLMError, TransferError) as exc:
+                report.unmet.append(Unmet(oid, name, f"cannot remove corrupted replica {corrupted.uid}: {exc}"))
+                continue
+        report.replaced.append(corrupted.uid)
+    live_storages = {row.storage_id for row in replicas if row.item_state in (ItemState.READY, ItemState.INITIALISED)}
+    target = ready[0].target_phase
+    phases = [row.uid_phase for row in ready]
+    if combined_phase(phases).weight >= target.weight:
+        return
+    size = max((row.item_size or 0) for row in ready)
+    choices = await _rank_storages(
+        session, exclude=live_storages, locations=await _locations(session, ready), size=size
+    )
+    source = max(ready, key=lambda row: row.uid_phase.weight)
+    for storage in choices:
+        if combined_phase(phases).weight >= target.weight:
+            break
+        if report.dry_run:
+            report.queued.append(Planned(oid, name, storage.storage_name, None))
+            phases.append(storage.storage_phase)
+            continue
+        try:
+            async with session.begin_nested():
+                queued = await copy_item(session, uid=str(source.uid), destination_id=str(storage.storage_id))
+        except (DLMError, TransferError) as exc:
+            log.info("replication of %s: %s refused: %s", name, storage.storage_name, exc)
+            continue  # try the next storage
+        report.queued.append(Planned(oid, name, storage.storage_name, queued["migration_id"]))
+        phases.append(storage.storage_phase)
+    if combined_phase(phases).weight < target.weight:
+        reached = combined_phase(phases).value
+        report.unmet.append(Unmet(oid, name, f"no suitable storage left: reaches {reached}, needs {target.value}"))
+
+
+async def _locations(session: AsyncSession, ready: list[Row[Any]]) -> set[uuid.UUID]:
+    storage_ids = [row.storage_id for row in ready]
+    return set(await session.scalars(select(Storage.location_id).where(Storage.storage_id.in_(storage_ids))))
+
+
+async def _rank_storages(
+    session: AsyncSession, *, exclude: set[uuid.UUID], locations: set[uuid.UUID], size: int
+) -> list[Storage]:
+    used = (
+        select(func.coalesce(func.sum(ITEMS.c.item_size), 0))
+        .where(ITEMS.c.storage_id == Storage.storage_id, ITEMS.c.item_state != ItemState.DELETED)
+        .scalar_subquery()
+    )
+    rows = (
+        await session.execute(
+            select(Storage, used.label("used")).where(
+                Storage.storage_available.is_(True),
+                Storage.storage_retired.is_(False),
+                Storage.storage_permissions.contains("W"),
+                Storage.storage_id.not_in([storage_id for storage_id in exclude if storage_id]),
+            )
+        )
+    ).all()
+    ranked = []
+    for storage, used_bytes in rows:
+        room = await _room(storage, int(used_bytes))
+        if room is not None and room < size:
+            continue
+        ranked.append(
+            (
+                storage.location_id in locations,  # a new site first
+                -storage.storage_phase.weight,  # then the safer storage
+                -(room if room is not None else 2**62),  # then the roomier one
+                storage.storage_name,
+                storage,
+            )
+        )
+    ranked.sort(key=lambda entry: entry[:4])
+    return [entry[4] for entry in ranked]
+
+
+async def _room(storage: Storage, used: int) -> int | None:
+    """Bytes the storage can still take (None: no known limit)."""
+    limits = []
+    if storage.storage_capacity >= 0:
+        limits.append(storage.storage_capacity - used)
+    if storage.storage_interface is StorageInterface.POSIX:
+        try:
+            limits.append((await asyncio.to_thread(shutil.disk_usage, storage.root_directory)).free)
+        except OSError:
+            return -1  # not mounted: no room
+    return min(limits) if limits else None

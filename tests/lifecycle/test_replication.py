@@ -1,0 +1,138 @@
+"""Phase enforcement: items below their target phase get exactly the copies they miss, on storages
+chosen by the documented policy; corrupted replicas are replaced; nothing is queued twice."""
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from dlm.db.engine import create_engine, create_sessionmaker
+from dlm.lifecycle import replication
+from tests.conftest import Registry
+from tests.migration.conftest import wait_for
+
+
+async def _storage(
+    registry: Registry, name: str, root: Path, phase: str, location: str = "site", **params: Any
+) -> None:
+    if location != "site":
+        await registry.client.post(
+            "/storage/init_location", params={"location_name": location, "location_type": "local-dev"}
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    response = await registry.client.post(
+        "/storage/init_storage",
+        params={
+            "storage_name": name,
+            "storage_type": "filesystem",
+            "storage_interface": "posix",
+            "root_directory": str(root),
+            "location_name": location,
+            "storage_phase": phase,
+            **params,
+        },
+    )
+    assert response.status_code == 200, response.text
+
+
+async def _settle(registry: Registry, report: replication.ReplicationReport) -> None:
+    for planned in report.queued:
+        assert planned.migration_id is not None
+        done = await wait_for(registry.client, planned.migration_id, timeout=30)
+        assert done["status"] == "SUCCEEDED", done
+
+
+async def test_a_new_item_reaches_solid_by_itself(
+    registry: Registry, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path, s3_config: dict, s3_bucket: str
+) -> None:
+    await _storage(registry, "liquid", tmp_path / "liquid", "LIQUID")
+    await registry.s3_storage("archive", s3_bucket, s3_config, phase="SOLID")
+    uid = await registry.register("obs")  # default target SOLID, on the GAS storage
+    assert (await registry.item(uid))["oid_phase"] == "GAS"
+
+    report = await replication.run_once(sessionmaker)
+    assert [planned.destination for planned in report.queued] == ["archive"], "one SOLID copy is enough"
+    await _settle(registry, report)
+    assert (await registry.item(uid))["oid_phase"] == "SOLID"
+    again = await replication.run_once(sessionmaker)
+    assert again.queued == [] and again.unmet == []
+
+
+async def test_exactly_the_missing_copies_are_made(
+    registry: Registry, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    await _storage(registry, "gas-2", tmp_path / "gas-2", "GAS")
+    await _storage(registry, "gas-3", tmp_path / "gas-3", "GAS")
+    await _storage(registry, "liquid", tmp_path / "liquid", "LIQUID")
+    uid = await registry.register("obs")
+    report = await replication.run_once(sessionmaker)
+    # GAS (1) + LIQUID (2) + GAS (1) = 4 = SOLID: the LIQUID first (higher phase), then one GAS.
+    assert [planned.destination for planned in report.queued] == ["liquid", "gas-2"]
+    await _settle(registry, report)
+    assert (await registry.item(uid))["oid_phase"] == "SOLID"
+    assert not (tmp_path / "gas-3" / "obs").exists()
+
+
+async def test_another_site_is_preferred_and_full_storages_are_skipped(
+    registry: Registry, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    await _storage(registry, "same-site", tmp_path / "same", "SOLID")
+    await _storage(registry, "far-site", tmp_path / "far", "SOLID", location="elsewhere")
+    await _storage(registry, "tiny", tmp_path / "tiny", "SOLID", location="elsewhere", storage_capacity=3)
+    registry.payload("obs", b"x" * 100)
+    await registry.register("obs")
+    report = await replication.run_once(sessionmaker, dry_run=True)
+    assert [planned.destination for planned in report.queued] == ["far-site"]
+    assert (await registry.client.get("/migration/query_migrations")).json() == [], "a dry run queues nothing"
+
+
+async def test_an_unreachable_target_is_reported(
+    registry: Registry, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    await _storage(registry, "tiny", tmp_path / "tiny", "SOLID", storage_capacity=10)
+    registry.payload("big", b"x" * 100)
+    await registry.register("big")
+    report = await replication.run_once(sessionmaker)
+    [unmet] = report.unmet
+    assert unmet.item_name == "big" and "reaches GAS, needs SOLID" in unmet.reason
+    assert report.queued == []
+
+
+async def test_a_corrupted_replica_is_replaced_from_a_good_one(
+    registry: Registry, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    await _storage(registry, "vault", tmp_path / "vault", "SOLID")
+    uid = await registry.register("obs", target_phase="GAS")
+    first = await replication.run_once(sessionmaker)
+    assert first.queued == [], "GAS is already reached"
+    copy = await registry.client.post("/migration/copy_data_item", params={"uid": uid, "destination_name": "vault"})
+    await wait_for(registry.client, copy.json()["migration_id"])
+    await registry.client.patch("/request/set_phase", params={"uid": uid, "phase": "SOLID"})
+    (tmp_path / "vault" / "obs").write_bytes(b"rot")  # what the audit would find
+    await registry.client.patch("/request/set_state", params={"uid": copy.json()["uid"], "state": "CORRUPTED"})
+
+    report = await replication.run_once(sessionmaker)
+    assert [str(uid) for uid in report.replaced] == [copy.json()["uid"]]
+    assert [planned.destination for planned in report.queued] == ["vault"]
+    await _settle(registry, report)
+    assert (tmp_path / "vault" / "obs").read_bytes() == (registry.root / "obs").read_bytes()
+    assert (await registry.item(uid))["oid_phase"] == "SOLID"
+
+
+async def test_two_processes_queue_each_copy_once(registry: Registry, database_url: str, tmp_path: Path) -> None:
+    await _storage(registry, "vault", tmp_path / "vault", "SOLID")
+    for index in range(12):
+        await registry.register(f"obs-{index}")
+    engines = [create_engine(database_url, pool_size=2) for _ in range(2)]
+    try:
+        reports = await asyncio.gather(
+            *(replication.run_once(create_sessionmaker(engine), batch_size=5) for engine in engines)
+        )
+    finally:
+        for engine in engines:
+            await engine.dispose()
+    queued = [planned.item_name for report in reports for planned in report.queued]
+    assert sorted(queued) == sorted(f"obs-{index}" for index in range(12))
+    migrations = (await registry.client.get("/migration/query_migrations")).json()
+    assert len(migrations) == 12
