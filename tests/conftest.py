@@ -169,12 +169,20 @@ class Registry:
         assert response.status_code == 200, response.text
         return response.json()
 
-    async def storage(self, name: str = "disk", *, phase: str = "GAS", root: Path | None = None) -> str:
+    async def storage(
+        self,
+        name: str = "disk",
+        *,
+        phase: str = "GAS",
+        root: Path | None = None,
+        location: str = "site",
+        **params: Any,
+    ) -> str:
         root = root or self.root
         root.mkdir(parents=True, exist_ok=True)
-        existing = await self.client.get("/storage/query_location", params={"location_name": "site"})
+        existing = await self.client.get("/storage/query_location", params={"location_name": location})
         if not existing.json():
-            await self.location("site")
+            await self.location(location)
         response = await self.client.post(
             "/storage/init_storage",
             params={
@@ -182,8 +190,9 @@ class Registry:
                 "storage_type": "filesystem",
                 "storage_interface": "posix",
                 "root_directory": str(root),
-                "location_name": "site",
+                "location_name": location,
                 "storage_phase": phase,
+                **params,
             },
         )
         assert response.status_code == 200, response.text
@@ -366,6 +375,16 @@ def assert_error(response: Any, status: int, name: str, *fragments: str) -> None
     assert body["exec"] == name, body
     for fragment in fragments:
         assert fragment in body["message"], body
+
+
+async def in_two_processes(database_url: str, run_once: Any) -> list[Any]:
+    """Run ``run_once(sessionmaker)`` twice at once, each with its own engine, as two DLM processes would."""
+    engines = [create_engine(database_url, pool_size=2) for _ in range(2)]
+    try:
+        return await asyncio.gather(*(run_once(create_sessionmaker(engine)) for engine in engines))
+    finally:
+        for engine in engines:
+            await engine.dispose()
 
 
 async def gather(*coroutines: Any) -> list[Any]:

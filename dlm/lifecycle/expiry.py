@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 import msgspec
-from sqlalchemy import Row, exists, func, or_, select
+from sqlalchemy import Row, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dlm.data_item import ITEMS
@@ -22,6 +22,7 @@ from dlm.db.engine import transaction
 from dlm.db.models import DataItemEvent
 from dlm.enums import ItemState
 from dlm.errors import Conflict, UnmetPreconditionForOperation
+from dlm.lifecycle import claim_item
 from dlm.storage.service import check_resilience, delete_replica, lock_replicas
 from dlm.transfer.base import TransferError
 
@@ -85,15 +86,11 @@ async def run_once(
                 return report
             after = batch[-1].uid
             for oid in dict.fromkeys(row.oid for row in batch):
-                if oid in done or not await _claim(session, oid):
+                if oid in done or not await claim_item(session, LOCK_NAMESPACE, oid):
                     continue  # done already, or another process is on it
                 done.add(oid)
                 await _expire_item(session, oid, now, report, gone)
         log.debug("expiry pass: %s so far", report.summary())
-
-
-async def _claim(session: AsyncSession, oid: uuid.UUID) -> bool:
-    return bool(await session.scalar(select(func.pg_try_advisory_xact_lock(LOCK_NAMESPACE, func.hashtext(str(oid))))))
 
 
 async def _expire_item(

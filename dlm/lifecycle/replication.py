@@ -30,6 +30,7 @@ from dlm.db.engine import transaction
 from dlm.db.models import Migration, Storage
 from dlm.enums import ItemState, MigrationStatus, Phase, StorageInterface, combined_phase
 from dlm.errors import DLMError
+from dlm.lifecycle import claim_item
 from dlm.migration.service import copy_item
 from dlm.storage.service import delete_replica, lock_replicas
 from dlm.transfer.base import TransferError
@@ -103,9 +104,7 @@ async def run_once(
         for oid in oids:
             # One transaction per item: a copy queued is committed even if the next item fails.
             async with transaction(sessionmaker, actor=ACTOR) as session:
-                if await session.scalar(
-                    select(func.pg_try_advisory_xact_lock(LOCK_NAMESPACE, func.hashtext(str(oid))))
-                ):
+                if await claim_item(session, LOCK_NAMESPACE, oid):
                     await _enforce(session, oid, report)
 
 

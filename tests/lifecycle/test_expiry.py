@@ -2,7 +2,6 @@
 stay, with the reason in the history; expired items lose everything; containers take their members;
 a dry run touches nothing; two processes never delete twice."""
 
-import asyncio
 import datetime
 import json
 import os
@@ -13,9 +12,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dlm.db.engine import create_engine, create_sessionmaker
 from dlm.lifecycle import expiry
-from tests.conftest import Registry
+from tests.conftest import Registry, in_two_processes
 
 NOW = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
 PAST = "2029-06-01"
@@ -164,14 +162,9 @@ async def test_two_processes_never_delete_the_same_replica_twice(registry: Regis
     uids = []
     for index in range(40):
         uids.append(await registry.register(f"many-{index}", oid_expiration=PAST))
-    engines = [create_engine(database_url, pool_size=2) for _ in range(2)]
-    try:
-        reports = await asyncio.gather(
-            *(expiry.run_once(create_sessionmaker(engine), now=NOW, batch_size=7) for engine in engines)
-        )
-    finally:
-        for engine in engines:
-            await engine.dispose()
+    reports = await in_two_processes(
+        database_url, lambda sessionmaker: expiry.run_once(sessionmaker, now=NOW, batch_size=7)
+    )
     deleted = [str(uid) for report in reports for uid in report.deleted]
     assert sorted(deleted) == sorted(uids), "every replica deleted, and by one pass only"
     for uid in uids:

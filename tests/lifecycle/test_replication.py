@@ -1,39 +1,18 @@
 """Phase enforcement: items below their target phase get exactly the copies they miss, on storages
 chosen by the documented policy; corrupted replicas are replaced; nothing is queued twice."""
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dlm.db.engine import create_engine, create_sessionmaker
 from dlm.lifecycle import replication
-from tests.conftest import Registry
+from tests.conftest import Registry, in_two_processes
 from tests.migration.conftest import wait_for
 
 
-async def _storage(
-    registry: Registry, name: str, root: Path, phase: str, location: str = "site", **params: Any
-) -> None:
-    if location != "site":
-        await registry.client.post(
-            "/storage/init_location", params={"location_name": location, "location_type": "local-dev"}
-        )
-    root.mkdir(parents=True, exist_ok=True)
-    response = await registry.client.post(
-        "/storage/init_storage",
-        params={
-            "storage_name": name,
-            "storage_type": "filesystem",
-            "storage_interface": "posix",
-            "root_directory": str(root),
-            "location_name": location,
-            "storage_phase": phase,
-            **params,
-        },
-    )
-    assert response.status_code == 200, response.text
+async def _storage(registry: Registry, name: str, root: Path, phase: str, **params: Any) -> None:
+    await registry.storage(name, root=root, phase=phase, **params)
 
 
 async def _settle(registry: Registry, report: replication.ReplicationReport) -> None:
@@ -124,14 +103,9 @@ async def test_two_processes_queue_each_copy_once(registry: Registry, database_u
     await _storage(registry, "vault", tmp_path / "vault", "SOLID")
     for index in range(12):
         await registry.register(f"obs-{index}")
-    engines = [create_engine(database_url, pool_size=2) for _ in range(2)]
-    try:
-        reports = await asyncio.gather(
-            *(replication.run_once(create_sessionmaker(engine), batch_size=5) for engine in engines)
-        )
-    finally:
-        for engine in engines:
-            await engine.dispose()
+    reports = await in_two_processes(
+        database_url, lambda sessionmaker: replication.run_once(sessionmaker, batch_size=5)
+    )
     queued = [planned.item_name for report in reports for planned in report.queued]
     assert sorted(queued) == sorted(f"obs-{index}" for index in range(12))
     migrations = (await registry.client.get("/migration/query_migrations")).json()
