@@ -51,6 +51,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     # How often this process runs each lifecycle engine's pass, in seconds; 0 leaves it to others.
     expiry_interval_seconds: Annotated[float, msgspec.Meta(ge=0)] = 300.0
     replication_interval_seconds: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    audit_interval_seconds: Annotated[float, msgspec.Meta(ge=0)] = 600.0
+    # The audit reads payloads at most this fast (bytes/s), and checks a replica again after this long.
+    audit_max_bytes_per_second: Annotated[int, msgspec.Meta(ge=0)] = 50 * 1024 * 1024
+    audit_recheck_seconds: Annotated[float, msgspec.Meta(gt=0)] = 7 * 24 * 3600.0
     # Metadata plugins run at registration, comma-separated; unset: all installed; "none": none.
     metadata_plugins: str | None = None
 

@@ -71,6 +71,38 @@ def replication_command(once: bool, dry_run: bool, now_text: str | None, as_json
     )
 
 
+@worker.command("audit")
+@engine_options
+@click.option("--limit", type=int, help="Check at most this many replicas.")
+@click.option("--dark-data", is_flag=True, help="Also list payloads on the storages that DLM does not know.")
+def audit_command(
+    once: bool, dry_run: bool, now_text: str | None, as_json: bool, limit: int | None, dark_data: bool
+) -> None:
+    """Verify replicas' presence, size and checksum at a bounded rate; mark failures CORRUPTED.
+
+    --dry-run is not offered: an audit only reads, and marking what it finds is its purpose.
+
+    \b
+    Examples:
+      dlm worker audit --once --limit 1000
+      dlm worker audit --once --dark-data --json
+    """
+    from dlm.lifecycle import audit
+    from dlm.lifecycle.loops import audit_options
+
+    if dry_run:
+        raise CLIError("--dry-run: an audit only reads payloads; run it without --dry-run")
+    now = _parse_now(now_text)
+    settings = load_settings()
+    options = audit_options(settings)
+    _run_engine(
+        lambda sessionmaker: audit.run_once(sessionmaker, now=now, limit=limit, dark_data=dark_data, **options),
+        once,
+        as_json,
+        settings.audit_interval_seconds,
+    )
+
+
 def _parse_now(text: str | None) -> datetime.datetime | None:
     if text is None:
         return None

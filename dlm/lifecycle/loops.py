@@ -1,6 +1,8 @@
 """Run the lifecycle engines on their intervals inside a DLM process."""
 
 import asyncio
+import datetime
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -8,7 +10,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dlm.config import Settings
-from dlm.lifecycle import expiry, replication
+from dlm.lifecycle import audit, expiry, replication
 
 log = logging.getLogger("dlm.lifecycle")
 
@@ -20,6 +22,14 @@ def engines(settings: Settings) -> dict[str, tuple[Pass, float]]:
     return {
         "expiry": (expiry.run_once, settings.expiry_interval_seconds),
         "replication": (replication.run_once, settings.replication_interval_seconds),
+        "audit": (functools.partial(audit.run_once, **audit_options(settings)), settings.audit_interval_seconds),
+    }
+
+
+def audit_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "max_bytes_per_second": settings.audit_max_bytes_per_second,
+        "recheck_after": datetime.timedelta(seconds=settings.audit_recheck_seconds),
     }
 
 

@@ -29,8 +29,8 @@ class CopyResult(msgspec.Struct, frozen=True):
     seconds: float
 
 
-class _Throttle:
-    """Keep a copy at or below ``rate`` bytes/s (0: unlimited) so bulk copies leave room for others."""
+class Throttle:
+    """Keep a stream at or below ``rate`` bytes/s (0: unlimited) so bulk work leaves room for others."""
 
     def __init__(self, rate: int) -> None:
         self.rate = rate
@@ -72,7 +72,7 @@ async def copy_payload(
     started = time.monotonic()
     entries = await list_payload(source, source_uri)
     total = sum(entry.size for entry in entries)
-    throttle = _Throttle(max_bytes_per_second)
+    throttle = Throttle(max_bytes_per_second)
     chunk_size = CHUNK_SIZE if not max_bytes_per_second else max(64 * 1024, min(CHUNK_SIZE, max_bytes_per_second // 4))
     done = 0
     checksums: dict[str, str] = {}

@@ -1,0 +1,177 @@
+"""Audit: verify, at a bounded rate, that each READY replica's payload is there, has its size and
+its checksum. A replica that fails becomes CORRUPTED (the history says why), which takes it out of
+its item's phase, and phase enforcement replaces it from a good replica. Optionally, list payloads a
+storage holds that DLM does not know (dark data), without touching them.
+
+A replica is claimed by stamping its ``last_check`` in a short transaction (``FOR UPDATE SKIP
+LOCKED``), checked with no lock held, and the verdict recorded in a second one; so several processes
+share the work, and a replica is checked again only once ``DLM_AUDIT_RECHECK_SECONDS`` have passed.
+"""
+
+import datetime
+import logging
+import uuid
+from typing import Any
+
+import msgspec
+from sqlalchemy import Row, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from dlm.checksum import new_hasher
+from dlm.data_item import ITEMS, change_items
+from dlm.db.engine import transaction
+from dlm.db.models import DataItemEvent, Storage
+from dlm.enums import ChecksumMethod, ItemState, ItemType
+from dlm.storage.service import storage_backend
+from dlm.transfer.base import Backend, TransferError
+from dlm.transfer.copy import Throttle
+
+log = logging.getLogger("dlm.lifecycle.audit")
+
+ACTOR = "audit"
+FAILED_EVENT = "audit_failed"
+
+
+class Finding(msgspec.Struct, frozen=True):
+    uid: uuid.UUID
+    item_name: str | None
+    reason: str
+
+
+class DarkPayload(msgspec.Struct, frozen=True):
+    storage_name: str
+    uri: str
+    size: int
+
+
+class AuditReport(msgspec.Struct, kw_only=True):
+    checked: int = 0
+    bytes_read: int = 0
+    corrupted: list[Finding] = msgspec.field(default_factory=list)
+    # Not judged this time: the storage did not answer.
+    unreachable: list[Finding] = msgspec.field(default_factory=list)
+    dark: list[DarkPayload] = msgspec.field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"checked {self.checked} ({self.bytes_read} bytes read), {len(self.corrupted)} corrupted, "
+            f"{len(self.unreachable)} unreachable, {len(self.dark)} dark payloads"
+        )
+
+
+async def run_once(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    now: datetime.datetime | None = None,
+    recheck_after: datetime.timedelta = datetime.timedelta(days=7),
+    max_bytes_per_second: int = 0,
+    limit: int | None = None,
+    dark_data: bool = False,
+) -> AuditReport:
+    """Check every READY replica not checked since ``now - recheck_after`` (at most ``limit``)."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    report = AuditReport()
+    throttle = Throttle(max_bytes_per_second)
+    while limit is None or report.checked < limit:
+        async with transaction(sessionmaker, actor=ACTOR) as session:
+            replica = await _claim(session, now, recheck_after)
+            if replica is None:
+                break
+            storage = await session.get(Storage, replica.storage_id)
+            assert storage is not None
+            backend = await storage_backend(session, storage)
+        report.checked += 1
+        try:
+            async with backend as reader:
+                problem = await _verify(reader, replica, throttle, report)
+        except TransferError as exc:
+            report.unreachable.append(Finding(replica.uid, replica.item_name, exc.message))
+            continue
+        if problem is not None:
+            async with transaction(sessionmaker, actor=ACTOR) as session:
+                await _mark_corrupted(session, replica, problem)
+            report.corrupted.append(Finding(replica.uid, replica.item_name, problem))
+            log.warning("audit: %s (%s) is corrupted: %s", replica.uid, replica.item_name, problem)
+    if dark_data:
+        async with transaction(sessionmaker, actor=ACTOR) as session:
+            report.dark = await find_dark_data(session)
+    return report
+
+
+async def _claim(session: AsyncSession, now: datetime.datetime, recheck_after: datetime.timedelta) -> Row[Any] | None:
+    due = (
+        select(ITEMS.c.uid)
+        .where(
+            ITEMS.c.item_state == ItemState.READY,
+            ITEMS.c.storage_id.is_not(None),
+            or_(ITEMS.c.last_check.is_(None), ITEMS.c.last_check <= now - recheck_after),
+        )
+        .order_by(ITEMS.c.last_check.asc().nulls_first(), ITEMS.c.uid)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    # last_check is not a traced column: stamping it leaves no history noise.
+    claimed = await session.execute(update(ITEMS).where(ITEMS.c.uid == due).values(last_check=now).returning(*ITEMS.c))
+    return claimed.first()
+
+
+async def _verify(backend: Backend, replica: Row[Any], throttle: Throttle, report: AuditReport) -> str | None:
+    """What is wrong with the replica's payload, or None."""
+    info = await backend.stat(replica.uri)
+    if info is None:
+        return f"payload missing at {replica.uri!r}"
+    if info.is_container != (replica.item_type is ItemType.CONTAINER):
+        kind = "a directory" if info.is_container else "a file"
+        return f"payload at {replica.uri!r} is {kind}, not a {replica.item_type.value}"
+    if info.is_container:
+        return None  # its registered members are audited as items of their own
+    if replica.item_size is not None and info.size != replica.item_size:
+        return f"size {info.size}, registered {replica.item_size}"
+    if not replica.item_checksum or replica.checksum_method is ChecksumMethod.NONE:
+        return None
+    hasher = new_hasher(replica.checksum_method)
+    async for chunk in backend.read(replica.uri):
+        hasher.update(chunk)
+        report.bytes_read += len(chunk)
+        await throttle.account(len(chunk))
+    found = hasher.hexdigest()
+    if found != replica.item_checksum:
+        return f"{replica.checksum_method.value} {found}, registered {replica.item_checksum}"
+    return None
+
+
+async def _mark_corrupted(session: AsyncSession, replica: Row[Any], problem: str) -> None:
+    current = await session.scalar(select(ITEMS.c.item_state).where(ITEMS.c.uid == replica.uid).with_for_update())
+    if current is not ItemState.READY:
+        return  # changed while we read it (deleted, expired): the verdict no longer applies
+    await change_items(session, ITEMS.c.uid == replica.uid, {"item_state": ItemState.CORRUPTED})
+    session.add(DataItemEvent(uid=replica.uid, oid=replica.oid, event=FAILED_EVENT, new_value=problem, actor=ACTOR))
+
+
+async def find_dark_data(session: AsyncSession) -> list[DarkPayload]:
+    """Files on available storages that no live replica accounts for (inside a registered container
+    counts as accounted for). Reported, never deleted: they may be someone's."""
+    dark = []
+    storages = await session.scalars(select(Storage).where(Storage.storage_available.is_(True)))
+    for storage in list(storages):
+        known = set(
+            await session.scalars(
+                select(ITEMS.c.uri).where(
+                    ITEMS.c.storage_id == storage.storage_id, ITEMS.c.item_state != ItemState.DELETED
+                )
+            )
+        )
+        try:
+            async with await storage_backend(session, storage) as backend:
+                async for entry in backend.walk():
+                    if not _accounted(entry.path, known):
+                        dark.append(DarkPayload(storage.storage_name, entry.path, entry.size))
+        except TransferError as exc:
+            log.warning("audit: cannot list storage %s: %s", storage.storage_name, exc.message)
+    return dark
+
+
+def _accounted(path: str, known: set[str]) -> bool:
+    parts = path.split("/")
+    return any("/".join(parts[:index]) in known for index in range(1, len(parts) + 1))
