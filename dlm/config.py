@@ -52,11 +52,23 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     expiry_interval_seconds: Annotated[float, msgspec.Meta(ge=0)] = 300.0
     replication_interval_seconds: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     audit_interval_seconds: Annotated[float, msgspec.Meta(ge=0)] = 600.0
+    capacity_interval_seconds: Annotated[float, msgspec.Meta(ge=0)] = 300.0
+    # A storage fuller than the high watermark (fraction) is relieved down to the low one.
+    capacity_high_watermark: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.9
+    capacity_low_watermark: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.8
     # The audit reads payloads at most this fast (bytes/s), and checks a replica again after this long.
     audit_max_bytes_per_second: Annotated[int, msgspec.Meta(ge=0)] = 50 * 1024 * 1024
     audit_recheck_seconds: Annotated[float, msgspec.Meta(gt=0)] = 7 * 24 * 3600.0
     # Metadata plugins run at registration, comma-separated; unset: all installed; "none": none.
     metadata_plugins: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.capacity_low_watermark >= self.capacity_high_watermark:
+            # msgspec reports this as a validation error naming neither field; say which and why.
+            raise ValueError(
+                "DLM_CAPACITY_LOW_WATERMARK must be below DLM_CAPACITY_HIGH_WATERMARK "
+                f"({self.capacity_low_watermark} >= {self.capacity_high_watermark})"
+            )
 
     @property
     def metadata_plugin_names(self) -> list[str] | None:

@@ -134,7 +134,12 @@ def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 
 
 # The lifecycle engines act on their own schedule; tests that are not about them must not meet them.
-QUIET_ENGINES = {"expiry_interval_seconds": 0, "replication_interval_seconds": 0, "audit_interval_seconds": 0}
+QUIET_ENGINES = {
+    "expiry_interval_seconds": 0,
+    "replication_interval_seconds": 0,
+    "audit_interval_seconds": 0,
+    "capacity_interval_seconds": 0,
+}
 
 
 @pytest.fixture

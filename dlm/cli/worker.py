@@ -103,6 +103,30 @@ def audit_command(
     )
 
 
+@worker.command("capacity")
+@engine_options
+def capacity_command(once: bool, dry_run: bool, now_text: str | None, as_json: bool) -> None:
+    """Evict replicas their items can spare, least recently used first, from storages above the high
+    watermark (DLM_CAPACITY_HIGH_WATERMARK) down to the low one.
+
+    \b
+    Examples:
+      dlm worker capacity --once --dry-run       # what would be evicted, and which storages stay full
+    """
+    from dlm.lifecycle import capacity
+    from dlm.lifecycle.loops import capacity_options
+
+    now = _parse_now(now_text)
+    settings = load_settings()
+    options = capacity_options(settings)
+    _run_engine(
+        lambda sessionmaker: capacity.run_once(sessionmaker, now=now, dry_run=dry_run, **options),
+        once,
+        as_json,
+        settings.capacity_interval_seconds,
+    )
+
+
 def _parse_now(text: str | None) -> datetime.datetime | None:
     if text is None:
         return None

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dlm.config import Settings
-from dlm.lifecycle import audit, expiry, replication
+from dlm.lifecycle import audit, capacity, expiry, replication
 
 log = logging.getLogger("dlm.lifecycle")
 
@@ -23,7 +23,15 @@ def engines(settings: Settings) -> dict[str, tuple[Pass, float]]:
         "expiry": (expiry.run_once, settings.expiry_interval_seconds),
         "replication": (replication.run_once, settings.replication_interval_seconds),
         "audit": (functools.partial(audit.run_once, **audit_options(settings)), settings.audit_interval_seconds),
+        "capacity": (
+            functools.partial(capacity.run_once, **capacity_options(settings)),
+            settings.capacity_interval_seconds,
+        ),
     }
+
+
+def capacity_options(settings: Settings) -> dict[str, Any]:
+    return {"high_watermark": settings.capacity_high_watermark, "low_watermark": settings.capacity_low_watermark}
 
 
 def audit_options(settings: Settings) -> dict[str, Any]:

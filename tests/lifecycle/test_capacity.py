@@ -1,0 +1,73 @@
+"""Capacity: a storage over its high watermark sheds the replicas its items can spare, least
+recently used first, down to the low watermark; what items need stays, with a warning; a dry run
+touches nothing."""
+
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from dlm.lifecycle import capacity
+from tests.conftest import Registry
+
+
+async def _spare_copy(registry: Registry, uid: str, storage: str, root: Path, uri: str) -> None:
+    """Another READY replica elsewhere, so that the one on the full storage can be spared."""
+    client = registry.client
+    oid = (await registry.item(uid))["oid"]
+    replica = (await client.post("/ingest/init_data_item", json={"oid": oid})).json()
+    registry.payload(uri, b"y" * 400, root=root)
+    storage_id = (await client.get("/storage/query_storage", params={"storage_name": storage})).json()[0]["storage_id"]
+    await client.patch("/request/set_uri", params={"uid": replica, "uri": uri, "storage_id": storage_id})
+    await client.patch("/request/set_state", params={"uid": replica, "state": "READY"})
+
+
+async def _full_storage(registry: Registry, tmp_path: Path, *, spare: bool) -> dict[str, str]:
+    """'small' (capacity 1000) holding three 400-byte items, last used in the order a, b, c."""
+    await registry.storage("small", root=tmp_path / "small", storage_capacity=1000)
+    await registry.storage("vault", root=tmp_path / "vault", phase="SOLID")
+    uids = {}
+    for name, used in (("c", "2026-03-01"), ("a", "2026-01-01"), ("b", "2026-02-01")):
+        registry.payload(name, b"x" * 400, root=tmp_path / "small")
+        response = await registry.client.post(
+            "/ingest/register_data_item",
+            params={"item_name": name, "uri": name, "storage_name": "small", "target_phase": "GAS"},
+        )
+        uids[name] = response.json()
+        await registry.client.patch("/request/update_data_item", params={"uid": uids[name]}, json={"last_access": used})
+        if spare:
+            await _spare_copy(registry, uids[name], "vault", tmp_path / "vault", name)
+    return uids
+
+
+async def test_least_recently_used_spare_replicas_go_down_to_the_low_watermark(
+    registry: Registry, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    uids = await _full_storage(registry, tmp_path, spare=True)
+    report = await capacity.run_once(sessionmaker, check_file_systems=False)
+    # 1200 of 1000 is over 90%: evicting 'a' (least recently used) leaves 800, at the 80% low mark.
+    assert [eviction.item_name for eviction in report.evicted] == ["a"] and report.warnings == []
+    assert (await registry.item(uids["a"]))["item_state"] == "DELETED"
+    assert not (tmp_path / "small" / "a").exists() and (tmp_path / "small" / "b").exists()
+    again = await capacity.run_once(sessionmaker, check_file_systems=False)
+    assert again.evicted == [], "at the low watermark now"
+
+
+async def test_replicas_items_need_stay_and_the_storage_is_reported_full(
+    registry: Registry, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    uids = await _full_storage(registry, tmp_path, spare=False)
+    report = await capacity.run_once(sessionmaker, check_file_systems=False)
+    assert report.evicted == []
+    [warning] = report.warnings
+    assert warning.storage_name == "small" and warning.fill == 1.2
+    assert {(await registry.item(uid))["item_state"] for uid in uids.values()} == {"READY"}
+
+
+async def test_a_dry_run_names_the_evictions_and_touches_nothing(
+    registry: Registry, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    uids = await _full_storage(registry, tmp_path, spare=True)
+    report = await capacity.run_once(sessionmaker, check_file_systems=False, dry_run=True, low_watermark=0.5)
+    assert [eviction.item_name for eviction in report.evicted] == ["a", "b"]
+    assert {(await registry.item(uid))["item_state"] for uid in uids.values()} == {"READY"}
+    assert sorted(path.name for path in (tmp_path / "small").iterdir()) == ["a", "b", "c"]
