@@ -14,16 +14,16 @@ import uuid
 from typing import Any
 
 import msgspec
-from sqlalchemy import Row, exists, or_, select
+from sqlalchemy import Row, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dlm.data_item import ITEMS
+from dlm.data_item import ITEMS, refresh_oid_phase
 from dlm.db.engine import transaction
-from dlm.db.models import DataItemEvent
-from dlm.enums import ItemState
+from dlm.db.models import DataItemEvent, Migration, Storage
+from dlm.enums import ItemState, ItemType, MigrationStatus
 from dlm.errors import Conflict, UnmetPreconditionForOperation
-from dlm.lifecycle import claim_item
-from dlm.storage.service import check_resilience, delete_replica, lock_replicas
+from dlm.lifecycle import claim_items
+from dlm.storage.service import check_resilience, delete_replica, lock_replicas, storage_backend
 from dlm.transfer.base import TransferError
 
 log = logging.getLogger("dlm.lifecycle.expiry")
@@ -63,7 +63,7 @@ async def run_once(
     *,
     now: datetime.datetime | None = None,
     dry_run: bool = False,
-    batch_size: int = 200,
+    batch_size: int = 1000,
 ) -> ExpiryReport:
     """One pass over everything expired at ``now`` (default: the present)."""
     now = now or datetime.datetime.now(datetime.UTC)
@@ -76,7 +76,7 @@ async def run_once(
         async with transaction(sessionmaker, actor=ACTOR) as session:
             batch = (
                 await session.execute(
-                    select(ITEMS.c.uid, ITEMS.c.oid)
+                    select(ITEMS.c.uid, ITEMS.c.oid, ITEMS.c.oid_expiration)
                     .where(_expired(now), ITEMS.c.uid > after)
                     .order_by(ITEMS.c.uid)
                     .limit(batch_size)
@@ -85,12 +85,91 @@ async def run_once(
             if not batch:
                 return report
             after = batch[-1].uid
-            for oid in dict.fromkeys(row.oid for row in batch):
-                if oid in done or not await claim_item(session, LOCK_NAMESPACE, oid):
-                    continue  # done already, or another process is on it
-                done.add(oid)
-                await _expire_item(session, oid, now, report, gone)
+            oids = [oid for oid in dict.fromkeys(row.oid for row in batch) if oid not in done]
+            claimed = await claim_items(session, LOCK_NAMESPACE, oids)  # the others are another process's
+            done.update(claimed)
+            # An expired item loses everything: no decision per replica, so it goes in bulk.
+            whole = {row.oid for row in batch if row.oid in claimed and row.oid_expiration <= now}
+            if whole:
+                await _expire_whole_items(session, sorted(whole), report, gone)
+            for oid in claimed:
+                if oid not in whole:
+                    await _expire_item(session, oid, now, report, gone)
         log.debug("expiry pass: %s so far", report.summary())
+
+
+async def _expire_whole_items(
+    session: AsyncSession, oids: list[uuid.UUID], report: ExpiryReport, gone: set[uuid.UUID]
+) -> None:
+    """Delete every live replica of these expired items (and the registered members of their containers),
+    a storage at a time: the rows in one statement, then the payloads; a storage that does not answer
+    defers its share to the next pass."""
+    rows = (
+        await session.execute(
+            select(ITEMS)
+            .where(ITEMS.c.oid.in_(oids), ITEMS.c.item_state != ItemState.DELETED)
+            .order_by(ITEMS.c.uid)
+            .with_for_update()
+        )
+    ).all()
+    busy = set(
+        await session.scalars(
+            select(Migration.oid).where(
+                Migration.oid.in_(oids), Migration.status.in_([MigrationStatus.PENDING, MigrationStatus.RUNNING])
+            )
+        )
+    )
+    containers = [row for row in rows if row.item_type is ItemType.CONTAINER and row.oid not in busy]
+    if containers:
+        members = (
+            await session.execute(
+                select(ITEMS)
+                .where(
+                    ITEMS.c.parents.in_([row.oid for row in containers]),
+                    ITEMS.c.item_state != ItemState.DELETED,
+                )
+                .order_by(ITEMS.c.uid)
+                .with_for_update()
+            )
+        ).all()
+        homes = {(row.oid, row.storage_id) for row in containers}
+        rows += [
+            row for row in members if (row.parents, row.storage_id) in homes and row.uid not in {r.uid for r in rows}
+        ]
+    by_storage: dict[uuid.UUID | None, list[Row[Any]]] = {}
+    for row in rows:
+        if row.oid in busy:
+            report.deferred.append(Decision(row.uid, row.item_name, "a copy of the item is in progress"))
+        else:
+            by_storage.setdefault(row.storage_id, []).append(row)
+    for storage_id, group in by_storage.items():
+        uids = [row.uid for row in group]
+        if report.dry_run:
+            report.deleted.extend(uids)
+            gone.update(uids)
+            continue
+        try:
+            async with session.begin_nested():
+                await session.execute(
+                    update(ITEMS)
+                    .where(ITEMS.c.uid.in_(uids))
+                    .values(item_state=ItemState.DELETED, deleted=True, uid_deletion=func.now())
+                )
+                storage = await session.get(Storage, storage_id) if storage_id else None
+                if storage is not None:
+                    async with await storage_backend(session, storage) as backend:
+                        for row in group:
+                            if row.uri:
+                                await backend.delete(row.uri)
+        except TransferError as exc:
+            for row in group:
+                report.deferred.append(Decision(row.uid, row.item_name, exc.message))
+            log.warning("expiry: %d replicas deferred: %s", len(group), exc.message)
+            continue
+        report.deleted.extend(uids)
+        gone.update(uids)
+    if not report.dry_run:
+        await refresh_oid_phase(session, {row.oid for row in rows})
 
 
 async def _expire_item(
