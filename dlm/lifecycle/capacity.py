@@ -7,10 +7,8 @@ without it (the resilience rule, SPEC §4); when that leaves the storage above i
 the pass says so (a warning in the log and the report).
 """
 
-import asyncio
 import datetime
 import logging
-import shutil
 import uuid
 
 import msgspec
@@ -20,10 +18,16 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from dlm.data_item import ITEMS
 from dlm.db.engine import transaction
 from dlm.db.models import Storage
-from dlm.enums import ItemState, StorageInterface
+from dlm.enums import ItemState
 from dlm.errors import Conflict, UnmetPreconditionForOperation
 from dlm.lifecycle import claim_item
-from dlm.storage.service import check_resilience, delete_replica, lock_replicas
+from dlm.storage.service import (
+    check_resilience,
+    delete_replica,
+    file_system_usage,
+    held_by_storage,
+    lock_replicas,
+)
 from dlm.transfer.base import TransferError
 
 log = logging.getLogger("dlm.lifecycle.capacity")
@@ -89,8 +93,15 @@ async def run_once(
     report = CapacityReport(dry_run=dry_run)
     async with transaction(sessionmaker, actor=ACTOR) as session:
         storages = list(await session.scalars(select(Storage).where(Storage.storage_available.is_(True))))
+        held = await held_by_storage(session)
     for storage in storages:
-        fill = await _fill(sessionmaker, storage, check_file_systems)
+        fill = _Fill(
+            held=held.get(storage.storage_id, (0, 0))[0],
+            capacity=storage.storage_capacity if storage.storage_capacity > 0 else None,
+        )
+        disk = await file_system_usage(storage) if check_file_systems else None
+        if disk is not None:
+            fill.disk_used, fill.disk_total = disk.total - disk.free, disk.total
         if fill.ratio() <= high_watermark:
             continue
         freed = await _evict(sessionmaker, storage, fill, low_watermark, now, report)
@@ -105,23 +116,6 @@ async def run_once(
                 "capacity: %s is still %.0f%% full: %s", pressure.storage_name, 100 * pressure.fill, pressure.reason
             )
     return report
-
-
-async def _fill(sessionmaker: async_sessionmaker[AsyncSession], storage: Storage, check_file_system: bool) -> _Fill:
-    async with transaction(sessionmaker, actor=ACTOR) as session:
-        held = await session.scalar(
-            select(func.coalesce(func.sum(ITEMS.c.item_size), 0)).where(
-                ITEMS.c.storage_id == storage.storage_id, ITEMS.c.item_state != ItemState.DELETED
-            )
-        )
-    fill = _Fill(held=int(held or 0), capacity=storage.storage_capacity if storage.storage_capacity > 0 else None)
-    if check_file_system and storage.storage_interface is StorageInterface.POSIX:
-        try:
-            disk = await asyncio.to_thread(shutil.disk_usage, storage.root_directory)
-            fill.disk_used, fill.disk_total = disk.total - disk.free, disk.total
-        except OSError:
-            pass  # not mounted: DLM's own numbers are all there is
-    return fill
 
 
 async def _evict(

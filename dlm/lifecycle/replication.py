@@ -14,15 +14,13 @@ Storages are taken in that order until the combined phase (SPEC §1) reaches the
 missing copies, no more. An item with a copy already queued is left until that copy ends.
 """
 
-import asyncio
 import datetime
 import logging
-import shutil
 import uuid
 from typing import Any
 
 import msgspec
-from sqlalchemy import Row, case, func, or_, select
+from sqlalchemy import Row, case, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dlm.data_item import ITEMS
@@ -32,7 +30,7 @@ from dlm.enums import ItemState, MigrationStatus, Phase, StorageInterface, combi
 from dlm.errors import DLMError
 from dlm.lifecycle import claim_item
 from dlm.migration.service import copy_item
-from dlm.storage.service import delete_replica, lock_replicas
+from dlm.storage.service import delete_replica, file_system_usage, held_by_storage, lock_replicas
 from dlm.transfer.base import TransferError
 
 log = logging.getLogger("dlm.lifecycle.replication")
@@ -78,6 +76,7 @@ async def run_once(
 ) -> ReplicationReport:
     now = now or datetime.datetime.now(datetime.UTC)
     report = ReplicationReport(dry_run=dry_run)
+    placement: _Placement | None = None
     after = uuid.UUID(int=0)
     while True:
         async with transaction(sessionmaker, actor=ACTOR) as session:
@@ -101,14 +100,16 @@ async def run_once(
         if not oids:
             return report
         after = oids[-1]
+        # Which storages may take copies, and how much room they have, is read once per pass.
+        placement = placement or await _Placement.load(sessionmaker)
         for oid in oids:
             # One transaction per item: a copy queued is committed even if the next item fails.
             async with transaction(sessionmaker, actor=ACTOR) as session:
                 if await claim_item(session, LOCK_NAMESPACE, oid):
-                    await _enforce(session, oid, report)
+                    await _enforce(session, oid, placement, report)
 
 
-async def _enforce(session: AsyncSession, oid: uuid.UUID, report: ReplicationReport) -> None:
+async def _enforce(session: AsyncSession, oid: uuid.UUID, placement: "_Placement", report: ReplicationReport) -> None:
     busy = await session.scalar(
         select(Migration.migration_id).where(
             Migration.oid == oid, Migration.status.in_([MigrationStatus.PENDING, MigrationStatus.RUNNING])
@@ -136,9 +137,7 @@ async def _enforce(session: AsyncSession, oid: uuid.UUID, report: ReplicationRep
     if combined_phase(phases).weight >= target.weight:
         return
     size = max((row.item_size or 0) for row in ready)
-    choices = await _rank_storages(
-        session, exclude=live_storages, locations=await _locations(session, ready), size=size
-    )
+    choices = placement.rank(exclude=live_storages, locations=await _locations(session, ready), size=size)
     source = max(ready, key=lambda row: row.uid_phase.weight)
     for storage in choices:
         if combined_phase(phases).weight >= target.weight:
@@ -146,6 +145,7 @@ async def _enforce(session: AsyncSession, oid: uuid.UUID, report: ReplicationRep
         if report.dry_run:
             report.queued.append(Planned(oid, name, storage.storage_name, None))
             phases.append(storage.storage_phase)
+            placement.use(storage, size)
             continue
         try:
             async with session.begin_nested():
@@ -155,6 +155,7 @@ async def _enforce(session: AsyncSession, oid: uuid.UUID, report: ReplicationRep
             continue  # try the next storage
         report.queued.append(Planned(oid, name, storage.storage_name, queued["migration_id"]))
         phases.append(storage.storage_phase)
+        placement.use(storage, size)
     if combined_phase(phases).weight < target.weight:
         reached = combined_phase(phases).value
         report.unmet.append(Unmet(oid, name, f"no suitable storage left: reaches {reached}, needs {target.value}"))
@@ -165,50 +166,60 @@ async def _locations(session: AsyncSession, ready: list[Row[Any]]) -> set[uuid.U
     return set(await session.scalars(select(Storage.location_id).where(Storage.storage_id.in_(storage_ids))))
 
 
-async def _rank_storages(
-    session: AsyncSession, *, exclude: set[uuid.UUID], locations: set[uuid.UUID], size: int
-) -> list[Storage]:
-    used = (
-        select(func.coalesce(func.sum(ITEMS.c.item_size), 0))
-        .where(ITEMS.c.storage_id == Storage.storage_id, ITEMS.c.item_state != ItemState.DELETED)
-        .scalar_subquery()
-    )
-    rows = (
-        await session.execute(
-            select(Storage, used.label("used")).where(
-                Storage.storage_available.is_(True),
-                Storage.storage_retired.is_(False),
-                Storage.storage_permissions.contains("W"),
-                Storage.storage_id.not_in([storage_id for storage_id in exclude if storage_id]),
-            )
-        )
-    ).all()
-    ranked = []
-    for storage, used_bytes in rows:
-        room = await _room(storage, int(used_bytes))
-        if room is not None and room < size:
-            continue
-        ranked.append(
-            (
-                storage.location_id in locations,  # a new site first
-                -storage.storage_phase.weight,  # then the safer storage
-                -(room if room is not None else 2**62),  # then the roomier one
-                storage.storage_name,
-                storage,
-            )
-        )
-    ranked.sort(key=lambda entry: entry[:4])
-    return [entry[4] for entry in ranked]
+class _Placement:
+    """The storages a pass may copy to and the room each has left (loaded once per pass); each copy
+    the pass queues takes its size off the room of its storage."""
 
+    def __init__(self, storages: list[Storage], room: dict[uuid.UUID, int | None]) -> None:
+        self.storages = storages
+        self.room = room
 
-async def _room(storage: Storage, used: int) -> int | None:
-    """Bytes the storage can still take (None: no known limit)."""
-    limits = []
-    if storage.storage_capacity >= 0:
-        limits.append(storage.storage_capacity - used)
-    if storage.storage_interface is StorageInterface.POSIX:
-        try:
-            limits.append((await asyncio.to_thread(shutil.disk_usage, storage.root_directory)).free)
-        except OSError:
-            return -1  # not mounted: no room
-    return min(limits) if limits else None
+    @classmethod
+    async def load(cls, sessionmaker: async_sessionmaker[AsyncSession]) -> "_Placement":
+        async with transaction(sessionmaker, actor=ACTOR) as session:
+            storages = list(
+                await session.scalars(
+                    select(Storage).where(
+                        Storage.storage_available.is_(True),
+                        Storage.storage_retired.is_(False),
+                        Storage.storage_permissions.contains("W"),
+                    )
+                )
+            )
+            held = await held_by_storage(session, [storage.storage_id for storage in storages])
+        room: dict[uuid.UUID, int | None] = {}
+        for storage in storages:
+            limits = []
+            if storage.storage_capacity >= 0:
+                limits.append(storage.storage_capacity - held.get(storage.storage_id, (0, 0))[0])
+            disk = await file_system_usage(storage)
+            if disk is not None:
+                limits.append(disk.free)
+            elif storage.storage_interface is StorageInterface.POSIX:
+                limits.append(-1)  # not mounted: no room
+            room[storage.storage_id] = min(limits) if limits else None
+        return cls(storages, room)
+
+    def rank(self, *, exclude: set[uuid.UUID], locations: set[uuid.UUID], size: int) -> list[Storage]:
+        """Storages with room for ``size`` bytes, best first (the policy in the module's docstring)."""
+        ranked = []
+        for storage in self.storages:
+            room = self.room[storage.storage_id]
+            if storage.storage_id in exclude or (room is not None and room < size):
+                continue
+            ranked.append(
+                (
+                    storage.location_id in locations,  # a new site first
+                    -storage.storage_phase.weight,  # then the safer storage
+                    -(room if room is not None else 2**62),  # then the roomier one
+                    storage.storage_name,
+                    storage,
+                )
+            )
+        ranked.sort(key=lambda entry: entry[:4])
+        return [entry[4] for entry in ranked]
+
+    def use(self, storage: Storage, size: int) -> None:
+        room = self.room[storage.storage_id]
+        if room is not None:
+            self.room[storage.storage_id] = room - size

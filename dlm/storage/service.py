@@ -11,7 +11,7 @@ from sqlalchemy import Row, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dlm.data_item import ITEMS, change_items, get_item
-from dlm.db.models import DataItem, Location, LocationFacility, Migration, Storage, StorageConfig
+from dlm.db.models import Location, LocationFacility, Migration, Storage, StorageConfig
 from dlm.enums import (
     ConfigType,
     ItemState,
@@ -233,47 +233,58 @@ async def storage_backend(session: AsyncSession, storage: Storage) -> PosixBacke
     return make_backend(storage.storage_interface, storage.root_directory, config, storage.storage_name)
 
 
+async def held_by_storage(
+    session: AsyncSession, storage_ids: list[uuid.UUID] | None = None
+) -> dict[uuid.UUID, tuple[int, int]]:
+    """Bytes and replicas (not DELETED) DLM holds on each storage that holds any; only on
+    ``storage_ids`` when given."""
+    query = (
+        select(ITEMS.c.storage_id, func.coalesce(func.sum(ITEMS.c.item_size), 0), func.count())
+        .where(ITEMS.c.item_state != ItemState.DELETED, ITEMS.c.storage_id.is_not(None))
+        .group_by(ITEMS.c.storage_id)
+    )
+    if storage_ids is not None:
+        query = query.where(ITEMS.c.storage_id.in_(storage_ids))
+    return {storage_id: (int(held), count) for storage_id, held, count in (await session.execute(query)).all()}
+
+
+async def file_system_usage(storage: Storage) -> Any:
+    """``shutil.disk_usage`` of a POSIX storage's root (total, used, free); None for other interfaces,
+    or when the volume is not mounted."""
+    if storage.storage_interface is not StorageInterface.POSIX:
+        return None
+    try:
+        return await asyncio.to_thread(shutil.disk_usage, storage.root_directory)
+    except OSError:
+        return None
+
+
 async def storage_usage(session: AsyncSession, *, storage_name: str = "", storage_id: str = "") -> list[dict[str, Any]]:
     """What DLM holds on each storage (bytes and replicas not deleted), against its capacity, and for a
     POSIX storage what its file system says is free."""
-    query = (
-        select(
-            Storage.storage_id,
-            Storage.storage_name,
-            Storage.storage_interface,
-            Storage.root_directory,
-            Storage.storage_capacity,
-            func.coalesce(func.sum(DataItem.item_size), 0).label("used_bytes"),
-            func.count(DataItem.uid).label("objects"),
-        )
-        .outerjoin(DataItem, (DataItem.storage_id == Storage.storage_id) & (DataItem.item_state != ItemState.DELETED))
-        .group_by(Storage.storage_id)
-        .order_by(Storage.storage_name)
-        .limit(MAX_ROWS)
-    )
+    query = select(Storage).order_by(Storage.storage_name).limit(MAX_ROWS)
     if storage_name or storage_id:
         storage = await resolve_storage(session, storage_name=storage_name, storage_id=storage_id)
         query = query.where(Storage.storage_id == storage.storage_id)
+    storages = list(await session.scalars(query))
+    held = await held_by_storage(session, [storage.storage_id for storage in storages])
     usage = []
-    for row in (await session.execute(query)).all():
-        capacity = row.storage_capacity if row.storage_capacity >= 0 else None
-        entry: dict[str, Any] = {
-            "storage_id": str(row.storage_id),
-            "storage_name": row.storage_name,
-            "capacity_bytes": capacity,
-            "used_bytes": int(row.used_bytes),
-            "objects": row.objects,
-            "use_pct": round(100 * int(row.used_bytes) / capacity, 2) if capacity else None,
-            "filesystem_total_bytes": None,
-            "filesystem_free_bytes": None,
-        }
-        if row.storage_interface is StorageInterface.POSIX:
-            try:
-                disk = await asyncio.to_thread(shutil.disk_usage, row.root_directory)
-                entry["filesystem_total_bytes"], entry["filesystem_free_bytes"] = disk.total, disk.free
-            except OSError:
-                pass  # an unmounted volume: DLM's own numbers still stand
-        usage.append(entry)
+    for storage in storages:
+        used_bytes, objects = held.get(storage.storage_id, (0, 0))
+        capacity = storage.storage_capacity if storage.storage_capacity >= 0 else None
+        disk = await file_system_usage(storage)
+        usage.append(
+            {
+                "storage_id": str(storage.storage_id),
+                "storage_name": storage.storage_name,
+                "capacity_bytes": capacity,
+                "used_bytes": used_bytes,
+                "objects": objects,
+                "use_pct": round(100 * used_bytes / capacity, 2) if capacity else None,
+                "filesystem_total_bytes": disk.total if disk else None,
+                "filesystem_free_bytes": disk.free if disk else None,
+            }
+        )
     return usage
 
 
