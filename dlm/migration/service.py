@@ -236,7 +236,7 @@ async def cancel_migration(session: AsyncSession, migration_id: int) -> Row[Any]
     }
     if not copying:
         values["lease_owner"] = values["lease_expires"] = None
-    return await _set(session, migration_id, **values)
+    return await set_migration(session, migration_id, **values)
 
 
 async def retry_migration(session: AsyncSession, migration_id: int) -> dict[str, Any]:
@@ -260,7 +260,7 @@ async def retry_migration(session: AsyncSession, migration_id: int) -> dict[str,
     [replica_uid] = await create_items(
         session, [replica_values(source, storage=destination, uri=uri, state=ItemState.INITIALISED)]
     )
-    await _set(
+    await set_migration(
         session,
         migration_id,
         status=MigrationStatus.PENDING,
@@ -279,7 +279,8 @@ async def retry_migration(session: AsyncSession, migration_id: int) -> dict[str,
     return {"uid": str(replica_uid), "migration_id": migration_id}
 
 
-async def _set(session: AsyncSession, migration_id: int, **values: Any) -> Row[Any]:
+async def set_migration(session: AsyncSession, migration_id: int, **values: Any) -> Row[Any]:
+    """Change columns of one migration; returns its row as it now is."""
     statement = (
         update(Migration)
         .where(Migration.migration_id == migration_id)

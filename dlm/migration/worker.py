@@ -26,7 +26,7 @@ from dlm.db.engine import transaction
 from dlm.db.models import Migration, Storage
 from dlm.enums import ChecksumMethod, ItemState, ItemType, MigrationStatus
 from dlm.errors import Conflict, DLMError, ServiceUnavailable, UnmetPreconditionForOperation
-from dlm.migration.service import discard_destination, replica_values
+from dlm.migration.service import discard_destination, replica_values, set_migration
 from dlm.storage.service import lock_replicas, storage_backend
 from dlm.transfer.base import TransferError
 from dlm.transfer.copy import CopyResult, copy_payload
@@ -133,7 +133,6 @@ class Job:
             assert source_storage is not None and destination_storage is not None
             source_backend = await storage_backend(session, source_storage)
             destination_backend = await storage_backend(session, destination_storage)
-        method = source.checksum_method if source.checksum_method is not ChecksumMethod.NONE else ChecksumMethod.CRC32C
         expected = source.item_checksum if source.item_type is not ItemType.CONTAINER else None
         async with source_backend as reader, destination_backend as writer:
             copying = asyncio.create_task(
@@ -142,7 +141,7 @@ class Job:
                     source.uri,
                     writer,
                     target.uri,
-                    method=method,
+                    method=source.checksum_method,  # copy_payload uses crc32c for "none"
                     on_progress=self._progress,
                     max_bytes_per_second=self.settings.transfer_max_bytes_per_second,
                     expected_checksum=expected,
@@ -221,28 +220,26 @@ class Job:
             if source.item_type is ItemType.CONTAINER:
                 await self._replicate_children(session, job, source)
             seconds = max(result.seconds, 1e-9)
-            await session.execute(
-                update(Migration)
-                .where(Migration.migration_id == self.migration_id)
-                .values(
-                    status=MigrationStatus.SUCCEEDED,
-                    complete=True,
-                    completion_date=func.now(),
-                    bytes_done=result.bytes,
-                    bytes_total=result.bytes,
-                    last_error=None,
-                    lease_owner=None,
-                    lease_expires=None,
-                    job_status={"finished": True, "success": True, "error": ""},
-                    job_stats={
-                        "files": result.files,
-                        "bytes": result.bytes,
-                        "seconds": round(result.seconds, 3),
-                        "bytes_per_second": round(result.bytes / seconds),
-                        "checksum": result.checksum,
-                        "worker": self.owner,
-                    },
-                )
+            await set_migration(
+                session,
+                self.migration_id,
+                status=MigrationStatus.SUCCEEDED,
+                complete=True,
+                completion_date=func.now(),
+                bytes_done=result.bytes,
+                bytes_total=result.bytes,
+                last_error=None,
+                lease_owner=None,
+                lease_expires=None,
+                job_status={"finished": True, "success": True, "error": ""},
+                job_stats={
+                    "files": result.files,
+                    "bytes": result.bytes,
+                    "seconds": round(result.seconds, 3),
+                    "bytes_per_second": round(result.bytes / seconds),
+                    "checksum": result.checksum,
+                    "worker": self.owner,
+                },
             )
         log.info("migration %s: copied %d bytes in %d files", self.migration_id, result.bytes, result.files)
         return MigrationStatus.SUCCEEDED
@@ -304,34 +301,30 @@ class Job:
             if retry and job.attempts < self.settings.migration_max_attempts:
                 delay = self.settings.migration_retry_base_seconds * 2 ** (job.attempts - 1)
                 log.warning("migration %s: %s; retrying in %.0f s", self.migration_id, reason, delay)
-                await session.execute(
-                    update(Migration)
-                    .where(Migration.migration_id == self.migration_id)
-                    .values(
-                        status=MigrationStatus.PENDING,
-                        last_error=reason,
-                        next_attempt_at=func.now() + datetime.timedelta(seconds=delay),
-                        lease_owner=None,
-                        lease_expires=None,
-                        bytes_done=0,
-                        job_status={"finished": False, "success": False, "error": reason},
-                    )
+                await set_migration(
+                    session,
+                    self.migration_id,
+                    status=MigrationStatus.PENDING,
+                    last_error=reason,
+                    next_attempt_at=func.now() + datetime.timedelta(seconds=delay),
+                    lease_owner=None,
+                    lease_expires=None,
+                    bytes_done=0,
+                    job_status={"finished": False, "success": False, "error": reason},
                 )
                 return MigrationStatus.PENDING
             if retry:
                 reason = f"{reason} (gave up after {job.attempts} attempts)"
             log.warning("migration %s failed: %s", self.migration_id, reason)
-            await session.execute(
-                update(Migration)
-                .where(Migration.migration_id == self.migration_id)
-                .values(
-                    status=MigrationStatus.FAILED,
-                    last_error=reason,
-                    completion_date=func.now(),
-                    lease_owner=None,
-                    lease_expires=None,
-                    job_status={"finished": True, "success": False, "error": reason},
-                )
+            await set_migration(
+                session,
+                self.migration_id,
+                status=MigrationStatus.FAILED,
+                last_error=reason,
+                completion_date=func.now(),
+                lease_owner=None,
+                lease_expires=None,
+                job_status={"finished": True, "success": False, "error": reason},
             )
             try:
                 await discard_destination(session, job)
