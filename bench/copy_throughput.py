@@ -32,27 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import aioboto3
-import asyncpg
+import bench_db  # the benches' shared database helpers, beside this script
 from litestar.testing import AsyncTestClient
-from sqlalchemy.engine import make_url
 
 from dlm.app import create_app
 from dlm.config import Settings
-from dlm.db import schema
 
 MIB = 1024 * 1024
-
-
-def _database_url() -> str:
-    return (
-        os.environ.get("DLM_BENCH_DATABASE_URL")
-        or os.environ.get("DLM_TEST_DATABASE_URL")
-        or "postgresql://postgres@127.0.0.1:5432/postgres"
-    )
-
-
-def _dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 class S3:
@@ -140,26 +126,6 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-async def _fresh_database(admin_url: str) -> str:
-    name = f"dlm_bench_{uuid.uuid4().hex[:10]}"
-    connection = await asyncpg.connect(_dsn(admin_url))
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    await schema.upgrade(url)
-    return url
-
-
-async def _drop_database(admin_url: str, url: str) -> None:
-    connection = await asyncpg.connect(_dsn(admin_url))
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-    finally:
-        await connection.close()
-
-
 async def _post(client: AsyncTestClient, path: str, json: Any = None, **params: Any) -> Any:
     response = await client.post(path, params=params, json=json)
     if response.status_code != 200:
@@ -169,7 +135,7 @@ async def _post(client: AsyncTestClient, path: str, json: Any = None, **params: 
 
 async def dlm_copy(admin_url: str, source: Path, uri: str, kind: str, destination: str, s3: S3 | None) -> float:
     """Seconds from copy_data_item to a verified READY replica."""
-    url = await _fresh_database(admin_url)
+    url = await bench_db.fresh_database(admin_url)
     try:
         settings = Settings(database_url=url, migration_workers=1, migration_poll_seconds=0.05)
         async with AsyncTestClient(create_app(settings), timeout=3600) as client:
@@ -227,7 +193,7 @@ async def dlm_copy(admin_url: str, source: Path, uri: str, kind: str, destinatio
                 raise RuntimeError(f"DLM copy {row['status']}: {row['last_error']}")
             return elapsed
     finally:
-        await _drop_database(admin_url, url)
+        await bench_db.drop_database(admin_url, url)
 
 
 def _timed(command: list[str], environment: dict[str, str] | None = None) -> float:
@@ -311,7 +277,7 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--skip-s3", action="store_true")
     args = parser.parse_args()
-    admin_url = _database_url()
+    admin_url = bench_db.admin_url()
     s3 = S3() if not args.skip_s3 else None
     try:
         with tempfile.TemporaryDirectory(prefix="dlm-bench-copy-", dir=os.environ.get("DLM_BENCH_DIR")) as directory:

@@ -11,20 +11,17 @@ import argparse
 import asyncio
 import datetime
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+import bench_db  # the benches' shared database helpers, beside this script
 
-from register_bulk import _drop, _fresh_database, _url  # noqa: E402 - the bench's shared database helpers
-
-from dlm.db.engine import create_engine, create_sessionmaker, transaction  # noqa: E402
-from dlm.enums import LocationType, StorageInterface, StorageType  # noqa: E402
-from dlm.ingest.service import ItemRegistration, register_items  # noqa: E402
-from dlm.lifecycle import expiry  # noqa: E402
-from dlm.storage.service import init_location, init_storage  # noqa: E402
+from dlm.db.engine import create_engine, create_sessionmaker, transaction
+from dlm.enums import LocationType, StorageInterface, StorageType
+from dlm.ingest.service import ItemRegistration, register_items
+from dlm.lifecycle import expiry
+from dlm.storage.service import init_location, init_storage
 
 CHUNK = 20_000
 
@@ -48,7 +45,7 @@ def bare_unlink(root: Path, count: int) -> float:
 
 async def dlm_expiry(admin_url: str, root: Path, count: int) -> float:
     _make_files(root, count)
-    url = await _fresh_database(admin_url)
+    url = await bench_db.fresh_database(admin_url)
     engine = create_engine(url, pool_size=4)
     try:
         sessionmaker = create_sessionmaker(engine)
@@ -84,7 +81,7 @@ async def dlm_expiry(admin_url: str, root: Path, count: int) -> float:
         return elapsed
     finally:
         await engine.dispose()
-        await _drop(admin_url, url)
+        await bench_db.drop_database(admin_url, url)
 
 
 async def main() -> None:
@@ -93,7 +90,7 @@ async def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dlm-bench-expiry-") as directory:
         baseline = bare_unlink(Path(directory) / "unlink", args.items)
-        dlm = await dlm_expiry(_url(), Path(directory) / "dlm", args.items)
+        dlm = await dlm_expiry(bench_db.admin_url(), Path(directory) / "dlm", args.items)
     print(f"\nOne expiry pass over {args.items:,} expired items on one POSIX storage\n")
     print(f"| {'method':<44} | {'seconds':>8} | {'µs/item':>8} | {'vs baseline':>11} |")
     print(f"|{'-' * 46}|{'-' * 10}|{'-' * 10}|{'-' * 13}|")

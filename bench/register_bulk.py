@@ -8,7 +8,6 @@ The database is DLM_BENCH_DATABASE_URL, else DLM_TEST_DATABASE_URL, else the loc
 
 import argparse
 import asyncio
-import os
 import statistics
 import tempfile
 import time
@@ -16,44 +15,11 @@ import uuid
 from pathlib import Path
 
 import asyncpg
+import bench_db  # the benches' shared database helpers, beside this script
 from litestar.testing import AsyncTestClient
-from sqlalchemy.engine import make_url
 
 from dlm.app import create_app
 from dlm.config import Settings
-from dlm.db import schema
-
-
-def _url() -> str:
-    return (
-        os.environ.get("DLM_BENCH_DATABASE_URL")
-        or os.environ.get("DLM_TEST_DATABASE_URL")
-        or "postgresql://postgres@127.0.0.1:5432/postgres"
-    )
-
-
-def _dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-async def _fresh_database(admin_url: str) -> str:
-    name = f"dlm_bench_{uuid.uuid4().hex[:10]}"
-    connection = await asyncpg.connect(_dsn(admin_url))
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    await schema.upgrade(url)
-    return url
-
-
-async def _drop(admin_url: str, url: str) -> None:
-    connection = await asyncpg.connect(_dsn(admin_url))
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-    finally:
-        await connection.close()
 
 
 async def _storage(client: AsyncTestClient, root: Path) -> None:
@@ -72,7 +38,7 @@ async def _storage(client: AsyncTestClient, root: Path) -> None:
 
 
 async def dlm_bulk(admin_url: str, root: Path, items: int, check_payloads: bool) -> float:
-    url = await _fresh_database(admin_url)
+    url = await bench_db.fresh_database(admin_url)
     try:
         async with AsyncTestClient(create_app(Settings(database_url=url)), timeout=600) as client:
             await _storage(client, root)
@@ -92,13 +58,13 @@ async def dlm_bulk(admin_url: str, root: Path, items: int, check_payloads: bool)
             assert len(response.json()) == items
             return elapsed
     finally:
-        await _drop(admin_url, url)
+        await bench_db.drop_database(admin_url, url)
 
 
 async def raw_asyncpg(admin_url: str, root: Path, items: int) -> float:
-    url = await _fresh_database(admin_url)
+    url = await bench_db.fresh_database(admin_url)
     try:
-        connection = await asyncpg.connect(_dsn(url))
+        connection = await asyncpg.connect(bench_db.dsn(url))
         try:
             location = await connection.fetchval(
                 "INSERT INTO location (location_name, location_type) VALUES ('bench', 'local-dev') "
@@ -122,7 +88,7 @@ async def raw_asyncpg(admin_url: str, root: Path, items: int) -> float:
         finally:
             await connection.close()
     finally:
-        await _drop(admin_url, url)
+        await bench_db.drop_database(admin_url, url)
 
 
 async def main() -> None:
@@ -130,7 +96,7 @@ async def main() -> None:
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    admin_url = _url()
+    admin_url = bench_db.admin_url()
     with tempfile.TemporaryDirectory(prefix="dlm-bench-") as directory:
         root = Path(directory)
         (root / "files").mkdir()
