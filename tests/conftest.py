@@ -248,6 +248,22 @@ class Registry:
         assert response.status_code == 200, response.text
         return response.json()
 
+    async def replica(self, of_uid: str, storage: str, root: Path, uri: str, content: bytes = b"copy\n") -> str:
+        """A further READY replica of ``of_uid``'s item on ``storage``, made the classic way
+        (init_data_item with the oid, set_uri, set_state READY)."""
+        oid = (await self.item(of_uid))["oid"]
+        uid = (await self.client.post("/ingest/init_data_item", json={"oid": oid})).json()
+        self.payload(uri, content, root=root)
+        found = await self.client.get("/storage/query_storage", params={"storage_name": storage})
+        storage_id = found.json()[0]["storage_id"]
+        response = await self.client.patch(
+            "/request/set_uri", params={"uid": uid, "uri": uri, "storage_id": storage_id}
+        )
+        assert response.status_code == 200, response.text
+        response = await self.client.patch("/request/set_state", params={"uid": uid, "state": "READY"})
+        assert response.status_code == 200, response.text
+        return uid
+
     async def item(self, uid: str) -> dict[str, Any]:
         response = await self.client.get("/request/query_data_item", params={"uid": uid})
         assert response.status_code == 200, response.text

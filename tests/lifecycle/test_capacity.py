@@ -10,17 +10,6 @@ from dlm.lifecycle import capacity
 from tests.conftest import Registry
 
 
-async def _spare_copy(registry: Registry, uid: str, storage: str, root: Path, uri: str) -> None:
-    """Another READY replica elsewhere, so that the one on the full storage can be spared."""
-    client = registry.client
-    oid = (await registry.item(uid))["oid"]
-    replica = (await client.post("/ingest/init_data_item", json={"oid": oid})).json()
-    registry.payload(uri, b"y" * 400, root=root)
-    storage_id = (await client.get("/storage/query_storage", params={"storage_name": storage})).json()[0]["storage_id"]
-    await client.patch("/request/set_uri", params={"uid": replica, "uri": uri, "storage_id": storage_id})
-    await client.patch("/request/set_state", params={"uid": replica, "state": "READY"})
-
-
 async def _full_storage(registry: Registry, tmp_path: Path, *, spare: bool) -> dict[str, str]:
     """'small' (capacity 1000) holding three 400-byte items, last used in the order a, b, c."""
     await registry.storage("small", root=tmp_path / "small", storage_capacity=1000)
@@ -35,7 +24,7 @@ async def _full_storage(registry: Registry, tmp_path: Path, *, spare: bool) -> d
         uids[name] = response.json()
         await registry.client.patch("/request/update_data_item", params={"uid": uids[name]}, json={"last_access": used})
         if spare:
-            await _spare_copy(registry, uids[name], "vault", tmp_path / "vault", name)
+            await registry.replica(uids[name], "vault", tmp_path / "vault", name, b"y" * 400)
     return uids
 
 

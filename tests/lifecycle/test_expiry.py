@@ -19,19 +19,6 @@ NOW = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
 PAST = "2029-06-01"
 
 
-async def _replica(registry: Registry, uid: str, storage: str, root: Path, uri: str) -> str:
-    """A further READY replica of ``uid``'s item on ``storage``."""
-    client = registry.client
-    oid = (await registry.item(uid))["oid"]
-    replica = (await client.post("/ingest/init_data_item", json={"oid": oid})).json()
-    registry.payload(uri, b"copy\n", root=root)
-    storage_id = (await client.get("/storage/query_storage", params={"storage_name": storage})).json()[0]["storage_id"]
-    await client.patch("/request/set_uri", params={"uid": replica, "uri": uri, "storage_id": storage_id})
-    response = await client.patch("/request/set_state", params={"uid": replica, "state": "READY"})
-    assert response.status_code == 200, response.text
-    return replica
-
-
 async def _expire_uid(registry: Registry, uid: str, when: str = PAST) -> None:
     response = await registry.client.patch("/request/set_uid_expiration", params={"uid": uid, "expiration": when})
     assert response.status_code == 200, response.text
@@ -47,7 +34,7 @@ async def test_an_expired_replica_that_is_not_needed_is_deleted(
 ) -> None:
     await registry.storage("vault", root=tmp_path / "vault", phase="SOLID")
     scratch_uid = await registry.register("obs", "obs.dat")
-    vault_uid = await _replica(registry, scratch_uid, "vault", tmp_path / "vault", "obs.dat")
+    vault_uid = await registry.replica(scratch_uid, "vault", tmp_path / "vault", "obs.dat")
     await _expire_uid(registry, scratch_uid)
     await _expire_uid(registry, vault_uid, "2031-01-01")  # the vault copy lives on
 
@@ -83,7 +70,7 @@ async def test_an_expired_item_loses_every_replica(
 ) -> None:
     await registry.storage("vault", root=tmp_path / "vault", phase="SOLID")
     uid = await registry.register("done-with")
-    other = await _replica(registry, uid, "vault", tmp_path / "vault", "done-with")
+    other = await registry.replica(uid, "vault", tmp_path / "vault", "done-with")
     oid = (await registry.item(uid))["oid"]
     await registry.client.patch("/request/set_oid_expiration", params={"oid": oid, "expiration": PAST})
 
@@ -100,17 +87,7 @@ async def test_a_container_takes_its_members_with_it(
 ) -> None:
     for member in ("run/a.ms", "run/sub/b.ms"):
         registry.payload(member)
-    response = await registry.client.post(
-        "/ingest/register_data_item",
-        params={
-            "item_name": "run",
-            "uri": "run",
-            "storage_name": "disk",
-            "item_type": "container",
-            "register_members": True,
-        },
-    )
-    container = response.json()
+    container = await registry.register("run", item_type="container", register_members=True)
     oid = (await registry.item(container))["oid"]
     await registry.client.patch("/request/set_oid_expiration", params={"oid": oid, "expiration": PAST})
 
@@ -126,7 +103,7 @@ async def test_a_dry_run_says_what_would_go_and_touches_nothing(
 ) -> None:
     await registry.storage("second", root=tmp_path / "second")
     first = await registry.register("pair", target_phase="GAS")
-    second = await _replica(registry, first, "second", tmp_path / "second", "pair")
+    second = await registry.replica(first, "second", tmp_path / "second", "pair")
     await _expire_uid(registry, first)
     await _expire_uid(registry, second)
 

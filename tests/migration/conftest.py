@@ -63,6 +63,14 @@ async def wait_for(
         await asyncio.sleep(0.05)
 
 
+async def wait_for_bytes(client: AsyncTestClient, migration_id: int, timeout: float = 10) -> None:
+    """Until the running copy has recorded some progress (so a partial payload exists)."""
+    deadline = time.monotonic() + timeout
+    while (await migration(client, migration_id))["bytes_done"] == 0:
+        assert time.monotonic() < deadline, f"migration {migration_id} made no progress"
+        await asyncio.sleep(0.05)
+
+
 async def copy(client: AsyncTestClient, **params: Any) -> dict[str, Any]:
     response = await client.post("/migration/copy_data_item", params=params)
     assert response.status_code == 200, response.text

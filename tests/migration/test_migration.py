@@ -24,6 +24,7 @@ from tests.migration.conftest import (
     read_object,
     storage_id,
     wait_for,
+    wait_for_bytes,
 )
 
 
@@ -233,10 +234,7 @@ async def test_a_destination_vanishing_mid_copy_is_retried_with_backoff_then_fai
     registry.payload("big", os.urandom(8 * 1024 * 1024))
     uid = await registry.register("big")
     queued = await copy(slow_client, uid=uid, destination_name="second")
-    deadline = time.monotonic() + 10
-    while (await migration(slow_client, queued["migration_id"]))["bytes_done"] == 0:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+    await wait_for_bytes(slow_client, queued["migration_id"])
     shutil.rmtree(second)  # the volume goes away under the copy, a partial file in it
 
     done = await wait_for(slow_client, queued["migration_id"], timeout=30)
@@ -368,10 +366,7 @@ async def test_stopping_dlm_mid_copy_hands_the_job_back_without_using_an_attempt
         await registry.storage("second", root=second)
         registry.payload("big", os.urandom(8 * 1024 * 1024))
         queued = await copy(client, uid=await registry.register("big"), destination_name="second")
-        deadline = time.monotonic() + 10
-        while (await migration(client, queued["migration_id"]))["bytes_done"] == 0:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        await wait_for_bytes(client, queued["migration_id"])
     # The app has shut down (its lifespan stopped the workers) in the middle of the copy.
     async with AsyncTestClient(create_app(msgspec.structs.replace(throttled, migration_workers=0))) as client:
         row = await migration(client, queued["migration_id"])

@@ -194,20 +194,6 @@ async def _second_storage(registry: Registry, tmp_path: Path, phase: str = "GAS"
     return root
 
 
-async def _replica_on(registry: Registry, of_uid: str, storage: str, root: Path) -> str:
-    """A further READY replica of ``of_uid``'s item on ``storage``, made the classic way."""
-    client = registry.client
-    oid = (await registry.item(of_uid))["oid"]
-    uid = (await client.post("/ingest/init_data_item", json={"oid": oid})).json()
-    registry.payload("replica", b"replica\n", root=root)
-    storage_id = (await client.get("/storage/query_storage", params={"storage_name": storage})).json()[0]["storage_id"]
-    response = await client.patch("/request/set_uri", params={"uid": uid, "uri": "replica", "storage_id": storage_id})
-    assert response.status_code == 200, response.text
-    response = await client.patch("/request/set_state", params={"uid": uid, "state": "READY"})
-    assert response.status_code == 200, response.text
-    return uid
-
-
 async def test_deleting_a_payload_keeps_the_row_as_the_trace(registry: Registry) -> None:
     uid = await registry.register("obs-1", target_phase="GAS")
     path = registry.root / "obs-1"
@@ -231,7 +217,7 @@ async def test_deleting_a_payload_keeps_the_row_as_the_trace(registry: Registry)
 async def test_deletion_that_would_break_the_target_phase_is_refused(registry: Registry, tmp_path: Path) -> None:
     second_root = await _second_storage(registry, tmp_path, phase="SOLID")
     gas_uid = await registry.register("obs-1")
-    solid_uid = await _replica_on(registry, gas_uid, "second", second_root)
+    solid_uid = await registry.replica(gas_uid, "second", second_root, "replica")
     assert (await registry.item(gas_uid))["target_phase"] == "SOLID"  # registration's default target
 
     # The GAS replica adds nothing the SOLID one does not give: it may go.
