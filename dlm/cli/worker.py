@@ -9,6 +9,8 @@ import click
 import msgspec
 
 from dlm.cli.common import CLIError, load_settings, run
+from dlm.config import Settings
+from dlm.errors import DLMError
 from dlm.parsing import parse_datetime
 
 
@@ -48,8 +50,14 @@ def expiry_command(once: bool, dry_run: bool, now_text: str | None, as_json: boo
     from dlm.lifecycle import expiry
 
     now = _parse_now(now_text)
-    interval = load_settings().expiry_interval_seconds
-    _run_engine(lambda sessionmaker: expiry.run_once(sessionmaker, now=now, dry_run=dry_run), once, as_json, interval)
+    settings = load_settings()
+    _run_engine(
+        lambda sessionmaker: expiry.run_once(sessionmaker, now=now, dry_run=dry_run),
+        settings,
+        settings.expiry_interval_seconds,
+        once=once,
+        as_json=as_json,
+    )
 
 
 @worker.command("replication")
@@ -65,9 +73,13 @@ def replication_command(once: bool, dry_run: bool, now_text: str | None, as_json
     from dlm.lifecycle import replication
 
     now = _parse_now(now_text)
-    interval = load_settings().replication_interval_seconds
+    settings = load_settings()
     _run_engine(
-        lambda sessionmaker: replication.run_once(sessionmaker, now=now, dry_run=dry_run), once, as_json, interval
+        lambda sessionmaker: replication.run_once(sessionmaker, now=now, dry_run=dry_run),
+        settings,
+        settings.replication_interval_seconds,
+        once=once,
+        as_json=as_json,
     )
 
 
@@ -97,9 +109,10 @@ def audit_command(
     options = audit_options(settings)
     _run_engine(
         lambda sessionmaker: audit.run_once(sessionmaker, now=now, limit=limit, dark_data=dark_data, **options),
-        once,
-        as_json,
+        settings,
         settings.audit_interval_seconds,
+        once=once,
+        as_json=as_json,
     )
 
 
@@ -121,9 +134,10 @@ def capacity_command(once: bool, dry_run: bool, now_text: str | None, as_json: b
     options = capacity_options(settings)
     _run_engine(
         lambda sessionmaker: capacity.run_once(sessionmaker, now=now, dry_run=dry_run, **options),
-        once,
-        as_json,
+        settings,
         settings.capacity_interval_seconds,
+        once=once,
+        as_json=as_json,
     )
 
 
@@ -132,14 +146,13 @@ def _parse_now(text: str | None) -> datetime.datetime | None:
         return None
     try:
         return parse_datetime(text, "--now")
-    except Exception as exc:
-        raise CLIError(getattr(exc, "message", str(exc))) from None
+    except DLMError as exc:
+        raise CLIError(exc.message) from None
 
 
-def _run_engine(run_once: Any, once: bool, as_json: bool, interval: float) -> None:
+def _run_engine(run_once: Any, settings: Settings, interval: float, *, once: bool, as_json: bool) -> None:
     from dlm.db.engine import create_engine, create_sessionmaker
 
-    settings = load_settings()
     if not settings.database_url:
         raise CLIError("set DLM_DATABASE_URL: workers run against the database DLM serves from")
     url = settings.database_url
