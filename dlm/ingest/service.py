@@ -114,10 +114,13 @@ async def register_members(
 ) -> list[uuid.UUID]:
     """Register every file inside a container replica as an item of its own, named
     ``<container name>/<path inside>``, whose ``parents`` is the container; returns their uids."""
-    container = await session.get(Storage, (await _container_storage(session, container_uid)))
     item = await session.get(DataItem, container_uid)
-    assert item is not None and container is not None and item.uri is not None
-    async with await storage_backend(session, container) as backend:
+    assert item is not None and item.uri is not None  # registered just before, in this transaction
+    if item.item_type is not ItemType.CONTAINER:
+        raise InvalidQueryParameters("register_members: only a container has members to register")
+    storage = await session.get(Storage, item.storage_id)
+    assert storage is not None
+    async with await storage_backend(session, storage) as backend:
         members = [entry async for entry in backend.walk(item.uri) if entry.path]
     if not members:
         return []
@@ -125,20 +128,13 @@ async def register_members(
         ItemRegistration(
             item_name=f"{item.item_name}/{member.path}",
             uri=f"{item.uri}/{member.path}",
-            storage_id=str(container.storage_id),
+            storage_id=str(storage.storage_id),
             target_phase=item.target_phase,
             parents=str(item.oid),
         )
         for member in members
     ]
     return await register_items(session, registrations, checksum_max_bytes=checksum_max_bytes, extractors=extractors)
-
-
-async def _container_storage(session: AsyncSession, uid: uuid.UUID) -> uuid.UUID:
-    row = (await session.execute(select(DataItem.item_type, DataItem.storage_id).where(DataItem.uid == uid))).one()
-    if row.item_type is not ItemType.CONTAINER:
-        raise InvalidQueryParameters("register_members: only a container has members to register")
-    return row.storage_id
 
 
 async def register_items(
