@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dlm.config import Settings
@@ -62,9 +63,9 @@ class EngineLoops:
         while True:
             try:
                 report = await run_once(self.sessionmaker)
-                summary = report.summary()
-                if summary:
-                    log.info("%s pass: %s", name, summary)
+                # A pass that found nothing to do is the usual case: say so only when debugging.
+                acted = any(value for value in msgspec.structs.astuple(report) if not isinstance(value, bool))
+                log.log(logging.INFO if acted else logging.DEBUG, "%s pass: %s", name, report.summary())
             except asyncio.CancelledError:
                 raise
             except Exception:  # the next pass may find the database or storage back
