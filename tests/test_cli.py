@@ -38,7 +38,8 @@ def test_serve_refuses_a_schema_that_is_behind_with_one_line(empty_database_url:
     [
         (["serve"], {"DLM_PORT": "eighty"}, "DLM_PORT"),
         (["serve"], {"DLM_PORT": "70000"}, "DLM_PORT"),
-        (["db", "upgrade"], {}, "DLM_DATABASE_URL"),
+        (["db", "current"], {"DLM_DATA_DIR": "/nonexistent/dlm-home"}, "run `dlm serve` once"),
+        (["worker", "expiry", "--once"], {"DLM_DATA_DIR": "/nonexistent/dlm-home"}, "DLM_DATABASE_URL"),
         (["db", "current"], {"DLM_DATABASE_URL": "mysql://x@y/z"}, "PostgreSQL"),
         (["db", "current"], {"DLM_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}, "unreachable"),
     ],

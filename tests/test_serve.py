@@ -37,6 +37,12 @@ def _start(data_dir: Path, port: int) -> subprocess.Popen[str]:
     raise AssertionError("dlm serve did not become ready")
 
 
+def _dlm(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("DLM_")}
+    environment["DLM_DATA_DIR"] = str(data_dir)
+    return subprocess.run([sys.executable, "-m", "dlm", *args], env=environment, capture_output=True, text=True)
+
+
 def _stop(process: subprocess.Popen[str]) -> None:
     process.send_signal(signal.SIGINT)  # what Ctrl-C sends
     assert process.wait(timeout=30) == 0
@@ -65,6 +71,13 @@ def test_a_newcomer_registers_a_file_with_zero_setup(tmp_path: Path) -> None:
         assert item["uid"] == uid and item["item_state"] == "READY" and item["item_size"] == 11
         history = httpx.get(f"{base}/request/query_item_history", params={"uid": uid}).json()
         assert history[0]["event"] == "created"
+
+        # Workers and `dlm db` attach to the same embedded database without being told where it is.
+        worker = _dlm(data_dir, "worker", "expiry", "--once", "--dry-run", "--now", "2999-01-01", "--json")
+        assert worker.returncode == 0, worker.stderr
+        assert uid in worker.stdout, "the item expires in 2999's eyes, so the dry run names it"
+        current = _dlm(data_dir, "db", "current", "--json")
+        assert current.returncode == 0 and '"up_to_date":true' in current.stdout, current.stderr
     finally:
         _stop(server)
     assert not _postgres_running(data_dir / "pgdata"), "Ctrl-C stops the embedded database too"

@@ -1,7 +1,8 @@
 """What every `dlm` command shares: one-line errors, settings, and running a coroutine."""
 
 import asyncio
-from collections.abc import Callable, Coroutine
+import contextlib
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import click
@@ -37,3 +38,30 @@ def run(coroutine_function: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
         translated = translate_database_error(exc)
         detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         raise CLIError(f"{translated.message if translated else 'database error'}: {detail}") from None
+
+
+@contextlib.contextmanager
+def database_url(settings: Settings, *, create: bool = False) -> Iterator[str]:
+    """DLM_DATABASE_URL, or else the embedded database in the data directory, attached for the duration.
+
+    Attaching to the embedded database is safe while `dlm serve` uses it: pgserver counts the
+    processes holding it and stops the server only when the last one lets go. Without ``create``, a
+    data directory with no database yet is an error rather than a fresh, empty database.
+    """
+    if settings.database_url:
+        yield settings.database_url
+        return
+    from dlm.db.embedded import EmbeddedPostgres
+
+    if not create and not (settings.pgdata_dir / "PG_VERSION").exists():
+        raise CLIError(
+            f"no database in {settings.data_dir}: run `dlm serve` once to create it, or set DLM_DATABASE_URL"
+        )
+    try:
+        embedded = EmbeddedPostgres(settings.pgdata_dir)
+    except Exception as exc:  # pgserver reports a failed start with several exception types
+        raise CLIError(f"cannot start the embedded database in {settings.pgdata_dir}: {exc}") from None
+    try:
+        yield embedded.database_url
+    finally:
+        embedded.stop()

@@ -6,7 +6,7 @@ import sys
 import click
 import msgspec
 
-from dlm.cli.common import CLIError, load_settings, run
+from dlm.cli.common import CLIError, database_url, load_settings, run
 
 
 @click.command()
@@ -48,14 +48,11 @@ def serve(host: str | None, port: int | None) -> None:
 
 @click.group()
 def db() -> None:
-    """Manage DLM's database schema (Alembic revisions)."""
+    """Manage DLM's database schema (Alembic revisions).
 
-
-def _database_url() -> str:
-    settings = load_settings()
-    if settings.database_url:
-        return settings.database_url
-    raise CLIError("set DLM_DATABASE_URL (`dlm serve` manages the embedded database by itself)")
+    Acts on DLM_DATABASE_URL, or else on the embedded database in DLM_DATA_DIR (even while
+    `dlm serve` runs on it).
+    """
 
 
 @db.command()
@@ -69,8 +66,8 @@ def upgrade(revision: str) -> None:
     """
     from dlm.db import schema
 
-    url = _database_url()
-    run(lambda: schema.upgrade(url, revision))
+    with database_url(load_settings(), create=True) as url:
+        run(lambda: schema.upgrade(url, revision))
     click.echo(f"schema at {revision}")
 
 
@@ -80,8 +77,8 @@ def downgrade(revision: str) -> None:
     """Take the schema back to REVISION (`base` removes DLM's tables and their data)."""
     from dlm.db import schema
 
-    url = _database_url()
-    run(lambda: schema.downgrade(url, revision))
+    with database_url(load_settings()) as url:
+        run(lambda: schema.downgrade(url, revision))
     click.echo(f"schema at {revision}")
 
 
@@ -92,16 +89,16 @@ def current(as_json: bool) -> None:
     from dlm.db import schema
     from dlm.db.engine import create_engine
 
-    url = _database_url()
-
-    async def read() -> str | None:
+    async def read(url: str) -> str | None:
         engine = create_engine(url, pool_size=1)
         try:
             return await schema.current_revision(engine)
         finally:
             await engine.dispose()
 
-    revision, head = run(read), schema.head_revision()
+    with database_url(load_settings()) as url:
+        revision = run(lambda: read(url))
+    head = schema.head_revision()
     if as_json:
         click.echo(msgspec.json.encode({"current": revision, "head": head, "up_to_date": revision == head}))
     else:

@@ -8,7 +8,7 @@ from typing import Any
 import click
 import msgspec
 
-from dlm.cli.common import CLIError, load_settings, run
+from dlm.cli.common import CLIError, database_url, load_settings, run
 from dlm.config import Settings
 from dlm.errors import DLMError
 from dlm.parsing import parse_datetime
@@ -18,8 +18,9 @@ from dlm.parsing import parse_datetime
 def worker() -> None:
     """Run a lifecycle engine from here instead of (or as well as) inside `dlm serve`.
 
-    Needs DLM_DATABASE_URL. Any number of workers and servers may run the same engine at once: they
-    never do the same work twice.
+    Works on DLM_DATABASE_URL, or else on the embedded database in DLM_DATA_DIR (the one `dlm serve`
+    uses). Any number of workers and servers may run the same engine at once: they never do the same
+    work twice.
     """
 
 
@@ -152,15 +153,15 @@ def _parse_now(text: str | None) -> datetime.datetime | None:
 
 def _run_engine(run_once: Any, settings: Settings, interval: float, *, once: bool, as_json: bool) -> None:
     from dlm.db.engine import create_engine, create_sessionmaker
+    from dlm.db.schema import check_schema
 
-    if not settings.database_url:
-        raise CLIError("set DLM_DATABASE_URL: workers run against the database DLM serves from")
-    url = settings.database_url
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
 
-    async def passes() -> Any:
+    async def passes(url: str) -> Any:
         engine = create_engine(url, pool_size=2)
         try:
+            await check_schema(engine)
             sessionmaker = create_sessionmaker(engine)
             while True:
                 report = await run_once(sessionmaker)
@@ -171,7 +172,8 @@ def _run_engine(run_once: Any, settings: Settings, interval: float, *, once: boo
         finally:
             await engine.dispose()
 
-    report = run(passes)
+    with database_url(settings) as url:
+        report = run(lambda: passes(url))
     if as_json:
         click.echo(msgspec.json.encode(report).decode())
         return
