@@ -1,5 +1,6 @@
 """Phase enforcement: an item whose READY replicas do not reach its ``target_phase`` gets new ones,
-copied by the migration manager, until they do; a CORRUPTED replica is replaced from a good one.
+copied by the migration manager, until they do; a CORRUPTED replica is replaced from a good one,
+on its own storage at its own path while that storage can take copies.
 
 Where new replicas go (the placement policy), best first, among storages that are available, not
 retired, writable, and not already holding a live replica of the item:
@@ -122,6 +123,7 @@ async def _enforce(session: AsyncSession, oid: uuid.UUID, placement: "_Placement
     if not ready:
         return  # nothing good to copy from: the audit has said so
     name = ready[0].item_name
+    removed = []
     for corrupted in [row for row in replicas if row.item_state is ItemState.CORRUPTED]:
         if not report.dry_run:
             try:
@@ -131,31 +133,42 @@ async def _enforce(session: AsyncSession, oid: uuid.UUID, placement: "_Placement
                 report.unmet.append(Unmet(oid, name, f"cannot remove corrupted replica {corrupted.uid}: {exc}"))
                 continue
         report.replaced.append(corrupted.uid)
+        removed.append(corrupted)
     live_storages = {row.storage_id for row in replicas if row.item_state in (ItemState.READY, ItemState.INITIALISED)}
     target = ready[0].target_phase
     phases = [row.uid_phase for row in ready]
+    size = max((row.item_size or 0) for row in ready)
+    source = max(ready, key=lambda row: row.uid_phase.weight)
+
+    async def queue(storage: Storage, path: str = "") -> None:
+        if not report.dry_run:
+            try:
+                async with session.begin_nested():
+                    queued = await copy_item(
+                        session, uid=str(source.uid), destination_id=str(storage.storage_id), path=path
+                    )
+            except (DLMError, TransferError) as exc:
+                log.info("replication of %s: %s refused: %s", name, storage.storage_name, exc)
+                return
+        migration_id = None if report.dry_run else queued["migration_id"]
+        report.queued.append(Planned(oid, name, storage.storage_name, migration_id))
+        phases.append(storage.storage_phase)
+        live_storages.add(storage.storage_id)
+        placement.use(storage, size)
+
+    # A corrupted replica is repaired where it was, whether or not the target needs it: pipelines may
+    # read it there, and its copy was part of the item's resilience. Only a storage that can no longer
+    # take copies leaves the choice to the policy.
+    for corrupted in removed:
+        storage = placement.usable(corrupted.storage_id)
+        if storage is not None and storage.storage_id not in live_storages:
+            await queue(storage, corrupted.uri)
     if combined_phase(phases).weight >= target.weight:
         return
-    size = max((row.item_size or 0) for row in ready)
-    choices = placement.rank(exclude=live_storages, locations=await _locations(session, ready), size=size)
-    source = max(ready, key=lambda row: row.uid_phase.weight)
-    for storage in choices:
+    for storage in placement.rank(exclude=live_storages, locations=await _locations(session, ready), size=size):
         if combined_phase(phases).weight >= target.weight:
             break
-        if report.dry_run:
-            report.queued.append(Planned(oid, name, storage.storage_name, None))
-            phases.append(storage.storage_phase)
-            placement.use(storage, size)
-            continue
-        try:
-            async with session.begin_nested():
-                queued = await copy_item(session, uid=str(source.uid), destination_id=str(storage.storage_id))
-        except (DLMError, TransferError) as exc:
-            log.info("replication of %s: %s refused: %s", name, storage.storage_name, exc)
-            continue  # try the next storage
-        report.queued.append(Planned(oid, name, storage.storage_name, queued["migration_id"]))
-        phases.append(storage.storage_phase)
-        placement.use(storage, size)
+        await queue(storage)
     if combined_phase(phases).weight < target.weight:
         reached = combined_phase(phases).value
         report.unmet.append(Unmet(oid, name, f"no suitable storage left: reaches {reached}, needs {target.value}"))
@@ -199,6 +212,9 @@ class _Placement:
                 limits.append(-1)  # not mounted: no room
             room[storage.storage_id] = min(limits) if limits else None
         return cls(storages, room)
+
+    def usable(self, storage_id: uuid.UUID) -> Storage | None:
+        return next((storage for storage in self.storages if storage.storage_id == storage_id), None)
 
     def rank(self, *, exclude: set[uuid.UUID], locations: set[uuid.UUID], size: int) -> list[Storage]:
         """Storages with room for ``size`` bytes, best first (the policy in the module's docstring)."""

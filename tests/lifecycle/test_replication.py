@@ -99,6 +99,29 @@ async def test_a_corrupted_replica_is_replaced_from_a_good_one(
     assert (await registry.item(uid))["oid_phase"] == "SOLID"
 
 
+async def test_a_corrupted_replica_the_target_can_spare_is_still_repaired_in_place(
+    registry: Registry, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    await _storage(registry, "vault", tmp_path / "vault", "SOLID", location="elsewhere")
+    registry.payload("obs", b"original bytes\n")
+    uid = await registry.register("obs")  # on the GAS storage; the SOLID copy alone meets the target
+    await _settle(registry, await replication.run_once(sessionmaker))
+    (registry.root / "obs").write_bytes(b"rotten bytes!\n")
+    await registry.client.patch("/request/set_state", params={"uid": uid, "state": "CORRUPTED"})
+
+    planned = await replication.run_once(sessionmaker, dry_run=True)
+    assert [str(uid) for uid in planned.replaced] == [uid] and planned.queued[0].destination == "disk"
+    assert (await registry.item(uid))["item_state"] == "CORRUPTED", "a dry run touches nothing"
+
+    report = await replication.run_once(sessionmaker)
+    assert [planned.destination for planned in report.queued] == ["disk"], "where it was, not elsewhere"
+    await _settle(registry, report)
+    assert (registry.root / "obs").read_bytes() == b"original bytes\n"
+    rows = (await registry.client.get("/request/query_data_item", params={"item_name": "obs"})).json()
+    states = sorted((row["item_state"], row["uri"]) for row in rows)
+    assert states == [("DELETED", "obs"), ("READY", "obs"), ("READY", "obs")]
+
+
 async def test_two_processes_queue_each_copy_once(registry: Registry, database_url: str, tmp_path: Path) -> None:
     await _storage(registry, "vault", tmp_path / "vault", "SOLID")
     for index in range(12):
