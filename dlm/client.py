@@ -34,9 +34,10 @@ FINISHED = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 T = TypeVar("T")
 
 
-def _row_struct(name: str, table: Table) -> type[msgspec.Struct]:
-    """A struct with one optional field per column of ``table``, typed as the column is."""
-    fields = []
+def _row_struct(name: str, table: Table, *extra: tuple[str, type]) -> type[msgspec.Struct]:
+    """A struct with one optional field per column of ``table``, typed as the column is, and per
+    ``extra`` (name, type) a column the server joins in."""
+    fields: list[tuple[str, Any, None]] = [(extra_name, extra_type | None, None) for extra_name, extra_type in extra]
     for column in table.columns:
         try:
             python_type = column.type.python_type
@@ -56,6 +57,7 @@ Storage = _row_struct("Storage", models.Storage.__table__)
 Location = _row_struct("Location", models.Location.__table__)
 Migration = _row_struct("Migration", models.Migration.__table__)
 Event = _row_struct("Event", models.DataItemEvent.__table__)
+StorageEvent = _row_struct("StorageEvent", models.StorageEvent.__table__, ("storage_name", str))
 
 
 class StorageUsage(msgspec.Struct, kw_only=True):
@@ -379,6 +381,18 @@ class _Operations:
 
     def usage(self, *, storage_name: str = "") -> Any:
         return self._run(_call("GET", "/storage/storage_usage", list[StorageUsage], storage_name=storage_name or None))
+
+    def storage_events(self, *, storage_name: str = "", after_event_id: int = 0) -> Any:
+        """What the engines reported about storages (capacity warnings), oldest first."""
+        return self._run(
+            _call(
+                "GET",
+                "/storage/query_storage_events",
+                list[StorageEvent],
+                storage_name=storage_name or None,
+                after_event_id=after_event_id or None,
+            )
+        )
 
     def delete_payload(self, uid: str, *, force: bool = False) -> Any:
         """Delete a replica's payload (its row stays, DELETED); returns the replicas deleted."""

@@ -211,6 +211,7 @@ CLI_FOR_OPERATION = {
     "/storage/rclone_config": "storage config",
     "/storage/get_ssh_public_key": "storage ssh-key",
     "/storage/storage_usage": "storage usage",
+    "/storage/query_storage_events": "storage events",
     "/storage/delete_data_item_payload": "storage delete-payload",
     "/migration/copy_data_item": "migration copy",
     "/migration/query_migrations": "migration list",

@@ -547,6 +547,21 @@ def storage_usage(client: DLMClient, storage_name: str) -> list[Any]:
     return client.usage(storage_name=storage_name)
 
 
+@storage.command("events")
+@click.option("--name", "storage_name", default="", help="One storage's events (default: every storage's).")
+@click.option("--after", "after_event_id", type=int, default=0, help="Only events after this event_id.")
+@remote(("event_id", "event_time", "storage_name", "event", "detail", "actor"))
+def storage_events(client: DLMClient, storage_name: str, after_event_id: int) -> list[Any]:
+    """What the lifecycle engines reported about storages, oldest first: capacity_exceeded when a
+    storage stays above its high watermark, capacity_relieved when it is below it again.
+
+    \b
+    Example:
+      dlm storage events --name scratch
+    """
+    return client.storage_events(storage_name=storage_name, after_event_id=after_event_id)
+
+
 @storage.command("delete-payload")
 @click.argument("uid")
 @click.option("--force", is_flag=True, help="Even if the item would fall below its target phase.")

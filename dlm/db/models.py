@@ -1,5 +1,5 @@
 """DLM's tables. Together with the Alembic revisions in ``migrations/`` this is the one place where the
-schema is defined; ``dlm.db.triggers`` holds the SQL functions and triggers those revisions install."""
+schema is defined; the SQL functions and triggers that write the history live in the revisions."""
 
 import datetime
 import uuid
@@ -212,6 +212,22 @@ class DataItemEvent(Base):
         Index("ix_data_item_event_uid_event_id", "uid", "event_id"),
         Index("ix_data_item_event_oid_event_id", "oid", "event_id"),
     )
+
+
+class StorageEvent(Base):
+    """What the engines have to say about a storage rather than an item: that it stays above its
+    high watermark, and when it is relieved. Append-only, like the item history."""
+
+    __tablename__ = "storage_event"
+
+    event_id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    event_time: Mapped[datetime.datetime] = timestamp(server_default=text("clock_timestamp()"))
+    storage_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("storage.storage_id"))
+    event: Mapped[str] = mapped_column(String)
+    detail: Mapped[str | None] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String)
+
+    __table_args__ = (Index("ix_storage_event_storage_id_event_id", "storage_id", "event_id"),)
 
 
 class Migration(Base):

@@ -4,7 +4,9 @@ least recently used first, down to the low watermark.
 A storage's fill is the larger of what DLM holds there against ``storage_capacity`` (when set) and,
 for POSIX, how full its file system is. A replica may go only if its item keeps its target phase
 without it (the resilience rule, SPEC §4); when that leaves the storage above its high watermark,
-the pass says so (a warning in the log and the report).
+the pass says so: a warning in the log and the report, and a storage event ``capacity_exceeded``
+(recorded once, not every pass), answered by ``capacity_relieved`` when the storage is under its
+high watermark again.
 """
 
 import datetime
@@ -17,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dlm.data_item import ITEMS
 from dlm.db.engine import transaction
-from dlm.db.models import Storage
+from dlm.db.models import Storage, StorageEvent
 from dlm.enums import ItemState
 from dlm.errors import Conflict, UnmetPreconditionForOperation
 from dlm.lifecycle import claim_item
@@ -34,6 +36,9 @@ log = logging.getLogger("dlm.lifecycle.capacity")
 
 ACTOR = "capacity"
 LOCK_NAMESPACE = 0x43415059  # "CAPY"
+EVENT_LOCK_NAMESPACE = 0x43415045  # "CAPE"
+EXCEEDED_EVENT = "capacity_exceeded"
+RELIEVED_EVENT = "capacity_relieved"
 
 
 class Eviction(msgspec.Struct, frozen=True):
@@ -102,20 +107,45 @@ async def run_once(
         disk = await file_system_usage(storage) if check_file_systems else None
         if disk is not None:
             fill.disk_used, fill.disk_total = disk.total - disk.free, disk.total
-        if fill.ratio() <= high_watermark:
+        freed = 0
+        if fill.ratio() > high_watermark:
+            freed = await _evict(sessionmaker, storage, fill, low_watermark, now, report)
+        if fill.ratio(freed) <= high_watermark:
+            if not dry_run:
+                await _record(sessionmaker, storage, RELIEVED_EVENT, f"{fill.ratio(freed):.0%} full")
             continue
-        freed = await _evict(sessionmaker, storage, fill, low_watermark, now, report)
-        if fill.ratio(freed) > high_watermark:
-            pressure = Pressure(
-                storage.storage_name,
-                round(fill.ratio(freed), 4),
-                "no replica left there that its item can spare (target phase), or the space is not DLM's",
-            )
-            report.warnings.append(pressure)
-            log.warning(
-                "capacity: %s is still %.0f%% full: %s", pressure.storage_name, 100 * pressure.fill, pressure.reason
-            )
+        pressure = Pressure(
+            storage.storage_name,
+            round(fill.ratio(freed), 4),
+            "no replica left there that its item can spare (target phase), or the space is not DLM's",
+        )
+        report.warnings.append(pressure)
+        log.warning(
+            "capacity: %s is still %.0f%% full: %s", pressure.storage_name, 100 * pressure.fill, pressure.reason
+        )
+        if not dry_run:
+            await _record(sessionmaker, storage, EXCEEDED_EVENT, f"{pressure.fill:.0%} full: {pressure.reason}")
     return report
+
+
+async def _record(sessionmaker: async_sessionmaker[AsyncSession], storage: Storage, event: str, detail: str) -> None:
+    """Add ``event`` to the storage's events when it changes what the last capacity event said: an
+    operator hears once that a storage is stuck full, and once that it is not any more."""
+    async with transaction(sessionmaker, actor=ACTOR) as session:
+        if not await claim_item(session, EVENT_LOCK_NAMESPACE, storage.storage_id):
+            return  # another process is recording the same news
+        last = await session.scalar(
+            select(StorageEvent.event)
+            .where(
+                StorageEvent.storage_id == storage.storage_id,
+                StorageEvent.event.in_([EXCEEDED_EVENT, RELIEVED_EVENT]),
+            )
+            .order_by(StorageEvent.event_id.desc())
+            .limit(1)
+        )
+        if last == event or (last is None and event == RELIEVED_EVENT):
+            return
+        session.add(StorageEvent(storage_id=storage.storage_id, event=event, detail=detail, actor=ACTOR))
 
 
 async def _evict(

@@ -140,6 +140,23 @@ async def storage_usage(
     return await service.storage_usage(session, storage_name=storage_name, storage_id=storage_id)
 
 
+@get("/query_storage_events", operation_id="query_storage_events", summary="Query Storage Events")
+async def query_storage_events(
+    session: NamedDependency[AsyncSession],
+    storage_name: FromQuery[str] = "",
+    storage_id: FromQuery[str] = "",
+    after_event_id: FromQuery[int] = 0,
+) -> list[dict[str, Any]]:
+    """DLM addition. What the lifecycle engines reported about storages, oldest first: a storage that
+    stays above its high watermark (capacity_exceeded) and its return below it (capacity_relieved).
+    One storage's by name or id, or every storage's; page with after_event_id."""
+    return row_dicts(
+        await service.query_storage_events(
+            session, storage_name=storage_name, storage_id=storage_id, after_event_id=after_event_id
+        )
+    )
+
+
 @post(
     "/delete_data_item_payload",
     operation_id="delete_data_item_payload",
@@ -168,6 +185,7 @@ router = Router(
         rclone_config,
         get_ssh_public_key,
         storage_usage,
+        query_storage_events,
         delete_data_item_payload,
     ],
     dependencies={"session": Provide(provide_session)},

@@ -11,7 +11,7 @@ from sqlalchemy import Row, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dlm.data_item import ITEMS, change_items, get_item
-from dlm.db.models import Location, LocationFacility, Migration, Storage, StorageConfig
+from dlm.db.models import Location, LocationFacility, Migration, Storage, StorageConfig, StorageEvent
 from dlm.enums import (
     ConfigType,
     ItemState,
@@ -257,6 +257,24 @@ async def file_system_usage(storage: Storage) -> Any:
         return await asyncio.to_thread(shutil.disk_usage, storage.root_directory)
     except OSError:
         return None
+
+
+async def query_storage_events(
+    session: AsyncSession, *, storage_name: str = "", storage_id: str = "", after_event_id: int = 0
+) -> list[Row[Any]]:
+    """What the engines reported about storages (capacity warnings), oldest first, a thousand at a
+    time (page with ``after_event_id``); one storage's, by name or id, or every storage's."""
+    query = (
+        select(StorageEvent.__table__, Storage.storage_name)
+        .join(Storage, Storage.storage_id == StorageEvent.storage_id)
+        .where(StorageEvent.event_id > after_event_id)
+        .order_by(StorageEvent.event_id)
+        .limit(MAX_ROWS)
+    )
+    if storage_name or storage_id:
+        storage = await resolve_storage(session, storage_name=storage_name, storage_id=storage_id)
+        query = query.where(StorageEvent.storage_id == storage.storage_id)
+    return list((await session.execute(query)).all())
 
 
 async def storage_usage(session: AsyncSession, *, storage_name: str = "", storage_id: str = "") -> list[dict[str, Any]]:

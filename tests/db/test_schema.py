@@ -39,10 +39,14 @@ async def test_downgrade_to_base_then_upgrade_restores_the_schema(database_url: 
         "storage_config",
         "data_item",
         "data_item_event",
+        "storage_event",
         "migration",
         "phase_change",
     }
     assert await _tables(engine) == expected
+    await engine.dispose()
+    await schema.downgrade(database_url, "0001")
+    assert await _tables(engine) == expected - {"storage_event"}, "each revision takes back only its own"
     await engine.dispose()
     await schema.downgrade(database_url, "base")
     assert await _tables(engine) == {"alembic_version"}

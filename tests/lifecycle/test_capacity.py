@@ -52,6 +52,42 @@ async def test_replicas_items_need_stay_and_the_storage_is_reported_full(
     assert {(await registry.item(uid))["item_state"] for uid in uids.values()} == {"READY"}
 
 
+async def _storage_events(registry: Registry, **params: str) -> list[dict]:
+    response = await registry.client.get("/storage/query_storage_events", params=params)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def test_a_storage_stuck_full_is_a_storage_event_once_and_its_relief_another(
+    registry: Registry, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    uids = await _full_storage(registry, tmp_path, spare=False)
+    await capacity.run_once(sessionmaker, check_file_systems=False, dry_run=True)
+    assert await _storage_events(registry) == [], "a dry run records nothing"
+    for _ in range(2):
+        await capacity.run_once(sessionmaker, check_file_systems=False)
+    [exceeded] = await _storage_events(registry, storage_name="small")
+    assert (exceeded["event"], exceeded["storage_name"], exceeded["actor"]) == (
+        "capacity_exceeded",
+        "small",
+        "capacity",
+    )
+    assert exceeded["detail"].startswith("120% full: no replica left there that its item can spare")
+
+    await registry.client.post("/storage/delete_data_item_payload", params={"uid": uids["a"], "force": "true"})
+    report = await capacity.run_once(sessionmaker, check_file_systems=False)
+    assert report.warnings == []
+    events = await _storage_events(registry, storage_name="small")
+    assert [event["event"] for event in events] == ["capacity_exceeded", "capacity_relieved"]
+    assert events[1]["detail"] == "80% full"
+    later = await _storage_events(registry, after_event_id=str(events[0]["event_id"]))
+    assert [event["event"] for event in later] == ["capacity_relieved"]
+    await capacity.run_once(sessionmaker, check_file_systems=False)
+    assert len(await _storage_events(registry)) == 2, "relief is news once"
+    missing = await registry.client.get("/storage/query_storage_events", params={"storage_name": "nowhere"})
+    assert missing.status_code == 404
+
+
 async def test_a_dry_run_names_the_evictions_and_touches_nothing(
     registry: Registry, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
 ) -> None:
