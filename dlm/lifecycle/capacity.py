@@ -35,8 +35,8 @@ from dlm.transfer.base import TransferError
 log = logging.getLogger("dlm.lifecycle.capacity")
 
 ACTOR = "capacity"
-LOCK_NAMESPACE = 0x43415059  # "CAPY"
-EVENT_LOCK_NAMESPACE = 0x43415045  # "CAPE"
+LOCK_NAMESPACE = 0x43415059  # "CAPY": an item
+STORAGE_LOCK_NAMESPACE = 0x43415053  # "CAPS": a storage being relieved
 EXCEEDED_EVENT = "capacity_exceeded"
 RELIEVED_EVENT = "capacity_relieved"
 
@@ -98,54 +98,53 @@ async def run_once(
     report = CapacityReport(dry_run=dry_run)
     async with transaction(sessionmaker, actor=ACTOR) as session:
         storages = list(await session.scalars(select(Storage).where(Storage.storage_available.is_(True))))
-        held = await held_by_storage(session)
     for storage in storages:
-        fill = _Fill(
-            held=held.get(storage.storage_id, (0, 0))[0],
-            capacity=storage.storage_capacity if storage.storage_capacity > 0 else None,
-        )
-        disk = await file_system_usage(storage) if check_file_systems else None
-        if disk is not None:
-            fill.disk_used, fill.disk_total = disk.total - disk.free, disk.total
-        freed = 0
-        if fill.ratio() > high_watermark:
-            freed = await _evict(sessionmaker, storage, fill, low_watermark, now, report)
-        if fill.ratio(freed) <= high_watermark:
+        # The storage is this process's until its transaction ends; another process skips it rather
+        # than relieving it a second time from the same reading of how full it is.
+        async with transaction(sessionmaker, actor=ACTOR) as guard:
+            if not await claim_item(guard, STORAGE_LOCK_NAMESPACE, storage.storage_id):
+                continue
+            held = await held_by_storage(guard, [storage.storage_id])
+            fill = _Fill(
+                held=held.get(storage.storage_id, (0, 0))[0],
+                capacity=storage.storage_capacity if storage.storage_capacity > 0 else None,
+            )
+            disk = await file_system_usage(storage) if check_file_systems else None
+            if disk is not None:
+                fill.disk_used, fill.disk_total = disk.total - disk.free, disk.total
+            freed = 0
+            if fill.ratio() > high_watermark:
+                freed = await _evict(sessionmaker, storage, fill, low_watermark, now, report)
+            if fill.ratio(freed) <= high_watermark:
+                if not dry_run:
+                    await _record(guard, storage, RELIEVED_EVENT, f"{fill.ratio(freed):.0%} full")
+                continue
+            pressure = Pressure(
+                storage.storage_name,
+                round(fill.ratio(freed), 4),
+                "no replica left there that its item can spare (target phase), or the space is not DLM's",
+            )
+            report.warnings.append(pressure)
+            log.warning(
+                "capacity: %s is still %.0f%% full: %s", pressure.storage_name, 100 * pressure.fill, pressure.reason
+            )
             if not dry_run:
-                await _record(sessionmaker, storage, RELIEVED_EVENT, f"{fill.ratio(freed):.0%} full")
-            continue
-        pressure = Pressure(
-            storage.storage_name,
-            round(fill.ratio(freed), 4),
-            "no replica left there that its item can spare (target phase), or the space is not DLM's",
-        )
-        report.warnings.append(pressure)
-        log.warning(
-            "capacity: %s is still %.0f%% full: %s", pressure.storage_name, 100 * pressure.fill, pressure.reason
-        )
-        if not dry_run:
-            await _record(sessionmaker, storage, EXCEEDED_EVENT, f"{pressure.fill:.0%} full: {pressure.reason}")
+                await _record(guard, storage, EXCEEDED_EVENT, f"{pressure.fill:.0%} full: {pressure.reason}")
     return report
 
 
-async def _record(sessionmaker: async_sessionmaker[AsyncSession], storage: Storage, event: str, detail: str) -> None:
+async def _record(session: AsyncSession, storage: Storage, event: str, detail: str) -> None:
     """Add ``event`` to the storage's events when it changes what the last capacity event said: an
     operator hears once that a storage is stuck full, and once that it is not any more."""
-    async with transaction(sessionmaker, actor=ACTOR) as session:
-        if not await claim_item(session, EVENT_LOCK_NAMESPACE, storage.storage_id):
-            return  # another process is recording the same news
-        last = await session.scalar(
-            select(StorageEvent.event)
-            .where(
-                StorageEvent.storage_id == storage.storage_id,
-                StorageEvent.event.in_([EXCEEDED_EVENT, RELIEVED_EVENT]),
-            )
-            .order_by(StorageEvent.event_id.desc())
-            .limit(1)
-        )
-        if last == event or (last is None and event == RELIEVED_EVENT):
-            return
-        session.add(StorageEvent(storage_id=storage.storage_id, event=event, detail=detail, actor=ACTOR))
+    last = await session.scalar(
+        select(StorageEvent.event)
+        .where(StorageEvent.storage_id == storage.storage_id, StorageEvent.event.in_([EXCEEDED_EVENT, RELIEVED_EVENT]))
+        .order_by(StorageEvent.event_id.desc())
+        .limit(1)
+    )
+    if last == event or (last is None and event == RELIEVED_EVENT):
+        return
+    session.add(StorageEvent(storage_id=storage.storage_id, event=event, detail=detail, actor=ACTOR))
 
 
 async def _evict(

@@ -7,7 +7,7 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dlm.lifecycle import capacity
-from tests.conftest import Registry
+from tests.conftest import Registry, in_two_processes
 
 
 async def _full_storage(registry: Registry, tmp_path: Path, *, spare: bool) -> dict[str, str]:
@@ -96,3 +96,15 @@ async def test_a_dry_run_names_the_evictions_and_touches_nothing(
     assert [eviction.item_name for eviction in report.evicted] == ["a", "b"]
     assert {(await registry.item(uid))["item_state"] for uid in uids.values()} == {"READY"}
     assert sorted(path.name for path in (tmp_path / "small").iterdir()) == ["a", "b", "c"]
+
+
+async def test_two_processes_relieve_a_storage_once_not_twice(
+    registry: Registry, database_url: str, tmp_path: Path
+) -> None:
+    await _full_storage(registry, tmp_path, spare=True)
+    reports = await in_two_processes(
+        database_url, lambda sessionmaker: capacity.run_once(sessionmaker, check_file_systems=False)
+    )
+    evicted = [eviction.item_name for report in reports for eviction in report.evicted]
+    assert evicted == ["a"], "one eviction reaches the low watermark; the other process must not add its own"
+    assert sorted(path.name for path in (tmp_path / "small").iterdir()) == ["b", "c"]
