@@ -21,12 +21,12 @@ import uuid
 from typing import Any
 
 import msgspec
-from sqlalchemy import Row, case, or_, select
+from sqlalchemy import Row, case, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dlm.data_item import ITEMS
 from dlm.db.engine import transaction
-from dlm.db.models import Migration, Storage
+from dlm.db.models import Migration, PhaseChange, Storage
 from dlm.enums import ItemState, MigrationStatus, Phase, StorageInterface, combined_phase
 from dlm.errors import DLMError
 from dlm.lifecycle import claim_item
@@ -58,6 +58,8 @@ class ReplicationReport(msgspec.Struct, kw_only=True):
     queued: list[Planned] = msgspec.field(default_factory=list)
     replaced: list[uuid.UUID] = msgspec.field(default_factory=list)  # CORRUPTED replicas removed
     unmet: list[Unmet] = msgspec.field(default_factory=list)
+    # Phase-change requests (set_phase) whose item now has the phase asked for.
+    phase_changes_completed: int = 0
 
     def summary(self) -> str:
         verb = "would queue" if self.dry_run else "queued"
@@ -99,6 +101,9 @@ async def run_once(
                 )
             )
         if not oids:
+            if not dry_run:
+                async with transaction(sessionmaker, actor=ACTOR) as session:
+                    report.phase_changes_completed = await _complete_phase_changes(session, now)
             return report
         after = oids[-1]
         # Which storages may take copies, and how much room they have, is read once per pass.
@@ -172,6 +177,20 @@ async def _enforce(session: AsyncSession, oid: uuid.UUID, placement: "_Placement
     if combined_phase(phases).weight < target.weight:
         reached = combined_phase(phases).value
         report.unmet.append(Unmet(oid, name, f"no suitable storage left: reaches {reached}, needs {target.value}"))
+
+
+async def _complete_phase_changes(session: AsyncSession, now: datetime.datetime) -> int:
+    """Mark the phase-change requests whose items have reached the phase asked for (at once for a
+    lowered target); returns how many."""
+    reached = exists().where(
+        ITEMS.c.oid == PhaseChange.oid,
+        ITEMS.c.item_state == ItemState.READY,
+        _weight(ITEMS.c.oid_phase) >= _weight(PhaseChange.final_phase),
+    )
+    result = await session.execute(
+        update(PhaseChange).where(PhaseChange.completed.is_(None), reached).values(completed=now)
+    )
+    return result.rowcount or 0
 
 
 async def _locations(session: AsyncSession, ready: list[Row[Any]]) -> set[uuid.UUID]:

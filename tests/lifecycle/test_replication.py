@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dlm.lifecycle import replication
-from tests.conftest import Registry, in_two_processes
+from tests.conftest import Registry, admin_connection, in_two_processes
 from tests.migration.conftest import wait_for
 
 
@@ -120,6 +120,30 @@ async def test_a_corrupted_replica_the_target_can_spare_is_still_repaired_in_pla
     rows = (await registry.client.get("/request/query_data_item", params={"item_name": "obs"})).json()
     states = sorted((row["item_state"], row["uri"]) for row in rows)
     assert states == [("DELETED", "obs"), ("READY", "obs"), ("READY", "obs")]
+
+
+async def test_a_raised_target_is_met_and_its_phase_change_request_completed(
+    registry: Registry, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path, database_url: str
+) -> None:
+    await _storage(registry, "liquid", tmp_path / "liquid", "LIQUID", location="elsewhere")
+    uid = await registry.register("obs", target_phase="GAS")
+    assert (await replication.run_once(sessionmaker)).queued == []
+    await registry.client.patch("/request/set_phase", params={"uid": uid, "phase": "LIQUID"})
+    report = await replication.run_once(sessionmaker)
+    assert [planned.destination for planned in report.queued] == ["liquid"]
+    assert report.phase_changes_completed == 0, "the copy is still in flight"
+    await _settle(registry, report)
+    assert (await replication.run_once(sessionmaker)).phase_changes_completed == 1
+
+    await registry.client.patch("/request/set_phase", params={"uid": uid, "phase": "GAS"})  # lowered
+    lowered = await replication.run_once(sessionmaker)
+    assert lowered.queued == [] and lowered.phase_changes_completed == 1, "a lower target is met at once"
+    async with admin_connection(database_url) as connection:
+        requests = await connection.fetch("SELECT final_phase, completed FROM phase_change ORDER BY phase_change_id")
+    assert [(row["final_phase"], row["completed"] is not None) for row in requests] == [
+        ("LIQUID", True),
+        ("GAS", True),
+    ]
 
 
 async def test_two_processes_queue_each_copy_once(registry: Registry, database_url: str, tmp_path: Path) -> None:
