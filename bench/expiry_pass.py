@@ -1,6 +1,8 @@
 """Expiry: one pass of DLM's expiry engine over N expired items on one POSIX storage (each payload
 deleted, each row marked DELETED with its history event) against a bare loop of os.unlink over as
-many files, in the same run.
+many files, in the same run; and one pass over N replicas past their uid_expiration that an earlier
+pass kept for their items (the steady state of an archive whose replicas outlive their default
+24 hours), which should find nothing to do, quickly.
 
     python bench/expiry_pass.py [--items 100000]
 
@@ -16,6 +18,7 @@ import time
 from pathlib import Path
 
 import bench_db  # the benches' shared database helpers, beside this script
+from sqlalchemy import text
 
 from dlm.db.engine import create_engine, create_sessionmaker, transaction
 from dlm.enums import LocationType, StorageInterface, StorageType
@@ -43,7 +46,9 @@ def bare_unlink(root: Path, count: int) -> float:
     return time.perf_counter() - started
 
 
-async def dlm_expiry(admin_url: str, root: Path, count: int) -> float:
+async def dlm_expiry(admin_url: str, root: Path, count: int, *, kept: bool = False) -> float:
+    """Seconds for one pass over ``count`` expired items; ``kept``: replicas past uid_expiration that
+    a previous pass kept for their items (their expiry_kept events are written here, in bulk)."""
     _make_files(root, count)
     url = await bench_db.fresh_database(admin_url)
     engine = create_engine(url, pool_size=4)
@@ -66,18 +71,31 @@ async def dlm_expiry(admin_url: str, root: Path, count: int) -> float:
                     item_name=f"item-{index}",
                     uri=f"d{index // 1000:04d}/f{index}",
                     storage_name="bench",
-                    oid_expiration=expired,
+                    **({"uid_expiration": expired} if kept else {"oid_expiration": expired}),
                     do_storage_access_check=False,
                 )
                 for index in range(start, min(start + CHUNK, count))
             ]
             async with transaction(sessionmaker, actor="bench") as session:
                 await register_items(session, entries)
+        if kept:
+            async with transaction(sessionmaker, actor="bench") as session:
+                await session.execute(
+                    text(
+                        "INSERT INTO data_item_event (uid, oid, event, new_value, actor) "
+                        "SELECT uid, oid, :event, 'kept by an earlier pass', 'bench' FROM data_item"
+                    ),
+                    {"event": expiry.KEPT_EVENT},
+                )
         started = time.perf_counter()
         report = await expiry.run_once(sessionmaker)
         elapsed = time.perf_counter() - started
-        assert len(report.deleted) == count, report.summary()
-        assert not any(root.rglob("f*")), "every payload deleted"
+        if kept:
+            assert report.deleted == report.kept == [], report.summary()
+            assert sum(1 for _ in root.rglob("f*")) == count, "every payload kept"
+        else:
+            assert len(report.deleted) == count, report.summary()
+            assert not any(root.rglob("f*")), "every payload deleted"
         return elapsed
     finally:
         await engine.dispose()
@@ -91,12 +109,14 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dlm-bench-expiry-") as directory:
         baseline = bare_unlink(Path(directory) / "unlink", args.items)
         dlm = await dlm_expiry(bench_db.admin_url(), Path(directory) / "dlm", args.items)
+        steady = await dlm_expiry(bench_db.admin_url(), Path(directory) / "kept", args.items, kept=True)
     print(f"\nOne expiry pass over {args.items:,} expired items on one POSIX storage\n")
     print(f"| {'method':<44} | {'seconds':>8} | {'µs/item':>8} | {'vs baseline':>11} |")
     print(f"|{'-' * 46}|{'-' * 10}|{'-' * 10}|{'-' * 13}|")
     for label, seconds in (
         ("bare os.unlink loop (baseline)", baseline),
         ("DLM expiry.run_once (rows + payloads)", dlm),
+        ("DLM expiry.run_once, all kept before (no-op)", steady),
     ):
         per_item = seconds / args.items * 1e6
         print(f"| {label:<44} | {seconds:8.2f} | {per_item:8.1f} | {seconds / baseline:10.1f}x |")

@@ -2,9 +2,17 @@
 interval by ``EngineLoops`` inside the server, or once by `dlm worker <engine> --once`."""
 
 import uuid
+from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import case, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from dlm.enums import Phase
+
+
+def phase_weight(column: Any) -> Any:
+    """A phase column as its weight (SPEC §1), for sums and comparisons in SQL."""
+    return case({phase: phase.weight for phase in Phase}, value=column)
 
 
 async def claim_item(session: AsyncSession, namespace: int, oid: uuid.UUID) -> bool:

@@ -2,7 +2,9 @@
 payloads and become DELETED (the rows stay, as the trace).
 
 A replica whose deletion would leave its item, itself not expired, below its ``target_phase`` is
-kept, and the reason is recorded once in the item's history (event ``expiry_kept``). Several DLM
+kept, and the reason is recorded once in the item's history (event ``expiry_kept``); later passes
+skip it until the item's other READY replicas could stand in for it, so that a catalogue of replicas
+kept for their items does not cost a decision each per pass. Several DLM
 processes may run passes at once: an item is claimed with a transaction-scoped advisory lock that a
 second process does not wait for but skips, a batch per transaction, each item inside a savepoint
 so one storage's trouble does not undo the rest.
@@ -22,7 +24,7 @@ from dlm.db.engine import transaction
 from dlm.db.models import DataItemEvent, Migration, Storage
 from dlm.enums import ItemState, ItemType, MigrationStatus
 from dlm.errors import Conflict, UnmetPreconditionForOperation
-from dlm.lifecycle import claim_items
+from dlm.lifecycle import claim_items, phase_weight
 from dlm.storage.service import check_resilience, delete_replica, lock_replicas, storage_backend
 from dlm.transfer.base import TransferError
 
@@ -58,6 +60,25 @@ def _expired(now: datetime.datetime) -> Any:
     return (ITEMS.c.item_state != ItemState.DELETED) & or_(ITEMS.c.uid_expiration <= now, ITEMS.c.oid_expiration <= now)
 
 
+def _worth_deciding(now: datetime.datetime) -> Any:
+    """Not an expired replica already kept for its item (``expiry_kept`` recorded) whose item's other
+    READY replicas still fall short of its target_phase: nothing has changed for it since. The
+    decision itself stays check_resilience's; this only spares a pass from repeating it."""
+    others = ITEMS.alias("others")
+    others_weight = (
+        select(func.coalesce(func.sum(phase_weight(others.c.uid_phase)), 0))
+        .where(others.c.oid == ITEMS.c.oid, others.c.uid != ITEMS.c.uid, others.c.item_state == ItemState.READY)
+        .scalar_subquery()
+    )
+    already_kept = exists().where(DataItemEvent.uid == ITEMS.c.uid, DataItemEvent.event == KEPT_EVENT)
+    return or_(
+        ITEMS.c.oid_expiration <= now,
+        ITEMS.c.item_state != ItemState.READY,
+        ~already_kept,
+        others_weight >= phase_weight(ITEMS.c.target_phase),
+    )
+
+
 async def run_once(
     sessionmaker: async_sessionmaker[AsyncSession],
     *,
@@ -77,7 +98,7 @@ async def run_once(
             batch = (
                 await session.execute(
                     select(ITEMS.c.uid, ITEMS.c.oid, ITEMS.c.oid_expiration)
-                    .where(_expired(now), ITEMS.c.uid > after)
+                    .where(_expired(now), _worth_deciding(now), ITEMS.c.uid > after)
                     .order_by(ITEMS.c.uid)
                     .limit(batch_size)
                 )

@@ -21,15 +21,15 @@ import uuid
 from typing import Any
 
 import msgspec
-from sqlalchemy import Row, case, exists, or_, select, update
+from sqlalchemy import Row, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dlm.data_item import ITEMS
 from dlm.db.engine import transaction
 from dlm.db.models import Migration, PhaseChange, Storage
-from dlm.enums import ItemState, MigrationStatus, Phase, StorageInterface, combined_phase
+from dlm.enums import ItemState, MigrationStatus, StorageInterface, combined_phase
 from dlm.errors import DLMError
-from dlm.lifecycle import claim_item
+from dlm.lifecycle import claim_item, phase_weight
 from dlm.migration.service import copy_item
 from dlm.storage.service import delete_replica, file_system_usage, held_by_storage, lock_replicas
 from dlm.transfer.base import TransferError
@@ -66,10 +66,6 @@ class ReplicationReport(msgspec.Struct, kw_only=True):
         return f"{verb} {len(self.queued)} copies, replaced {len(self.replaced)} corrupted, {len(self.unmet)} unmet"
 
 
-def _weight(column: Any) -> Any:
-    return case({phase: phase.weight for phase in Phase}, value=column)
-
-
 async def run_once(
     sessionmaker: async_sessionmaker[AsyncSession],
     *,
@@ -91,7 +87,7 @@ async def run_once(
                         ITEMS.c.item_state.in_([ItemState.READY, ItemState.CORRUPTED]),
                         ITEMS.c.oid_expiration > now,
                         or_(
-                            _weight(ITEMS.c.oid_phase) < _weight(ITEMS.c.target_phase),
+                            phase_weight(ITEMS.c.oid_phase) < phase_weight(ITEMS.c.target_phase),
                             ITEMS.c.item_state == ItemState.CORRUPTED,
                         ),
                     )
@@ -185,7 +181,7 @@ async def _complete_phase_changes(session: AsyncSession, now: datetime.datetime)
     reached = exists().where(
         ITEMS.c.oid == PhaseChange.oid,
         ITEMS.c.item_state == ItemState.READY,
-        _weight(ITEMS.c.oid_phase) >= _weight(PhaseChange.final_phase),
+        phase_weight(ITEMS.c.oid_phase) >= phase_weight(PhaseChange.final_phase),
     )
     result = await session.execute(
         update(PhaseChange).where(PhaseChange.completed.is_(None), reached).values(completed=now)

@@ -51,18 +51,25 @@ async def test_an_expired_replica_that_is_not_needed_is_deleted(
 
 
 async def test_a_replica_the_item_still_needs_is_kept_with_the_reason_recorded_once(
-    registry: Registry, sessionmaker: async_sessionmaker[AsyncSession]
+    registry: Registry, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
 ) -> None:
     uid = await registry.register("needed", target_phase="GAS")
     await _expire_uid(registry, uid)
-    for _ in range(2):
-        report = await expiry.run_once(sessionmaker, now=NOW)
-        assert report.deleted == [] and [str(kept.uid) for kept in report.kept] == [uid]
-        assert "target_phase" in report.kept[0].reason
+    report = await expiry.run_once(sessionmaker, now=NOW)
+    assert report.deleted == [] and [str(kept.uid) for kept in report.kept] == [uid]
+    assert "target_phase" in report.kept[0].reason
+    again = await expiry.run_once(sessionmaker, now=NOW)
+    assert again.deleted == again.kept == [], "nothing changed for it: the next pass does not decide again"
     assert (await registry.item(uid))["item_state"] == "READY"
     assert (registry.root / "needed").exists()
     [kept] = await _events(registry, uid, expiry.KEPT_EVENT)
     assert "target_phase GAS" in kept["new_value"] and kept["actor"] == "expiry"
+
+    await registry.storage("second", root=tmp_path / "second")
+    await registry.replica(uid, "second", tmp_path / "second", "needed")  # now it can be spared
+    spared = await expiry.run_once(sessionmaker, now=NOW)
+    assert [str(deleted) for deleted in spared.deleted] == [uid]
+    assert not (registry.root / "needed").exists()
 
 
 async def test_an_expired_item_loses_every_replica(
