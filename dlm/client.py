@@ -34,21 +34,22 @@ FINISHED = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 T = TypeVar("T")
 
 
-def _row_struct(name: str, table: Table, *extra: tuple[str, type]) -> type[msgspec.Struct]:
-    """A struct with one optional field per column of ``table``, typed as the column is, and per
-    ``extra`` (name, type) a column the server joins in."""
-    fields: list[tuple[str, Any, None]] = [(extra_name, extra_type | None, None) for extra_name, extra_type in extra]
-    for column in table.columns:
-        try:
-            python_type = column.type.python_type
-        except NotImplementedError:
-            python_type = Any
-        if python_type is Decimal:
-            python_type = float
-        if python_type in (dict, list):
-            python_type = Any
-        fields.append((str(column.name), python_type | None, None))
-    return msgspec.defstruct(name, fields, kw_only=True, module=__name__)
+def _row_struct(name: str, *tables: Table, extra: tuple[tuple[str, type], ...] = ()) -> type[msgspec.Struct]:
+    """A struct with one optional field per column of ``tables`` (the first table's wins a shared
+    name), typed as the column is, and per ``extra`` (name, type) a column the server joins in."""
+    fields: dict[str, tuple[str, Any, None]] = {field: (field, kind | None, None) for field, kind in extra}
+    for table in tables:
+        for column in table.columns:
+            try:
+                python_type = column.type.python_type
+            except NotImplementedError:
+                python_type = Any
+            if python_type is Decimal:
+                python_type = float
+            if python_type in (dict, list):
+                python_type = Any
+            fields.setdefault(str(column.name), (str(column.name), python_type | None, None))
+    return msgspec.defstruct(name, list(fields.values()), kw_only=True, module=__name__)
 
 
 # The server's rows, typed from the one place the schema lives (dlm.db.models).
@@ -57,7 +58,9 @@ Storage = _row_struct("Storage", models.Storage.__table__)
 Location = _row_struct("Location", models.Location.__table__)
 Migration = _row_struct("Migration", models.Migration.__table__)
 Event = _row_struct("Event", models.DataItemEvent.__table__)
-StorageEvent = _row_struct("StorageEvent", models.StorageEvent.__table__, ("storage_name", str))
+StorageEvent = _row_struct("StorageEvent", models.StorageEvent.__table__, extra=(("storage_name", str),))
+# A READY replica and the storage holding it (GET /request/query_item_storage).
+Replica = _row_struct("Replica", models.DataItem.__table__, models.Storage.__table__)
 
 
 class StorageUsage(msgspec.Struct, kw_only=True):
@@ -223,7 +226,7 @@ class _Operations:
             _call(
                 "GET",
                 "/request/query_item_storage",
-                list[dict[str, Any]],
+                list[Replica],
                 item_name=item_name or None,
                 oid=oid or None,
                 uid=uid or None,
