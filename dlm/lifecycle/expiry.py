@@ -16,7 +16,7 @@ import uuid
 from typing import Any
 
 import msgspec
-from sqlalchemy import Row, exists, func, or_, select, update
+from sqlalchemy import Row, case, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dlm.data_item import ITEMS, refresh_oid_phase
@@ -65,9 +65,13 @@ def _worth_deciding(now: datetime.datetime) -> Any:
     READY replicas still fall short of its target_phase: nothing has changed for it since. The
     decision itself stays check_resilience's; this only spares a pass from repeating it."""
     others = ITEMS.alias("others")
+    # Only the oid in the WHERE clause: with the state there too, a planner short of statistics (a
+    # freshly loaded table) intersects the oid index with the item_state one, whose READY half is the
+    # whole table, for every row scanned.
+    is_another_ready = (others.c.uid != ITEMS.c.uid) & (others.c.item_state == ItemState.READY)
     others_weight = (
-        select(func.coalesce(func.sum(phase_weight(others.c.uid_phase)), 0))
-        .where(others.c.oid == ITEMS.c.oid, others.c.uid != ITEMS.c.uid, others.c.item_state == ItemState.READY)
+        select(func.coalesce(func.sum(case((is_another_ready, phase_weight(others.c.uid_phase)), else_=0)), 0))
+        .where(others.c.oid == ITEMS.c.oid)
         .scalar_subquery()
     )
     already_kept = exists().where(DataItemEvent.uid == ITEMS.c.uid, DataItemEvent.event == KEPT_EVENT)
