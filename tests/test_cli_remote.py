@@ -174,7 +174,7 @@ def test_the_readme_python_example_runs_as_written(live: Live, capsys: pytest.Ca
         client.add_storage("scratch", root_directory=str(scratch), location_name="local")
     exec(example.replace("http://127.0.0.1:8000", live.url), {})  # noqa: S102 - the README's own code
     assert capsys.readouterr().out.strip() == "SUCCEEDED"
-    assert (scratch / "hello.txt").read_text() == "hello, DLM\n"
+    assert (scratch / "from-python" / "hello.txt").read_text() == "hello, DLM\n"
 
 
 # Every operation the server offers, and the command that offers it on the command line.
