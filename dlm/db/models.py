@@ -190,6 +190,9 @@ class DataItem(Base):
             unique=True,
             postgresql_where=NOT_DELETED,
         ),
+        # A payload belongs to one live replica: otherwise deleting one item's replica (expiry, capacity,
+        # a user) would delete the bytes another item still counts on.
+        Index("uq_data_item_storage_id_uri_live", "storage_id", "uri", unique=True, postgresql_where=NOT_DELETED),
     )
 
 

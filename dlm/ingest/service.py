@@ -3,6 +3,7 @@
 import datetime
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import msgspec
@@ -137,6 +138,35 @@ async def register_members(
     return await register_items(session, registrations, checksum_max_bytes=checksum_max_bytes, extractors=extractors)
 
 
+async def _refuse_registered_payloads(
+    session: AsyncSession, registrations: list[Any], storages: list[Storage], where: Callable[[int], str]
+) -> None:
+    """A payload (storage, uri) may back one live replica only: deleting either would take the other's
+    bytes. The unique index says so too; this says which entry and which item."""
+    places = [(storages[index].storage_id, entry.uri) for index, entry in enumerate(registrations)]
+    duplicated = [place for place, count in Counter(places).items() if count > 1]
+    if duplicated:
+        index = places.index(duplicated[0])
+        raise ValueAlreadyInDB(f"{where(index)}uri: {duplicated[0][1]!r} appears twice for one storage")
+    taken = (
+        await session.execute(
+            text(
+                "SELECT d.item_name, d.storage_id, d.uri FROM data_item AS d "
+                "JOIN unnest(CAST(:storages AS uuid[]), CAST(:uris AS text[])) AS k(storage_id, uri) "
+                "ON d.storage_id = k.storage_id AND d.uri = k.uri "
+                "WHERE d.item_state <> 'DELETED' LIMIT 1"
+            ),
+            {"storages": [storage for storage, _ in places], "uris": [uri for _, uri in places]},
+        )
+    ).first()
+    if taken is not None:
+        index = places.index((taken.storage_id, taken.uri))
+        raise ValueAlreadyInDB(
+            f"{where(index)}uri: {taken.uri!r} on storage {storages[index].storage_name!r} is already the payload of "
+            f"item {taken.item_name!r}; register it once, or copy it elsewhere"
+        )
+
+
 async def register_items(
     session: AsyncSession,
     registrations: list[ItemRegistration],
@@ -185,6 +215,7 @@ async def register_items(
         raise ValueAlreadyInDB(
             f"{where(index)}item_name: {taken.item_name!r} is already registered on storage {storage_name!r}"
         )
+    await _refuse_registered_payloads(session, registrations, storages, where)
 
     versions = await next_versions(session, names)
     rows = []

@@ -44,6 +44,32 @@ async def test_registering_twice_on_one_storage_is_refused(registry: Registry) -
     assert len(rows) == 1
 
 
+async def test_a_payload_backs_one_live_replica_only(registry: Registry) -> None:
+    """Two items naming one file would mean deleting either deletes the other's bytes."""
+    await registry.register("original", "shared.dat")
+    again = await registry.client.post(
+        "/ingest/register_data_item", params={"item_name": "alias", "uri": "shared.dat", "storage_name": "disk"}
+    )
+    assert_error(again, 422, "ValueAlreadyInDB", "uri: 'shared.dat'", "item 'original'")
+    registry.payload("b.dat")
+    bulk = await registry.client.post(
+        "/ingest/register_data_items",
+        json=[
+            {"item_name": "b", "uri": "b.dat", "storage_name": "disk"},
+            {"item_name": "b-again", "uri": "b.dat", "storage_name": "disk"},
+        ],
+    )
+    assert_error(bulk, 422, "ValueAlreadyInDB", "items[0].uri: 'b.dat' appears twice")
+    assert (await registry.client.get("/request/query_data_item", params={"item_name": "b"})).json() == []
+
+    other = await registry.register("other", "other.dat")
+    storage_id = (await registry.item(other))["storage_id"]
+    moved = await registry.client.patch(
+        "/request/set_uri", params={"uid": other, "uri": "shared.dat", "storage_id": storage_id}
+    )
+    assert_error(moved, 422, "ValueAlreadyInDB", "uri: this payload is already another live replica's")
+
+
 async def test_the_same_name_on_another_storage_is_a_new_version(registry: Registry, tmp_path: Path) -> None:
     first = await registry.register("product")
     await registry.storage("tape-cache", root=tmp_path / "other")
