@@ -138,33 +138,30 @@ async def register_members(
     return await register_items(session, registrations, checksum_max_bytes=checksum_max_bytes, extractors=extractors)
 
 
-async def _refuse_registered_payloads(
-    session: AsyncSession, registrations: list[Any], storages: list[Storage], where: Callable[[int], str]
-) -> None:
-    """A payload (storage, uri) may back one live replica only: deleting either would take the other's
-    bytes. The unique index says so too; this says which entry and which item."""
-    places = [(storages[index].storage_id, entry.uri) for index, entry in enumerate(registrations)]
-    duplicated = [place for place, count in Counter(places).items() if count > 1]
+async def _first_live_with(
+    session: AsyncSession, column: str, values: list[str], storage_ids: list[uuid.UUID], where: Callable[[int], str]
+) -> tuple[int, Any] | None:
+    """The first entry whose ``column`` value is already a live replica's on its storage, with that
+    replica (item_name, value); a value repeated for one storage within the batch is refused here."""
+    assert column in ("item_name", "uri")  # a fixed column name, never caller input, goes into the SQL
+    keys = list(zip(values, storage_ids, strict=True))
+    duplicated = [key for key, count in Counter(keys).items() if count > 1]
     if duplicated:
-        index = places.index(duplicated[0])
-        raise ValueAlreadyInDB(f"{where(index)}uri: {duplicated[0][1]!r} appears twice for one storage")
+        index = keys.index(duplicated[0])
+        raise ValueAlreadyInDB(f"{where(index)}{column}: {duplicated[0][0]!r} appears twice for one storage")
+    # Arrays, not an IN list: a batch of 100,000 keys is still one bound parameter per column.
     taken = (
         await session.execute(
             text(
-                "SELECT d.item_name, d.storage_id, d.uri FROM data_item AS d "
-                "JOIN unnest(CAST(:storages AS uuid[]), CAST(:uris AS text[])) AS k(storage_id, uri) "
-                "ON d.storage_id = k.storage_id AND d.uri = k.uri "
+                f"SELECT d.item_name, d.{column} AS value, d.storage_id FROM data_item AS d "
+                "JOIN unnest(CAST(:values AS text[]), CAST(:storages AS uuid[])) AS k(value, storage_id) "
+                f"ON d.{column} = k.value AND d.storage_id = k.storage_id "
                 "WHERE d.item_state <> 'DELETED' LIMIT 1"
             ),
-            {"storages": [storage for storage, _ in places], "uris": [uri for _, uri in places]},
+            {"values": values, "storages": storage_ids},
         )
     ).first()
-    if taken is not None:
-        index = places.index((taken.storage_id, taken.uri))
-        raise ValueAlreadyInDB(
-            f"{where(index)}uri: {taken.uri!r} on storage {storages[index].storage_name!r} is already the payload of "
-            f"item {taken.item_name!r}; register it once, or copy it elsewhere"
-        )
+    return None if taken is None else (keys.index((taken.value, taken.storage_id)), taken)
 
 
 async def register_items(
@@ -191,31 +188,23 @@ async def register_items(
     parents = await _resolve_parents(session, registrations, where)
 
     names = [entry.item_name for entry in registrations]
-    keys = [(entry.item_name, storages[index].storage_id) for index, entry in enumerate(registrations)]
-    duplicated = [key for key, count in Counter(keys).items() if count > 1]
-    if duplicated:
-        index = keys.index(duplicated[0])
-        raise ValueAlreadyInDB(f"{where(index)}item_name: {duplicated[0][0]!r} appears twice for one storage")
+    storage_ids = [storage.storage_id for storage in storages]
     await lock_item_names(session, names)
-    # Arrays, not an IN list: a batch of 100,000 keys is still one bound parameter per column.
-    taken = (
-        await session.execute(
-            text(
-                "SELECT d.item_name, d.storage_id FROM data_item AS d "
-                "JOIN unnest(CAST(:names AS text[]), CAST(:storages AS uuid[])) AS k(item_name, storage_id) "
-                "ON d.item_name = k.item_name AND d.storage_id = k.storage_id "
-                "WHERE d.item_state <> 'DELETED' LIMIT 1"
-            ),
-            {"names": [name for name, _ in keys], "storages": [storage for _, storage in keys]},
-        )
-    ).first()
-    if taken is not None:
-        index = keys.index((taken.item_name, taken.storage_id))
-        storage_name = storages[index].storage_name
+    if found := await _first_live_with(session, "item_name", names, storage_ids, where):
+        index, taken = found
         raise ValueAlreadyInDB(
-            f"{where(index)}item_name: {taken.item_name!r} is already registered on storage {storage_name!r}"
+            f"{where(index)}item_name: {taken.item_name!r} is already registered on storage "
+            f"{storages[index].storage_name!r}"
         )
-    await _refuse_registered_payloads(session, registrations, storages, where)
+    # A payload backs one live replica only: deleting either would take the other's bytes. The unique
+    # index says so too; this says which entry and which item.
+    uris = [entry.uri for entry in registrations]
+    if found := await _first_live_with(session, "uri", uris, storage_ids, where):
+        index, taken = found
+        raise ValueAlreadyInDB(
+            f"{where(index)}uri: {taken.value!r} on storage {storages[index].storage_name!r} is already the payload "
+            f"of item {taken.item_name!r}; register it once, or copy it elsewhere"
+        )
 
     versions = await next_versions(session, names)
     rows = []
