@@ -56,3 +56,18 @@ def test_help_has_examples() -> None:
         result = dlm(*args)
         assert result.returncode == 0 and "dlm" in result.stdout
     assert "Examples" in dlm("serve", "--help").stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "summary"),
+    [
+        (["expiry", "--once", "--dry-run"], "would delete 0"),
+        (["replication", "--once", "--dry-run"], "would queue 0 copies"),
+        (["audit", "--once", "--limit", "5", "--dark-data"], "checked 0"),
+        (["capacity", "--once", "--dry-run"], "would evict 0 replicas"),
+    ],
+)
+def test_every_worker_command_runs_a_pass(database_url: str, args: list[str], summary: str) -> None:
+    result = dlm("worker", *args, DLM_DATABASE_URL=database_url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(summary), result.stdout

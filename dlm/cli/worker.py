@@ -9,7 +9,6 @@ import click
 import msgspec
 
 from dlm.cli.common import CLIError, database_url, load_settings, run
-from dlm.config import Settings
 from dlm.errors import DLMError
 from dlm.parsing import parse_datetime
 
@@ -48,17 +47,7 @@ def expiry_command(once: bool, dry_run: bool, now_text: str | None, as_json: boo
       dlm worker expiry --once --now 2027-01-01 --dry-run --json
       dlm worker expiry                      # a pass every DLM_EXPIRY_INTERVAL_SECONDS
     """
-    from dlm.lifecycle import expiry
-
-    now = _parse_now(now_text)
-    settings = load_settings()
-    _run_engine(
-        lambda sessionmaker: expiry.run_once(sessionmaker, now=now, dry_run=dry_run),
-        settings,
-        settings.expiry_interval_seconds,
-        once=once,
-        as_json=as_json,
-    )
+    _run_engine("expiry", once=once, as_json=as_json, now=_parse_now(now_text), dry_run=dry_run)
 
 
 @worker.command("replication")
@@ -71,17 +60,7 @@ def replication_command(once: bool, dry_run: bool, now_text: str | None, as_json
       dlm worker replication --once --dry-run     # which copies would be made, and where
       dlm worker replication                      # a pass every DLM_REPLICATION_INTERVAL_SECONDS
     """
-    from dlm.lifecycle import replication
-
-    now = _parse_now(now_text)
-    settings = load_settings()
-    _run_engine(
-        lambda sessionmaker: replication.run_once(sessionmaker, now=now, dry_run=dry_run),
-        settings,
-        settings.replication_interval_seconds,
-        once=once,
-        as_json=as_json,
-    )
+    _run_engine("replication", once=once, as_json=as_json, now=_parse_now(now_text), dry_run=dry_run)
 
 
 @worker.command("audit")
@@ -100,21 +79,9 @@ def audit_command(
       dlm worker audit --once --limit 1000
       dlm worker audit --once --dark-data --json
     """
-    from dlm.lifecycle import audit
-    from dlm.lifecycle.loops import audit_options
-
     if dry_run:
         raise CLIError("--dry-run: an audit only reads payloads; run it without --dry-run")
-    now = _parse_now(now_text)
-    settings = load_settings()
-    options = audit_options(settings)
-    _run_engine(
-        lambda sessionmaker: audit.run_once(sessionmaker, now=now, limit=limit, dark_data=dark_data, **options),
-        settings,
-        settings.audit_interval_seconds,
-        once=once,
-        as_json=as_json,
-    )
+    _run_engine("audit", once=once, as_json=as_json, now=_parse_now(now_text), limit=limit, dark_data=dark_data)
 
 
 @worker.command("capacity")
@@ -127,19 +94,7 @@ def capacity_command(once: bool, dry_run: bool, now_text: str | None, as_json: b
     Examples:
       dlm worker capacity --once --dry-run       # what would be evicted, and which storages stay full
     """
-    from dlm.lifecycle import capacity
-    from dlm.lifecycle.loops import capacity_options
-
-    now = _parse_now(now_text)
-    settings = load_settings()
-    options = capacity_options(settings)
-    _run_engine(
-        lambda sessionmaker: capacity.run_once(sessionmaker, now=now, dry_run=dry_run, **options),
-        settings,
-        settings.capacity_interval_seconds,
-        once=once,
-        as_json=as_json,
-    )
+    _run_engine("capacity", once=once, as_json=as_json, now=_parse_now(now_text), dry_run=dry_run)
 
 
 def _parse_now(text: str | None) -> datetime.datetime | None:
@@ -151,10 +106,15 @@ def _parse_now(text: str | None) -> datetime.datetime | None:
         raise CLIError(exc.message) from None
 
 
-def _run_engine(run_once: Any, settings: Settings, interval: float, *, once: bool, as_json: bool) -> None:
+def _run_engine(name: str, *, once: bool, as_json: bool, **arguments: Any) -> None:
+    """Run engine ``name`` as `dlm serve` would (its settings-derived options and interval, from
+    ``engines``), with this command's ``arguments`` added to each pass."""
     from dlm.db.engine import create_engine, create_sessionmaker
     from dlm.db.schema import check_schema
+    from dlm.lifecycle.loops import engines
 
+    settings = load_settings()
+    run_once, interval = engines(settings)[name]
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pgserver").setLevel(logging.WARNING)
 
@@ -164,7 +124,7 @@ def _run_engine(run_once: Any, settings: Settings, interval: float, *, once: boo
             await check_schema(engine)
             sessionmaker = create_sessionmaker(engine)
             while True:
-                report = await run_once(sessionmaker)
+                report = await run_once(sessionmaker, **arguments)
                 if once:
                     return report
                 click.echo(report.summary(), err=True)

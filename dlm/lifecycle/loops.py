@@ -15,30 +15,28 @@ from dlm.lifecycle import audit, capacity, expiry, replication
 
 log = logging.getLogger("dlm.lifecycle")
 
-Pass = Callable[[async_sessionmaker[AsyncSession]], Awaitable[Any]]
+# A pass takes the sessionmaker, then any keyword arguments its engine accepts (now, dry_run, …).
+Pass = Callable[..., Awaitable[Any]]
 
 
 def engines(settings: Settings) -> dict[str, tuple[Pass, float]]:
-    """Each engine's single pass and how often it runs (seconds; 0: not in this process)."""
+    """Each engine's single pass, with the options the settings give it, and how often it runs
+    (seconds; 0: not in this process). `dlm serve` and `dlm worker` both run the engines from here."""
+    audit_pass = functools.partial(
+        audit.run_once,
+        max_bytes_per_second=settings.audit_max_bytes_per_second,
+        recheck_after=datetime.timedelta(seconds=settings.audit_recheck_seconds),
+    )
+    capacity_pass = functools.partial(
+        capacity.run_once,
+        high_watermark=settings.capacity_high_watermark,
+        low_watermark=settings.capacity_low_watermark,
+    )
     return {
         "expiry": (expiry.run_once, settings.expiry_interval_seconds),
         "replication": (replication.run_once, settings.replication_interval_seconds),
-        "audit": (functools.partial(audit.run_once, **audit_options(settings)), settings.audit_interval_seconds),
-        "capacity": (
-            functools.partial(capacity.run_once, **capacity_options(settings)),
-            settings.capacity_interval_seconds,
-        ),
-    }
-
-
-def capacity_options(settings: Settings) -> dict[str, Any]:
-    return {"high_watermark": settings.capacity_high_watermark, "low_watermark": settings.capacity_low_watermark}
-
-
-def audit_options(settings: Settings) -> dict[str, Any]:
-    return {
-        "max_bytes_per_second": settings.audit_max_bytes_per_second,
-        "recheck_after": datetime.timedelta(seconds=settings.audit_recheck_seconds),
+        "audit": (audit_pass, settings.audit_interval_seconds),
+        "capacity": (capacity_pass, settings.capacity_interval_seconds),
     }
 
 
