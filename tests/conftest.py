@@ -174,6 +174,11 @@ class Registry:
         assert response.status_code == 200, response.text
         return response.json()
 
+    async def _ensure_location(self, name: str) -> None:
+        existing = await self.client.get("/storage/query_location", params={"location_name": name})
+        if not existing.json():
+            await self.location(name)
+
     async def storage(
         self,
         name: str = "disk",
@@ -185,9 +190,7 @@ class Registry:
     ) -> str:
         root = root or self.root
         root.mkdir(parents=True, exist_ok=True)
-        existing = await self.client.get("/storage/query_location", params={"location_name": location})
-        if not existing.json():
-            await self.location(location)
+        await self._ensure_location(location)
         response = await self.client.post(
             "/storage/init_storage",
             params={
@@ -204,9 +207,7 @@ class Registry:
         return response.json()
 
     async def s3_storage(self, name: str, bucket: str, config: dict[str, Any], *, phase: str = "SOLID") -> str:
-        existing = await self.client.get("/storage/query_location", params={"location_name": "site"})
-        if not existing.json():
-            await self.location("site")
+        await self._ensure_location("site")
         response = await self.client.post(
             "/storage/init_storage",
             params={

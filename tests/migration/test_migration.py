@@ -173,15 +173,23 @@ async def test_a_container_copies_recursively_with_its_registered_members(
     assert copied["item_checksum"] == crc32c(b"a" * 100)
 
 
+async def _queue_big_copy(
+    slow_client: AsyncTestClient, storage_root: Path, second: Path, content: bytes
+) -> tuple[Registry, dict]:
+    """On the throttled client: item "big" holding ``content`` on the default storage, and a copy of it
+    queued to a storage "second" at ``second``."""
+    registry = Registry(slow_client, storage_root)
+    await registry.storage()
+    await registry.storage("second", root=second)
+    registry.payload("big", content)
+    uid = await registry.register("big")
+    return registry, await copy(slow_client, uid=uid, destination_name="second")
+
+
 async def test_progress_is_visible_while_a_copy_runs(
     slow_client: AsyncTestClient, storage_root: Path, tmp_path: Path
 ) -> None:
-    registry = Registry(slow_client, storage_root)
-    await registry.storage()
-    await registry.storage("second", root=tmp_path / "second")
-    registry.payload("big", os.urandom(6 * 1024 * 1024))
-    uid = await registry.register("big")
-    queued = await copy(slow_client, uid=uid, destination_name="second")
+    _, queued = await _queue_big_copy(slow_client, storage_root, tmp_path / "second", os.urandom(6 * 1024 * 1024))
     running = await wait_for(slow_client, queued["migration_id"], {"RUNNING"}, timeout=10)
     seen = []
     while running["status"] == "RUNNING":
@@ -227,13 +235,8 @@ async def test_an_unreachable_destination_is_refused_up_front(registry: Registry
 async def test_a_destination_vanishing_mid_copy_is_retried_with_backoff_then_failed(
     slow_client: AsyncTestClient, storage_root: Path, tmp_path: Path
 ) -> None:
-    registry = Registry(slow_client, storage_root)
-    await registry.storage()
     second = tmp_path / "second"
-    await registry.storage("second", root=second)
-    registry.payload("big", os.urandom(8 * 1024 * 1024))
-    uid = await registry.register("big")
-    queued = await copy(slow_client, uid=uid, destination_name="second")
+    registry, queued = await _queue_big_copy(slow_client, storage_root, second, os.urandom(8 * 1024 * 1024))
     await wait_for_bytes(slow_client, queued["migration_id"])
     shutil.rmtree(second)  # the volume goes away under the copy, a partial file in it
 
@@ -250,14 +253,9 @@ async def test_a_destination_vanishing_mid_copy_is_retried_with_backoff_then_fai
 async def test_cancel_stops_a_running_copy_and_retry_runs_it_again(
     slow_client: AsyncTestClient, storage_root: Path, tmp_path: Path
 ) -> None:
-    registry = Registry(slow_client, storage_root)
-    await registry.storage()
     second = tmp_path / "second"
-    await registry.storage("second", root=second)
     content = os.urandom(8 * 1024 * 1024)
-    registry.payload("big", content)
-    uid = await registry.register("big")
-    queued = await copy(slow_client, uid=uid, destination_name="second")
+    registry, queued = await _queue_big_copy(slow_client, storage_root, second, content)
     await wait_for(slow_client, queued["migration_id"], {"RUNNING"}, timeout=10)
 
     cancelled = await slow_client.post("/migration/cancel_migration", params={"migration_id": queued["migration_id"]})
