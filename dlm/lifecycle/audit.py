@@ -8,6 +8,7 @@ LOCKED``), checked with no lock held, and the verdict recorded in a second one; 
 share the work, and a replica is checked again only once ``DLM_AUDIT_RECHECK_SECONDS`` have passed.
 """
 
+import contextlib
 import datetime
 import logging
 import uuid
@@ -72,26 +73,33 @@ async def run_once(
     now = now or datetime.datetime.now(datetime.UTC)
     report = AuditReport()
     throttle = Throttle(max_bytes_per_second)
-    while limit is None or report.checked < limit:
-        async with transaction(sessionmaker, actor=ACTOR) as session:
-            replica = await _claim(session, now, recheck_after)
-            if replica is None:
-                break
-            storage = await session.get(Storage, replica.storage_id)
-            assert storage is not None
-            backend = await storage_backend(session, storage)
-        report.checked += 1
-        try:
-            async with backend as reader:
-                problem = await _verify(reader, replica, throttle, report)
-        except TransferError as exc:
-            report.unreachable.append(Finding(replica.uid, replica.item_name, exc.message))
-            continue
-        if problem is not None:
+    # One open backend per storage for the pass: opening one (its config, and for S3 a client) costs
+    # more than checking a small replica.
+    readers: dict[uuid.UUID, Backend] = {}
+    async with contextlib.AsyncExitStack() as open_readers:
+        while limit is None or report.checked < limit:
             async with transaction(sessionmaker, actor=ACTOR) as session:
-                await _mark_corrupted(session, replica, problem)
-            report.corrupted.append(Finding(replica.uid, replica.item_name, problem))
-            log.warning("audit: %s (%s) is corrupted: %s", replica.uid, replica.item_name, problem)
+                replica = await _claim(session, now, recheck_after)
+                if replica is None:
+                    break
+                backend = None
+                if replica.storage_id not in readers:
+                    storage = await session.get(Storage, replica.storage_id)
+                    assert storage is not None
+                    backend = await storage_backend(session, storage)
+            report.checked += 1
+            try:
+                if backend is not None:
+                    readers[replica.storage_id] = await open_readers.enter_async_context(backend)
+                problem = await _verify(readers[replica.storage_id], replica, throttle, report)
+            except TransferError as exc:
+                report.unreachable.append(Finding(replica.uid, replica.item_name, exc.message))
+                continue
+            if problem is not None:
+                async with transaction(sessionmaker, actor=ACTOR) as session:
+                    await _mark_corrupted(session, replica, problem)
+                report.corrupted.append(Finding(replica.uid, replica.item_name, problem))
+                log.warning("audit: %s (%s) is corrupted: %s", replica.uid, replica.item_name, problem)
     if dark_data:
         async with transaction(sessionmaker, actor=ACTOR) as session:
             report.dark = await find_dark_data(session)

@@ -92,3 +92,34 @@ async def test_dark_data_is_reported_and_left_alone(
     report = await audit.run_once(sessionmaker, now=NOW, dark_data=True)
     assert [(dark.storage_name, dark.uri, dark.size) for dark in report.dark] == [("disk", "nobody/knows.dat", 7)]
     assert stray.exists()
+
+
+async def test_s3_replicas_are_audited_and_an_unreachable_storage_is_not_judged(
+    registry: Registry, sessionmaker: async_sessionmaker[AsyncSession], s3_config: dict, s3_bucket: str
+) -> None:
+    from tests.conftest import free_port
+    from tests.migration.conftest import put_object
+
+    await registry.s3_storage("objects", s3_bucket, s3_config)
+    uids = {}
+    for name in ("a", "b", "c"):
+        await put_object(s3_config, s3_bucket, f"obs/{name}.dat", f"bytes of {name}".encode())
+        response = await registry.client.post(
+            "/ingest/register_data_item",
+            params={"item_name": f"s3-{name}", "uri": f"obs/{name}.dat", "storage_name": "objects"},
+        )
+        uids[name] = response.json()
+    await put_object(s3_config, s3_bucket, "obs/b.dat", b"rotted of b")  # same size, other bytes
+    await registry.s3_storage("dead", "nowhere", {**s3_config, "endpoint": f"http://127.0.0.1:{free_port()}"})
+    response = await registry.client.post(
+        "/ingest/register_data_item",
+        params={"item_name": "far", "uri": "far.dat", "storage_name": "dead", "do_storage_access_check": "false"},
+    )
+    far = response.json()
+
+    report = await audit.run_once(sessionmaker, now=NOW)
+    assert report.checked == 4
+    assert [str(finding.uid) for finding in report.corrupted] == [uids["b"]]
+    assert [str(finding.uid) for finding in report.unreachable] == [far]
+    assert (await registry.item(far))["item_state"] == "READY", "a storage that does not answer is not judged"
+    assert (await registry.item(uids["a"]))["item_state"] == "READY"
