@@ -1,53 +1,146 @@
 """What every router shares: the per-request transaction, JSON responses, and the error mapping."""
 
 import logging
+import re
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response
 from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.params import HeaderParameter
+from litestar.middleware import ASGIMiddleware
+from litestar.params import HeaderParameter, QueryParameter
 from litestar.status_codes import (
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
+from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dlm.auth import Principal
 from dlm.db.engine import transaction, translate_database_error
-from dlm.errors import DLMError
+from dlm.errors import DLMError, InvalidQueryParameters
 from dlm.transfer.base import TransferError
 
 log = logging.getLogger("dlm.api")
 
-API_ACTOR = "api"
-
 # SKA-DLM's routes take a bearer token; its clients send it, so the parameter is part of the contract.
+# DLM's gate (dlm.auth.gate) verifies it before any handler runs.
 Authorization = Annotated[
     str | None,
-    HeaderParameter(name="authorization", required=False, description="Bearer token (not yet verified)"),
+    HeaderParameter(
+        name="authorization", required=False, description="Bearer token: a DLM API token or a JWT (docs/security.md)"
+    ),
 ]
 
 
-async def provide_session(state: State) -> AsyncIterator[AsyncSession]:
-    """One transaction per request: committed before the response leaves, rolled back on any error."""
-    async with transaction(state.sessionmaker, actor=API_ACTOR) as session:
+# Identifiers are UUIDs; the document says so. An empty one means "not given", as SKA-DLM's clients send.
+_UUID_OR_EMPTY = {"anyOf": [{"format": "uuid"}, {"maxLength": 0}]}
+UuidQuery = Annotated[str, QueryParameter(schema_extra=_UUID_OR_EMPTY)]
+OptionalUuidQuery = Annotated[str | None, QueryParameter(schema_extra=_UUID_OR_EMPTY)]
+# Counts and ids stored as PostgreSQL bigint.
+MAX_BIGINT = 2**63 - 1
+OptionalByteCount = Annotated[int | None, QueryParameter(ge=0, le=MAX_BIGINT)]
+EventId = Annotated[int, QueryParameter(ge=0, le=MAX_BIGINT, description="page on from this event_id")]
+
+
+def provide_principal(request: Request[Any, Any, Any]) -> Principal:
+    """The caller, as the gate admitted them."""
+    return request.scope["user"]  # type: ignore[no-any-return]
+
+
+def owner_of_new_items(principal: Principal) -> str | None:
+    """Who owns what the caller creates: the authenticated subject; in open mode, nobody in particular."""
+    return principal.subject if principal.authenticated else None
+
+
+async def provide_session(state: State, principal: NamedDependency[Principal]) -> AsyncIterator[AsyncSession]:
+    """One transaction per request, acting as the caller: committed before the response leaves,
+    rolled back on any error."""
+    async with transaction(state.sessionmaker, actor=principal.subject) as session:
         yield session
 
 
-def json_response(content: Any) -> Response[bytes]:
-    """A JSON document, whatever its type: SKA-DLM returns bare JSON strings and booleans too."""
+class QueryGuard(ASGIMiddleware):
+    """Refuses query strings no handler should see: parameters the route does not take (a misspelt
+    filter must not silently widen a query to everything) and NUL characters (no column can hold them).
+    Which names each route takes comes from the OpenAPI document, read once at start-up."""
+
+    scopes = (ScopeType.HTTP,)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        taken: dict[str, frozenset[str]] = scope["litestar_app"].state.query_parameters
+        names = taken.get(scope["route_handler"].operation_id or "")
+        if names is not None:
+            check_query_string(scope["query_string"], names)
+        await next_app(scope, receive, send)
+
+
+def check_query_string(query_string: bytes, names: frozenset[str]) -> None:
+    try:
+        pairs = urllib.parse.parse_qsl(query_string.decode("ascii"), keep_blank_values=True, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidQueryParameters("the query string is not valid percent-encoded UTF-8") from None
+    for name, value in pairs:
+        if name not in names:
+            known = ", ".join(sorted(names)) or "none"
+            raise InvalidQueryParameters(f"{name or '(empty name)'}: not a parameter of this route (it takes: {known})")
+        if "\x00" in value:
+            raise InvalidQueryParameters(f"{name}: must not contain NUL characters")
+
+
+def query_parameters(openapi: Any) -> dict[str, frozenset[str]]:
+    """Per operation_id, the query parameters the OpenAPI document declares."""
+    taken = {}
+    for operations in (openapi.paths or {}).values():
+        for method in ("get", "put", "post", "delete", "patch", "head"):
+            operation = getattr(operations, method, None)
+            if operation is not None and operation.operation_id:
+                taken[operation.operation_id] = frozenset(
+                    parameter.name for parameter in operation.parameters or [] if parameter.param_in == "query"
+                )
+    return taken
+
+
+# JSON bodies deeper than this are refused before anything walks them (Python's encoders recurse).
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+async def refuse_deep_json(request: Request[Any, Any, Any]) -> None:
+    """A before_request hook: a JSON body nested beyond MAX_JSON_DEPTH levels is the caller's error."""
+    if request.method in ("GET", "HEAD", "OPTIONS") or "json" not in request.headers.get("content-type", ""):
+        return
+    body = await request.body()  # cached for the handler; the route's body size limit applies
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
+        return
+    depth = 0
+    for bracket in _BRACKET.findall(_JSON_STRING.sub(b'""', body)):
+        depth += 1 if bracket in (b"[", b"{") else -1
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidQueryParameters(f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+
+
+def json_response(content: Any) -> Response[Any]:
+    """A JSON document, whatever its type: SKA-DLM returns bare JSON strings and booleans too (a handler
+    declares the type it returns, e.g. ``Response[str]``, for the OpenAPI document)."""
     return Response(content=msgspec.json.encode(content), media_type="application/json")
 
 
-def _error(status: int, name: str, message: str) -> Response[dict[str, str]]:
-    return Response({"exec": name, "message": message}, status_code=status)
+def _error(status: int, name: str, message: str, headers: dict[str, str] | None = None) -> Response[dict[str, str]]:
+    return Response({"exec": name, "message": message}, status_code=status, headers=headers)
 
 
 def handle_dlm_error(request: Request[Any, Any, Any], exc: DLMError) -> Response[dict[str, str]]:
-    return _error(exc.status_code, exc.name, exc.message)
+    if exc.status_code >= 500:
+        log.warning("%s %s: %s: %s", request.method, request.url.path, exc.name, exc.message)
+    return _error(exc.status_code, exc.name, exc.message, exc.headers)
 
 
 def handle_transfer_error(request: Request[Any, Any, Any], exc: TransferError) -> Response[dict[str, str]]:

@@ -7,12 +7,18 @@ from collections.abc import AsyncIterator
 
 from litestar import Litestar, Response, get
 from litestar.datastructures import State
+from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy import text
 
 import dlm
-from dlm.api import EXCEPTION_HANDLERS
+from dlm.api import EXCEPTION_HANDLERS, QueryGuard, provide_principal, query_parameters, refuse_deep_json
+from dlm.auth.gate import Gate, GateMiddleware
+from dlm.auth.policy import BEARER_SCHEME, PROBE
+from dlm.auth.routes import router as auth_router
+from dlm.auth.startup import decide_open
 from dlm.config import Settings
 from dlm.db.engine import create_engine, create_sessionmaker
 from dlm.db.schema import check_schema, current_revision, head_revision
@@ -22,18 +28,23 @@ from dlm.metadata import load_extractors
 from dlm.migration.routes import router as migration_router
 from dlm.migration.worker import MigrationWorkers
 from dlm.request.routes import router as request_router
+from dlm.storage.configs import Keyring
 from dlm.storage.routes import router as storage_router
+from dlm.storage.seed import storage_confinement
 
 log = logging.getLogger("dlm")
 
 
-@get("/health/live", operation_id="health_live", summary="Liveness", tags=["health"])
+OPENAPI_PATH = "/schema"
+
+
+@get("/health/live", operation_id="health_live", summary="Liveness", tags=["health"], **PROBE)
 async def health_live() -> dict[str, str]:
     """The process is up."""
     return {"status": "ok"}
 
 
-@get("/health/ready", operation_id="health_ready", summary="Readiness", tags=["health"])
+@get("/health/ready", operation_id="health_ready", summary="Readiness", tags=["health"], **PROBE)
 async def health_ready(state: State) -> Response[dict[str, str]]:
     """The database answers and its schema is the one this DLM needs."""
     head = head_revision()
@@ -45,6 +56,10 @@ async def health_ready(state: State) -> Response[dict[str, str]]:
     if current != head:
         return Response({"status": "unavailable", "schema": f"{current}, needs {head}"}, status_code=503)
     return Response({"status": "ok", "schema": head})
+
+
+def _read_query_parameters(app: Litestar) -> None:
+    app.state.query_parameters = query_parameters(app.openapi_schema)
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -60,7 +75,9 @@ def create_app(settings: Settings) -> Litestar:
             async with engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
             app.state.engine = engine
-            app.state.sessionmaker = create_sessionmaker(engine)
+            app.state.sessionmaker = create_sessionmaker(engine, keyring=keyring)
+            gate.sessionmaker = app.state.sessionmaker
+            gate.open = await decide_open(settings, app.state.sessionmaker)
             workers = MigrationWorkers(app.state.sessionmaker, settings)
             app.state.migration_workers = workers
             lifecycle = EngineLoops(app.state.sessionmaker, settings)
@@ -74,19 +91,50 @@ def create_app(settings: Settings) -> Litestar:
         finally:
             await engine.dispose()
 
+    gate = Gate(settings, openapi_path=OPENAPI_PATH)
+    keyring = Keyring.from_text(settings.secret_key)
     return Litestar(
-        route_handlers=[ingest_router, request_router, storage_router, migration_router, health_live, health_ready],
+        route_handlers=[
+            ingest_router,
+            request_router,
+            storage_router,
+            migration_router,
+            auth_router,
+            health_live,
+            health_ready,
+        ],
         lifespan=[lifespan],
+        middleware=[GateMiddleware(), QueryGuard()],
+        on_startup=[_read_query_parameters],
+        before_request=refuse_deep_json,
+        dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
         # Loaded now so that a misnamed plugin stops DLM at startup, not at the first registration.
-        state=State({"settings": settings, "extractors": load_extractors(settings.metadata_plugin_names)}),
+        state=State(
+            {
+                "settings": settings,
+                "gate": gate,
+                "confinement": storage_confinement(settings),
+                "extractors": load_extractors(settings.metadata_plugin_names),
+            }
+        ),
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(
             title="DLM",
             version=dlm.__version__,
             description="Data Lifecycle Manager: SKA-DLM's ingest, request, storage and migration managers "
             "in one service, plus DLM's additions.",
-            path="/schema",
+            path=OPENAPI_PATH,
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin()],
+            components=Components(
+                security_schemes={
+                    BEARER_SCHEME: SecurityScheme(
+                        type="http",
+                        scheme="bearer",
+                        bearer_format="DLM API token (dlm_…) or a JWT from the identity provider",
+                        description="See docs/security.md. Each operation names the role it needs (x-dlm-role).",
+                    )
+                }
+            ),
         ),
         logging_config=None,
     )

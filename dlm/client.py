@@ -13,6 +13,7 @@ server's columns. A refusal raises the exception the server named (``dlm.errors.
 """
 
 import asyncio
+import datetime
 import enum
 import json
 import time
@@ -74,6 +75,28 @@ class StorageUsage(msgspec.Struct, kw_only=True):
     filesystem_free_bytes: int | None
 
 
+class Identity(msgspec.Struct, kw_only=True):
+    """Who DLM takes the caller for (GET /auth/whoami)."""
+
+    subject: str
+    role: str | None
+    via: str
+    expires: datetime.datetime | None = None
+
+
+class Token(msgspec.Struct, kw_only=True):
+    """An API token as listed (its secret is shown once, when created, and never again)."""
+
+    name: str
+    role: str
+    created: datetime.datetime
+    created_by: str
+    expires: datetime.datetime | None = None
+    revoked: datetime.datetime | None = None
+    revoked_by: str | None = None
+    last_used: datetime.datetime | None = None
+
+
 class ClientError(errors.DLMError):
     """A refusal whose name this client does not know (a newer server), or a transport failure."""
 
@@ -86,7 +109,10 @@ _ERRORS: dict[str, type[Exception]] = {
         errors.UnmetPreconditionForOperation,
         errors.NotFound,
         errors.Conflict,
+        errors.Unauthorized,
+        errors.Forbidden,
         errors.ServiceUnavailable,
+        errors.ServiceBusy,
         errors.SchemaOutOfDate,
         transfer_errors.PayloadMissing,
         transfer_errors.StorageUnreachable,
@@ -451,6 +477,23 @@ class _Operations:
 
     def retry(self, migration_id: int) -> Any:
         return self._run(_call("POST", "/migration/retry_migration", dict[str, Any], migration_id=migration_id))
+
+    # --- auth
+    def whoami(self) -> Any:
+        """Who DLM takes you for: the subject recorded as the actor of your changes, and your role."""
+        return self._run(_call("GET", "/auth/whoami", Identity))
+
+    def create_token(self, name: str, role: str, *, expires: str | None = None) -> Any:
+        """(admin) A new API token for ``name``; returns its secret, shown only this once."""
+        return self._run(_call("POST", "/auth/create_token", str, name=name, role=role, expires=expires))
+
+    def tokens(self, *, include_revoked: bool = False) -> Any:
+        """(admin) The API tokens, never their secrets."""
+        return self._run(_call("GET", "/auth/list_tokens", list[Token], include_revoked=include_revoked))
+
+    def revoke_token(self, name: str) -> Any:
+        """(admin) Revoke the live token named ``name``."""
+        return self._run(_call("POST", "/auth/revoke_token", Token, name=name))
 
 
 def _transport_error(url: str, exc: httpx.TransportError) -> ClientError:

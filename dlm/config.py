@@ -5,10 +5,12 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 import platformdirs
+
+from dlm.enums import Role
 
 ENV_PREFIX = "DLM_"
 
@@ -62,13 +64,82 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     # Metadata plugins run at registration, comma-separated; unset: all installed; "none": none.
     metadata_plugins: str | None = None
 
+    # --- security (docs/security.md) ---
+    # "required": every request but the health probes needs a bearer token. "none": a request without
+    # one acts as an anonymous admin (a presented token is still verified). "auto": "required" once an
+    # identity provider or an admin token is configured or the database holds API tokens, else "none",
+    # which `dlm serve` accepts on a loopback address only.
+    auth: Literal["auto", "required", "none"] = "auto"
+    # OIDC/JWT bearer tokens: the identity provider's keys (a URL, or a file for air-gapped sites), the
+    # issuer and audience every token must name, and how its claims become a DLM subject and role.
+    auth_jwks_url: str | None = None
+    auth_jwks_file: str | None = None
+    auth_issuer: str | None = None
+    auth_audience: str | None = None
+    auth_subject_claim: str = "sub"
+    # The claim listing the caller's roles or groups (a dotted path reaches into objects, as Keycloak's
+    # realm_access.roles); a space-separated string (as `scope`) is split.
+    auth_roles_claim: str = "roles"
+    # "idp-value=dlm-role,…"; unset: claim values that are DLM role names count as themselves.
+    auth_role_map: str | None = None
+    auth_leeway_seconds: Annotated[float, msgspec.Meta(ge=0, le=600)] = 60.0
+    # An API token (dlm_…) that DLM keeps as the `admin` token: how a deployment gets its first admin
+    # from a secret store. Only its hash reaches the database.
+    admin_token: str | None = None
+    # Host names (comma-separated) requests may be addressed to; "*" for any. Default: the bind address
+    # and localhost. Refusing others defeats DNS rebinding against a DLM on loopback.
+    allowed_hosts: str | None = None
+    # Directories (comma-separated) POSIX storages may be rooted in; default: the data directory.
+    storage_roots: str | None = None
+    # S3 endpoints (comma-separated URLs; "aws" for AWS's own) storages may use; unset: any.
+    s3_endpoints: str | None = None
+    # Fernet keys (comma-separated, newest first) that encrypt storage configs at rest.
+    secret_key: str | None = None
+
     def __post_init__(self) -> None:
+        if self.auth_jwks_url and self.auth_jwks_file:
+            raise ValueError("set one of DLM_AUTH_JWKS_URL and DLM_AUTH_JWKS_FILE, not both")
+        if (self.auth_jwks_url or self.auth_jwks_file) and not (self.auth_issuer and self.auth_audience):
+            raise ValueError(
+                "DLM_AUTH_ISSUER and DLM_AUTH_AUDIENCE are needed to accept tokens from an identity provider"
+            )
+        parse_role_map(self.auth_role_map)  # a malformed map stops DLM at start-up, not at the first login
+        if self.admin_token is not None and (not self.admin_token.startswith("dlm_") or len(self.admin_token) < 36):
+            raise ValueError("DLM_ADMIN_TOKEN must be a DLM API token: 'dlm_' and at least 32 random characters")
         if self.capacity_low_watermark >= self.capacity_high_watermark:
             # msgspec reports this as a validation error naming neither field; say which and why.
             raise ValueError(
                 "DLM_CAPACITY_LOW_WATERMARK must be below DLM_CAPACITY_HIGH_WATERMARK "
                 f"({self.capacity_low_watermark} >= {self.capacity_high_watermark})"
             )
+
+    @property
+    def auth_configured(self) -> bool:
+        """An identity provider or an admin token is set: DLM can tell callers apart without the database."""
+        return bool(self.auth_jwks_url or self.auth_jwks_file or self.admin_token)
+
+    @property
+    def role_map(self) -> dict[str, Role] | None:
+        """DLM_AUTH_ROLE_MAP as {claim value: role}; None when unset."""
+        return parse_role_map(self.auth_role_map)
+
+    @property
+    def allowed_host_names(self) -> frozenset[str]:
+        if self.allowed_hosts:
+            return frozenset(name.strip().lower() for name in self.allowed_hosts.split(",") if name.strip())
+        return frozenset({self.host.lower(), "localhost", "127.0.0.1", "::1"})
+
+    @property
+    def storage_root_paths(self) -> list[Path]:
+        if self.storage_roots:
+            return [Path(root.strip()) for root in self.storage_roots.split(",") if root.strip()]
+        return [Path(self.data_dir)]
+
+    @property
+    def s3_endpoint_list(self) -> list[str] | None:
+        if not self.s3_endpoints:
+            return None
+        return [endpoint.strip() for endpoint in self.s3_endpoints.split(",") if endpoint.strip()]
 
     @property
     def metadata_plugin_names(self) -> list[str] | None:
@@ -110,6 +181,18 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
             return msgspec.convert(values, cls, strict=False)
         except msgspec.ValidationError as exc:
             raise InvalidSettings(_describe_settings_error(str(exc))) from None
+
+
+def parse_role_map(text: str | None) -> dict[str, Role] | None:
+    if text is None:
+        return None
+    mapping = {}
+    for pair in filter(None, (part.strip() for part in text.split(","))):
+        value, equals, role = pair.rpartition("=")
+        if not equals or not value.strip() or role.strip() not in Role.__members__.values():
+            raise ValueError(f"DLM_AUTH_ROLE_MAP: {pair!r} must be claim-value=role, the role one of {', '.join(Role)}")
+        mapping[value.strip()] = Role(role.strip())
+    return mapping
 
 
 def _describe_settings_error(error: str) -> str:

@@ -104,3 +104,19 @@ class MigrationStatus(enum.StrEnum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+
+
+class Role(enum.StrEnum):
+    """What a caller may do; each role may do everything the ones before it may (SPEC: security)."""
+
+    READER = "reader"
+    INGEST = "ingest"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        return list(Role).index(self)
+
+    def allows(self, needed: "Role") -> bool:
+        return self.rank >= needed.rank

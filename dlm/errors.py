@@ -10,6 +10,11 @@ class DLMError(Exception):
         self.message = message
 
     @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the response carries besides the JSON body."""
+        return {}
+
+    @property
     def name(self) -> str:
         return type(self).__name__
 
@@ -44,10 +49,37 @@ class Conflict(DLMError):
     status_code = 409
 
 
+class Unauthorized(DLMError):
+    """No credentials, or credentials DLM cannot verify (missing, malformed, forged, expired, revoked)."""
+
+    status_code = 401
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="dlm"'}
+
+
+class Forbidden(DLMError):
+    """The caller is known but may not do this (a role too low, a foreign Origin, an unknown Host)."""
+
+    status_code = 403
+
+
 class ServiceUnavailable(DLMError):
     """The database or a storage cannot be reached."""
 
     status_code = 503
+    retry_after_seconds = 5
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_seconds)}
+
+
+class ServiceBusy(ServiceUnavailable):
+    """Every database connection of this process is in use; the request may be retried shortly."""
+
+    retry_after_seconds = 1
 
 
 class SchemaOutOfDate(DLMError):

@@ -1,12 +1,15 @@
 """What `dlm serve` does before it serves: start the embedded database if no other is configured,
 bring its schema up to date and seed a usable default storage, or check an external database's schema;
-then create the locations and storages listed in DLM_LOCATION_CONFIG / DLM_STORAGE_CONFIG."""
+then create the locations and storages listed in DLM_LOCATION_CONFIG / DLM_STORAGE_CONFIG, keep
+DLM_ADMIN_TOKEN as the admin token, and decide whether callers need a token."""
 
 import logging
 
 import msgspec
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from dlm.auth.startup import decide_open, is_loopback, seed_admin_token
 from dlm.config import Settings
 from dlm.db import schema
 from dlm.db.embedded import EmbeddedPostgres
@@ -14,74 +17,92 @@ from dlm.db.engine import create_engine, create_sessionmaker, transaction
 from dlm.db.models import Location, Storage
 from dlm.enums import LocationType, Phase, StorageInterface, StorageType
 from dlm.storage import seed
+from dlm.storage.configs import Keyring
+from dlm.storage.confinement import Confinement
 from dlm.storage.service import init_location, init_storage
 
 log = logging.getLogger("dlm.serve")
 
 DEFAULT_LOCATION = "local"
 DEFAULT_STORAGE = "local"
+ACTOR = "dlm serve"
 
 
-async def prepare(settings: Settings) -> tuple[Settings, EmbeddedPostgres | None]:
-    """Settings with a reachable, up-to-date database, and the embedded server if one was started."""
-    if settings.database_url is not None:
+class Refused(Exception):
+    """`dlm serve` will not start as configured; the message says why and what to do."""
+
+
+class Prepared(msgspec.Struct, frozen=True):
+    settings: Settings
+    embedded: EmbeddedPostgres | None
+    # Whether callers without a token act as the anonymous admin.
+    open: bool
+
+
+async def prepare(settings: Settings) -> Prepared:
+    """Settings with a reachable, up-to-date, seeded database, and the embedded server if one was started."""
+    embedded = None
+    if settings.database_url is None:
+        embedded = EmbeddedPostgres(settings.pgdata_dir)
+        settings = msgspec.structs.replace(settings, database_url=embedded.database_url)
+    try:
+        assert settings.database_url is not None
+        if embedded is not None:
+            await schema.upgrade(settings.database_url)
         engine = create_engine(settings.database_url, pool_size=1)
         try:
-            await schema.check_schema(engine)
+            if embedded is None:
+                await schema.check_schema(engine)
+            sessionmaker = create_sessionmaker(engine, keyring=Keyring.from_text(settings.secret_key))
+            async with transaction(sessionmaker, actor=ACTOR) as session:
+                if embedded is not None:
+                    await seed_default_storage(session, settings)
+                await seed_listed_storages(session, settings)
+                if await seed_admin_token(session, settings):
+                    log.info("DLM_ADMIN_TOKEN is the admin token")
+            is_open = await decide_open(settings, sessionmaker)
         finally:
             await engine.dispose()
-        await seed_listed_storages(settings)
-        return settings, None
-    embedded = EmbeddedPostgres(settings.pgdata_dir)
-    try:
-        settings = msgspec.structs.replace(settings, database_url=embedded.database_url)
-        await schema.upgrade(settings.database_url)
-        await seed_default_storage(settings)
-        await seed_listed_storages(settings)
+        if is_open and settings.auth != "none" and not is_loopback(settings.host):
+            raise Refused(
+                f"refusing to serve on {settings.host} with no authentication: anyone reaching it would act as "
+                "admin. Create a token (`dlm token create NAME --role admin`), configure an identity provider "
+                "(DLM_AUTH_JWKS_URL), or pass --insecure-no-auth (DLM_AUTH=none) if you mean it"
+            )
     except BaseException:
-        embedded.stop()
+        if embedded is not None:
+            embedded.stop()
         raise
-    return settings, embedded
+    return Prepared(settings, embedded, is_open)
 
 
-async def seed_default_storage(settings: Settings) -> None:
+async def seed_default_storage(session: AsyncSession, settings: Settings) -> None:
     """A location and a POSIX storage under the data directory, created once."""
-    assert settings.database_url is not None
     root = settings.default_storage_dir
     root.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(settings.database_url, pool_size=1)
-    try:
-        async with transaction(create_sessionmaker(engine), actor="dlm serve") as session:
-            if (
-                await session.scalar(select(Location.location_id).where(Location.location_name == DEFAULT_LOCATION))
-                is None
-            ):
-                await init_location(session, location_name=DEFAULT_LOCATION, location_type=LocationType.LOCAL_DEV)
-            if await session.scalar(select(Storage.storage_id).where(Storage.storage_name == DEFAULT_STORAGE)) is None:
-                await init_storage(
-                    session,
-                    storage_name=DEFAULT_STORAGE,
-                    storage_type=StorageType.FILESYSTEM,
-                    storage_interface=StorageInterface.POSIX,
-                    root_directory=str(root),
-                    location_name=DEFAULT_LOCATION,
-                    storage_phase=Phase.GAS,
-                    storage_config={"type": "local"},
-                )
-    finally:
-        await engine.dispose()
+    if await session.scalar(select(Location.location_id).where(Location.location_name == DEFAULT_LOCATION)) is None:
+        await init_location(session, location_name=DEFAULT_LOCATION, location_type=LocationType.LOCAL_DEV)
+    if await session.scalar(select(Storage.storage_id).where(Storage.storage_name == DEFAULT_STORAGE)) is None:
+        await init_storage(
+            session,
+            confinement=Confinement.from_settings(settings),
+            storage_name=DEFAULT_STORAGE,
+            storage_type=StorageType.FILESYSTEM,
+            storage_interface=StorageInterface.POSIX,
+            root_directory=str(root),
+            location_name=DEFAULT_LOCATION,
+            storage_phase=Phase.GAS,
+            storage_config={"type": "local"},
+        )
 
 
-async def seed_listed_storages(settings: Settings) -> None:
+async def seed_listed_storages(session: AsyncSession, settings: Settings) -> None:
     if not (settings.location_config or settings.storage_config):
         return
-    assert settings.database_url is not None
-    engine = create_engine(settings.database_url, pool_size=1)
-    try:
-        async with transaction(create_sessionmaker(engine), actor="dlm serve") as session:
-            for change in await seed.seed(
-                session, location_file=settings.location_config, storage_file=settings.storage_config
-            ):
-                log.info("%s", change)
-    finally:
-        await engine.dispose()
+    for change in await seed.seed(
+        session,
+        location_file=settings.location_config,
+        storage_file=settings.storage_config,
+        confinement=seed.storage_confinement(settings),
+    ):
+        log.info("%s", change)

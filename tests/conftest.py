@@ -142,9 +142,25 @@ QUIET_ENGINES = {
 }
 
 
+TEST_HOSTS = "testserver.local,localhost,127.0.0.1"
+
+
+def make_settings(database_url: str, tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings for an app under test: storages anywhere under the test's own directory, the host
+    name Litestar's test client uses, the engines quiet."""
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "data_dir": str(tmp_path / "data"),
+        "storage_roots": str(tmp_path),
+        "allowed_hosts": TEST_HOSTS,
+        **QUIET_ENGINES,
+    }
+    return Settings(**{**values, **overrides})
+
+
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
-    return Settings(database_url=database_url, data_dir=str(tmp_path / "data"), **QUIET_ENGINES)
+    return make_settings(database_url, tmp_path)
 
 
 @pytest.fixture
@@ -354,6 +370,8 @@ class Server:
             DLM_DATA_DIR=str(data_dir),
             DLM_PORT=str(self.port),
             DLM_MIGRATION_POLL_SECONDS="0.2",
+            # Storages anywhere in the test's own directory, as make_settings allows.
+            DLM_STORAGE_ROOTS=str(data_dir.parent),
             **{f"DLM_{key.upper()}": str(value) for key, value in QUIET_ENGINES.items()},
         )
         environment.update({f"DLM_{key.upper()}": str(value) for key, value in settings.items()})

@@ -218,6 +218,10 @@ CLI_FOR_OPERATION = {
     "/migration/get_migration": "migration show",
     "/migration/cancel_migration": "migration cancel",
     "/migration/retry_migration": "migration retry",
+    "/auth/whoami": "whoami",
+    "/auth/create_token": "token create",
+    "/auth/list_tokens": "token list",
+    "/auth/revoke_token": "token revoke",
 }
 
 
@@ -230,7 +234,9 @@ def test_every_rest_operation_has_a_cli_command() -> None:
 
     app = create_app(Settings(database_url="postgresql://unused@127.0.0.1/unused"))
     served = {
-        route.path for route in app.routes if route.path.split("/")[1] in ("ingest", "request", "storage", "migration")
+        route.path
+        for route in app.routes
+        if route.path.split("/")[1] in ("ingest", "request", "storage", "migration", "auth")
     }
     assert served == set(CLI_FOR_OPERATION), served ^ set(CLI_FOR_OPERATION)
     for command in set(CLI_FOR_OPERATION.values()):

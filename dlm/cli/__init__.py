@@ -2,7 +2,7 @@
 
 import click
 
-from dlm.cli import remote, server, worker
+from dlm.cli import remote, server, tokens, worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,6 +20,7 @@ def main() -> None:
       dlm ingest register hello hello.txt --storage local
       dlm request query --state READY
       dlm migration copy --name hello --to archive --wait
+    A DLM that requires tokens takes yours from --token or DLM_TOKEN (`dlm token create` makes one).
     Every command has --help with examples, and --json for scripts.
     """
 
@@ -27,6 +28,8 @@ def main() -> None:
 main.add_command(server.serve)
 main.add_command(server.db)
 main.add_command(worker.worker)
+main.add_command(tokens.token)
+main.add_command(remote.whoami)
 for group in (remote.ingest, remote.request, remote.storage, remote.migration):
     main.add_command(group)
 

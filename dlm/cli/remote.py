@@ -74,12 +74,17 @@ def remote(columns: Sequence[str] = ()) -> Callable[[Callable[..., Any]], Callab
         @click.option(
             "--url", envvar="DLM_URL", default=DEFAULT_URL, show_default=True, help="The DLM server (DLM_URL)."
         )
+        @click.option(
+            "--token",
+            envvar="DLM_TOKEN",
+            help="Bearer token: a DLM API token or your identity provider's JWT (DLM_TOKEN).",
+        )
         @click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
         @functools.wraps(function)
-        def command(url: str, as_json: bool, **options: Any) -> None:
+        def command(url: str, token: str | None, as_json: bool, **options: Any) -> None:
             click.get_current_context().meta["as_json"] = as_json
             try:
-                with DLMClient(url) as client:
+                with DLMClient(url, token=token or None) as client:
                     result = function(client, **options)
             except (DLMError, TransferError) as exc:
                 raise CLIError(f"{type(exc).__name__}: {exc.message}") from None
@@ -664,3 +669,19 @@ def migration_cancel(client: DLMClient, migration_id: int) -> Any:
 def migration_retry(client: DLMClient, migration_id: int) -> Any:
     """Run a FAILED or CANCELLED copy again."""
     return client.retry(migration_id)
+
+
+# --- who am I -----------------------------------------------------------------------------------
+
+
+@click.command("whoami")
+@remote()
+def whoami(client: DLMClient) -> Any:
+    """Who the server takes you for: the subject it records as the actor of your changes, your role,
+    and whether a token (`token`), your identity provider (`oidc`) or nothing (`open`) told it.
+
+    \b
+    Example:
+      DLM_TOKEN=dlm_... dlm whoami
+    """
+    return client.whoami()

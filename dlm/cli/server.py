@@ -12,38 +12,57 @@ from dlm.cli.common import CLIError, database_url, load_settings, run
 @click.command()
 @click.option("--host", help="Interface to listen on (DLM_HOST, default 127.0.0.1).")
 @click.option("--port", type=int, help="Port to listen on (DLM_PORT, default 8000).")
-def serve(host: str | None, port: int | None) -> None:
+@click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    help="Serve with no authentication even on a non-loopback address (DLM_AUTH=none): anyone who "
+    "reaches DLM acts as admin. For isolated test set-ups only.",
+)
+def serve(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
     """Run the DLM service.
 
     With no DLM_DATABASE_URL, DLM starts an embedded PostgreSQL in its data directory (DLM_DATA_DIR),
     brings its schema up to date and creates a location `local` with a POSIX storage `local` there, so
     that files can be registered at once. Ctrl-C stops both.
 
+    With no tokens and no identity provider, DLM is open to whoever reaches it, and so serves only on a
+    loopback address; see docs/security.md for tokens (`dlm token create`) and OIDC.
+
     \b
     Examples:
       dlm serve
       dlm serve --port 9000
+      DLM_ADMIN_TOKEN=dlm_... dlm serve --host 0.0.0.0
     """
     import uvicorn
 
     from dlm.app import create_app
-    from dlm.serve import prepare
+    from dlm.serve import Refused, prepare
 
-    settings = load_settings(host=host, port=port)
+    settings = load_settings(host=host, port=port, auth="none" if insecure_no_auth else None)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pgserver").setLevel(logging.WARNING)
-    embedded = None
     try:
-        settings, embedded = run(lambda: prepare(settings))
+        prepared = run(lambda: prepare(settings))
+    except Refused as exc:
+        raise CLIError(str(exc)) from None
+    try:
         try:
-            app = create_app(settings)
+            app = create_app(prepared.settings)
         except ValueError as exc:
             raise CLIError(str(exc)) from None
-        click.echo(f"DLM serving on http://{settings.host}:{settings.port} (API docs at /schema)", err=True)
+        address = f"http://{settings.host}:{settings.port}"
+        if prepared.open:
+            click.echo(
+                f"dlm: warning: no authentication: anyone who can reach {address} acts as admin "
+                "(docs/security.md: create a token to close it)",
+                err=True,
+            )
+        click.echo(f"DLM serving on {address} (API docs at /schema)", err=True)
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     finally:
-        if embedded is not None:
-            embedded.stop()
+        if prepared.embedded is not None:
+            prepared.embedded.stop()
 
 
 @click.group()
@@ -105,3 +124,44 @@ def current(as_json: bool) -> None:
         click.echo(f"current: {revision or '(none)'}\nhead:    {head}")
     if revision != head:
         sys.exit(3)
+
+
+@db.command("reseal-configs")
+def reseal_configs() -> None:
+    """Encrypt every stored storage config with the first key of DLM_SECRET_KEY.
+
+    Also seals configs stored before DLM_SECRET_KEY was set. To rotate: put a new key first
+    (DLM_SECRET_KEY=new,old), restart DLM, run this, then drop the old key.
+
+    \b
+    Example:
+      DLM_SECRET_KEY=$(dlm db new-secret-key),$DLM_SECRET_KEY dlm db reseal-configs
+    """
+    from dlm.db.engine import create_engine, create_sessionmaker, transaction
+    from dlm.db.schema import check_schema
+    from dlm.storage.configs import Keyring
+    from dlm.storage.service import reseal_configs as reseal
+
+    settings = load_settings()
+
+    async def in_database(url: str) -> int:
+        engine = create_engine(url, pool_size=1)
+        try:
+            await check_schema(engine)
+            sessionmaker = create_sessionmaker(engine, keyring=Keyring.from_text(settings.secret_key))
+            async with transaction(sessionmaker, actor="dlm db reseal-configs") as session:
+                return await reseal(session)
+        finally:
+            await engine.dispose()
+
+    with database_url(settings) as url:
+        changed = run(lambda: in_database(url))
+    click.echo(f"sealed {changed} storage config(s) with the first key of DLM_SECRET_KEY")
+
+
+@db.command("new-secret-key")
+def new_secret_key() -> None:
+    """Print a new key for DLM_SECRET_KEY (Fernet: 32 random bytes, url-safe base64)."""
+    from dlm.storage.configs import new_key
+
+    click.echo(new_key())

@@ -33,6 +33,7 @@ from dlm.enums import (
     LocationType,
     MigrationStatus,
     Phase,
+    Role,
     StorageInterface,
     StorageType,
 )
@@ -52,6 +53,8 @@ def pg_enum(enum_class: type, name: str) -> Enum:
 
 
 PHASE = pg_enum(Phase, "phase_type")
+# SKA-DLM's owner and group of an item nobody claimed (open mode, or SKA's clients without a token).
+DEFAULT_OWNER = "SKA"
 UTC_NOW = text("now()")
 
 
@@ -160,8 +163,8 @@ class DataItem(Base):
         pg_enum(ChecksumMethod, "checksum_method"), server_default=ChecksumMethod.CRC32C.value
     )
     last_check: Mapped[datetime.datetime | None] = timestamp()
-    item_owner: Mapped[str] = mapped_column(String, server_default="SKA")
-    item_group: Mapped[str] = mapped_column(String, server_default="SKA")
+    item_owner: Mapped[str] = mapped_column(String, server_default=DEFAULT_OWNER)
+    item_group: Mapped[str] = mapped_column(String, server_default=DEFAULT_OWNER)
     acl: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     activate_method: Mapped[str | None] = mapped_column(String)
     item_size: Mapped[int | None] = mapped_column(BigInteger)
@@ -283,3 +286,27 @@ class PhaseChange(Base):
     request_creation: Mapped[datetime.datetime] = timestamp(server_default=UTC_NOW)
     request_expiry: Mapped[datetime.datetime] = timestamp(server_default=text("now() + interval '24 hours'"))
     completed: Mapped[datetime.datetime | None] = timestamp()
+
+
+class ApiToken(Base):
+    """A DLM API token for a pipeline, a service or a person: only a hash of its secret is kept.
+    Its name is the subject its holder acts as."""
+
+    __tablename__ = "api_token"
+
+    token_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, server_default=text("gen_random_uuid()"))
+    name: Mapped[str] = mapped_column(String)
+    role: Mapped[Role] = mapped_column(pg_enum(Role, "role_type"))
+    # SHA-256 of the secret, hex: the secrets are random (256 bits), so no slow hash is needed.
+    token_hash: Mapped[str] = mapped_column(String, unique=True)
+    created: Mapped[datetime.datetime] = timestamp(server_default=UTC_NOW)
+    created_by: Mapped[str] = mapped_column(String)
+    expires: Mapped[datetime.datetime | None] = timestamp()
+    revoked: Mapped[datetime.datetime | None] = timestamp()
+    revoked_by: Mapped[str | None] = mapped_column(String)
+    last_used: Mapped[datetime.datetime | None] = timestamp()
+
+    __table_args__ = (
+        # A name belongs to one token at a time; a revoked token keeps its row (and name) as the trace.
+        Index("uq_api_token_name_live", "name", unique=True, postgresql_where=text("revoked IS NULL")),
+    )

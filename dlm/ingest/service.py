@@ -1,5 +1,6 @@
 """Ingest: making payloads known to DLM, one at a time or thousands per transaction."""
 
+import asyncio
 import datetime
 import uuid
 from collections import Counter
@@ -11,15 +12,17 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dlm.data_item import (
+    Bytes,
     ItemInit,
     changes_dict,
+    convert_body,
     create_items,
     lock_item_names,
     next_versions,
     resolve_oid,
     utc,
 )
-from dlm.db.models import DataItem, Storage
+from dlm.db.models import DEFAULT_OWNER, DataItem, Storage
 from dlm.enums import ChecksumMethod, ItemState, ItemType, Phase
 from dlm.errors import (
     DLMError,
@@ -33,6 +36,9 @@ from dlm.storage.service import resolve_storage, storage_backend
 from dlm.transfer.paths import check_relative_uri
 
 MAX_BULK_ITEMS = 100_000
+MAX_BULK_BYTES = 64 * 1024 * 1024
+# Entries converted between two yields to the event loop: a bulk call must not stall other requests.
+_CONVERT_BATCH = 1000
 
 
 class ItemRegistration(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -47,17 +53,38 @@ class ItemRegistration(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     uid_expiration: datetime.datetime | None = None
     oid_expiration: datetime.datetime | None = None
     parents: str | None = None
-    item_size: Annotated[int, msgspec.Meta(ge=0)] | None = None
-    decompressed_size: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    item_size: Bytes | None = None
+    decompressed_size: Bytes | None = None
     do_storage_access_check: bool = True
     metadata: dict[str, Any] | None = None
+    # Who owns the new item; default: the caller (an ingest service may name the item's real owner).
+    item_owner: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = None
 
 
-async def init_item(session: AsyncSession, *, item_name: str | None, uid_phase: Phase, init: ItemInit) -> uuid.UUID:
-    """Create an INITIALISED replica; its payload is written independently and announced with set_uri."""
+async def read_registrations(entries: list[Any]) -> list[ItemRegistration]:
+    """A bulk body's entries as registrations, each error naming its entry (``items[i].field``)."""
+    if len(entries) > MAX_BULK_ITEMS:
+        raise InvalidQueryParameters(f"items: at most {MAX_BULK_ITEMS} items per call, not {len(entries)}")
+    registrations = []
+    for start in range(0, len(entries), _CONVERT_BATCH):
+        for index, entry in enumerate(entries[start : start + _CONVERT_BATCH], start):
+            if not isinstance(entry, dict):
+                raise InvalidQueryParameters(f"items[{index}]: must be an object of register parameters")
+            registrations.append(convert_body(entry, ItemRegistration, f"items[{index}]"))
+        await asyncio.sleep(0)
+    return registrations
+
+
+async def init_item(
+    session: AsyncSession, *, item_name: str | None, uid_phase: Phase, init: ItemInit, owner: str | None = None
+) -> uuid.UUID:
+    """Create an INITIALISED replica; its payload is written independently and announced with set_uri.
+    ``owner`` (the caller) owns it unless ``init`` names an item_owner."""
     values = changes_dict(init)
     if item_name:
         values["item_name"] = item_name
+    if owner and "item_owner" not in values:
+        values["item_owner"] = owner
     if not values.get("item_name") and "oid" not in values:
         raise InvalidQueryParameters("item_name: required unless json_data names the item (item_name or oid)")
     if values.get("item_state", ItemState.INITIALISED) is not ItemState.INITIALISED:
@@ -98,10 +125,11 @@ async def register_item(
     *,
     checksum_max_bytes: int = 0,
     extractors: dict[str, Extractor] | None = None,
+    owner: str | None = None,
 ) -> uuid.UUID:
     """Register an existing payload as a READY replica in one step; returns its uid."""
     registered = await register_items(
-        session, [registration], checksum_max_bytes=checksum_max_bytes, extractors=extractors
+        session, [registration], checksum_max_bytes=checksum_max_bytes, extractors=extractors, owner=owner
     )
     return registered[0]
 
@@ -132,6 +160,7 @@ async def register_members(
             storage_id=str(storage.storage_id),
             target_phase=item.target_phase,
             parents=str(item.oid),
+            item_owner=item.item_owner,
         )
         for member in members
     ]
@@ -170,9 +199,11 @@ async def register_items(
     *,
     checksum_max_bytes: int = 0,
     extractors: dict[str, Extractor] | None = None,
+    owner: str | None = None,
 ) -> list[uuid.UUID]:
     """Register many payloads in one transaction: all of them or, on any error, none. Each becomes a new
-    logical item (its own oid), READY on its storage. Errors name the entry (``items[i]``) at fault."""
+    logical item (its own oid), READY on its storage, owned by its entry's item_owner, else ``owner``
+    (the caller). Errors name the entry (``items[i]``) at fault."""
     if not registrations:
         raise InvalidQueryParameters("items: at least one item is required")
     if len(registrations) > MAX_BULK_ITEMS:
@@ -229,6 +260,7 @@ async def register_items(
                 "decompressed_size": entry.decompressed_size,
                 "item_checksum": payload.checksum,
                 "checksum_method": ChecksumMethod.CRC32C,
+                "item_owner": entry.item_owner or owner or DEFAULT_OWNER,
                 # What the caller sent wins over what a plugin found under the same key.
                 "metadata": {
                     **payload.extracted,

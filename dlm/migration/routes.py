@@ -1,17 +1,27 @@
 """/migration: SKA-DLM's migration manager, with copies that DLM runs itself, plus cancel and retry."""
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Response, Router, get, post
 from litestar.background_tasks import BackgroundTask
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromQuery
+from litestar.params import FromQuery, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dlm.api import Authorization, provide_session
+from dlm.api import Authorization, OptionalUuidQuery, UuidQuery, provide_session
+from dlm.auth import Principal
+from dlm.auth.policy import permission
+from dlm.enums import Role
 from dlm.migration import service
 from dlm.rows import row_dict, row_dicts
+
+MigrationId = Annotated[int, QueryParameter(ge=1, le=2**63 - 1, description="the migration's id")]
+
+
+def _only_own(principal: NamedDependency[Principal]) -> str | None:
+    """Operators see every migration; anyone else only those they queued."""
+    return None if principal.may(Role.OPERATOR) else principal.subject
 
 
 def _wake_workers(state: State) -> BackgroundTask | None:
@@ -23,6 +33,7 @@ def _wake_workers(state: State) -> BackgroundTask | None:
 @post(
     "/copy_data_item",
     operation_id="copy_data_item",
+    **permission(Role.OPERATOR),
     summary="Copy Data Item",
     status_code=200,
     description="Queue a verified copy of an item (by uid, oid or item_name) to another storage, at `path` "
@@ -32,11 +43,12 @@ def _wake_workers(state: State) -> BackgroundTask | None:
 async def copy_data_item(
     session: NamedDependency[AsyncSession],
     state: State,
+    principal: NamedDependency[Principal],
     item_name: FromQuery[str] = "",
-    oid: FromQuery[str] = "",
-    uid: FromQuery[str] = "",
+    oid: UuidQuery = "",
+    uid: UuidQuery = "",
     destination_name: FromQuery[str] = "",
-    destination_id: FromQuery[str] = "",
+    destination_id: UuidQuery = "",
     path: FromQuery[str] = "",
     authorization: Authorization = None,
 ) -> Response[dict[str, Any]]:
@@ -48,41 +60,61 @@ async def copy_data_item(
         destination_name=destination_name,
         destination_id=destination_id,
         path=path,
+        user=principal.subject,
     )
     return Response(result, background=_wake_workers(state))
 
 
-@get("/query_migrations", operation_id="query_migrations", summary="Query Migrations")
+@get("/query_migrations", operation_id="query_migrations", **permission(Role.READER), summary="Query Migrations")
 async def query_migrations(
     session: NamedDependency[AsyncSession],
+    principal: NamedDependency[Principal],
     start_date: FromQuery[str | None] = None,
     end_date: FromQuery[str | None] = None,
-    storage_id: FromQuery[str | None] = None,
+    storage_id: OptionalUuidQuery = None,
     authorization: Authorization = None,
 ) -> list[dict[str, Any]]:
     """Migrations created on or after start_date, completed by end_date (YYYY-MM-DD or YYYYMMDD, or a
-    full ISO 8601 time), from or to storage_id; newest first, at most 1000."""
-    rows = await service.query_migrations(session, start_date=start_date, end_date=end_date, storage_id=storage_id)
+    full ISO 8601 time), from or to storage_id; newest first, at most 1000. Below the operator role,
+    only the caller's own."""
+    rows = await service.query_migrations(
+        session, start_date=start_date, end_date=end_date, storage_id=storage_id, user=_only_own(principal)
+    )
     return row_dicts(rows)
 
 
-@get("/get_migration", operation_id="get_migration_record", summary="Get Migration Record")
-async def get_migration(session: NamedDependency[AsyncSession], migration_id: FromQuery[int]) -> list[dict[str, Any]]:
-    """The migration as a one-row list (empty when there is none): status, bytes_done of bytes_total,
-    attempts, last_error, and job_stats once it succeeded."""
-    return row_dicts(await service.get_migration(session, migration_id))
+@get("/get_migration", operation_id="get_migration_record", **permission(Role.READER), summary="Get Migration Record")
+async def get_migration(
+    session: NamedDependency[AsyncSession], principal: NamedDependency[Principal], migration_id: MigrationId
+) -> list[dict[str, Any]]:
+    """The migration as a one-row list (empty when there is none, or when it is another's and the caller
+    is below the operator role): status, bytes_done of bytes_total, attempts, last_error, and job_stats
+    once it succeeded."""
+    return row_dicts(await service.get_migration(session, migration_id, user=_only_own(principal)))
 
 
-@post("/cancel_migration", operation_id="cancel_migration", summary="Cancel Migration", status_code=200)
-async def cancel_migration(session: NamedDependency[AsyncSession], migration_id: FromQuery[int]) -> dict[str, Any]:
+@post(
+    "/cancel_migration",
+    operation_id="cancel_migration",
+    **permission(Role.OPERATOR),
+    summary="Cancel Migration",
+    status_code=200,
+)
+async def cancel_migration(session: NamedDependency[AsyncSession], migration_id: MigrationId) -> dict[str, Any]:
     """DLM addition. Stop a PENDING or RUNNING copy; its destination replica becomes DELETED and any
     payload it wrote is removed."""
     return row_dict((await service.cancel_migration(session, migration_id))._mapping)
 
 
-@post("/retry_migration", operation_id="retry_migration", summary="Retry Migration", status_code=200)
+@post(
+    "/retry_migration",
+    operation_id="retry_migration",
+    **permission(Role.OPERATOR),
+    summary="Retry Migration",
+    status_code=200,
+)
 async def retry_migration(
-    session: NamedDependency[AsyncSession], state: State, migration_id: FromQuery[int]
+    session: NamedDependency[AsyncSession], state: State, migration_id: MigrationId
 ) -> Response[dict[str, Any]]:
     """DLM addition. Queue a FAILED or CANCELLED migration again, to a fresh destination replica."""
     result = await service.retry_migration(session, migration_id)

@@ -6,6 +6,7 @@ READY only once the copy has been verified, so a reader never sees a replica tha
 """
 
 import datetime
+import logging
 import uuid
 from typing import Any
 
@@ -15,10 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dlm.data_item import ITEMS, change_items, create_items, item_selector
 from dlm.db.models import Migration, Storage
 from dlm.enums import ItemState, MigrationStatus
-from dlm.errors import Conflict, InvalidQueryParameters, NotFound, UnmetPreconditionForOperation
-from dlm.parsing import parse_datetime, parse_uuid
+from dlm.errors import Conflict, DLMError, InvalidQueryParameters, NotFound, UnmetPreconditionForOperation
+from dlm.parsing import parse_datetime, parse_uuid, shift
 from dlm.storage.service import resolve_storage, storage_backend
+from dlm.transfer.base import TransferError
 from dlm.transfer.paths import check_relative_uri
+
+log = logging.getLogger("dlm.migration")
 
 MAX_ROWS = 1000
 ACTIVE = (MigrationStatus.PENDING, MigrationStatus.RUNNING)
@@ -162,17 +166,24 @@ async def copy_item(
 
 
 async def query_migrations(
-    session: AsyncSession, *, start_date: str | None = None, end_date: str | None = None, storage_id: str | None = None
+    session: AsyncSession,
+    *,
+    start_date: str | None = None,
+    end_date: str | None = None,
+    storage_id: str | None = None,
+    user: str | None = None,
 ) -> list[Row[Any]]:
     """Migrations created on or after ``start_date``, completed on or before ``end_date``, from or to
-    ``storage_id``; newest first."""
+    ``storage_id``, queued by ``user``; newest first."""
     query = select(Migration.__table__).order_by(Migration.migration_id.desc()).limit(MAX_ROWS)
+    if user is not None:
+        query = query.where(Migration.user == user)
     if start_date:
         query = query.where(Migration.date >= parse_datetime(start_date, "start_date"))
     if end_date:
         end = parse_datetime(end_date, "end_date")
         if len(end_date.strip()) in (8, 10):  # a date alone means the whole of that day
-            end += datetime.timedelta(days=1)
+            end = shift(end, datetime.timedelta(days=1), "end_date")
         query = query.where(Migration.completion_date < end)
     if storage_id:
         storage = parse_uuid(storage_id, "storage_id")
@@ -180,10 +191,12 @@ async def query_migrations(
     return list((await session.execute(query)).all())
 
 
-async def get_migration(session: AsyncSession, migration_id: int) -> list[Row[Any]]:
-    return list(
-        (await session.execute(select(Migration.__table__).where(Migration.migration_id == migration_id))).all()
-    )
+async def get_migration(session: AsyncSession, migration_id: int, *, user: str | None = None) -> list[Row[Any]]:
+    """The migration as a one-row list; empty when there is none (or, given ``user``, none of theirs)."""
+    query = select(Migration.__table__).where(Migration.migration_id == migration_id)
+    if user is not None:
+        query = query.where(Migration.user == user)
+    return list((await session.execute(query)).all())
 
 
 async def _lock_migration(session: AsyncSession, migration_id: int) -> Migration:
@@ -194,17 +207,34 @@ async def _lock_migration(session: AsyncSession, migration_id: int) -> Migration
 
 
 async def discard_destination(session: AsyncSession, migration: Migration) -> None:
-    """Mark the destination replica DELETED and remove whatever payload reached the destination."""
+    """Mark the destination replica DELETED (if it is not already) and remove whatever payload reached
+    the destination, unless another live replica has since taken that path."""
     if migration.destination_uid is None:
         return
     replica = (await session.execute(select(ITEMS).where(ITEMS.c.uid == migration.destination_uid))).first()
-    if replica is None or replica.item_state is ItemState.DELETED:
+    if replica is None:
         return
-    await change_items(session, ITEMS.c.uid == replica.uid, {"item_state": ItemState.DELETED})
+    if replica.item_state is not ItemState.DELETED:
+        await change_items(session, ITEMS.c.uid == replica.uid, {"item_state": ItemState.DELETED})
+    if not replica.uri:
+        return
+    taken = await session.scalar(
+        select(ITEMS.c.uid).where(
+            ITEMS.c.storage_id == migration.destination_storage_id,
+            ITEMS.c.uri == replica.uri,
+            ITEMS.c.item_state != ItemState.DELETED,
+        )
+    )
     storage = await session.get(Storage, migration.destination_storage_id)
-    if storage is not None and replica.uri:
+    if taken is not None or storage is None:
+        return
+    try:
         async with await storage_backend(session, storage) as backend:
             await backend.delete(replica.uri)
+    except (TransferError, DLMError) as exc:
+        # The rows say DELETED either way, and the job's outcome must be recorded whatever is at that path
+        # (an unreachable storage, a symlink planted there); the audit reports a payload left behind.
+        log.warning("migration %s: could not remove %r: %s", migration.migration_id, replica.uri, exc)
 
 
 async def cancel_migration(session: AsyncSession, migration_id: int) -> Row[Any]:

@@ -7,8 +7,9 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dlm.api import json_response, provide_session
-from dlm.enums import ItemState, Phase
+from dlm.api import EventId, UuidQuery, json_response, provide_session
+from dlm.auth.policy import permission
+from dlm.enums import ItemState, Phase, Role
 from dlm.parsing import parse_datetime, parse_duration, parse_enum
 from dlm.request import service, setters
 from dlm.request.filters import MAX_PAGE_SIZE
@@ -24,13 +25,13 @@ PARAMS_DESCRIPTION = (
 )
 
 
-@get("/query_data_item", operation_id="query_data_item", summary="Query Data Item")
+@get("/query_data_item", operation_id="query_data_item", **permission(Role.READER), summary="Query Data Item")
 async def query_data_item(
     session: NamedDependency[AsyncSession],
     item_name: FromQuery[str] = "",
-    oid: FromQuery[str] = "",
-    uid: FromQuery[str] = "",
-    storage_id: FromQuery[str] = "",
+    oid: UuidQuery = "",
+    uid: UuidQuery = "",
+    storage_id: UuidQuery = "",
     params: Annotated[str | None, QueryParameter(description=PARAMS_DESCRIPTION)] = None,
 ) -> Rows:
     """Query data_items by item_name, oid, uid, storage_id and params filters; with none, the first 1000."""
@@ -40,12 +41,12 @@ async def query_data_item(
     return row_dicts(rows)
 
 
-@patch("/update_data_item", operation_id="update_data_item", summary="Update Data Item")
+@patch("/update_data_item", operation_id="update_data_item", **permission(Role.INGEST), summary="Update Data Item")
 async def update_data_item(
     session: NamedDependency[AsyncSession],
     item_name: FromQuery[str] = "",
-    oid: FromQuery[str] = "",
-    uid: FromQuery[str] = "",
+    oid: UuidQuery = "",
+    uid: UuidQuery = "",
     data: JSONBody[dict[str, Any] | None] = None,
 ) -> Item:
     """Change columns (the JSON body) of the data_items named by uid, oid or item_name; returns the first."""
@@ -53,58 +54,62 @@ async def update_data_item(
     return row_dict(rows[0]._mapping)
 
 
-@patch("/set_uri", operation_id="set_uri", summary="Set Uri")
+@patch("/set_uri", operation_id="set_uri", **permission(Role.INGEST), summary="Set Uri")
 async def set_uri(
     session: NamedDependency[AsyncSession],
-    uid: FromQuery[str],
+    uid: UuidQuery,
     uri: FromQuery[str],
-    storage_id: FromQuery[str],
+    storage_id: UuidQuery,
 ) -> Item:
     """Set where a data_item's payload is: its storage and its path relative to the storage root."""
     return row_dict((await setters.set_uri(session, uid=uid, uri=uri, storage_id=storage_id))._mapping)
 
 
-@patch("/set_metadata", operation_id="set_metadata", summary="Set Metadata")
+@patch("/set_metadata", operation_id="set_metadata", **permission(Role.INGEST), summary="Set Metadata")
 async def set_metadata(
-    session: NamedDependency[AsyncSession], uid: FromQuery[str], data: JSONBody[dict[str, Any] | None] = None
+    session: NamedDependency[AsyncSession], uid: UuidQuery, data: JSONBody[dict[str, Any] | None] = None
 ) -> Item:
     """Replace the metadata (a JSON object) of a data_item."""
     return row_dict((await setters.set_metadata(session, uid=uid, metadata=data))._mapping)
 
 
-@patch("/set_state", operation_id="set_state", summary="Set State")
+@patch("/set_state", operation_id="set_state", **permission(Role.INGEST), summary="Set State")
 async def set_state(
     session: NamedDependency[AsyncSession],
-    uid: FromQuery[str],
+    uid: UuidQuery,
     new_state: Annotated[ItemState, QueryParameter(name="state")],  # `state` is a reserved name in Litestar
 ) -> Item:
     """Move a data_item to another state; only legal transitions are accepted."""
     return row_dict((await setters.set_state(session, uid=uid, state=new_state))._mapping)
 
 
-@patch("/set_oid_expiration", operation_id="set_oid_expiration", summary="Set Oid Expiration")
+@patch(
+    "/set_oid_expiration", operation_id="set_oid_expiration", **permission(Role.INGEST), summary="Set Oid Expiration"
+)
 async def set_oid_expiration(
-    session: NamedDependency[AsyncSession], oid: FromQuery[str], expiration: FromQuery[str]
+    session: NamedDependency[AsyncSession], oid: UuidQuery, expiration: FromQuery[str]
 ) -> Item:
     """Set when the item (all replicas of the oid) expires. ISO 8601; no offset means UTC."""
     moment = parse_datetime(expiration, "expiration")
     return row_dict((await setters.set_oid_expiration(session, oid=oid, expiration=moment))[0]._mapping)
 
 
-@patch("/set_uid_expiration", operation_id="set_uid_expiration", summary="Set Uid Expiration")
+@patch(
+    "/set_uid_expiration", operation_id="set_uid_expiration", **permission(Role.INGEST), summary="Set Uid Expiration"
+)
 async def set_uid_expiration(
-    session: NamedDependency[AsyncSession], uid: FromQuery[str], expiration: FromQuery[str]
+    session: NamedDependency[AsyncSession], uid: UuidQuery, expiration: FromQuery[str]
 ) -> Item:
     """Set when one replica expires. ISO 8601; no offset means UTC."""
     moment = parse_datetime(expiration, "expiration")
     return row_dict((await setters.set_uid_expiration(session, uid=uid, expiration=moment))._mapping)
 
 
-@patch("/set_user", operation_id="set_user", summary="Set User")
+@patch("/set_user", operation_id="set_user", **permission(Role.INGEST), summary="Set User")
 async def set_user(
     session: NamedDependency[AsyncSession],
-    oid: FromQuery[str] = "",
-    uid: FromQuery[str] = "",
+    oid: UuidQuery = "",
+    uid: UuidQuery = "",
     user: FromQuery[str] = "SKA",
 ) -> Item:
     """Set the owner of a replica (uid) or of every replica of an item (oid)."""
@@ -112,11 +117,11 @@ async def set_user(
     return row_dict(row._mapping)
 
 
-@patch("/set_group", operation_id="set_group", summary="Set Group")
+@patch("/set_group", operation_id="set_group", **permission(Role.INGEST), summary="Set Group")
 async def set_group(
     session: NamedDependency[AsyncSession],
-    oid: FromQuery[str] = "",
-    uid: FromQuery[str] = "",
+    oid: UuidQuery = "",
+    uid: UuidQuery = "",
     group: FromQuery[str] = "SKA",
 ) -> Item:
     """Set the group of a replica (uid) or of every replica of an item (oid)."""
@@ -124,11 +129,11 @@ async def set_group(
     return row_dict(row._mapping)
 
 
-@patch("/set_acl", operation_id="set_acl", summary="Set Acl")
+@patch("/set_acl", operation_id="set_acl", **permission(Role.INGEST), summary="Set Acl")
 async def set_acl(
     session: NamedDependency[AsyncSession],
-    oid: FromQuery[str] = "",
-    uid: FromQuery[str] = "",
+    oid: UuidQuery = "",
+    uid: UuidQuery = "",
     acl: FromQuery[str] = "{}",
 ) -> Item:
     """Set the access control list (a JSON object) of a replica (uid) or of every replica of an item (oid)."""
@@ -136,19 +141,19 @@ async def set_acl(
     return row_dict(row._mapping)
 
 
-@patch("/set_phase", operation_id="set_phase", summary="Set Phase")
-async def set_phase(session: NamedDependency[AsyncSession], uid: FromQuery[str], phase: FromQuery[str]) -> Item:
+@patch("/set_phase", operation_id="set_phase", **permission(Role.INGEST), summary="Set Phase")
+async def set_phase(session: NamedDependency[AsyncSession], uid: UuidQuery, phase: FromQuery[str]) -> Item:
     """Set the phase the item must reach (its target_phase, on every replica); the replication engine acts
     on it. A replica's own uid_phase always follows its storage."""
     row = await setters.set_phase(session, uid=uid, phase=parse_enum(Phase, phase, "phase"))
     return row_dict(row._mapping)
 
 
-@patch("/update_item_tags", operation_id="update_item_tags", summary="Update Item Tags")
+@patch("/update_item_tags", operation_id="update_item_tags", **permission(Role.INGEST), summary="Update Item Tags")
 async def update_item_tags(
     session: NamedDependency[AsyncSession],
     item_name: FromQuery[str] = "",
-    oid: FromQuery[str] = "",
+    oid: UuidQuery = "",
     data: JSONBody[dict[str, Any] | None] = None,
 ) -> Item:
     """Merge tags (the JSON body) into every replica of the item named by oid or item_name."""
@@ -156,7 +161,7 @@ async def update_item_tags(
     return row_dict(row._mapping)
 
 
-@get("/query_expired", operation_id="query_expired", summary="Query Expired")
+@get("/query_expired", operation_id="query_expired", **permission(Role.READER), summary="Query Expired")
 async def query_expired(
     session: NamedDependency[AsyncSession],
     offset: Annotated[
@@ -168,62 +173,65 @@ async def query_expired(
     return row_dicts(await service.query_expired(session, offset=duration))
 
 
-@get("/query_deleted", operation_id="query_deleted", summary="Query Deleted")
-async def query_deleted(session: NamedDependency[AsyncSession], uid: FromQuery[str] = "") -> Rows:
+@get("/query_deleted", operation_id="query_deleted", **permission(Role.READER), summary="Query Deleted")
+async def query_deleted(session: NamedDependency[AsyncSession], uid: UuidQuery = "") -> Rows:
     """Data_items in state DELETED (optionally just the one uid)."""
     return row_dicts(await service.query_deleted(session, uid=uid))
 
 
-@get("/query_new", operation_id="query_new", summary="Query New")
-async def query_new(
-    session: NamedDependency[AsyncSession], check_date: FromQuery[str], uid: FromQuery[str] = ""
-) -> Rows:
+@get("/query_new", operation_id="query_new", **permission(Role.READER), summary="Query New")
+async def query_new(session: NamedDependency[AsyncSession], check_date: FromQuery[str], uid: UuidQuery = "") -> Rows:
     """Data_items created after check_date (exclusive; ISO 8601, no offset means UTC)."""
     moment = parse_datetime(check_date, "check_date")
     return row_dicts(await service.query_new(session, check_date=moment, uid=uid))
 
 
-@get("/query_exists", operation_id="query_exists", summary="Query Exists")
+@get("/query_exists", operation_id="query_exists", **permission(Role.READER), summary="Query Exists")
 async def query_exists(
     session: NamedDependency[AsyncSession],
     item_name: FromQuery[str] = "",
-    oid: FromQuery[str] = "",
-    uid: FromQuery[str] = "",
+    oid: UuidQuery = "",
+    uid: UuidQuery = "",
     ready: FromQuery[bool] = False,
-) -> Response[bytes]:
+) -> Response[bool]:
     """Whether a data_item with this item_name, oid or uid exists (and is READY, if ready=true)."""
     return json_response(await service.item_exists(session, item_name=item_name, oid=oid, uid=uid, ready=ready))
 
 
-@get("/query_exist_and_ready", operation_id="query_exists_and_ready", summary="Query Exists And Ready")
+@get(
+    "/query_exist_and_ready",
+    operation_id="query_exists_and_ready",
+    **permission(Role.READER),
+    summary="Query Exists And Ready",
+)
 async def query_exist_and_ready(
     session: NamedDependency[AsyncSession],
     item_name: FromQuery[str] = "",
-    oid: FromQuery[str] = "",
-    uid: FromQuery[str] = "",
-) -> Response[bytes]:
+    oid: UuidQuery = "",
+    uid: UuidQuery = "",
+) -> Response[bool]:
     """Whether a READY data_item with this item_name, oid or uid exists."""
     return json_response(await service.item_exists(session, item_name=item_name, oid=oid, uid=uid, ready=True))
 
 
-@get("/query_item_storage", operation_id="query_item_storage", summary="Query Item Storage")
+@get("/query_item_storage", operation_id="query_item_storage", **permission(Role.READER), summary="Query Item Storage")
 async def query_item_storage(
     session: NamedDependency[AsyncSession],
     item_name: FromQuery[str] = "",
-    oid: FromQuery[str] = "",
-    uid: FromQuery[str] = "",
+    oid: UuidQuery = "",
+    uid: UuidQuery = "",
 ) -> Rows:
     """The storages holding READY replicas of an item, one row per replica."""
     return row_dicts(await service.query_item_storage(session, item_name=item_name, oid=oid, uid=uid))
 
 
-@get("/query_item_history", operation_id="query_item_history", summary="Query Item History")
+@get("/query_item_history", operation_id="query_item_history", **permission(Role.READER), summary="Query Item History")
 async def query_item_history(
     session: NamedDependency[AsyncSession],
     item_name: FromQuery[str] = "",
-    oid: FromQuery[str] = "",
-    uid: FromQuery[str] = "",
-    after_event_id: Annotated[int, QueryParameter(ge=0, description="page on from this event_id")] = 0,
+    oid: UuidQuery = "",
+    uid: UuidQuery = "",
+    after_event_id: EventId = 0,
     limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = MAX_PAGE_SIZE,
 ) -> Rows:
     """DLM addition. The trace of an item: every change of state, phase, uri, storage or expiry, with who

@@ -12,7 +12,7 @@ from dlm.app import create_app
 from dlm.config import Settings
 from dlm.enums import ItemType
 from dlm.metadata import ERRORS_KEY, Payload, extract
-from tests.conftest import QUIET_ENGINES, Registry
+from tests.conftest import Registry, make_settings
 
 PRODUCT = """\
 interface: http://schema.skao.int/ska-data-product-meta/0.1
@@ -79,9 +79,7 @@ async def test_a_failing_plugin_is_recorded_by_name(tmp_path: Path) -> None:
 async def test_the_plugins_that_run_are_chosen_by_setting(
     database_url: str, tmp_path: Path, choice: str, expected: set[str]
 ) -> None:
-    settings = Settings(
-        database_url=database_url, data_dir=str(tmp_path / "data"), metadata_plugins=choice, **QUIET_ENGINES
-    )
+    settings = make_settings(database_url, tmp_path, metadata_plugins=choice)
     async with AsyncTestClient(create_app(settings)) as client:
         registry = Registry(client, tmp_path / "store")
         await registry.storage()

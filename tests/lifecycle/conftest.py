@@ -6,11 +6,9 @@ from pathlib import Path
 import pytest
 
 from dlm.config import Settings
-from tests.conftest import QUIET_ENGINES
+from tests.conftest import make_settings
 
 
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
-    return Settings(
-        database_url=database_url, data_dir=str(tmp_path / "data"), migration_poll_seconds=0.1, **QUIET_ENGINES
-    )
+    return make_settings(database_url, tmp_path, migration_poll_seconds=0.1)

@@ -14,16 +14,16 @@ from dlm.app import create_app
 from dlm.config import Settings
 from dlm.enums import StorageInterface
 from dlm.transfer import make_backend
-from tests.conftest import Registry
+from tests.conftest import Registry, make_settings
 
 FINISHED = {"SUCCEEDED", "FAILED", "CANCELLED"}
 
 
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
-    return Settings(
-        database_url=database_url,
-        data_dir=str(tmp_path / "data"),
+    return make_settings(
+        database_url,
+        tmp_path,
         migration_workers=2,
         migration_poll_seconds=0.1,
         migration_lease_seconds=5,

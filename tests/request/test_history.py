@@ -24,7 +24,7 @@ async def test_history_traces_every_change_with_actor_and_time(registry: Registr
     assert (events[-2]["old_value"], events[-2]["new_value"]) == ("READY", "EXPIRED")
     assert (events[-1]["old_value"], events[-1]["new_value"]) == ("GAS", "PLASMA"), "no READY replica is left"
     assert events[-3]["new_value"] == "2030-01-01T00:00:00.000000+00:00"
-    assert {event["actor"] for event in events} == {"api"}
+    assert {event["actor"] for event in events} == {"anonymous"}, "open mode: nobody in particular"
     assert all(event["event_time"].endswith("+00:00") for event in events)
     ids = [event["event_id"] for event in events]
     assert ids == sorted(ids)

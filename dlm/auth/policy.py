@@ -1,0 +1,83 @@
+"""Who may call which route: each route declares its role once, where it is declared,
+
+    @get("/query_data_item", operation_id="query_data_item", **permission(Role.READER))
+
+and ``dlm.auth.gate`` enforces it before the handler runs. The declaration also documents the route
+in the OpenAPI (bearer security, the role as ``x-dlm-role`` and in the description, the error
+responses). A route that declares nothing is refused to everyone: forgetting fails closed, and a
+test fails too. The whole table is generated into docs/security.md.
+"""
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import msgspec
+from litestar.handlers import HTTPRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Operation
+
+from dlm.enums import Role
+
+BEARER_SCHEME = "BearerToken"
+# opt["access"] of routes anyone may call: "public" (the API description) or "probe" (health checks,
+# which orchestrators address by IP, so their Host is not checked either).
+Access = Role | Literal["public", "probe"]
+
+
+class ErrorBody(msgspec.Struct):
+    """Every refusal: the error's name and a message naming the field or the reason."""
+
+    exec: str
+    message: str
+
+
+def _error(description: str) -> ResponseSpec:
+    return ResponseSpec(data_container=ErrorBody, description=description, generate_examples=False)
+
+
+ERROR_RESPONSES = {
+    401: _error("No bearer token, or one DLM cannot verify (WWW-Authenticate: Bearer)"),
+    403: _error("The caller's role is below the one this route needs, or a foreign Origin or unknown Host"),
+    404: _error("An item, storage, location or migration named does not exist"),
+    409: _error("A concurrent change or a running copy stands in the way; retry or cancel it first"),
+    413: _error("The request body is larger than this route accepts"),
+    422: _error("A parameter or body field is missing, malformed, out of range or not allowed (named)"),
+    503: _error("The database, a storage or the identity provider cannot be reached, or DLM is busy (Retry-After)"),
+}
+
+
+@dataclass
+class _RoleOperation(Operation):
+    role: ClassVar[str] = ""
+
+    def to_schema(self) -> dict[str, Any]:
+        schema = super().to_schema()
+        # Litestar documents its own 400 for bad parameters; DLM answers those with 422 (ERROR_RESPONSES).
+        schema.get("responses", {}).pop("400", None)
+        schema["x-dlm-role"] = self.role
+        note = f"Requires role `{self.role}` (or higher)."
+        schema["description"] = f"{schema.get('description', '').rstrip()}\n\n{note}".lstrip()
+        return schema
+
+
+_OPERATIONS = {role: type(f"{role.value.title()}Operation", (_RoleOperation,), {"role": role.value}) for role in Role}
+
+
+def permission(role: Role) -> dict[str, Any]:
+    """Route decorator arguments: callers need ``role`` or higher."""
+    return {
+        "opt": {"access": role},
+        "security": [{BEARER_SCHEME: []}],
+        "responses": ERROR_RESPONSES,
+        "operation_class": _OPERATIONS[role],
+    }
+
+
+PUBLIC: dict[str, Any] = {"opt": {"access": "public"}}
+PROBE: dict[str, Any] = {"opt": {"access": "probe"}}
+
+
+def declared_access(handler: HTTPRouteHandler) -> Access | None:
+    """What a route declared, or None if it declared nothing (then nobody may call it)."""
+    access = handler.opt.get("access")
+    return access if isinstance(access, Role) or access in ("public", "probe") else None
