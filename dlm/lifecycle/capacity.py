@@ -21,7 +21,7 @@ from dlm.data_item import ITEMS
 from dlm.db.engine import transaction
 from dlm.db.models import Storage, StorageEvent
 from dlm.enums import ItemState
-from dlm.errors import Conflict, UnmetPreconditionForOperation
+from dlm.errors import DLMError, UnmetPreconditionForOperation
 from dlm.lifecycle import claim_item
 from dlm.storage.service import (
     check_resilience,
@@ -183,7 +183,7 @@ async def _evict(
                     await delete_replica(session, replica, replicas, now=now)
             except UnmetPreconditionForOperation:
                 continue  # needed: it stays
-            except (Conflict, TransferError) as exc:
+            except (DLMError, TransferError) as exc:
                 log.info("capacity: %s stays for now: %s", replica.uid, exc)
                 continue
         size = replica.item_size or 0

@@ -23,9 +23,9 @@ from dlm.data_item import ITEMS, refresh_oid_phase
 from dlm.db.engine import transaction
 from dlm.db.models import DataItemEvent, Migration, Storage
 from dlm.enums import ItemState, ItemType, MigrationStatus
-from dlm.errors import Conflict, UnmetPreconditionForOperation
+from dlm.errors import DLMError, UnmetPreconditionForOperation
 from dlm.lifecycle import claim_items, phase_weight
-from dlm.storage.service import check_resilience, delete_replica, lock_replicas, storage_backend
+from dlm.storage.service import check_resilience, delete_replica, is_writable, lock_replicas, storage_backend
 from dlm.transfer.base import TransferError
 
 log = logging.getLogger("dlm.lifecycle.expiry")
@@ -169,6 +169,11 @@ async def _expire_whole_items(
             by_storage.setdefault(row.storage_id, []).append(row)
     for storage_id, group in by_storage.items():
         uids = [row.uid for row in group]
+        storage = await session.get(Storage, storage_id) if storage_id else None
+        if storage is not None and not is_writable(storage):
+            reason = f"storage {storage.storage_name!r} is read-only; an admin may force the deletion"
+            report.kept.extend(Decision(row.uid, row.item_name, reason) for row in group)
+            continue
         if report.dry_run:
             report.deleted.extend(uids)
             gone.update(uids)
@@ -180,13 +185,12 @@ async def _expire_whole_items(
                     .where(ITEMS.c.uid.in_(uids))
                     .values(item_state=ItemState.DELETED, deleted=True, uid_deletion=func.now())
                 )
-                storage = await session.get(Storage, storage_id) if storage_id else None
                 if storage is not None:
                     async with await storage_backend(session, storage) as backend:
                         for row in group:
                             if row.uri:
                                 await backend.delete(row.uri)
-        except TransferError as exc:
+        except (TransferError, DLMError) as exc:  # DLMError: a uri no storage should hold (the root itself)
             for row in group:
                 report.deferred.append(Decision(row.uid, row.item_name, exc.message))
             log.warning("expiry: %d replicas deferred: %s", len(group), exc.message)
@@ -220,7 +224,7 @@ async def _expire_item(
             report.kept.append(Decision(replica.uid, replica.item_name, exc.message))
             if not report.dry_run:
                 await _record_kept_once(session, replica, exc.message)
-        except (Conflict, TransferError) as exc:
+        except (DLMError, TransferError) as exc:  # a concurrent change, an unreachable storage, a root uri
             report.deferred.append(Decision(replica.uid, replica.item_name, exc.message))
             log.warning("expiry: uid %s deferred: %s", replica.uid, exc.message)
 

@@ -284,11 +284,7 @@ class Job:
     async def _discard_if_cancelled(self, session: AsyncSession) -> None:
         job = await session.get(Migration, self.migration_id)
         if job is not None and job.status is MigrationStatus.CANCELLED:
-            target = (await session.execute(select(ITEMS).where(ITEMS.c.uid == job.destination_uid))).one()
-            destination = await session.get(Storage, job.destination_storage_id)
-            assert destination is not None
-            async with await storage_backend(session, destination) as backend:
-                await backend.delete(target.uri)
+            await discard_destination(session, job)
             if job.lease_owner == self.owner:
                 job.lease_owner = job.lease_expires = None
 
@@ -326,12 +322,7 @@ class Job:
                 lease_expires=None,
                 job_status={"finished": True, "success": False, "error": reason},
             )
-            try:
-                await discard_destination(session, job)
-            except TransferError as exc:
-                # The rows say FAILED and DELETED either way; the audit finds a payload left behind.
-                log.warning("migration %s: could not remove the destination payload: %s", self.migration_id, exc)
-                await change_items(session, ITEMS.c.uid == job.destination_uid, {"item_state": ItemState.DELETED})
+            await discard_destination(session, job)
         return MigrationStatus.FAILED
 
     async def _let_go(self) -> None:

@@ -1,22 +1,69 @@
 """Storage configs in rclone's remote format: validated when stored, secrets never shown.
 
+Configs are stored sealed (encrypted with Fernet: AES-128-CBC + HMAC-SHA256) when DLM_SECRET_KEY is
+set, and read back only inside DLM; what callers see is redacted by an allowlist of public fields.
+
 Two spellings are accepted, as SKA-DLM clients send either: the flat remote
 (``{"type": "s3", "endpoint": ..., "access_key_id": ...}``) and rclone's ``config/create`` call
 (``{"name": "remote", "type": "s3", "parameters": {...}}``).
 """
 
-import re
+import json
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit, urlunsplit
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from dlm.enums import ConfigType, StorageInterface
-from dlm.errors import InvalidQueryParameters
+from dlm.errors import InvalidQueryParameters, UnmetPreconditionForOperation
 
 REDACTED = "***"
-# rclone's own names for secrets (secret_access_key, pass, password, token, client_secret, key_file_pass,
-# sse_customer_key, service_account_credentials, ...), matched on whole words of a key.
-_SECRET = re.compile(r"(^|_)(secret|pass|password|passphrase|token|credentials|private|sse_customer_key)(_|$)")
-
+# What get_storage_config shows of each remote type: fields known to hold no secret. Anything else (a
+# key, a password, a token, a PEM, a field DLM does not know, any list or object) is shown as ***, so
+# a secret under a name nobody thought of is hidden too.
+_PUBLIC_FIELDS = {
+    "local": {"nounc", "copy_links", "links", "skip_links", "one_file_system", "case_sensitive", "no_sparse"},
+    "alias": {"remote"},
+    "s3": {
+        "provider",
+        "access_key_id",
+        "env_auth",
+        "region",
+        "endpoint",
+        "location_constraint",
+        "acl",
+        "bucket_acl",
+        "storage_class",
+        "server_side_encryption",
+        "upload_cutoff",
+        "chunk_size",
+        "part_size",
+        "force_path_style",
+        "v2_auth",
+        "list_chunk",
+        "no_check_bucket",
+        "disable_checksum",
+        "upload_concurrency",
+    },
+    "sftp": {
+        "host",
+        "user",
+        "port",
+        "key_file",
+        "known_hosts_file",
+        "key_use_agent",
+        "shell_type",
+        "md5sum_command",
+        "sha1sum_command",
+        "disable_hashcheck",
+        "set_modtime",
+        "path_override",
+        "chunk_size",
+        "concurrency",
+    },
+    "http": {"url", "no_slash", "no_head"},
+    "webdav": {"url", "vendor", "user"},
+}
 RCLONE_TYPES = frozenset(
     {"local", "alias", "s3", "sftp", "http", "webdav", "swift", "azureblob", "gcs", "b2", "ftp", "crypt", "union"}
 )
@@ -27,23 +74,37 @@ _TYPES_FOR_INTERFACE = {
     StorageInterface.SFTP: {"sftp"},
     StorageInterface.HTTPS: {"http", "webdav"},
 }
-
-
-def is_secret(key: str) -> bool:
-    return bool(_SECRET.search(key.lower()))
+# URL fields may carry credentials (http://user:pass@host): shown without them.
+_URL_FIELDS = {"endpoint", "url"}
 
 
 def redact(config: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``config`` with every secret replaced, at any depth."""
-    redacted: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            redacted[key] = redact(value)
-        elif is_secret(key) and value not in (None, ""):
-            redacted[key] = REDACTED
-        else:
-            redacted[key] = value
-    return redacted
+    """A copy of ``config`` showing only what is known not to be secret (see _PUBLIC_FIELDS)."""
+    public = _PUBLIC_FIELDS.get(str(flatten(config).get("type")), set()) | {"type"}
+
+    def shown(key: str, value: Any, top: bool) -> Any:
+        if key == "parameters" and top and isinstance(value, dict):
+            return {inner: shown(inner, item, False) for inner, item in value.items()}
+        if value is None or value == "":
+            return value
+        if key == "name" and top and isinstance(value, str):
+            return value  # the rclone remote's name: the storage's
+        if key not in public or not isinstance(value, str | int | float | bool):
+            return REDACTED
+        if key in _URL_FIELDS and isinstance(value, str):
+            return _without_credentials(value)
+        return value
+
+    return {key: shown(key, value, True) for key, value in config.items()}
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{REDACTED}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def flatten(config: dict[str, Any]) -> dict[str, Any]:
@@ -106,3 +167,64 @@ def _validate_s3(flat: dict[str, Any]) -> None:
             valid = False
         if not valid:
             raise InvalidQueryParameters("config.part_size: must be a number of bytes, at least 5 MiB")
+
+
+# A sealed config, as stored: {"dlm_sealed": "<Fernet token of the config's JSON>"}.
+SEALED = "dlm_sealed"
+
+
+class Keyring:
+    """DLM_SECRET_KEY's Fernet keys, newest first: the first seals, any of them opens."""
+
+    def __init__(self, keys: list[str]) -> None:
+        try:
+            self._fernet = MultiFernet([Fernet(key.encode()) for key in keys]) if keys else None
+        except ValueError:
+            raise ValueError(
+                "DLM_SECRET_KEY: each key must be 32 url-safe base64-encoded bytes "
+                "(make one with `dlm db new-secret-key`)"
+            ) from None
+
+    @classmethod
+    def from_text(cls, text: str | None) -> "Keyring":
+        return cls([key.strip() for key in (text or "").split(",") if key.strip()])
+
+    @property
+    def sealing(self) -> bool:
+        return self._fernet is not None
+
+    def seal(self, config: dict[str, Any]) -> dict[str, Any]:
+        if self._fernet is None:
+            return config
+        return {SEALED: self._fernet.encrypt(json.dumps(config).encode()).decode()}
+
+    def open(self, stored: dict[str, Any]) -> dict[str, Any]:
+        if not is_sealed(stored):
+            return stored
+        if self._fernet is None:
+            raise UnmetPreconditionForOperation("a storage config is encrypted and DLM_SECRET_KEY is not set")
+        try:
+            return json.loads(self._fernet.decrypt(str(stored[SEALED]).encode()))  # type: ignore[no-any-return]
+        except InvalidToken:
+            raise UnmetPreconditionForOperation(
+                "a storage config is encrypted with a key that is not in DLM_SECRET_KEY"
+            ) from None
+
+    def reseal(self, stored: dict[str, Any]) -> dict[str, Any]:
+        """``stored`` sealed with the newest key (plain ones get sealed); unchanged without keys."""
+        if self._fernet is None:
+            return stored
+        if is_sealed(stored):
+            return {SEALED: self._fernet.rotate(str(stored[SEALED]).encode()).decode()}
+        return self.seal(stored)
+
+
+def is_sealed(stored: dict[str, Any]) -> bool:
+    return isinstance(stored, dict) and set(stored) == {SEALED}
+
+
+NO_KEYS = Keyring([])
+
+
+def new_key() -> str:
+    return Fernet.generate_key().decode()

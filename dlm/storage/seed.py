@@ -1,6 +1,9 @@
 """Create the locations and storages an operator lists in files (``DLM_LOCATION_CONFIG``,
 ``DLM_STORAGE_CONFIG``) at startup. Idempotent: what exists already (by name) is left alone, except
-that a storage whose listed config differs from its current one gets the listed config."""
+that a storage whose listed config differs from its current one gets the listed config.
+
+The files are the operator's, so the POSIX roots they name (their storages' roots, and any listed under
+``storage_roots``) are directories storages may use, beside ``DLM_STORAGE_ROOTS``."""
 
 import json
 import tomllib
@@ -11,10 +14,12 @@ import msgspec
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dlm.config import Settings
 from dlm.db.models import Location, Storage
 from dlm.enums import LocationCountry, LocationType, Phase, StorageInterface, StorageType
 from dlm.errors import InvalidQueryParameters
 from dlm.storage import service
+from dlm.storage.confinement import Confinement
 
 
 class LocationEntry(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -37,13 +42,17 @@ class StorageEntry(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     config: dict[str, Any] | None = None
 
 
-def load_entries(path: str, key: str, entry_type: type[msgspec.Struct]) -> list[Any]:
-    """Entries from a JSON file (a list, or an object with ``key``) or a TOML file (``[[key]]`` tables)."""
+def _load(path: str) -> Any:
     try:
         text = Path(path).read_text()
-        document = tomllib.loads(text) if path.endswith(".toml") else json.loads(text)
+        return tomllib.loads(text) if path.endswith(".toml") else json.loads(text)
     except (OSError, ValueError) as exc:
         raise InvalidQueryParameters(f"{path}: {exc}") from None
+
+
+def load_entries(path: str, key: str, entry_type: type[msgspec.Struct]) -> list[Any]:
+    """Entries from a JSON file (a list, or an object with ``key``) or a TOML file (``[[key]]`` tables)."""
+    document = _load(path)
     entries = document.get(key, []) if isinstance(document, dict) else document
     try:
         return msgspec.convert(entries, list[entry_type])
@@ -51,7 +60,28 @@ def load_entries(path: str, key: str, entry_type: type[msgspec.Struct]) -> list[
         raise InvalidQueryParameters(f"{path}: {exc}") from None
 
 
-async def seed(session: AsyncSession, *, location_file: str | None, storage_file: str | None) -> list[str]:
+def allowed_roots(storage_file: str | None) -> list[str]:
+    """The POSIX roots a storage file allows: its ``storage_roots`` and its POSIX storages' roots."""
+    if not storage_file:
+        return []
+    document = _load(storage_file)
+    listed = document.get("storage_roots", []) if isinstance(document, dict) else []
+    try:
+        roots = msgspec.convert(listed, list[str])
+    except msgspec.ValidationError as exc:
+        raise InvalidQueryParameters(f"{storage_file}: storage_roots: {exc}") from None
+    storages = load_entries(storage_file, "storages", StorageEntry)
+    return roots + [entry.root_directory for entry in storages if entry.storage_interface is StorageInterface.POSIX]
+
+
+def storage_confinement(settings: Settings) -> Confinement:
+    """Where this DLM lets storages be: DLM_STORAGE_ROOTS plus what the operator's storage file allows."""
+    return Confinement.from_settings(settings, allowed_roots(settings.storage_config))
+
+
+async def seed(
+    session: AsyncSession, *, location_file: str | None, storage_file: str | None, confinement: Confinement
+) -> list[str]:
     """Create what the files list and is missing; returns what was done, one line per change."""
     done = []
     if location_file:
@@ -68,6 +98,7 @@ async def seed(session: AsyncSession, *, location_file: str | None, storage_file
             if existing is None:
                 await service.init_storage(
                     session,
+                    confinement=confinement,
                     storage_name=entry.storage_name,
                     storage_type=entry.storage_type,
                     storage_interface=entry.storage_interface,
@@ -79,6 +110,8 @@ async def seed(session: AsyncSession, *, location_file: str | None, storage_file
                 )
                 done.append(f"created storage {entry.storage_name}")
             elif entry.config and await service.latest_config(session, existing.storage_id) != entry.config:
-                await service.create_storage_config(session, config=entry.config, storage_id=str(existing.storage_id))
+                await service.create_storage_config(
+                    session, config=entry.config, storage_id=str(existing.storage_id), confinement=confinement
+                )
                 done.append(f"updated the config of storage {entry.storage_name}")
     return done

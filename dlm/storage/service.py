@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dlm.data_item import ITEMS, change_items, get_item
@@ -27,9 +27,11 @@ from dlm.enums import (
 from dlm.errors import Conflict, InvalidQueryParameters, NotFound, UnmetPreconditionForOperation, ValueAlreadyInDB
 from dlm.parsing import parse_uuid
 from dlm.storage import configs
+from dlm.storage.confinement import Confinement, nested, real_path, s3_endpoint
 from dlm.transfer import make_backend
+from dlm.transfer.paths import check_deletable_uri
 from dlm.transfer.posix import PosixBackend
-from dlm.transfer.s3 import S3Backend
+from dlm.transfer.s3 import S3Backend, split_root
 
 MAX_ROWS = 1000
 
@@ -93,6 +95,7 @@ async def resolve_location(session: AsyncSession, *, location_name: str = "", lo
 async def init_storage(
     session: AsyncSession,
     *,
+    confinement: Confinement,
     storage_name: str,
     storage_type: StorageType,
     storage_interface: StorageInterface,
@@ -103,7 +106,8 @@ async def init_storage(
     storage_phase: Phase = Phase.GAS,
     storage_config: dict[str, Any] | None = None,
 ) -> uuid.UUID:
-    """Create a storage volume at a location and return its id."""
+    """Create a storage volume at a location and return its id. Its root must be one ``confinement``
+    allows and must not share bytes with another live storage."""
     if not storage_name.strip():
         raise InvalidQueryParameters("storage_name: must not be empty")
     if storage_config:
@@ -114,14 +118,18 @@ async def init_storage(
         raise InvalidQueryParameters("storage_capacity: must be a number of bytes, or -1 for no limit")
     if storage_interface is StorageInterface.POSIX:
         root = Path(root_directory)
-        if not root.is_absolute():
+        if "\x00" in root_directory or not root.is_absolute():
             raise InvalidQueryParameters(f"root_directory: {root_directory!r} must be an absolute path")
+        confinement.check_posix_root(root_directory)
         if not root.is_dir():
             raise UnmetPreconditionForOperation(
                 f"root_directory: {root_directory!r} is not a directory on this DLM host"
             )
-    elif not root_directory.strip():
+    elif not root_directory.strip() or "\x00" in root_directory:
         raise InvalidQueryParameters("root_directory: must not be empty")
+    if storage_interface is StorageInterface.S3:
+        confinement.check_s3_endpoint(storage_config)
+    await check_no_overlap(session, interface=storage_interface, root_directory=root_directory, config=storage_config)
     resolved_location = await resolve_location(session, location_name=location_name, location_id=location_id)
     storage = Storage(
         storage_name=storage_name,
@@ -134,19 +142,64 @@ async def init_storage(
     )
     session.add(storage)
     await session.flush()
+    await record_storage_event(
+        session, storage.storage_id, "storage_created", f"{storage_interface.value} {root_directory}"
+    )
     if storage_config:
-        session.add(StorageConfig(storage_id=storage.storage_id, config=storage_config, config_type=ConfigType.RCLONE))
-        await session.flush()
+        await _add_config(session, storage.storage_id, storage_config, ConfigType.RCLONE)
     return storage.storage_id
+
+
+async def check_no_overlap(
+    session: AsyncSession,
+    *,
+    interface: StorageInterface,
+    root_directory: str,
+    config: dict[str, Any] | None,
+    storage_id: uuid.UUID | None = None,
+) -> None:
+    """Refuse a storage whose bytes would be another live storage's too (``storage_id``: itself, when
+    its config changes): deleting one's payload would delete the other's."""
+    query = select(Storage).where(Storage.storage_retired.is_(False), Storage.storage_interface == interface)
+    if storage_id is not None:
+        query = query.where(Storage.storage_id != storage_id)
+    others = list(await session.scalars(query))
+    if interface is StorageInterface.POSIX:
+        root = real_path(Path(root_directory))
+        for other in others:
+            if nested(root, real_path(Path(other.root_directory))):
+                raise UnmetPreconditionForOperation(
+                    f"root_directory: {root_directory!r} is, contains or lies inside the root of storage "
+                    f"{other.storage_name!r} ({other.root_directory!r}); two storages must not share files"
+                )
+    elif interface is StorageInterface.S3:
+        endpoint = s3_endpoint(config)
+        bucket, prefix = split_root(root_directory)
+        for other in others:
+            other_bucket, other_prefix = split_root(other.root_directory)
+            if other_bucket != bucket or not (prefix.startswith(other_prefix) or other_prefix.startswith(prefix)):
+                continue
+            if s3_endpoint(await latest_config(session, other.storage_id)) == endpoint:
+                raise UnmetPreconditionForOperation(
+                    f"root_directory: {root_directory!r} overlaps storage {other.storage_name!r} "
+                    f"({other.root_directory!r}) on the same endpoint; two storages must not share objects"
+                )
+
+
+async def record_storage_event(session: AsyncSession, storage_id: uuid.UUID, event: str, detail: str) -> None:
+    """Append to the storage's history, as the transaction's actor (``dlm.db.engine.set_actor``)."""
+    actor = func.coalesce(func.nullif(func.current_setting("dlm.actor", True), ""), "unknown")
+    await session.execute(insert(StorageEvent).values(storage_id=storage_id, event=event, detail=detail, actor=actor))
 
 
 async def query_storages(session: AsyncSession, *, storage_name: str = "", storage_id: str = "") -> list[Row[Any]]:
     query = select(Storage.__table__).order_by(Storage.storage_name).limit(MAX_ROWS)
-    # As in SKA-DLM, a storage_name takes precedence over a storage_id.
+    # As in SKA-DLM, a storage_name takes precedence over a storage_id (which must still be an id).
+    parsed_id = parse_uuid(storage_id, "storage_id") if storage_id else None
     if storage_name:
         query = query.where(Storage.storage_name == storage_name)
-    elif storage_id:
-        query = query.where(Storage.storage_id == parse_uuid(storage_id, "storage_id"))
+    elif parsed_id:
+        query = query.where(Storage.storage_id == parsed_id)
     return list((await session.execute(query)).all())
 
 
@@ -168,18 +221,34 @@ async def resolve_storage(session: AsyncSession, *, storage_name: str = "", stor
 async def latest_config(
     session: AsyncSession, storage_id: uuid.UUID, config_type: ConfigType = ConfigType.RCLONE
 ) -> dict[str, Any] | None:
-    """The storage's newest config of this type (configs are appended, never edited in place)."""
-    return await session.scalar(
+    """The storage's newest config of this type (configs are appended, never edited in place), opened
+    with the session's keyring if it was stored sealed."""
+    stored = await session.scalar(
         select(StorageConfig.config)
         .where(StorageConfig.storage_id == storage_id, StorageConfig.config_type == config_type)
         .order_by(StorageConfig.config_date.desc(), StorageConfig.config_id)
         .limit(1)
     )
+    return None if stored is None else keyring(session).open(stored)
+
+
+def keyring(session: AsyncSession) -> configs.Keyring:
+    return session.info.get("keyring") or configs.NO_KEYS
+
+
+async def _add_config(
+    session: AsyncSession, storage_id: uuid.UUID, config: dict[str, Any], config_type: ConfigType
+) -> uuid.UUID:
+    row = StorageConfig(storage_id=storage_id, config=keyring(session).seal(config), config_type=config_type)
+    session.add(row)
+    await session.flush()
+    return row.config_id
 
 
 async def create_storage_config(
     session: AsyncSession,
     *,
+    confinement: Confinement,
     config: Any,
     storage_id: str = "",
     storage_name: str = "",
@@ -188,33 +257,59 @@ async def create_storage_config(
     """Validate and store a config for a storage; it supersedes earlier ones of the same type."""
     storage = await resolve_storage(session, storage_name=storage_name, storage_id=storage_id)
     configs.validate(config, config_type=config_type, interface=storage.storage_interface)
-    row = StorageConfig(storage_id=storage.storage_id, config=config, config_type=config_type)
-    session.add(row)
-    await session.flush()
-    return row.config_id
+    if storage.storage_interface is StorageInterface.S3 and config_type is ConfigType.RCLONE:
+        confinement.check_s3_endpoint(config)
+        await check_no_overlap(
+            session,
+            interface=storage.storage_interface,
+            root_directory=storage.root_directory,
+            config=config,
+            storage_id=storage.storage_id,
+        )
+    config_id = await _add_config(session, storage.storage_id, config, config_type)
+    await record_storage_event(session, storage.storage_id, "config_changed", f"{config_type.value} config {config_id}")
+    return config_id
+
+
+async def reseal_configs(session: AsyncSession) -> int:
+    """Seal every stored config with the keyring's newest key (plain ones too); returns how many
+    changed. Run after putting a new key first in DLM_SECRET_KEY, before dropping the old one."""
+    ring = keyring(session)
+    if not ring.sealing:
+        raise UnmetPreconditionForOperation("DLM_SECRET_KEY is not set: there is no key to seal configs with")
+    changed = 0
+    rows = await session.execute(select(StorageConfig.config_id, StorageConfig.config).with_for_update())
+    for config_id, stored in rows.all():
+        resealed = ring.reseal(stored)
+        if resealed != stored:
+            await session.execute(
+                update(StorageConfig).where(StorageConfig.config_id == config_id).values(config=resealed)
+            )
+            changed += 1
+    return changed
 
 
 async def get_storage_configs(
     session: AsyncSession, *, storage_id: str = "", storage_name: str = "", config_type: ConfigType = ConfigType.RCLONE
 ) -> list[dict[str, Any]]:
-    """The storage's configs of this type, newest first, with every secret redacted."""
+    """The storage's configs of this type, newest first, showing only fields known not to be secret."""
     storage = await resolve_storage(session, storage_name=storage_name, storage_id=storage_id)
     found = await session.scalars(
         select(StorageConfig.config)
         .where(StorageConfig.storage_id == storage.storage_id, StorageConfig.config_type == config_type)
         .order_by(StorageConfig.config_date.desc(), StorageConfig.config_id)
     )
-    return [configs.redact(config) for config in found]
+    return [configs.redact(keyring(session).open(config)) for config in found]
 
 
-async def register_rclone_remote(session: AsyncSession, config: Any) -> bool:
+async def register_rclone_remote(session: AsyncSession, config: Any, *, confinement: Confinement) -> bool:
     """SKA-DLM's ``rclone_config``: a remote named after a storage becomes that storage's config.
     DLM moves bytes itself, so there is no rclone daemon to tell."""
     configs.validate(config)
     name = config.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidQueryParameters("config.name: required, the name of the storage this remote reaches")
-    await create_storage_config(session, config=config, storage_name=name)
+    await create_storage_config(session, config=config, storage_name=name, confinement=confinement)
     return True
 
 
@@ -310,14 +405,14 @@ async def delete_payload(
     session: AsyncSession, *, uid: str, force: bool = False, now: datetime.datetime | None = None
 ) -> list[Row[Any]]:
     """Delete a replica's payload and mark it DELETED (its row stays, as the trace). Refused when the
-    item would fall below its target_phase while the item itself has not expired, unless ``force``.
-    Registered children of a container replica go with it."""
+    item would fall below its target_phase while the item itself has not expired, or when its storage
+    is read-only, unless ``force``. Registered children of a container replica go with it."""
     item = await get_item(session, uid)
     replicas = await lock_replicas(session, item.oid)
     replica = next(row for row in replicas if row.uid == item.uid)
     if replica.item_state is ItemState.DELETED:
         raise UnmetPreconditionForOperation(f"uid {replica.uid}: already DELETED")
-    return await delete_replica(session, replica, replicas, force=force, now=now)
+    return await delete_replica(session, replica, replicas, force=force, override_read_only=force, now=now)
 
 
 async def lock_replicas(session: AsyncSession, oid: uuid.UUID) -> list[Row[Any]]:
@@ -327,15 +422,27 @@ async def lock_replicas(session: AsyncSession, oid: uuid.UUID) -> list[Row[Any]]
     return list((await session.execute(query)).all())
 
 
+def is_writable(storage: Storage) -> bool:
+    return "W" in (storage.storage_permissions or "").upper()
+
+
 async def delete_replica(
     session: AsyncSession,
     replica: Row[Any],
     replicas: list[Row[Any]],
     *,
     force: bool = False,
+    override_read_only: bool = False,
     now: datetime.datetime | None = None,
 ) -> list[Row[Any]]:
-    """``delete_payload`` for a replica whose item's replicas the caller has locked."""
+    """``delete_payload`` for a replica whose item's replicas the caller has locked. ``force`` skips the
+    resilience rule, ``override_read_only`` (an admin's force) the refusal to delete on a read-only storage."""
+    check_deletable_uri(replica.uri, f"uid {replica.uid}: uri")
+    storage = await session.get(Storage, replica.storage_id) if replica.storage_id else None
+    if storage is not None and not is_writable(storage) and not override_read_only:
+        raise UnmetPreconditionForOperation(
+            f"uid {replica.uid}: storage {storage.storage_name!r} is read-only; an admin may force the deletion"
+        )
     busy = await session.scalar(
         select(Migration.migration_id).where(
             Migration.source_uid == replica.uid,
@@ -356,7 +463,6 @@ async def delete_replica(
     changed = await change_items(session, selector, {"item_state": ItemState.DELETED})
     # The rows change first and the payloads go second, inside one transaction: if a payload cannot
     # be deleted, the rows roll back and nothing claims a payload is gone while it is still there.
-    storage = await session.get(Storage, replica.storage_id) if replica.storage_id else None
     if storage is not None:
         async with await storage_backend(session, storage) as backend:
             for row in changed:

@@ -6,9 +6,14 @@ from pathlib import Path, PurePosixPath
 
 from dlm.errors import InvalidQueryParameters
 
+# Longest URI and path component DLM accepts, in UTF-8 bytes: S3 keys stop at 1024, file names at 255.
+MAX_URI_BYTES = 1024
+MAX_NAME_BYTES = 255
+
 
 def check_relative_uri(uri: str, field: str = "uri") -> PurePosixPath:
-    """Reject URIs that are empty, absolute, contain '..' or NUL: they could escape the storage root."""
+    """Reject URIs that are empty, name the storage root itself, are absolute, contain '..' or NUL, or
+    are too long for a storage: they could escape the root, or take all of it."""
     if not uri or not uri.strip():
         raise InvalidQueryParameters(f"{field}: must not be empty")
     if "\x00" in uri:
@@ -18,7 +23,19 @@ def check_relative_uri(uri: str, field: str = "uri") -> PurePosixPath:
         raise InvalidQueryParameters(f"{field}: {uri!r} must be relative to the storage root, not absolute")
     if ".." in path.parts:
         raise InvalidQueryParameters(f"{field}: {uri!r} must not contain '..'")
+    if not path.parts:
+        raise InvalidQueryParameters(f"{field}: {uri!r} names the storage root itself, not a payload in it")
+    if len(uri.encode()) > MAX_URI_BYTES:
+        raise InvalidQueryParameters(f"{field}: longer than {MAX_URI_BYTES} bytes")
+    if any(len(part.encode()) > MAX_NAME_BYTES for part in path.parts):
+        raise InvalidQueryParameters(f"{field}: a path component is longer than {MAX_NAME_BYTES} bytes")
     return path
+
+
+def check_deletable_uri(uri: str | None, field: str) -> None:
+    """A stored uri about to be deleted: never the storage root, whatever an older DLM let in."""
+    if uri is not None:
+        check_relative_uri(uri, field)
 
 
 def resolve_inside(root: Path, uri: str, field: str = "uri", *, real_root: Path | None = None) -> Path:
@@ -30,8 +47,10 @@ def resolve_inside(root: Path, uri: str, field: str = "uri", *, real_root: Path 
         target = _resolve_below(real_root, relative.parts)
     except (RuntimeError, OSError):  # a symlink loop
         raise InvalidQueryParameters(f"{field}: {uri!r} cannot be resolved (symlink loop)") from None
-    if target != real_root and real_root not in target.parents:
-        raise InvalidQueryParameters(f"{field}: {uri!r} resolves outside the storage root")
+    if real_root not in target.parents:
+        # Outside, or the root itself through a symlink: deleting that would empty the whole storage.
+        where = "to the storage root itself" if target == real_root else "outside the storage root"
+        raise InvalidQueryParameters(f"{field}: {uri!r} resolves {where}")
     return target
 
 

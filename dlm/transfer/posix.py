@@ -131,7 +131,7 @@ class PosixBackend:
 
         def write_small() -> None:
             prepare()
-            with open(partial, "wb") as small:
+            with open(partial, "wb", opener=_create_partial) as small:
                 small.writelines(buffered)
                 small.flush()
                 os.fsync(small.fileno())
@@ -151,7 +151,7 @@ class PosixBackend:
                     continue
                 if stream is None:
                     await asyncio.to_thread(prepare)
-                    stream = await aiofiles.open(partial, "wb")
+                    stream = await aiofiles.open(partial, "wb", opener=_create_partial)
                     for early in buffered:
                         await stream.write(early)
                     buffered.clear()
@@ -243,6 +243,18 @@ async def _in_thread(function: Callable[[], T], backend: PosixBackend, uri: str)
         return await asyncio.to_thread(function)
     except OSError as exc:
         raise backend._error(exc, uri) from None
+
+
+def _create_partial(path: str, flags: int) -> int:
+    """Open a new partial file, never through a symlink: O_EXCL | O_NOFOLLOW, so a link planted in the
+    storage under the partial's name cannot redirect the write outside it. A partial left by a crashed
+    write (or such a link) is removed first; unlinking removes a link, never what it points to."""
+    create = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, create, 0o666)
+    except FileExistsError:
+        os.unlink(path)
+        return os.open(path, create, 0o666)
 
 
 def _remove_quietly(path: Path) -> None:

@@ -12,7 +12,7 @@ from litestar.testing import AsyncTestClient
 from dlm.config import Settings
 from dlm.db.engine import create_engine, create_sessionmaker, transaction
 from dlm.serve import seed_listed_storages
-from tests.conftest import Registry, assert_error
+from tests.conftest import Registry, assert_error, make_settings
 
 
 async def test_locations_and_facilities(client: AsyncTestClient) -> None:
@@ -43,10 +43,11 @@ async def test_locations_and_facilities(client: AsyncTestClient) -> None:
 
 async def test_storage_creation_errors(registry: Registry, tmp_path: Path) -> None:
     client = registry.client
+    (tmp_path / "elsewhere").mkdir()
     base = {
         "storage_type": "filesystem",
         "storage_interface": "posix",
-        "root_directory": str(tmp_path),
+        "root_directory": str(tmp_path / "elsewhere"),
         "location_name": "site",
     }
     duplicate = await client.post("/storage/init_storage", params={**base, "storage_name": "disk"})
@@ -144,12 +145,12 @@ async def test_rclone_config_stores_a_remote_named_after_its_storage(
 async def test_ssh_public_key(database_url: str, tmp_path: Path) -> None:
     from dlm.app import create_app
 
-    settings = Settings(database_url=database_url, data_dir=str(tmp_path))
+    settings = make_settings(database_url, tmp_path)
     async with AsyncTestClient(create_app(settings)) as client:
         assert_error(await client.get("/storage/get_ssh_public_key"), 404, "NotFound", "DLM_SSH_PUBLIC_KEY_FILE")
     key = tmp_path / "id_ed25519.pub"
     key.write_text("ssh-ed25519 AAAAC3Nza dlm@observatory\n")
-    settings = Settings(database_url=database_url, data_dir=str(tmp_path), ssh_public_key_file=str(key))
+    settings = make_settings(database_url, tmp_path, ssh_public_key_file=str(key))
     async with AsyncTestClient(create_app(settings)) as client:
         response = await client.get("/storage/get_ssh_public_key")
     assert response.status_code == 200, response.text
@@ -158,22 +159,24 @@ async def test_ssh_public_key(database_url: str, tmp_path: Path) -> None:
 
 async def test_storage_usage_counts_what_dlm_holds(registry: Registry) -> None:
     client = registry.client
+    small = registry.root.parent / "small"
+    small.mkdir()
     response = await client.post(
         "/storage/init_storage",
         params={
             "storage_name": "small",
             "storage_type": "filesystem",
             "storage_interface": "posix",
-            "root_directory": str(registry.root),
+            "root_directory": str(small),
             "location_name": "site",
             "storage_capacity": 1000,
         },
     )
     assert response.status_code == 200, response.text
-    registry.payload("a", b"x" * 100)
-    registry.payload("b", b"y" * 150)
-    await registry.register("a", storage="small")
-    uid = await registry.register("b", storage="small")
+    registry.payload("a", b"x" * 100, root=small)
+    registry.payload("b", b"y" * 150, root=small)
+    await registry.register("a", storage="small", do_storage_access_check=False, item_size=100)
+    uid = await registry.register("b", storage="small", do_storage_access_check=False, item_size=150)
 
     usage = {row["storage_name"]: row for row in (await client.get("/storage/storage_usage")).json()}
     small = usage["small"]
@@ -300,14 +303,14 @@ async def test_seeding_from_files_is_idempotent(
         location_config=str(locations),
         storage_config=str(storages),
     )
-    await seed_listed_storages(settings)
-    await seed_listed_storages(settings)  # a restart changes nothing
+    await _seed(settings)
+    await _seed(settings)  # a restart changes nothing
     assert caplog.text.count("created storage acacia") == 1
     assert "updated the config" not in caplog.text
 
     entries[1]["config"] = {**s3_config, "secret_access_key": "rotated"}
     storages.write_text(json.dumps(entries))  # a bare list is accepted too
-    await seed_listed_storages(settings)
+    await _seed(settings)
     assert caplog.text.count("updated the config of storage acacia") == 1
     assert "rotated" not in caplog.text
 
@@ -332,8 +335,19 @@ async def test_a_bad_seed_file_names_the_file_and_the_field(database_url: str, t
     from dlm.errors import InvalidQueryParameters
 
     with pytest.raises(InvalidQueryParameters) as raised:
-        await seed_listed_storages(settings)
+        await _seed(settings)
     assert "storages.json" in str(raised.value) and "storage_type" in str(raised.value)
+
+
+async def _seed(settings: Settings) -> None:
+    """What `dlm serve` does with the seed files at start-up."""
+    assert settings.database_url is not None
+    engine = create_engine(settings.database_url, pool_size=1)
+    try:
+        async with transaction(create_sessionmaker(engine), actor="test") as session:
+            await seed_listed_storages(session, settings)
+    finally:
+        await engine.dispose()
 
 
 async def _put(config: dict[str, Any], bucket: str, uri: str, content: bytes) -> None:

@@ -1,0 +1,53 @@
+"""A symlink planted in a storage cannot redirect a copy's write outside it, and a copy that meets one
+fails for good, once, rather than being claimed again and again."""
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from litestar.testing import AsyncTestClient
+
+from dlm.app import create_app
+from dlm.transfer.posix import PARTIAL_SUFFIX, PosixBackend
+from tests.conftest import Registry
+from tests.migration.conftest import copy, wait_for
+
+
+async def _chunks(content: bytes) -> Any:
+    yield content
+
+
+async def test_a_link_planted_as_the_partial_file_is_replaced_not_followed(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "victim.txt"
+    root.mkdir()
+    outside.write_text("must stay")
+    for size in (10, 3 * 1024 * 1024):  # a small write (one thread hop) and a streamed one
+        (root / f".obs.dat{PARTIAL_SUFFIX}").symlink_to(outside)
+        written = await PosixBackend(str(root)).write("obs.dat", _chunks(b"x" * size))
+        assert written == size
+        assert outside.read_text() == "must stay"
+        assert (root / "obs.dat").read_bytes() == b"x" * size and not (root / "obs.dat").is_symlink()
+        (root / "obs.dat").unlink()
+
+
+async def test_a_copy_into_a_directory_swapped_for_a_link_fails_once_and_writes_nothing_outside(
+    settings: Any, storage_root: Path, tmp_path: Path
+) -> None:
+    destination, outside = tmp_path / "destination", tmp_path / "outside"
+    outside.mkdir()
+    queue_only = msgspec.structs.replace(settings, migration_workers=0)
+    async with AsyncTestClient(create_app(queue_only)) as client:
+        registry = Registry(client, storage_root)
+        await registry.storage()
+        await registry.storage("destination", root=destination)
+        uid = await registry.register("obs", "sub/obs.dat")
+        queued = await copy(client, uid=uid, destination_name="destination")
+    # Between queueing and copying, someone with access to the storage plants a link.
+    (destination / "sub").symlink_to(outside)
+    async with AsyncTestClient(create_app(settings)) as client:
+        done = await wait_for(client, queued["migration_id"], timeout=30)
+        assert (done["status"], done["attempts"]) == ("FAILED", 1), done
+        assert "outside the storage root" in done["last_error"]
+        replica = (await client.get("/request/query_data_item", params={"uid": queued["uid"]})).json()[0]
+        assert replica["item_state"] == "DELETED"
+    assert list(outside.iterdir()) == [], "nothing was written through the link"
