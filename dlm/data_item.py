@@ -5,7 +5,7 @@ import datetime
 import uuid
 import zlib
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from sqlalchemy import ARRAY, ColumnElement, Row, String, any_, cast, func, select, text, update
@@ -24,6 +24,11 @@ NAME_LOCK_NAMESPACE = 0x444C4D  # "DLM"
 NAME_LOCK_BUCKETS = 256
 
 
+# What the columns hold: bigint byte counts, a smallint level.
+Bytes = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+Level = Annotated[int, msgspec.Meta(ge=-(2**15), le=2**15 - 1)]
+
+
 class ItemChanges(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The columns a caller may change (``update_data_item`` and friends). Identity, creation times,
     ``uid_phase`` (follows the storage) and ``oid_phase`` (derived from the replicas) are not among them."""
@@ -37,7 +42,7 @@ class ItemChanges(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     item_format: str | None | msgspec.UnsetType = msgspec.UNSET
     item_encoding: str | None | msgspec.UnsetType = msgspec.UNSET
     item_mime_type: str | None | msgspec.UnsetType = msgspec.UNSET
-    item_level: int | msgspec.UnsetType = msgspec.UNSET
+    item_level: Level | msgspec.UnsetType = msgspec.UNSET
     item_state: ItemState | msgspec.UnsetType = msgspec.UNSET
     target_phase: Phase | msgspec.UnsetType = msgspec.UNSET
     uid_expiration: datetime.datetime | msgspec.UnsetType = msgspec.UNSET
@@ -48,8 +53,8 @@ class ItemChanges(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     item_group: str | msgspec.UnsetType = msgspec.UNSET
     acl: dict[str, Any] | None | msgspec.UnsetType = msgspec.UNSET
     activate_method: str | None | msgspec.UnsetType = msgspec.UNSET
-    item_size: int | None | msgspec.UnsetType = msgspec.UNSET
-    decompressed_size: int | None | msgspec.UnsetType = msgspec.UNSET
+    item_size: Bytes | None | msgspec.UnsetType = msgspec.UNSET
+    decompressed_size: Bytes | None | msgspec.UnsetType = msgspec.UNSET
     compression_method: str | None | msgspec.UnsetType = msgspec.UNSET
     parents: uuid.UUID | None | msgspec.UnsetType = msgspec.UNSET
     children: uuid.UUID | None | msgspec.UnsetType = msgspec.UNSET
@@ -163,11 +168,14 @@ async def resolve_oid(session: AsyncSession, value: str | uuid.UUID, field: str)
 
 
 def item_selector(*, item_name: str = "", oid: str = "", uid: str = "") -> ColumnElement[bool]:
-    """The rows named by a uid, else an oid, else an item_name (as SKA-DLM resolves them)."""
-    if uid:
-        return DataItem.uid == parse_uuid(uid, "uid")
-    if oid:
-        return DataItem.oid == parse_uuid(oid, "oid")
+    """The rows named by a uid, else an oid, else an item_name (as SKA-DLM resolves them). An id that is
+    given is checked even when another takes precedence: a malformed one is the caller's mistake."""
+    parsed_uid = parse_uuid(uid, "uid") if uid else None
+    parsed_oid = parse_uuid(oid, "oid") if oid else None
+    if parsed_uid:
+        return DataItem.uid == parsed_uid
+    if parsed_oid:
+        return DataItem.oid == parsed_oid
     if item_name:
         return DataItem.item_name == item_name
     raise InvalidQueryParameters("one of item_name, oid, uid is required")

@@ -26,20 +26,60 @@ def parse_uuid(value: str, field: str) -> uuid.UUID:
         raise InvalidQueryParameters(f"{field}: {value!r} is not a UUID") from None
 
 
+# The moments DLM accepts. PostgreSQL and asyncpg store datetime.min/max as -infinity/infinity, and
+# one such expiry would make every later comparison (and expiry pass) meaningless.
+EARLIEST = datetime.datetime(1900, 1, 1, tzinfo=datetime.UTC)
+LATEST = datetime.datetime(9999, 1, 1, tzinfo=datetime.UTC)
+_SHORT_DURATION = re.compile(r"^(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[smhdw])$", re.IGNORECASE)
+_SECONDS_PER_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
 def parse_datetime(value: str, field: str) -> datetime.datetime:
-    """ISO 8601 date or date-time (also YYYYMMDD); one without an offset is taken as UTC."""
+    """ISO 8601 date or date-time (also YYYYMMDD), between 1900 and 9999; one without an offset is UTC."""
     text = value.strip()
     if match := _COMPACT_DATE.match(text):
         text = "-".join(match.groups())
     try:
         parsed = datetime.datetime.fromisoformat(text.replace(" ", "T", 1) if "T" not in text else text)
-        if parsed.tzinfo is None:
-            return parsed.replace(tzinfo=datetime.UTC)
-        return parsed.astimezone(datetime.UTC)
+        parsed = parsed.replace(tzinfo=datetime.UTC) if parsed.tzinfo is None else parsed.astimezone(datetime.UTC)
     except (ValueError, OverflowError):
         raise InvalidQueryParameters(
             f"{field}: {value!r} is not an ISO 8601 date or date-time (e.g. 2026-01-31T12:00:00+00:00)"
         ) from None
+    return check_moment(parsed, field)
+
+
+def check_moment(moment: datetime.datetime, field: str) -> datetime.datetime:
+    if not EARLIEST <= moment < LATEST:
+        raise InvalidQueryParameters(f"{field}: {moment.isoformat()} is outside the years 1900 to 9998")
+    return moment
+
+
+def shift(moment: datetime.datetime, delta: datetime.timedelta, field: str) -> datetime.datetime:
+    """``moment + delta``, refused (naming ``field``) when it leaves the range DLM stores."""
+    try:
+        return check_moment(moment + delta, field)
+    except OverflowError:
+        raise InvalidQueryParameters(f"{field}: reaches beyond the years 1900 to 9998") from None
+
+
+def parse_expiry(value: str, field: str) -> datetime.datetime:
+    """A moment: an ISO 8601 date-time, or a duration from now (P90D, PT12H, 90d, 12h, 30m)."""
+    text = value.strip()
+    if match := _SHORT_DURATION.match(text):
+        seconds = float(match["number"]) * _SECONDS_PER_UNIT[match["unit"].lower()]
+        delta = _timedelta(seconds, value, field)
+        return shift(datetime.datetime.now(datetime.UTC), delta, field)
+    if text.lstrip("+-")[:1] in ("P", "p"):
+        return shift(datetime.datetime.now(datetime.UTC), parse_duration(text, field), field)
+    return parse_datetime(text, field)
+
+
+def _timedelta(seconds: float, value: str, field: str) -> datetime.timedelta:
+    try:
+        return datetime.timedelta(seconds=seconds)
+    except OverflowError:
+        raise InvalidQueryParameters(f"{field}: {value!r} is too long a duration") from None
 
 
 def parse_duration(value: str, field: str) -> datetime.timedelta:

@@ -3,13 +3,22 @@
 import contextlib
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 import sqlalchemy.exc
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from dlm.errors import Conflict, DLMError, ServiceUnavailable, UnmetPreconditionForOperation, ValueAlreadyInDB
+from dlm.errors import (
+    Conflict,
+    DLMError,
+    InvalidQueryParameters,
+    ServiceBusy,
+    ServiceUnavailable,
+    UnmetPreconditionForOperation,
+    ValueAlreadyInDB,
+)
 
 CONNECT_TIMEOUT_SECONDS = 5
 
@@ -39,8 +48,10 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
     )
 
 
-def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+def create_sessionmaker(engine: AsyncEngine, *, keyring: Any = None) -> async_sessionmaker[AsyncSession]:
+    """Sessions for DLM's services. ``keyring`` (dlm.storage.configs.Keyring, from DLM_SECRET_KEY) seals
+    and opens storage configs; every session carries it in ``session.info``."""
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False, info={"keyring": keyring})
 
 
 async def set_actor(session: AsyncSession, actor: str) -> None:
@@ -56,7 +67,9 @@ async def transaction(sessionmaker: async_sessionmaker[AsyncSession], *, actor: 
         async with sessionmaker() as session, session.begin():
             try:
                 await set_actor(session, actor)  # the first statement: this is where the connection is made
-            except (sqlalchemy.exc.DBAPIError, OSError, TimeoutError, sqlalchemy.exc.TimeoutError) as exc:
+            except sqlalchemy.exc.TimeoutError as exc:
+                raise ServiceBusy(BUSY) from exc
+            except (sqlalchemy.exc.DBAPIError, OSError, TimeoutError) as exc:
                 raise ServiceUnavailable("the database is unreachable") from exc
             yield session
     except DLMError:
@@ -66,6 +79,18 @@ async def transaction(sessionmaker: async_sessionmaker[AsyncSession], *, actor: 
         if translated is None:
             raise
         raise translated from exc
+
+
+BUSY = "the service is busy: every database connection of this process is in use; retry shortly"
+
+
+def _client_side_data_error(cause: object) -> bool:
+    # asyncpg refuses to encode some values itself (an integer beyond int64, say) before sending them.
+    return type(cause).__name__ == "DataError" and type(cause).__module__.startswith("asyncpg")
+
+
+def _first_line(error: object) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 _UNIQUE_MESSAGES = {
@@ -95,11 +120,17 @@ def translate_database_error(exc: BaseException) -> DLMError | None:
     if isinstance(exc, sqlalchemy.exc.DBAPIError):
         cause = exc.orig.__cause__ if exc.orig is not None else None
         sqlstate = getattr(cause, "sqlstate", None) or ""
+        if sqlstate.startswith("22") or sqlstate == "54001" or _client_side_data_error(cause):
+            # A value PostgreSQL cannot take (out of range, NUL in text, nested too deeply): the caller's
+            # input, which validation should have named; this is the backstop, never a 500.
+            return InvalidQueryParameters(f"a value cannot be stored or compared: {_first_line(cause or exc.orig)}")
         if sqlstate in {"40001", "40P01"}:
             return Conflict("a concurrent change got there first; retry the request")
         if exc.connection_invalidated or sqlstate.startswith("08") or sqlstate in {"57P01", "57P02", "57P03"}:
             return ServiceUnavailable("the database is unreachable")
         return None
-    if isinstance(exc, (OSError, TimeoutError, sqlalchemy.exc.TimeoutError, sqlalchemy.exc.InterfaceError)):
+    if isinstance(exc, sqlalchemy.exc.TimeoutError):
+        return ServiceBusy(BUSY)
+    if isinstance(exc, (OSError, TimeoutError, sqlalchemy.exc.InterfaceError)):
         return ServiceUnavailable("the database is unreachable")
     return None

@@ -3,6 +3,7 @@ object) translated into bound SQL over whitelisted columns. Nothing a caller sen
 
 import enum
 import json
+import math
 import re
 import urllib.parse
 from collections.abc import Callable
@@ -138,14 +139,19 @@ def _apply(column: Column[Any], operator: str, operand: str, field: str) -> Colu
             document = json.loads(operand)
         except json.JSONDecodeError:
             raise InvalidQueryParameters(f"{field}: cs. takes a JSON document") from None
-        return column.contains(document)
+        # Bound as a JSON document whatever its kind: a bare 5 would otherwise be sent as an integer.
+        return column.contains(sa.cast(sa.literal(json.dumps(document)), JSONB))
     if is_json:
         raise InvalidQueryParameters(f"{field}: a JSON column can be filtered with is.null or cs.{{...}} only")
     if operator in {"like", "ilike"}:
-        if not isinstance(column.type, sa.String):
-            raise InvalidQueryParameters(f"{field}: {operator}. applies to text columns only")
+        if isinstance(column.type, sa.Enum | sa.UUID):
+            text: ColumnElement[Any] = sa.cast(column, sa.Text)  # a state or an id matched as the text it reads as
+        elif isinstance(column.type, sa.String):
+            text = column
+        else:
+            raise InvalidQueryParameters(f"{field}: {operator}. applies to text, enum and id columns only")
         pattern = operand.replace("*", "%")
-        return column.like(pattern) if operator == "like" else column.ilike(pattern)
+        return text.like(pattern) if operator == "like" else text.ilike(pattern)
     convert = _converter(column, field)
     if operator == "in":
         if not (operand.startswith("(") and operand.endswith(")")):
@@ -180,8 +186,11 @@ def _converter(column: Column[Any], field: str) -> Callable[[str], Any]:
         return lambda value: parse_datetime(value, field)
     if isinstance(column_type, sa.Boolean):
         return lambda value: _boolean(value, field)
-    if isinstance(column_type, (sa.Integer, sa.Numeric)):
-        return lambda value: _number(value, field, integer=isinstance(column_type, sa.Integer))
+    if isinstance(column_type, sa.Integer):
+        bits = 16 if isinstance(column_type, sa.SmallInteger) else 64 if isinstance(column_type, sa.BigInteger) else 32
+        return lambda value: _integer(value, field, bits)
+    if isinstance(column_type, sa.Numeric):
+        return lambda value: _decimal(value, field)
     return str
 
 
@@ -191,11 +200,21 @@ def _boolean(value: str, field: str) -> bool:
     raise InvalidQueryParameters(f"{field}: {value!r} is not true or false")
 
 
-def _number(value: str, field: str, *, integer: bool) -> int | float:
+def _integer(value: str, field: str, bits: int) -> int:
     try:
-        number = int(value) if integer else float(value)
+        number = int(value)
+    except ValueError:
+        raise InvalidQueryParameters(f"{field}: {value!r} is not an integer") from None
+    if not -(2 ** (bits - 1)) <= number < 2 ** (bits - 1):
+        raise InvalidQueryParameters(f"{field}: {value!r} is out of range for this column ({bits}-bit)")
+    return number
+
+
+def _decimal(value: str, field: str) -> float:
+    try:
+        number = float(value)
     except ValueError:
         raise InvalidQueryParameters(f"{field}: {value!r} is not a number") from None
-    if integer and not -(2**63) <= number < 2**63:
+    if not math.isfinite(number) or abs(number) >= 1e15:
         raise InvalidQueryParameters(f"{field}: {value!r} is out of range")
     return number

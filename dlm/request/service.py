@@ -10,7 +10,7 @@ from dlm.data_item import ITEMS, item_selector
 from dlm.db.models import DataItem, DataItemEvent, Storage
 from dlm.enums import ItemState
 from dlm.errors import NotFound
-from dlm.parsing import parse_uuid
+from dlm.parsing import parse_uuid, shift
 from dlm.request.filters import MAX_PAGE_SIZE, parse_params
 
 DEFAULT_ORDER = ["uid_creation", "uid"]
@@ -59,7 +59,7 @@ async def query_expired(
     session: AsyncSession, *, offset: datetime.timedelta | None = None, now: datetime.datetime | None = None
 ) -> list[Row[Any]]:
     """Live replicas whose uid_expiration has passed, as of ``now + offset`` (a positive offset looks ahead)."""
-    moment = (now or datetime.datetime.now(datetime.UTC)) + (offset or datetime.timedelta())
+    moment = shift(now or datetime.datetime.now(datetime.UTC), offset or datetime.timedelta(), "offset")
     statement = (
         select(ITEMS)
         .where(ITEMS.c.uid_expiration < moment, ITEMS.c.item_state != ItemState.DELETED)
