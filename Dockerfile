@@ -1,7 +1,12 @@
 # DLM in a small image: the wheel built in one stage, installed in a slim runtime, run as a non-root user.
+# It listens on all interfaces, so it needs authentication (docs/security.md): an admin token from
+# your secret store, and/or an identity provider (DLM_AUTH_JWKS_URL, DLM_AUTH_ISSUER, DLM_AUTH_AUDIENCE).
 #   docker build -t dlm .
-#   docker run -p 8000:8000 -e DLM_DATABASE_URL=postgresql://dlm:…@db/dlm dlm      # your PostgreSQL
-#   docker run -p 8000:8000 dlm                                                     # embedded PostgreSQL in /data
+#   echo "dlm_$(openssl rand -hex 32)" > admin.token                                # keep it secret
+#   docker run -p 8000:8000 -e DLM_ADMIN_TOKEN="$(cat admin.token)" dlm             # embedded PostgreSQL in /data
+#   docker run -p 8000:8000 -e DLM_ADMIN_TOKEN="$(cat admin.token)" \
+#       -e DLM_DATABASE_URL=postgresql://dlm:…@db/dlm -e DLM_ALLOWED_HOSTS=dlm.example.org dlm  # your PostgreSQL
+#   dlm whoami --token "$(cat admin.token)"                                          # from anywhere that reaches it
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md alembic.ini ./

@@ -1,5 +1,5 @@
-"""Write the reference pages that come from the code: docs/cli.md (from the Click commands) and
-docs/api-reference.md (from the OpenAPI document). `python docs/generate.py`; a test fails when
+"""Write the reference pages that come from the code: docs/cli.md (from the Click commands),
+docs/api-reference.md and docs/permissions.md (from the OpenAPI document). `python docs/generate.py`; a test fails when
 they are out of date.
 """
 
@@ -37,11 +37,48 @@ def cli_reference() -> str:
     return "\n".join(lines)
 
 
-def api_reference() -> str:
+def _openapi() -> dict[str, Any]:
     from dlm.app import create_app
     from dlm.config import Settings
 
-    document = create_app(Settings(database_url="postgresql://unused@127.0.0.1/unused")).openapi_schema.to_schema()
+    return create_app(Settings(database_url="postgresql://unused@127.0.0.1/unused")).openapi_schema.to_schema()
+
+
+def permissions() -> str:
+    """The whole access policy on one page: every route and the role it needs, as the routes declare it."""
+    from dlm.enums import Role
+
+    document = _openapi()
+    lines = [
+        "# Who may call what",
+        "",
+        "Generated from the routes' declarations (`x-dlm-role` in `/schema/openapi.json`) by",
+        "`python docs/generate.py`. Each role may do everything the roles above it may; see",
+        "[security.md](security.md) for how callers get a role.",
+        "",
+        "| role | route | what it does |",
+        "|---|---|---|",
+    ]
+    rows = []
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            role = operation.get("x-dlm-role", "anyone (health probe)")
+            rank = list(Role).index(Role(role)) if role in set(Role) else -1
+            rows.append((rank, path, f"| {role} | `{method.upper()} {path}` | {operation.get('summary', '')} |"))
+    lines.extend(row for _, _, row in sorted(rows))
+    lines.extend(
+        [
+            "",
+            "Besides the route's role: `force=true` on `delete_data_item_payload` needs `admin`, and below",
+            "`operator` `query_migrations` and `get_migration` show only the caller's own copies.",
+            "",
+        ]
+    )
+    return "\n".join(lines)
+
+
+def api_reference() -> str:
+    document = _openapi()
     lines = [
         "# REST API reference",
         "",
@@ -78,7 +115,7 @@ def _type(schema: dict[str, Any]) -> str:
     return str(schema.get("type", "object"))
 
 
-PAGES = {"cli.md": cli_reference, "api-reference.md": api_reference}
+PAGES = {"cli.md": cli_reference, "api-reference.md": api_reference, "permissions.md": permissions}
 
 if __name__ == "__main__":
     for name, render in PAGES.items():

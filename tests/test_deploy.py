@@ -40,6 +40,7 @@ def test_the_dockerfile_runs_dlm_serve_as_a_non_root_user() -> None:
     assert "/health/live" in dockerfile
     for name in re.findall(r"\b(DLM_[A-Z_]+)=", dockerfile):
         assert name in SETTINGS, name
+    assert "DLM_ADMIN_TOKEN" in dockerfile, "the image says how to run it with authentication"
 
 
 def test_compose_starts_postgres_minio_and_a_seeded_dlm() -> None:
@@ -65,6 +66,8 @@ def test_compose_starts_postgres_minio_and_a_seeded_dlm() -> None:
         "the bucket the archive storage uses is made"
     )
     assert storages["archive"].config["access_key_id"] == services["minio"]["environment"]["MINIO_ROOT_USER"]
+    assert environment["DLM_ADMIN_TOKEN"].startswith("${DLM_ADMIN_TOKEN:?"), "compose will not start DLM open"
+    assert all(port.startswith("127.0.0.1:") for port in services["minio"]["ports"]), "MinIO is not published"
 
 
 def test_kubernetes_manifests_probe_real_routes_and_run_real_commands(tmp_path: Path) -> None:
@@ -84,6 +87,10 @@ def test_kubernetes_manifests_probe_real_routes_and_run_real_commands(tmp_path: 
         assert container[probe]["httpGet"]["path"] in routes, probe
     environment = _dlm_env(container["env"])
     assert set(environment) <= SETTINGS, set(environment) - SETTINGS
+    [admin_token] = [entry for entry in container["env"] if entry["name"] == "DLM_ADMIN_TOKEN"]
+    secrets = {document["metadata"]["name"]: document for document in documents["secret.yaml"]}
+    reference = admin_token["valueFrom"]["secretKeyRef"]
+    assert reference["key"] in secrets[reference["name"]]["stringData"], "the admin token comes from a Secret"
     [job] = documents["migrate-job.yaml"]
     [upgrade] = job["spec"]["template"]["spec"]["containers"]
     _runs(upgrade["args"])
