@@ -225,6 +225,29 @@ CLI_FOR_OPERATION = {
 }
 
 
+def test_register_many_prints_the_uids_one_per_line(live: Live) -> None:
+    root = live.root / "many"
+    root.mkdir()
+    for name in ("a.dat", "b.dat"):
+        (root / name).write_text(name)
+    dlm(live, "storage", "add-location", "many-site", "--type", "local-dev")
+    dlm(live, "storage", "add-storage", "many", "--location", "many-site", "--root", str(root))
+    entries = [{"item_name": f"many-{name}", "uri": name, "storage_name": "many"} for name in ("a.dat", "b.dat")]
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("DLM_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "dlm", "ingest", "register-many", "-"],
+        input=json.dumps(entries),
+        env={**environment, "DLM_URL": live.url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    uids = result.stdout.split()
+    assert len(uids) == 2 and all(len(uid) == 36 for uid in uids), result.stdout
+    assert [row["item_name"] for row in dlm_json(live, "request", "query", "--uid", uids[1])] == ["many-b.dat"]
+
+
 def test_every_rest_operation_has_a_cli_command() -> None:
     from click.testing import CliRunner
 

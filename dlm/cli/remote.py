@@ -23,11 +23,29 @@ from dlm.transfer.base import TransferError
 
 ITEM_COLUMNS = ("uid", "item_name", "item_version", "item_type", "item_state", "uid_phase", "oid_phase", "uri")
 MIGRATION_COLUMNS = ("migration_id", "status", "bytes_done", "bytes_total", "attempts", "date", "last_error")
+# Columns holding a number of bytes: shown as 1.5 GiB in tables unless --bytes.
+BYTE_COLUMNS = frozenset(
+    {
+        "item_size",
+        "decompressed_size",
+        "bytes_done",
+        "bytes_total",
+        "storage_capacity",
+        "capacity_bytes",
+        "used_bytes",
+        "filesystem_total_bytes",
+        "filesystem_free_bytes",
+    }
+)
+# What the server returns at most per call; a full page means there may be more.
+PAGE_SIZE = 1000
 
 
 def _text(value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, enum.Enum):
         return str(value.value)
     if isinstance(value, datetime.datetime):
@@ -41,9 +59,27 @@ def _as_dict(row: Any) -> dict[str, Any]:
     return msgspec.structs.asdict(row) if isinstance(row, msgspec.Struct) else dict(row)
 
 
-def show(result: Any, columns: Sequence[str] = (), *, as_json: bool = False) -> None:
+def human_size(value: Any) -> str:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        return _text(value)
+    size, unit = float(value), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if size < 1024 or unit == "EiB":
+            break
+        size /= 1024
+    return f"{value} B" if unit == "B" else f"{size:.1f} {unit}"
+
+
+def _cell(name: str, value: Any, raw_bytes: bool) -> str:
+    return human_size(value) if name in BYTE_COLUMNS and not raw_bytes else _text(value)
+
+
+def show(
+    result: Any, columns: Sequence[str] = (), *, as_json: bool = False, raw_bytes: bool = False, next_page: str = ""
+) -> None:
     """Print a result: JSON for scripts; for people a table (rows), ``key: value`` lines (one record)
-    or the bare value (an id)."""
+    or the bare value (an id). Sizes read as 1.5 GiB unless ``raw_bytes``; a full page says so, and
+    how to get the next one (``next_page``)."""
     if as_json:
         click.echo(msgspec.json.encode(result).decode())
         return
@@ -51,24 +87,32 @@ def show(result: Any, columns: Sequence[str] = (), *, as_json: bool = False) -> 
         if not result:
             click.echo("(none)", err=True)
             return
+        if not isinstance(result[0], msgspec.Struct | dict):  # uids, names: one per line
+            for value in result:
+                click.echo(_text(value))
+            return
         rows = [_as_dict(row) for row in result]
         names = list(columns) or list(rows[0])
-        cells = [[_text(row.get(name)) for name in names] for row in rows]
+        cells = [[_cell(name, row.get(name), raw_bytes) for name in names] for row in rows]
         widths = [max(len(name), *(len(line[index]) for line in cells)) for index, name in enumerate(names)]
         click.echo("  ".join(name.ljust(width) for name, width in zip(names, widths, strict=True)).rstrip())
         for line in cells:
             click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+        if len(result) >= PAGE_SIZE:
+            more = f"; the next page: {next_page}" if next_page else "; narrow the query to see the rest"
+            click.echo(f"dlm: the server returns {PAGE_SIZE} rows at most, and this is a full page{more}", err=True)
     elif isinstance(result, msgspec.Struct | dict):
         record = _as_dict(result)
         width = max(len(key) for key in record)
         for key, value in record.items():
-            click.echo(f"{key.ljust(width)}  {_text(value)}")
+            click.echo(f"{key.ljust(width)}  {_cell(key, value, raw_bytes)}")
     else:
         click.echo(_text(result))
 
 
 def remote(columns: Sequence[str] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Give a command ``--url`` and ``--json``, a client, one-line errors, and printing of its result."""
+    """Give a command ``--url``, ``--token``, ``--json`` and ``--bytes``, a client, one-line errors, and
+    printing of its result. A command may return ``Page(rows, next_page)`` to say how to page on."""
 
     def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
         @click.option(
@@ -80,20 +124,34 @@ def remote(columns: Sequence[str] = ()) -> Callable[[Callable[..., Any]], Callab
             help="Bearer token: a DLM API token or your identity provider's JWT (DLM_TOKEN).",
         )
         @click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
+        @click.option("--bytes", "raw_bytes", is_flag=True, help="Sizes in bytes rather than KiB, MiB, GiB.")
         @functools.wraps(function)
-        def command(url: str, token: str | None, as_json: bool, **options: Any) -> None:
+        def command(url: str, token: str | None, as_json: bool, raw_bytes: bool, **options: Any) -> None:
             click.get_current_context().meta["as_json"] = as_json
             try:
                 with DLMClient(url, token=token or None) as client:
                     result = function(client, **options)
             except (DLMError, TransferError) as exc:
                 raise CLIError(f"{type(exc).__name__}: {exc.message}") from None
+            next_page = ""
+            if isinstance(result, Page):
+                result, next_page = result.rows, result.next_page
             if result is not None:
-                show(result, columns, as_json=as_json)
+                show(result, columns, as_json=as_json, raw_bytes=raw_bytes, next_page=next_page)
 
         return command
 
     return decorate
+
+
+class Page(msgspec.Struct):
+    rows: list[Any]
+    # The command line that shows the next page.
+    next_page: str = ""
+
+
+def _storage_names(client: DLMClient) -> dict[str, str]:
+    return {str(storage.storage_id): storage.storage_name for storage in client.storages()}
 
 
 def _json_object(value: str | None, name: str) -> dict[str, Any] | None:
@@ -205,22 +263,31 @@ def request() -> None:
 @click.option("--uid", default="", help="One replica.")
 @click.option("--state", help="item_state, e.g. READY.")
 @click.option("--where", "params", help="A filter in the params language: item_name=like.obs-*&limit=10.")
-@remote(ITEM_COLUMNS)
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many rows (paging).")
+@remote(("uid", "item_name", "item_version", "item_type", "item_state", "uid_phase", "storage", "uri", "item_size"))
 def request_query(
-    client: DLMClient, item_name: str, oid: str, uid: str, state: str | None, params: str | None
-) -> list[Any]:
-    """List items (at most 1000); every criterion must hold.
+    client: DLMClient, item_name: str, oid: str, uid: str, state: str | None, params: str | None, offset: int
+) -> Any:
+    """List items (1000 at a time; --offset pages on); every criterion must hold.
 
     \b
     Examples:
       dlm request query --state READY
       dlm request query --name obs-42 --json
       dlm request query --where 'uid_expiration=lt.2027-01-01&order=uid_creation.desc'
+      dlm request query --state READY --offset 1000      # the second page
     """
     filters = [f"item_state=eq.{state.upper()}"] if state else []
     if params:
         filters.append(params)
-    return client.query(item_name=item_name, oid=oid, uid=uid, params="&".join(filters) or None)
+    if offset:
+        filters.append(f"offset={offset}")
+    items = client.query(item_name=item_name, oid=oid, uid=uid, params="&".join(filters) or None)
+    if click.get_current_context().meta.get("as_json"):
+        return items
+    names = _storage_names(client) if items else {}
+    rows = [{**_as_dict(item), "storage": names.get(str(item.storage_id), item.storage_id)} for item in items]
+    return Page(rows, f"the same command with --offset {offset + len(items)}")
 
 
 @request.command("history")
@@ -639,12 +706,40 @@ def _wait_with_bar(client: DLMClient, migration_id: int) -> Any:
 @click.option("--since", "start_date", help="Created on or after (YYYY-MM-DD).")
 @click.option("--until", "end_date", help="Completed on or before (YYYY-MM-DD).")
 @click.option("--storage-id", help="From or to this storage.")
-@remote(MIGRATION_COLUMNS)
-def migration_list(
-    client: DLMClient, start_date: str | None, end_date: str | None, storage_id: str | None
-) -> list[Any]:
-    """List migrations, newest first."""
-    return client.migrations(start_date=start_date, end_date=end_date, storage_id=storage_id)
+@remote(("migration_id", "status", "item", "source", "destination", "bytes_done", "bytes_total", "date", "last_error"))
+def migration_list(client: DLMClient, start_date: str | None, end_date: str | None, storage_id: str | None) -> Any:
+    """List migrations, newest first (the latest 1000; --since and --until narrow them down).
+
+    \b
+    Examples:
+      dlm migration list
+      dlm migration list --since 2026-11-01 --json
+    """
+    migrations = client.migrations(start_date=start_date, end_date=end_date, storage_id=storage_id)
+    if click.get_current_context().meta.get("as_json") or not migrations:
+        return migrations
+    storages = _storage_names(client)
+    items = _item_names(client, sorted({str(row.oid) for row in migrations}))
+    rows = [
+        {
+            **_as_dict(row),
+            "item": items.get(str(row.oid), row.oid),
+            "source": storages.get(str(row.source_storage_id), row.source_storage_id),
+            "destination": storages.get(str(row.destination_storage_id), row.destination_storage_id),
+        }
+        for row in migrations
+    ]
+    return Page(rows, "an earlier --until")
+
+
+def _item_names(client: DLMClient, oids: list[str]) -> dict[str, str]:
+    """item_name by oid, a hundred oids per request (a URL must stay short)."""
+    names = {}
+    for start in range(0, len(oids), 100):
+        chunk = ",".join(oids[start : start + 100])
+        for item in client.query(params=f"oid=in.({chunk})&select=oid,item_name"):
+            names[str(item.oid)] = item.item_name
+    return names
 
 
 @migration.command("show")
