@@ -2,11 +2,14 @@
 its own for each measured run."""
 
 import os
+import tempfile
 import uuid
+from typing import Any
 
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from dlm.config import Settings
 from dlm.db import schema
 
 
@@ -43,3 +46,15 @@ async def drop_database(admin: str, url: str) -> None:
         await connection.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
     finally:
         await connection.close()
+
+
+def app_settings(url: str, **overrides: Any) -> Settings:
+    """Settings for an app the bench drives in-process: open (no tokens), answering Litestar's test
+    client, storages anywhere under the temporary directory the bench works in."""
+    return Settings(
+        database_url=url,
+        allowed_hosts="testserver.local",
+        storage_roots=tempfile.gettempdir(),
+        auth="none",
+        **overrides,
+    )

@@ -36,7 +36,6 @@ import bench_db  # the benches' shared database helpers, beside this script
 from litestar.testing import AsyncTestClient
 
 from dlm.app import create_app
-from dlm.config import Settings
 
 MIB = 1024 * 1024
 
@@ -137,7 +136,7 @@ async def dlm_copy(admin_url: str, source: Path, uri: str, kind: str, destinatio
     """Seconds from copy_data_item to a verified READY replica."""
     url = await bench_db.fresh_database(admin_url)
     try:
-        settings = Settings(database_url=url, migration_workers=1, migration_poll_seconds=0.05)
+        settings = bench_db.app_settings(url, migration_workers=1, migration_poll_seconds=0.05)
         async with AsyncTestClient(create_app(settings), timeout=3600) as client:
             await _post(client, "/storage/init_location", location_name="bench", location_type="local-dev")
             common = {"location_name": "bench"}

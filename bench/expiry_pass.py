@@ -24,6 +24,7 @@ from dlm.db.engine import create_engine, create_sessionmaker, transaction
 from dlm.enums import LocationType, StorageInterface, StorageType
 from dlm.ingest.service import ItemRegistration, register_items
 from dlm.lifecycle import expiry
+from dlm.storage.confinement import Confinement
 from dlm.storage.service import init_location, init_storage
 
 CHUNK = 20_000
@@ -58,6 +59,7 @@ async def dlm_expiry(admin_url: str, root: Path, count: int, *, kept: bool = Fal
             await init_location(session, location_name="bench", location_type=LocationType.LOCAL_DEV)
             await init_storage(
                 session,
+                confinement=Confinement(posix_roots=(root.resolve(),)),
                 storage_name="bench",
                 storage_type=StorageType.FILESYSTEM,
                 storage_interface=StorageInterface.POSIX,

@@ -19,7 +19,6 @@ import bench_db  # the benches' shared database helpers, beside this script
 from litestar.testing import AsyncTestClient
 
 from dlm.app import create_app
-from dlm.config import Settings
 
 
 async def _storage(client: AsyncTestClient, root: Path) -> None:
@@ -40,7 +39,7 @@ async def _storage(client: AsyncTestClient, root: Path) -> None:
 async def dlm_bulk(admin_url: str, root: Path, items: int, check_payloads: bool) -> float:
     url = await bench_db.fresh_database(admin_url)
     try:
-        async with AsyncTestClient(create_app(Settings(database_url=url)), timeout=600) as client:
+        async with AsyncTestClient(create_app(bench_db.app_settings(url)), timeout=600) as client:
             await _storage(client, root)
             entries = [
                 {

@@ -12,22 +12,30 @@ server's columns. A refusal raises the exception the server named (``dlm.errors.
 ``ClientError``-compatible via their ``message`` attribute.
 """
 
-import asyncio
 import datetime
 import enum
+import http.client
 import json
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping
-from decimal import Decimal
 from typing import Any, TypeVar
 
-import httpx
 import msgspec
-from sqlalchemy import Table
 
 from dlm import errors
-from dlm.db import models
+from dlm.enums import (
+    ChecksumMethod,
+    ItemState,
+    ItemType,
+    LocationCountry,
+    LocationType,
+    MigrationStatus,
+    Phase,
+    StorageInterface,
+    StorageType,
+)
 from dlm.transfer import base as transfer_errors
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -35,33 +43,161 @@ FINISHED = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 T = TypeVar("T")
 
 
-def _row_struct(name: str, *tables: Table, extra: tuple[tuple[str, type], ...] = ()) -> type[msgspec.Struct]:
-    """A struct with one optional field per column of ``tables`` (the first table's wins a shared
-    name), typed as the column is, and per ``extra`` (name, type) a column the server joins in."""
-    fields: dict[str, tuple[str, Any, None]] = {field: (field, kind | None, None) for field, kind in extra}
-    for table in tables:
-        for column in table.columns:
-            try:
-                python_type = column.type.python_type
-            except NotImplementedError:
-                python_type = Any
-            if python_type is Decimal:
-                python_type = float
-            if python_type in (dict, list):
-                python_type = Any
-            fields.setdefault(str(column.name), (str(column.name), python_type | None, None))
-    return msgspec.defstruct(name, list(fields.values()), kw_only=True, module=__name__)
+# The server's rows, field by field (tests/test_client.py checks them against the tables).
 
 
-# The server's rows, typed from the one place the schema lives (dlm.db.models).
-Item = _row_struct("Item", models.DataItem.__table__)
-Storage = _row_struct("Storage", models.Storage.__table__)
-Location = _row_struct("Location", models.Location.__table__)
-Migration = _row_struct("Migration", models.Migration.__table__)
-Event = _row_struct("Event", models.DataItemEvent.__table__)
-StorageEvent = _row_struct("StorageEvent", models.StorageEvent.__table__, extra=(("storage_name", str),))
-# A READY replica and the storage holding it (GET /request/query_item_storage).
-Replica = _row_struct("Replica", models.DataItem.__table__, models.Storage.__table__)
+class Item(msgspec.Struct, kw_only=True):
+    """One replica (a row of data_item)."""
+
+    uid: uuid.UUID | None = None
+    oid: uuid.UUID | None = None
+    item_version: int | None = None
+    item_name: str | None = None
+    item_tags: Any | None = None
+    storage_id: uuid.UUID | None = None
+    uri: str | None = None
+    item_value: str | None = None
+    item_type: ItemType | None = None
+    item_format: str | None = None
+    item_encoding: str | None = None
+    item_mime_type: str | None = None
+    item_level: int | None = None
+    uid_phase: Phase | None = None
+    oid_phase: Phase | None = None
+    target_phase: Phase | None = None
+    item_state: ItemState | None = None
+    uid_creation: datetime.datetime | None = None
+    oid_creation: datetime.datetime | None = None
+    uid_expiration: datetime.datetime | None = None
+    oid_expiration: datetime.datetime | None = None
+    uid_deletion: datetime.datetime | None = None
+    expired: bool | None = None
+    deleted: bool | None = None
+    last_access: datetime.datetime | None = None
+    item_checksum: str | None = None
+    checksum_method: ChecksumMethod | None = None
+    last_check: datetime.datetime | None = None
+    item_owner: str | None = None
+    item_group: str | None = None
+    acl: Any | None = None
+    activate_method: str | None = None
+    item_size: int | None = None
+    decompressed_size: int | None = None
+    compression_method: str | None = None
+    parents: uuid.UUID | None = None
+    children: uuid.UUID | None = None
+    metadata: Any | None = None
+
+
+class Storage(msgspec.Struct, kw_only=True):
+    """A storage volume."""
+
+    storage_id: uuid.UUID | None = None
+    location_id: uuid.UUID | None = None
+    storage_name: str | None = None
+    root_directory: str | None = None
+    storage_type: StorageType | None = None
+    storage_interface: StorageInterface | None = None
+    storage_phase: Phase | None = None
+    storage_capacity: int | None = None
+    storage_use_pct: float | None = None
+    storage_permissions: str | None = None
+    storage_checked: bool | None = None
+    storage_check_url: str | None = None
+    storage_last_checked: datetime.datetime | None = None
+    storage_num_objects: int | None = None
+    storage_available: bool | None = None
+    storage_retired: bool | None = None
+    storage_retire_date: datetime.datetime | None = None
+    storage_date: datetime.datetime | None = None
+
+
+class Location(msgspec.Struct, kw_only=True):
+    """A site that holds storages."""
+
+    location_id: uuid.UUID | None = None
+    location_name: str | None = None
+    location_type: LocationType | None = None
+    location_country: LocationCountry | None = None
+    location_city: str | None = None
+    location_facility: str | None = None
+    location_check_url: str | None = None
+    location_last_check: datetime.datetime | None = None
+    location_date: datetime.datetime | None = None
+
+
+class Migration(msgspec.Struct, kw_only=True):
+    """A copy between storages, as a job."""
+
+    migration_id: int | None = None
+    job_id: int | None = None
+    oid: uuid.UUID | None = None
+    source_uid: uuid.UUID | None = None
+    destination_uid: uuid.UUID | None = None
+    source_storage_id: uuid.UUID | None = None
+    destination_storage_id: uuid.UUID | None = None
+    user: str | None = None
+    group: str | None = None
+    job_status: Any | None = None
+    job_stats: Any | None = None
+    complete: bool | None = None
+    date: datetime.datetime | None = None
+    completion_date: datetime.datetime | None = None
+    status: MigrationStatus | None = None
+    bytes_total: int | None = None
+    bytes_done: int | None = None
+    attempts: int | None = None
+    last_error: str | None = None
+    next_attempt_at: datetime.datetime | None = None
+    lease_owner: str | None = None
+    lease_expires: datetime.datetime | None = None
+
+
+class Event(msgspec.Struct, kw_only=True):
+    """One entry of an item's history."""
+
+    event_id: int | None = None
+    event_time: datetime.datetime | None = None
+    uid: uuid.UUID | None = None
+    oid: uuid.UUID | None = None
+    event: str | None = None
+    old_value: str | None = None
+    new_value: str | None = None
+    actor: str | None = None
+
+
+class StorageEvent(msgspec.Struct, kw_only=True):
+    """One entry of a storage's history."""
+
+    event_id: int | None = None
+    event_time: datetime.datetime | None = None
+    storage_id: uuid.UUID | None = None
+    event: str | None = None
+    detail: str | None = None
+    actor: str | None = None
+    storage_name: str | None = None
+
+
+class Replica(Item, kw_only=True):
+    """A READY replica and the storage holding it (GET /request/query_item_storage)."""
+
+    location_id: uuid.UUID | None = None
+    storage_name: str | None = None
+    root_directory: str | None = None
+    storage_type: StorageType | None = None
+    storage_interface: StorageInterface | None = None
+    storage_phase: Phase | None = None
+    storage_capacity: int | None = None
+    storage_use_pct: float | None = None
+    storage_permissions: str | None = None
+    storage_checked: bool | None = None
+    storage_check_url: str | None = None
+    storage_last_checked: datetime.datetime | None = None
+    storage_num_objects: int | None = None
+    storage_available: bool | None = None
+    storage_retired: bool | None = None
+    storage_retire_date: datetime.datetime | None = None
+    storage_date: datetime.datetime | None = None
 
 
 class StorageUsage(msgspec.Struct, kw_only=True):
@@ -122,14 +258,32 @@ _ERRORS: dict[str, type[Exception]] = {
 }
 
 
-def _raise_for(response: httpx.Response) -> None:
+class Answer(msgspec.Struct, frozen=True):
+    """What a call needs of an HTTP response, whichever transport made it."""
+
+    status_code: int
+    content_type: str
+    content: bytes
+    # The URL asked, without its query (for messages).
+    url: str
+
+
+def _not_dlm(response: Answer) -> ClientError:
+    kind = response.content_type.split(";")[0] or "no content type"
+    return ClientError(
+        f"{response.url} answered HTTP {response.status_code} with {kind}, "
+        "not DLM's JSON: is --url (DLM_URL) a DLM server?"
+    )
+
+
+def _raise_for(response: Answer) -> None:
     if response.status_code < 400:
         return
     try:
-        body = response.json()
+        body = msgspec.json.decode(response.content)
         name, message = body["exec"], body["message"]
-    except (ValueError, KeyError, TypeError):
-        raise ClientError(f"HTTP {response.status_code}: {response.text[:200]}") from None
+    except (msgspec.DecodeError, KeyError, TypeError):
+        raise _not_dlm(response) from None
     error = _ERRORS.get(name)
     if error is None:
         raise ClientError(f"{name}: {message}")
@@ -161,14 +315,19 @@ class _Call(msgspec.Struct, frozen=True):
     # For a route that answers a list of at most one row: what to call it when the list is empty.
     single: str = ""
 
-    def decode(self, response: httpx.Response) -> Any:
+    def decode(self, response: Answer) -> Any:
         _raise_for(response)
-        if not self.single:
-            return msgspec.convert(response.json(), self.result, strict=False)
-        rows = response.json()
-        if not rows:
-            raise errors.NotFound(f"{self.single} does not exist")
-        return msgspec.convert(rows[0], self.result, strict=False)
+        try:
+            document = msgspec.json.decode(response.content)
+            if not self.single:
+                return msgspec.convert(document, self.result, strict=False)
+            if document == []:
+                raise errors.NotFound(f"{self.single} does not exist")
+            if not isinstance(document, list):
+                raise _not_dlm(response)
+            return msgspec.convert(document[0], self.result, strict=False)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise _not_dlm(response) from None
 
 
 def _call(method: str, path: str, result: Any = Any, body: Any = None, /, **params: Any) -> _Call:
@@ -496,8 +655,64 @@ class _Operations:
         return self._run(_call("POST", "/auth/revoke_token", Token, name=name))
 
 
-def _transport_error(url: str, exc: httpx.TransportError) -> ClientError:
-    return ClientError(f"cannot reach DLM at {url}: {exc}")
+class _Connection:
+    """One kept-alive HTTP/1.1 connection from the standard library: the blocking client needs no more,
+    and the CLI starts faster without an HTTP library to import."""
+
+    def __init__(self, url: str, headers: dict[str, str], timeout: float) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ClientError(f"{url!r} is not an http:// or https:// URL")
+        self.url, self.headers, self.timeout = url, headers, timeout
+        self._base_path = parts.path.rstrip("/")
+        self._parts = parts
+        self._connection: http.client.HTTPConnection | None = None
+
+    def _connect(self) -> http.client.HTTPConnection:
+        parts = self._parts
+        if parts.scheme == "https":
+            import ssl
+
+            return http.client.HTTPSConnection(
+                parts.hostname, parts.port, timeout=self.timeout, context=ssl.create_default_context()
+            )
+        return http.client.HTTPConnection(parts.hostname, parts.port, timeout=self.timeout)  # type: ignore[arg-type]
+
+    def request(self, call: _Call) -> Answer:
+        target = self._base_path + call.path + (f"?{urllib.parse.urlencode(call.params)}" if call.params else "")
+        headers = {"accept": "application/json", **self.headers}
+        body = None
+        if call.body is not None:
+            body = msgspec.json.encode(call.body)
+            headers["content-type"] = "application/json"
+        for attempt in (1, 2):
+            reused = self._connection is not None
+            connection = self._connection = self._connection or self._connect()
+            try:
+                connection.request(call.method, target, body=body, headers=headers)
+                response = connection.getresponse()
+                content = response.read()
+            except (http.client.HTTPException, OSError) as exc:
+                self.close()
+                # A kept-alive connection the server has since closed: ask again on a new one (once).
+                stale = isinstance(exc, http.client.RemoteDisconnected | BrokenPipeError | ConnectionResetError)
+                if reused and stale and attempt == 1:
+                    continue
+                raise ClientError(f"cannot reach DLM at {self.url}: {exc or type(exc).__name__}") from None
+            if response.will_close:
+                self.close()
+            return Answer(
+                status_code=response.status,
+                content_type=response.getheader("content-type", ""),
+                content=content,
+                url=self.url + call.path,
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
 
 class DLMClient(_Operations):
@@ -506,7 +721,7 @@ class DLMClient(_Operations):
     def __init__(self, url: str = DEFAULT_URL, *, token: str | None = None, timeout: float = 60) -> None:
         self.url = url.rstrip("/")
         headers = {"authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self._http = _Connection(self.url, headers, timeout)
 
     def __enter__(self) -> "DLMClient":
         return self
@@ -518,13 +733,7 @@ class DLMClient(_Operations):
         self._http.close()
 
     def _run(self, call: _Call) -> Any:
-        try:
-            response = self._http.request(
-                call.method, call.path, params=call.params, json=call.body if call.body is not None else None
-            )
-        except httpx.TransportError as exc:
-            raise _transport_error(self.url, exc) from None
-        return call.decode(response)
+        return call.decode(self._http.request(call))
 
     def copy(self, *, wait: bool = False, on_progress: Callable[[Any], None] | None = None, **target: Any) -> Any:
         """Queue a copy (see ``queue_copy``); with ``wait``, return the finished Migration, calling
@@ -549,6 +758,8 @@ class AsyncDLMClient(_Operations):
     """asyncio client: every operation is awaited. Use as an async context manager, or ``await aclose()``."""
 
     def __init__(self, url: str = DEFAULT_URL, *, token: str | None = None, timeout: float = 60) -> None:
+        import httpx
+
         self.url = url.rstrip("/")
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout)
@@ -563,13 +774,21 @@ class AsyncDLMClient(_Operations):
         await self._http.aclose()
 
     async def _run(self, call: _Call) -> Any:  # type: ignore[override]
+        import httpx
+
         try:
             response = await self._http.request(
                 call.method, call.path, params=call.params, json=call.body if call.body is not None else None
             )
         except httpx.TransportError as exc:
-            raise _transport_error(self.url, exc) from None
-        return call.decode(response)
+            raise ClientError(f"cannot reach DLM at {self.url}: {exc}") from None
+        answer = Answer(
+            status_code=response.status_code,
+            content_type=response.headers.get("content-type", ""),
+            content=response.content,
+            url=self.url + call.path,
+        )
+        return call.decode(answer)
 
     async def copy(self, *, wait: bool = False, on_progress: Callable[[Any], None] | None = None, **target: Any) -> Any:
         queued = await self.queue_copy(**target)
@@ -586,4 +805,10 @@ class AsyncDLMClient(_Operations):
                 on_progress(migration)
             if migration.status in FINISHED:
                 return migration
-            await asyncio.sleep(poll)
+            await _sleep(poll)
+
+
+async def _sleep(seconds: float) -> None:
+    import asyncio  # only the async client needs it; the CLI starts faster without
+
+    await asyncio.sleep(seconds)

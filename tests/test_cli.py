@@ -71,3 +71,30 @@ def test_every_worker_command_runs_a_pass(database_url: str, args: list[str], su
     result = dlm("worker", *args, DLM_DATABASE_URL=database_url)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(summary), result.stdout
+
+
+def test_the_cli_and_the_client_load_no_server_stack() -> None:
+    """`dlm request …` and `from dlm.client import DLMClient` talk HTTP: they must start fast, so they
+    import neither the database stack, nor the S3 stack, nor an HTTP library beyond the standard one
+    (bench/cli_startup.py measures the time)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, dlm.cli, dlm.client\n"
+        "heavy = {'sqlalchemy', 'asyncpg', 'aioboto3', 'botocore', 'litestar', 'httpx', 'asyncio', 'uvicorn'}\n"
+        "print(sorted(heavy & {name.split('.')[0] for name in sys.modules}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_the_audit_offers_no_dry_run_it_would_not_honour() -> None:
+    from click.testing import CliRunner
+
+    from dlm.cli import main
+
+    help_text = CliRunner().invoke(main, ["worker", "audit", "--help"]).output
+    assert "There is no --dry-run" in help_text and "  --dry-run" not in help_text.split("Options:")[1]
+    refused = CliRunner().invoke(main, ["worker", "audit", "--dry-run"])
+    assert refused.exit_code == 2 and "No such option" in refused.output

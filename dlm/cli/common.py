@@ -1,15 +1,12 @@
 """What every `dlm` command shares: one-line errors, settings, and running a coroutine."""
 
-import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import click
-import sqlalchemy.exc
 
 from dlm.config import InvalidSettings, Settings
-from dlm.db.engine import translate_database_error
 from dlm.errors import DLMError
 
 
@@ -29,12 +26,19 @@ def load_settings(**overrides: object) -> Settings:
 
 def run(coroutine_function: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     try:
+        import asyncio  # the server stack's; commands that only talk HTTP never load it
+
         return asyncio.run(coroutine_function())
     except DLMError as exc:
         raise CLIError(exc.message) from None
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    except (OSError, sqlalchemy.exc.SQLAlchemyError) as exc:
+    except Exception as exc:
+        # SQLAlchemy is the server stack's: imported only once a command has used it (the CLI stays light).
+        if not isinstance(exc, OSError) and not type(exc).__module__.startswith("sqlalchemy"):
+            raise
+        from dlm.db.engine import translate_database_error
+
         translated = translate_database_error(exc)
         detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         raise CLIError(f"{translated.message if translated else 'database error'}: {detail}") from None

@@ -1,6 +1,5 @@
 """`dlm worker <engine>`: run a lifecycle engine against the database, once or on its interval."""
 
-import asyncio
 import datetime
 import logging
 from typing import Any
@@ -23,21 +22,27 @@ def worker() -> None:
     """
 
 
-def engine_options(function: Any) -> Any:
-    for option in reversed(
-        [
-            click.option("--once", is_flag=True, help="One pass, then exit (default: a pass every interval)."),
-            click.option("--dry-run", is_flag=True, help="Say what would be done; touch nothing."),
-            click.option("--now", "now_text", help="Act as if it were this time (ISO 8601)."),
-            click.option("--json", "as_json", is_flag=True, help="Print the report as JSON."),
-        ]
-    ):
-        function = option(function)
-    return function
+def engine_options(*, dry_run: bool = True) -> Any:
+    """The options every engine command takes; ``--dry-run`` only where a pass changes something."""
+    options = [
+        click.option("--once", is_flag=True, help="One pass, then exit (default: a pass every interval)."),
+        click.option("--dry-run", is_flag=True, help="Report what the pass would do; change nothing.")
+        if dry_run
+        else None,
+        click.option("--now", "now_text", help="Act as if it were this time (ISO 8601)."),
+        click.option("--json", "as_json", is_flag=True, help="Print the report as JSON."),
+    ]
+
+    def decorate(function: Any) -> Any:
+        for option in reversed([option for option in options if option is not None]):
+            function = option(function)
+        return function
+
+    return decorate
 
 
 @worker.command("expiry")
-@engine_options
+@engine_options()
 def expiry_command(once: bool, dry_run: bool, now_text: str | None, as_json: bool) -> None:
     """Delete the payloads of expired replicas and items; keep those the item still needs.
 
@@ -51,7 +56,7 @@ def expiry_command(once: bool, dry_run: bool, now_text: str | None, as_json: boo
 
 
 @worker.command("replication")
-@engine_options
+@engine_options()
 def replication_command(once: bool, dry_run: bool, now_text: str | None, as_json: bool) -> None:
     """Queue the copies that bring items up to their target phase; replace corrupted replicas.
 
@@ -64,28 +69,25 @@ def replication_command(once: bool, dry_run: bool, now_text: str | None, as_json
 
 
 @worker.command("audit")
-@engine_options
+@engine_options(dry_run=False)
 @click.option("--limit", type=int, help="Check at most this many replicas.")
 @click.option("--dark-data", is_flag=True, help="Also list payloads on the storages that DLM does not know.")
-def audit_command(
-    once: bool, dry_run: bool, now_text: str | None, as_json: bool, limit: int | None, dark_data: bool
-) -> None:
+def audit_command(once: bool, now_text: str | None, as_json: bool, limit: int | None, dark_data: bool) -> None:
     """Verify replicas' presence, size and checksum at a bounded rate; mark failures CORRUPTED.
 
-    --dry-run is not offered: an audit only reads, and marking what it finds is its purpose.
+    There is no --dry-run: the audit only reads payloads and never deletes one (--dark-data lists
+    unknown payloads, it does not remove them); marking what it finds CORRUPTED is its purpose.
 
     \b
     Examples:
       dlm worker audit --once --limit 1000
       dlm worker audit --once --dark-data --json
     """
-    if dry_run:
-        raise CLIError("--dry-run: an audit only reads payloads; run it without --dry-run")
     _run_engine("audit", once=once, as_json=as_json, now=_parse_now(now_text), limit=limit, dark_data=dark_data)
 
 
 @worker.command("capacity")
-@engine_options
+@engine_options()
 def capacity_command(once: bool, dry_run: bool, now_text: str | None, as_json: bool) -> None:
     """Evict replicas their items can spare, least recently used first, from storages above the high
     watermark (DLM_CAPACITY_HIGH_WATERMARK) down to the low one.
@@ -118,6 +120,8 @@ def _run_engine(name: str, *, once: bool, as_json: bool, **arguments: Any) -> No
     run_once, interval = engines(settings)[name]
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+
+    import asyncio
 
     async def passes(url: str) -> Any:
         engine = create_engine(url, pool_size=2)

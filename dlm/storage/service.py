@@ -28,7 +28,7 @@ from dlm.errors import Conflict, InvalidQueryParameters, NotFound, UnmetPrecondi
 from dlm.parsing import parse_uuid
 from dlm.storage import configs
 from dlm.storage.confinement import Confinement, nested, real_path, s3_endpoint
-from dlm.transfer import make_backend
+from dlm.transfer.backends import make_backend
 from dlm.transfer.paths import check_deletable_uri
 from dlm.transfer.posix import PosixBackend
 from dlm.transfer.s3 import S3Backend, split_root

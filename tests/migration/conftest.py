@@ -13,7 +13,7 @@ from litestar.testing import AsyncTestClient
 from dlm.app import create_app
 from dlm.config import Settings
 from dlm.enums import StorageInterface
-from dlm.transfer import make_backend
+from dlm.transfer.backends import make_backend
 from tests.conftest import Registry, make_settings
 
 FINISHED = {"SUCCEEDED", "FAILED", "CANCELLED"}

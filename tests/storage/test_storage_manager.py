@@ -352,7 +352,7 @@ async def _seed(settings: Settings) -> None:
 
 async def _put(config: dict[str, Any], bucket: str, uri: str, content: bytes) -> None:
     from dlm.enums import StorageInterface
-    from dlm.transfer import make_backend
+    from dlm.transfer.backends import make_backend
 
     async def chunks() -> Any:
         yield content

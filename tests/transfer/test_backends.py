@@ -10,7 +10,7 @@ import pytest
 from dlm.checksum import new_hasher
 from dlm.enums import ChecksumMethod, StorageInterface
 from dlm.errors import InvalidQueryParameters
-from dlm.transfer import make_backend
+from dlm.transfer.backends import make_backend
 from dlm.transfer.base import PayloadMissing, StorageRefused
 from dlm.transfer.s3 import MIN_PART_SIZE, S3Backend, S3Settings
 from tests.conftest import new_bucket

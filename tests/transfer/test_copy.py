@@ -12,7 +12,7 @@ import pytest
 
 from dlm.checksum import new_hasher
 from dlm.enums import ChecksumMethod, StorageInterface
-from dlm.transfer import make_backend
+from dlm.transfer.backends import make_backend
 from dlm.transfer.base import ChecksumMismatch, StorageUnreachable
 from dlm.transfer.copy import copy_payload
 from tests.conftest import new_bucket
@@ -115,7 +115,7 @@ MEMORY_PROBE = textwrap.dedent(
     """
     import asyncio, json, resource, sys
     from dlm.enums import StorageInterface
-    from dlm.transfer import make_backend
+    from dlm.transfer.backends import make_backend
     from dlm.transfer.copy import copy_payload
 
     async def main(kind, source_root, destination_root, config):
