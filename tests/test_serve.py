@@ -90,3 +90,36 @@ def test_a_newcomer_registers_a_file_with_zero_setup(tmp_path: Path) -> None:
         assert [storage["storage_name"] for storage in storages] == ["local"], "seeding is idempotent"
     finally:
         _stop(server)
+
+
+def test_sigterm_stops_dlm_and_its_database(tmp_path: Path) -> None:
+    data_dir, port = tmp_path / "dlm-home", _free_port()
+    server = _start(data_dir, port)
+    server.send_signal(signal.SIGTERM)  # what systemd, docker stop and kubectl send
+    assert server.wait(timeout=30) == 0
+    assert not _postgres_running(data_dir / "pgdata"), "SIGTERM stops the embedded database too"
+
+
+def test_a_dlm_killed_outright_does_not_keep_the_database_alive_for_good(tmp_path: Path) -> None:
+    data_dir, port = tmp_path / "dlm-home", _free_port()
+    server = _start(data_dir, port)
+    server.kill()  # kill -9: no chance to let go of the database
+    server.wait(timeout=30)
+    assert _postgres_running(data_dir / "pgdata")
+    server = _start(data_dir, port)
+    _stop(server)
+    assert not _postgres_running(data_dir / "pgdata"), "Ctrl-C of the next DLM stops it"
+
+
+def test_a_busy_port_is_said_once_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _dlm(tmp_path / "dlm-home", "serve", "--port", str(port))
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        == f"dlm: error: port {port} on 127.0.0.1 is already in use: stop what listens there, or pick --port"
+    )
+    assert not (tmp_path / "dlm-home" / "pgdata").exists(), "nothing was started"

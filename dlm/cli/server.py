@@ -1,6 +1,9 @@
 """`dlm serve` and `dlm db`: run the service and administer its database."""
 
+import errno
 import logging
+import signal
+import socket
 import sys
 
 import click
@@ -42,6 +45,7 @@ def serve(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
     settings = load_settings(host=host, port=port, auth="none" if insecure_no_auth else None)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+    _check_port_free(settings.host, settings.port)
     try:
         prepared = run(lambda: prepare(settings))
     except Refused as exc:
@@ -59,10 +63,29 @@ def serve(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
                 err=True,
             )
         click.echo(f"DLM serving on {address} (API docs at /schema)", err=True)
+        # uvicorn stops gracefully on SIGTERM, then raises the signal again: with the default handler the
+        # process would die on the spot, leaving the embedded database running. Leave through `finally`.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     finally:
         if prepared.embedded is not None:
             prepared.embedded.stop()
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Say in one line that the port is taken, before announcing anything (uvicorn would log a traceback)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            reason = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc.strerror})"
+            raise CLIError(f"port {port} on {host} {reason}: stop what listens there, or pick --port") from None
 
 
 @click.group()

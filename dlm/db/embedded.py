@@ -1,5 +1,6 @@
 """The zero-setup default: a PostgreSQL server (the pgserver package) living in DLM's data directory."""
 
+import json
 import logging
 import os
 import warnings
@@ -9,6 +10,8 @@ from sqlalchemy.engine import make_url
 
 log = logging.getLogger("dlm.embedded")
 DATABASE_NAME = "dlm"
+# pgserver's list of the processes holding the server (stopped when the last one lets go).
+HOLDERS_FILE = ".handle_pids.json"
 
 
 class EmbeddedPostgres:
@@ -23,6 +26,7 @@ class EmbeddedPostgres:
             import pgserver
 
         pgdata.parent.mkdir(parents=True, exist_ok=True)
+        _forget_dead_holders(pgdata)
         log.info("starting embedded PostgreSQL in %s", pgdata)
         self._server = pgserver.get_server(pgdata, cleanup_mode="stop")
         if DATABASE_NAME not in self._server.psql("SELECT datname FROM pg_database;"):
@@ -34,3 +38,28 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         self._server.cleanup()
+
+
+def _forget_dead_holders(pgdata: Path) -> None:
+    """pgserver stops the server when the last process holding it lets go, and lists the holders in
+    a file. A DLM killed with SIGKILL never lets go, so its entry would keep the server alive for
+    good: drop the entries of processes that no longer exist."""
+    holders = pgdata / HOLDERS_FILE
+    try:
+        pids = json.loads(holders.read_text())
+    except (OSError, ValueError):
+        return
+    alive = [pid for pid in pids if isinstance(pid, int) and _alive(pid)]
+    if alive != pids:
+        log.info("embedded PostgreSQL: forgetting holders that died without letting go: %s", set(pids) - set(alive))
+        holders.write_text(json.dumps(alive))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
