@@ -7,17 +7,17 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 from dlm.config import Settings
-from dlm.db.engine import async_database_url
+from dlm.db.engine import database_target
 from dlm.db.models import Base
 
 config = context.config
 
 
-def _database_url() -> str:
+def _database_target() -> tuple[str, dict]:
     url = config.get_main_option("sqlalchemy.url") or Settings.from_env().database_url
     if not url:
         raise SystemExit("set DLM_DATABASE_URL to the database to migrate")
-    return async_database_url(url)
+    return database_target(url)
 
 
 def _run(connection: Connection) -> None:
@@ -29,7 +29,8 @@ def _run(connection: Connection) -> None:
 async def _run_online() -> None:
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    engine = create_async_engine(_database_url(), poolclass=NullPool)
+    url, connect_args = _database_target()
+    engine = create_async_engine(url, poolclass=NullPool, connect_args=connect_args)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)
@@ -38,7 +39,7 @@ async def _run_online() -> None:
 
 
 if context.is_offline_mode():
-    context.configure(url=_database_url(), target_metadata=Base.metadata, literal_binds=True)
+    context.configure(url=_database_target()[0], target_metadata=Base.metadata, literal_binds=True)
     with context.begin_transaction():
         context.run_migrations()
 else:

@@ -2,6 +2,7 @@
 
 import contextlib
 import re
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,17 +24,72 @@ from dlm.errors import (
 CONNECT_TIMEOUT_SECONDS = 5
 
 
-def async_database_url(url: str) -> str:
-    """Accept the URL forms people write (postgres://, postgresql://) and select the asyncpg driver."""
+# libpq's sslmode values, which asyncpg also takes as its `ssl` argument.
+_SSL_MODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
+# Parameters asyncpg (through SQLAlchemy) understands as they are.
+_PASSED_THROUGH = frozenset({"host", "port", "target_session_attrs", "prepared_statement_cache_size"})
+
+
+def database_target(url: str) -> tuple[str, dict[str, Any]]:
+    """The SQLAlchemy URL (asyncpg driver) and connect arguments for a PostgreSQL URL as users copy it
+    from their database provider, libpq parameters included: sslmode, sslrootcert, sslcert, sslkey,
+    connect_timeout, application_name."""
     parsed = make_url(url)
     if parsed.get_backend_name() not in {"postgresql", "postgres"}:
         raise ValueError(f"DLM needs a PostgreSQL database, not {parsed.get_backend_name()!r}")
-    return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+    query = dict(parsed.query)
+    unknown = set(query) - _PASSED_THROUGH - {"sslmode", "ssl", "sslrootcert", "sslcert", "sslkey"}
+    unknown -= {"connect_timeout", "application_name"}
+    if unknown:
+        raise ValueError(
+            f"DLM_DATABASE_URL: parameter {sorted(unknown)[0]!r} is not supported "
+            "(DLM understands sslmode, sslrootcert, sslcert, sslkey, connect_timeout, application_name, "
+            f"{', '.join(sorted(_PASSED_THROUGH))})"
+        )
+    arguments: dict[str, Any] = {}
+    ssl_mode = _single(query.pop("sslmode", None) or query.pop("ssl", None))
+    files = {name: _single(query.pop(name, None)) for name in ("sslrootcert", "sslcert", "sslkey")}
+    if ssl_mode is not None or any(files.values()):
+        arguments["ssl"] = _ssl(ssl_mode or "prefer", **files)
+    if (timeout := _single(query.pop("connect_timeout", None))) is not None:
+        try:
+            arguments["timeout"] = float(timeout)
+        except ValueError:
+            raise ValueError(f"DLM_DATABASE_URL: connect_timeout={timeout!r} is not a number of seconds") from None
+    if (name := _single(query.pop("application_name", None))) is not None:
+        arguments["server_settings"] = {"application_name": name}
+    target = parsed.set(drivername="postgresql+asyncpg", query=query).render_as_string(hide_password=False)
+    return target, arguments
+
+
+def _single(value: Any) -> str | None:
+    return value[-1] if isinstance(value, tuple) else value
+
+
+def _ssl(mode: str, *, sslrootcert: str | None, sslcert: str | None, sslkey: str | None) -> Any:
+    """asyncpg's `ssl` argument for libpq's sslmode: the mode itself, or a context when certificates are named."""
+    if mode not in _SSL_MODES:
+        raise ValueError(f"DLM_DATABASE_URL: sslmode={mode!r} is not one of {', '.join(sorted(_SSL_MODES))}")
+    if not (sslrootcert or sslcert):
+        return mode
+    if mode in ("disable", "allow", "prefer"):
+        raise ValueError(f"DLM_DATABASE_URL: sslmode={mode} with certificates; use require, verify-ca or verify-full")
+    try:
+        context = ssl.create_default_context(cafile=sslrootcert)
+        if sslcert:
+            context.load_cert_chain(sslcert, sslkey)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"DLM_DATABASE_URL: cannot load the TLS certificates: {exc}") from None
+    # libpq: require with a root certificate verifies the server's certificate, not its name.
+    context.check_hostname = mode == "verify-full"
+    return context
 
 
 def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
+    target, arguments = database_target(database_url)
+    server_settings = {"timezone": "UTC", "application_name": "dlm", **arguments.pop("server_settings", {})}
     return create_async_engine(
-        async_database_url(database_url),
+        target,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
@@ -42,8 +98,9 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
         hide_parameters=True,
         connect_args={
             "timeout": CONNECT_TIMEOUT_SECONDS,
+            **arguments,
             # Timestamps leave the database in UTC whatever the server's default zone is.
-            "server_settings": {"timezone": "UTC", "application_name": "dlm"},
+            "server_settings": server_settings,
         },
     )
 
