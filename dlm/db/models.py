@@ -55,6 +55,7 @@ def pg_enum(enum_class: type, name: str) -> Enum:
 PHASE = pg_enum(Phase, "phase_type")
 # SKA-DLM's owner and group of an item nobody claimed (open mode, or SKA's clients without a token).
 DEFAULT_OWNER = "SKA"
+DEFAULT_MIME_TYPE = "application/octet-stream"
 UTC_NOW = text("now()")
 
 
@@ -142,7 +143,7 @@ class DataItem(Base):
     item_type: Mapped[ItemType] = mapped_column(pg_enum(ItemType, "item_type"), server_default=ItemType.FILE.value)
     item_format: Mapped[str | None] = mapped_column(String, server_default="unknown")
     item_encoding: Mapped[str | None] = mapped_column(String, server_default="unknown")
-    item_mime_type: Mapped[str | None] = mapped_column(String, server_default="application/octet-stream")
+    item_mime_type: Mapped[str | None] = mapped_column(String, server_default=DEFAULT_MIME_TYPE)
     item_level: Mapped[int] = mapped_column(SmallInteger, server_default="-1")
     uid_phase: Mapped[Phase] = mapped_column(PHASE, server_default=Phase.GAS.value)
     oid_phase: Mapped[Phase] = mapped_column(PHASE, server_default=Phase.GAS.value)

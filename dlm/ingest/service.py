@@ -22,7 +22,7 @@ from dlm.data_item import (
     resolve_oid,
     utc,
 )
-from dlm.db.models import DEFAULT_OWNER, DataItem, Storage
+from dlm.db.models import DEFAULT_MIME_TYPE, DEFAULT_OWNER, DataItem, Storage
 from dlm.enums import ChecksumMethod, ItemState, ItemType, Phase
 from dlm.errors import (
     DLMError,
@@ -261,6 +261,8 @@ async def register_items(
                 "item_checksum": payload.checksum,
                 "checksum_method": ChecksumMethod.CRC32C,
                 "item_owner": entry.item_owner or owner or DEFAULT_OWNER,
+                # What the generic plugin found (it guesses from the name) is the item's MIME type too.
+                "item_mime_type": payload.extracted.get("generic", {}).get("mime_type") or DEFAULT_MIME_TYPE,
                 # What the caller sent wins over what a plugin found under the same key.
                 "metadata": {
                     **payload.extracted,

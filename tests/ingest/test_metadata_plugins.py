@@ -44,6 +44,17 @@ async def test_files_get_generic_metadata_and_their_data_product_description(reg
     assert ERRORS_KEY not in metadata
 
 
+async def test_the_items_mime_type_is_the_one_the_generic_plugin_found(registry: Registry) -> None:
+    text_uid = await registry.register("hello", "hello.txt")
+    fits_uid = await registry.register("image", "image.fits")
+    container_uid = await registry.register("dir", "dir", item_type="container", do_storage_access_check=False)
+    assert (await registry.item(text_uid))["item_mime_type"] == "text/plain"
+    assert (await registry.item(fits_uid))["item_mime_type"] == (await registry.item(fits_uid))["metadata"]["generic"][
+        "mime_type"
+    ]
+    assert (await registry.item(container_uid))["item_mime_type"] == "application/octet-stream", "nothing looked at"
+
+
 async def test_a_container_is_described_by_the_file_inside_it(registry: Registry) -> None:
     registry.payload("eb-2/data.h5", b"x")
     registry.payload("eb-2/ska-data-product.yaml", PRODUCT.encode())
