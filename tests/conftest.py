@@ -85,10 +85,16 @@ async def admin_connection(url: str) -> AsyncIterator[asyncpg.Connection]:
         await connection.close()
 
 
+def owner_prefix(postgres_url: str) -> str:
+    return (make_url(postgres_url).database or "dlm")[:24]
+
+
 @contextlib.asynccontextmanager
 async def scratch_database(postgres_url: str, prefix: str, *, template: str | None = None) -> AsyncIterator[str]:
-    """A database of our own (a copy of ``template``, or empty) for as long as the block runs."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    """A database of our own (a copy of ``template``, or empty) for as long as the block runs. Its name
+    starts with the database name of ``postgres_url`` (DLM_TEST_DATABASE_URL's), so that the suite can
+    share a server with others and a DBA can tell (and drop) what it left behind."""
+    name = f"{owner_prefix(postgres_url)}_{prefix}_{uuid.uuid4().hex[:12]}"
     clone = f' TEMPLATE "{template}"' if template else ""
     async with admin_connection(postgres_url) as connection:
         await connection.execute(f'CREATE DATABASE "{name}"{clone}')
@@ -343,10 +349,10 @@ async def s3_bucket(s3_config: dict[str, Any]) -> str:
     return await new_bucket(s3_config)
 
 
-async def new_bucket(s3_config: dict[str, Any]) -> str:
+async def new_bucket(s3_config: dict[str, Any], name: str = "") -> str:
     import aioboto3
 
-    name = f"dlm-{uuid.uuid4().hex[:16]}"
+    name = name or f"dlm-{uuid.uuid4().hex[:16]}"
     async with aioboto3.Session().client(
         "s3",
         endpoint_url=s3_config["endpoint"],

@@ -145,3 +145,37 @@ async def test_timestamps_are_utc_whatever_the_server_zone(database_url: str) ->
         assert isinstance(uid, uuid.UUID)
     finally:
         await engine.dispose()
+
+
+def test_test_databases_are_named_after_the_test_url(postgres_url: str, database_url: str) -> None:
+    """DLM_TEST_DATABASE_URL=postgresql://…/ci_dlm: every database the suite makes starts with ci_dlm_."""
+    from sqlalchemy.engine import make_url
+
+    expected = make_url(postgres_url).database or "dlm"
+    assert (make_url(database_url).database or "").startswith(f"{expected}_dlm_test_")
+
+
+async def test_revision_0003_names_the_replicas_that_share_a_payload(database_url: str, engine: AsyncEngine) -> None:
+    await schema.downgrade(database_url, "0002")
+    async with engine.begin() as connection:
+        await connection.execute(text("INSERT INTO location (location_name, location_type) VALUES ('l', 'local-dev')"))
+        await connection.execute(
+            text(
+                "INSERT INTO storage (storage_name, root_directory, storage_type, storage_interface, location_id) "
+                "SELECT 'shared-disk', '/data', 'filesystem', 'posix', location_id FROM location"
+            )
+        )
+        for name in ("first", "second"):
+            await connection.execute(
+                text(
+                    "INSERT INTO data_item (item_name, uri, storage_id, item_state) "
+                    "SELECT :name, 'same/file.dat', storage_id, 'READY' FROM storage"
+                ),
+                {"name": name},
+            )
+    await engine.dispose()
+    with pytest.raises(ValueError) as raised:
+        await schema.upgrade(database_url)
+    message = str(raised.value)
+    for fragment in ("'shared-disk'", "'same/file.dat'", "'first'", "'second'", "uid", "UPDATE data_item"):
+        assert fragment in message, fragment
