@@ -18,7 +18,7 @@ from dlm.db.models import Migration, Storage
 from dlm.enums import ItemState, MigrationStatus
 from dlm.errors import Conflict, DLMError, InvalidQueryParameters, NotFound, UnmetPreconditionForOperation
 from dlm.parsing import parse_datetime, parse_uuid, shift
-from dlm.storage.service import resolve_storage, storage_backend
+from dlm.storage.service import lock_replicas, resolve_storage, storage_backend
 from dlm.transfer.base import TransferError
 from dlm.transfer.paths import check_relative_uri
 
@@ -211,6 +211,9 @@ async def discard_destination(session: AsyncSession, migration: Migration) -> No
     the destination, unless another live replica has since taken that path."""
     if migration.destination_uid is None:
         return
+    # Every writer locks an item's replicas in one order (by uid) before changing any: copies of one item
+    # failing together used to lock their own replica first and then deadlock refreshing the others.
+    await lock_replicas(session, migration.oid)
     replica = (await session.execute(select(ITEMS).where(ITEMS.c.uid == migration.destination_uid))).first()
     if replica is None:
         return
@@ -254,6 +257,7 @@ async def cancel_migration(session: AsyncSession, migration_id: int) -> Row[Any]
     )
     if copying:
         # The worker owns the destination until it sees the cancellation; it cleans up itself.
+        await lock_replicas(session, migration.oid)
         await change_items(session, ITEMS.c.uid == migration.destination_uid, {"item_state": ItemState.DELETED})
     else:
         await discard_destination(session, migration)

@@ -351,8 +351,35 @@ class Job:
                 )
 
 
+async def clean_up_abandoned(session: AsyncSession) -> int | None:
+    """A job cancelled while its worker held the lease is the worker's to clean up; if that worker died,
+    its lease runs out with the partial payload still there. Remove what it wrote and release the job
+    (then it may be retried); returns its migration_id, or None when there is none."""
+    job = await session.scalar(
+        select(Migration)
+        .where(
+            Migration.status == MigrationStatus.CANCELLED,
+            Migration.lease_owner.is_not(None),
+            Migration.lease_expires < func.now(),
+        )
+        .order_by(Migration.lease_expires)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    if job is None:
+        return None
+    log.info("migration %s: removing what the cancelled copy of %s left behind", job.migration_id, job.lease_owner)
+    await discard_destination(session, job)
+    job.lease_owner = job.lease_expires = None
+    return job.migration_id
+
+
 async def run_next(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, owner: str) -> int | None:
-    """Claim and run one due job; returns its migration_id, or None when none is due."""
+    """Claim and run one due job (or clean up after an abandoned cancelled one); returns its
+    migration_id, or None when there is nothing to do."""
+    async with transaction(sessionmaker, actor=ACTOR) as session:
+        if (abandoned := await clean_up_abandoned(session)) is not None:
+            return abandoned
     async with transaction(sessionmaker, actor=ACTOR) as session:
         job = await claim(session, owner, settings.migration_lease_seconds)
     if job is None:
@@ -391,8 +418,14 @@ class MigrationWorkers:
                 ran = await run_next(self.sessionmaker, self.settings, owner)
             except asyncio.CancelledError:
                 raise
+            except Conflict as exc:  # a deadlock or serialisation failure, rolled back: try again
+                log.warning("migration worker %s: %s", owner, exc.message)
+                ran = None
+            except ServiceUnavailable as exc:
+                log.warning("migration worker %s: cannot reach the queue: %s", owner, exc.message)
+                ran = None
             except Exception:
-                log.warning("migration worker %s: cannot reach the queue", owner, exc_info=True)
+                log.exception("migration worker %s: unexpected error", owner)
                 ran = None
             if ran is None:
                 with contextlib.suppress(TimeoutError):

@@ -373,3 +373,23 @@ async def test_stopping_dlm_mid_copy_hands_the_job_back_without_using_an_attempt
     async with AsyncTestClient(create_app(throttled)) as client:
         done = await wait_for(client, queued["migration_id"], timeout=30)
         assert (done["status"], done["attempts"]) == ("SUCCEEDED", 1)
+
+
+async def test_copies_of_one_item_failing_together_do_not_deadlock(
+    registry: Registry, tmp_path: Path, caplog: Any
+) -> None:
+    """Each failure locks the item's replicas in one order; they used to deadlock each other."""
+    content = os.urandom(64 * 1024)
+    registry.payload("shared.dat", content)
+    uid = await registry.register("shared", "shared.dat")
+    registry.payload("shared.dat", b"rot" + content[3:])  # the checksum recorded at registration no longer holds
+    queued = []
+    for index in range(6):
+        await registry.storage(f"target-{index}", root=tmp_path / f"target-{index}")
+        queued.append(await copy(registry.client, uid=uid, destination_name=f"target-{index}"))
+    rows = [await wait_for(registry.client, job["migration_id"], timeout=30) for job in queued]
+    assert {(row["status"], row["attempts"]) for row in rows} == {("FAILED", 1)}, rows
+    assert all("ChecksumMismatch" in row["last_error"] for row in rows)
+    assert "deadlock" not in caplog.text.lower()
+    for index in range(6):
+        assert list((tmp_path / f"target-{index}").iterdir()) == [], "nothing left behind"

@@ -82,6 +82,47 @@ async def test_a_copy_survives_kill_9_and_completes_after_a_restart(database_url
     assert sorted(path.name for path in destination.iterdir()) == ["big.dat"], "no partial file is left behind"
 
 
+async def test_a_copy_cancelled_after_its_worker_died_is_cleaned_up_when_the_lease_runs_out(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = {"migration_lease_seconds": 6, "transfer_max_bytes_per_second": 1024 * 1024}
+    first = await Server(database_url, tmp_path / "first", **settings).ready()
+    # The second process is up before the first dies: it cancels while the dead worker's lease holds.
+    second = await Server(database_url, tmp_path / "second", migration_workers=0, **settings).ready()
+    try:
+        source, destination = await _setup_storages(first.base, tmp_path)
+        (source / "big.dat").write_bytes(os.urandom(8 * 1024 * 1024))
+        uid = await _call(
+            first.base, "POST", "/ingest/register_data_item", item_name="big", uri="big.dat", storage_name="source"
+        )
+        queued = await _call(first.base, "POST", "/migration/copy_data_item", uid=uid, destination_name="destination")
+        deadline = time.monotonic() + 20
+        # Past the first MiB, which a write gathers in memory: the partial file is on disk by then.
+        while (await _migration(first.base, queued["migration_id"]))["bytes_done"] < 2 * 1024 * 1024:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        first.kill()  # the worker dies holding the lease, its partial file on the destination
+        cancelled = await _call(second.base, "POST", "/migration/cancel_migration", migration_id=queued["migration_id"])
+        assert cancelled["status"] == "CANCELLED" and cancelled["lease_owner"] is not None, "the dead worker's lease"
+        assert [path.name for path in destination.iterdir()] == [".big.dat.dlm-partial"]
+    finally:
+        first.kill()
+        second.stop()
+
+    # A process with workers comes (or was there): once the lease has run out, it cleans up.
+    third = await Server(database_url, tmp_path / "third", **settings).ready()
+    try:
+        deadline = time.monotonic() + 30
+        while (row := await _migration(third.base, queued["migration_id"]))["lease_owner"] is not None:
+            assert time.monotonic() < deadline, row
+            await asyncio.sleep(0.2)
+        assert list(destination.iterdir()) == [], "what the dead worker wrote is gone"
+        retried = await _call(third.base, "POST", "/migration/retry_migration", migration_id=queued["migration_id"])
+        assert retried["migration_id"] == queued["migration_id"]
+    finally:
+        third.stop()
+
+
 async def _migration_direct(database_url: str, migration_id: int) -> dict[str, Any]:
     import asyncpg
     from sqlalchemy.engine import make_url
