@@ -2,6 +2,7 @@
 settings DLM knows, probe routes the app serves, and seed files DLM accepts."""
 
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,17 @@ def test_kubernetes_manifests_probe_real_routes_and_run_real_commands(tmp_path: 
     secrets = {document["metadata"]["name"]: document for document in documents["secret.yaml"]}
     reference = admin_token["valueFrom"]["secretKeyRef"]
     assert reference["key"] in secrets[reference["name"]]["stringData"], "the admin token comes from a Secret"
+    [claim] = documents["pvc.yaml"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"] or deployment["spec"]["replicas"] == 1, (
+        "replicas must share one volume for the POSIX storage"
+    )
+    volumes = {volume["name"]: volume for volume in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert "emptyDir" not in volumes["data"], "a per-pod emptyDir loses the storage's bytes on restart"
+    [image] = kustomization["images"]
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert image["newTag"] == version, "the image tag is pinned to this DLM's version"
     [job] = documents["migrate-job.yaml"]
+    assert job["metadata"]["name"].endswith(version.replace(".", "-")), "one upgrade Job per version"
     [upgrade] = job["spec"]["template"]["spec"]["containers"]
     _runs(upgrade["args"])
     assert upgrade["args"] == ["db", "upgrade"]
