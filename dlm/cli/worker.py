@@ -71,12 +71,18 @@ def replication_command(once: bool, dry_run: bool, now_text: str | None, as_json
 @worker.command("audit")
 @engine_options(dry_run=False)
 @click.option("--limit", type=int, help="Check at most this many replicas.")
-@click.option("--dark-data", is_flag=True, help="Also list payloads on the storages that DLM does not know.")
+@click.option(
+    "--dark-data",
+    is_flag=True,
+    help="Also list payloads on the storages that DLM does not know (never touched), and partial files of "
+    "copies that will never finish (removed after a day).",
+)
 def audit_command(once: bool, now_text: str | None, as_json: bool, limit: int | None, dark_data: bool) -> None:
     """Verify replicas' presence, size and checksum at a bounded rate; mark failures CORRUPTED.
 
     There is no --dry-run: the audit only reads payloads and never deletes one (--dark-data lists
-    unknown payloads, it does not remove them); marking what it finds CORRUPTED is its purpose.
+    unknown payloads, it does not remove them; it removes only partial files no copy will finish,
+    once a day old); marking what it finds CORRUPTED is its purpose.
 
     \b
     Examples:

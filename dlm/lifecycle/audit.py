@@ -1,7 +1,8 @@
 """Audit: verify, at a bounded rate, that each READY replica's payload is there, has its size and
 its checksum. A replica that fails becomes CORRUPTED (the history says why), which takes it out of
 its item's phase, and phase enforcement replaces it from a good replica. Optionally, list payloads a
-storage holds that DLM does not know (dark data), without touching them.
+storage holds that DLM does not know (dark data), without touching them, and the partial files of
+copies that will never finish (removed after a grace period).
 
 A replica is claimed by stamping its ``last_check`` in a short transaction (``FOR UPDATE SKIP
 LOCKED``), checked with no lock held, and the verdict recorded in a second one; so several processes
@@ -21,11 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from dlm.checksum import new_hasher
 from dlm.data_item import ITEMS, change_items
 from dlm.db.engine import transaction
-from dlm.db.models import DataItemEvent, Storage
-from dlm.enums import ChecksumMethod, ItemState, ItemType
+from dlm.db.models import DataItemEvent, Migration, Storage
+from dlm.enums import ChecksumMethod, ItemState, ItemType, MigrationStatus, StorageInterface
+from dlm.errors import DLMError
 from dlm.storage.service import storage_backend
 from dlm.transfer.base import Backend, TransferError
 from dlm.transfer.copy import Throttle
+from dlm.transfer.posix import PosixBackend
 
 log = logging.getLogger("dlm.lifecycle.audit")
 
@@ -45,6 +48,14 @@ class DarkPayload(msgspec.Struct, frozen=True):
     size: int
 
 
+class PartialFile(msgspec.Struct, frozen=True):
+    storage_name: str
+    # The uri the interrupted write was for.
+    uri: str
+    age_seconds: float
+    removed: bool
+
+
 class AuditReport(msgspec.Struct, kw_only=True):
     checked: int = 0
     bytes_read: int = 0
@@ -52,11 +63,15 @@ class AuditReport(msgspec.Struct, kw_only=True):
     # Not judged this time: the storage did not answer.
     unreachable: list[Finding] = msgspec.field(default_factory=list)
     dark: list[DarkPayload] = msgspec.field(default_factory=list)
+    # Partial files no copy is writing any more (with dark_data); those past the grace period removed.
+    partials: list[PartialFile] = msgspec.field(default_factory=list)
 
     def summary(self) -> str:
+        removed = sum(partial.removed for partial in self.partials)
         return (
             f"checked {self.checked} ({self.bytes_read} bytes read), {len(self.corrupted)} corrupted, "
-            f"{len(self.unreachable)} unreachable, {len(self.dark)} dark payloads"
+            f"{len(self.unreachable)} unreachable, {len(self.dark)} dark payloads, "
+            f"{len(self.partials)} orphaned partial files ({removed} removed)"
         )
 
 
@@ -68,8 +83,11 @@ async def run_once(
     max_bytes_per_second: int = 0,
     limit: int | None = None,
     dark_data: bool = False,
+    partial_grace: datetime.timedelta = datetime.timedelta(days=1),
 ) -> AuditReport:
-    """Check every READY replica not checked since ``now - recheck_after`` (at most ``limit``)."""
+    """Check every READY replica not checked since ``now - recheck_after`` (at most ``limit``). With
+    ``dark_data``, also list what the storages hold that DLM does not know, and the partial files no
+    copy is writing any more, removing those older than ``partial_grace``."""
     now = now or datetime.datetime.now(datetime.UTC)
     report = AuditReport()
     throttle = Throttle(max_bytes_per_second)
@@ -103,6 +121,7 @@ async def run_once(
     if dark_data:
         async with transaction(sessionmaker, actor=ACTOR) as session:
             report.dark = await find_dark_data(session)
+            report.partials = await clear_orphaned_partials(session, now, partial_grace)
     return report
 
 
@@ -178,6 +197,45 @@ async def find_dark_data(session: AsyncSession) -> list[DarkPayload]:
         except TransferError as exc:
             log.warning("audit: cannot list storage %s: %s", storage.storage_name, exc.message)
     return dark
+
+
+async def clear_orphaned_partials(
+    session: AsyncSession, now: datetime.datetime, grace: datetime.timedelta
+) -> list[PartialFile]:
+    """Partial files on POSIX storages that no queued or running copy is writing: left by a copy
+    whose cleanup could not run (its storage unreachable then, say). Reported; removed once older
+    than ``grace``, which leaves any copy time to resume."""
+    found = []
+    storages = await session.scalars(
+        select(Storage).where(Storage.storage_available.is_(True), Storage.storage_interface == StorageInterface.POSIX)
+    )
+    for storage in list(storages):
+        writing = list(
+            await session.scalars(
+                select(ITEMS.c.uri)
+                .join(Migration, Migration.destination_uid == ITEMS.c.uid)
+                .where(
+                    Migration.destination_storage_id == storage.storage_id,
+                    Migration.status.in_([MigrationStatus.PENDING, MigrationStatus.RUNNING]),
+                )
+            )
+        )
+        backend = await storage_backend(session, storage)
+        if not isinstance(backend, PosixBackend):
+            continue
+        try:
+            for uri, modified in await backend.partial_files():
+                if _accounted(uri, {path for path in writing if path}):
+                    continue  # a copy (into this uri, or a container around it) may still write it
+                age = now.timestamp() - modified
+                removed = age > grace.total_seconds()
+                if removed:
+                    await backend.remove_partial(uri)
+                    log.info("audit: removed the orphaned partial file of %s on %s", uri, storage.storage_name)
+                found.append(PartialFile(storage.storage_name, uri, round(age, 1), removed))
+        except (OSError, TransferError, DLMError) as exc:
+            log.warning("audit: cannot look for partial files on %s: %s", storage.storage_name, exc)
+    return found
 
 
 def _accounted(path: str, known: set[str]) -> bool:

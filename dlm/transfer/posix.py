@@ -234,6 +234,29 @@ class PosixBackend:
         if batch:
             yield batch
 
+    async def partial_files(self) -> list[tuple[str, float]]:
+        """What interrupted writes left: per partial file, the uri it was being written for, and
+        when it was last written (seconds since the epoch)."""
+
+        def find() -> list[tuple[str, float]]:
+            real_root = self.root.resolve()
+            found = []
+            for directory, _, files in os.walk(real_root):
+                for name in files:
+                    if name.startswith(".") and name.endswith(PARTIAL_SUFFIX):
+                        path = Path(directory, name)
+                        target = path.with_name(name[1 : -len(PARTIAL_SUFFIX)]).relative_to(real_root)
+                        with contextlib.suppress(OSError):
+                            found.append((target.as_posix(), path.lstat().st_mtime))
+            return found
+
+        return await asyncio.to_thread(find)
+
+    async def remove_partial(self, uri: str) -> None:
+        """Remove the partial file an interrupted write of ``uri`` left, and nothing else."""
+        path = self.local_path(uri)
+        await asyncio.to_thread(_remove_quietly, path.with_name(f".{path.name}{PARTIAL_SUFFIX}"))
+
     async def checksum(self, uri: str, method: ChecksumMethod) -> str:
         return await _in_thread(lambda: file_checksum(self.local_path(uri), method), self, uri)
 

@@ -94,6 +94,23 @@ async def test_dark_data_is_reported_and_left_alone(
     assert stray.exists()
 
 
+async def test_orphaned_partial_files_are_reported_and_removed_after_a_day(
+    registry: Registry, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    import os
+
+    old = registry.payload("lost/.big.dat.dlm-partial", b"half a copy")
+    young = registry.payload(".fresh.dat.dlm-partial", b"a copy that may resume")
+    two_days_ago = NOW.timestamp() - 2 * 86400
+    os.utime(old, (two_days_ago, two_days_ago))
+    report = await audit.run_once(sessionmaker, now=NOW, dark_data=True)
+    found = {(partial.uri, partial.removed) for partial in report.partials}
+    assert found == {("lost/big.dat", True), ("fresh.dat", False)}
+    assert not old.exists() and young.exists()
+    assert report.dark == [], "partial files are not dark data"
+    assert "orphaned partial files (1 removed)" in report.summary()
+
+
 async def test_s3_replicas_are_audited_and_an_unreachable_storage_is_not_judged(
     registry: Registry, sessionmaker: async_sessionmaker[AsyncSession], s3_config: dict, s3_bucket: str
 ) -> None:
