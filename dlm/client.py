@@ -534,8 +534,10 @@ class _Operations:
         storage_phase: str = "GAS",
         storage_capacity: int | None = None,
         config: dict[str, Any] | None = None,
+        check: bool = True,
     ) -> Any:
-        """Create a storage; returns its id. ``config``: its connection settings (rclone format)."""
+        """Create a storage; returns its id. ``config``: its connection settings (rclone format);
+        ``check=False`` skips checking that DLM can reach it now."""
         kind = storage_type or ("filesystem" if storage_interface == "posix" else "objectstore")
         return self._run(
             _call(
@@ -550,6 +552,32 @@ class _Operations:
                 location_name=location_name,
                 storage_phase=storage_phase,
                 storage_capacity=storage_capacity,
+                check=None if check else False,
+            )
+        )
+
+    def update_storage(
+        self,
+        storage_name: str,
+        *,
+        available: bool | None = None,
+        phase: str | None = None,
+        capacity: int | None = None,
+        permissions: str | None = None,
+        retire: bool | None = None,
+    ) -> Any:
+        """(admin) Change a storage; ``retire=True`` starts retiring it (``False`` calls that off)."""
+        return self._run(
+            _call(
+                "PATCH",
+                "/storage/update_storage",
+                Storage,
+                storage_name=storage_name,
+                storage_available=available,
+                storage_phase=phase,
+                storage_capacity=capacity,
+                storage_permissions=permissions,
+                retire=retire,
             )
         )
 

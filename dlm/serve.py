@@ -93,6 +93,7 @@ async def seed_default_storage(session: AsyncSession, settings: Settings) -> Non
             location_name=DEFAULT_LOCATION,
             storage_phase=Phase.GAS,
             storage_config={"type": "local"},
+            check=False,
         )
 
 

@@ -228,7 +228,9 @@ class Registry:
         assert response.status_code == 200, response.text
         return response.json()
 
-    async def s3_storage(self, name: str, bucket: str, config: dict[str, Any], *, phase: str = "SOLID") -> str:
+    async def s3_storage(
+        self, name: str, bucket: str, config: dict[str, Any], *, phase: str = "SOLID", check: bool = True
+    ) -> str:
         await self._ensure_location("site")
         response = await self.client.post(
             "/storage/init_storage",
@@ -239,6 +241,7 @@ class Registry:
                 "root_directory": bucket,
                 "location_name": "site",
                 "storage_phase": phase,
+                **({} if check else {"check": "false"}),
             },
             json=config,
         )

@@ -1,5 +1,6 @@
 """The `dlm` CLI and the Python clients, end to end against a live `dlm serve` process."""
 
+import datetime
 import json
 import os
 import subprocess
@@ -96,6 +97,63 @@ def test_a_newcomer_registers_a_container_and_copies_it_from_the_cli(live: Live)
     assert {event["event"] for event in history} >= {"created", "item_state"}
 
 
+def test_tables_are_for_people(live: Live) -> None:
+    root = live.root / "people"
+    for directory in ("in", "out"):
+        (root / directory).mkdir(parents=True)
+    (root / "in" / "big.dat").write_bytes(b"x" * 3 * 1024 * 1024)
+    dlm(live, "storage", "add-location", "people-site", "--type", "local-dev")
+    dlm(live, "storage", "add-storage", "people", "--location", "people-site", "--root", str(root / "in"))
+    dlm(live, "storage", "add-storage", "people-out", "--location", "people-site", "--root", str(root / "out"))
+    dlm(live, "ingest", "register", "people-big", "big.dat", "--storage", "people")
+    table = dlm(live, "request", "query", "--name", "people-big").stdout
+    assert "3.0 MiB" in table and " people " in table, "sizes for people, the storage by name"
+    assert "3145728" in dlm(live, "request", "query", "--name", "people-big", "--bytes").stdout
+    assert dlm(live, "request", "exists", "--name", "people-big").stdout.strip() == "true"
+    assert dlm(live, "request", "exists", "--name", "nobody-at-all").stdout.strip() == "false"
+    dlm(live, "migration", "copy", "--name", "people-big", "--to", "people-out", "--wait")
+    migrations = dlm(live, "migration", "list").stdout
+    assert "people-big" in migrations and "people-out" in migrations, migrations
+
+    entries = [
+        {
+            "item_name": f"page-{index}",
+            "uri": f"page-{index}",
+            "storage_name": "people",
+            "do_storage_access_check": False,
+        }
+        for index in range(1000)
+    ]
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("DLM_")}
+    subprocess.run(
+        [sys.executable, "-m", "dlm", "ingest", "register-many", "-"],
+        input=json.dumps(entries),
+        env={**environment, "DLM_URL": live.url},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    full = dlm(live, "request", "query", "--where", "item_name=like.page-*")
+    assert "full page" in full.stderr and "--offset 1000" in full.stderr
+    rest = dlm(live, "request", "query", "--where", "item_name=like.page-*", "--offset", "1000")
+    assert rest.stderr.strip() == "(none)"
+
+
+def test_a_url_that_is_not_dlm_is_one_line(live: Live, tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        result = dlm(live, "request", "query", "--url", url, expect=1)
+    finally:
+        server.shutdown()
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("dlm: error:") and "not DLM's JSON" in line and "<html" not in line.lower()
+
+
 def test_cli_errors_are_one_line_naming_the_problem(live: Live) -> None:
     cases = [
         (("ingest", "register", "x", "x", "--storage", "no-such-storage"), "NotFound", "no-such-storage"),
@@ -161,22 +219,6 @@ async def test_the_async_client(live: Live) -> None:
             await client.migration(424242)
 
 
-def test_the_readme_python_example_runs_as_written(live: Live, capsys: pytest.CaptureFixture[str]) -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    example = readme.split("```python\n", 1)[1].split("```", 1)[0]
-    local, scratch = live.root / "readme-local", live.root / "readme-scratch"
-    local.mkdir()
-    scratch.mkdir()
-    (local / "hello.txt").write_text("hello, DLM\n")
-    with DLMClient(live.url) as client:
-        client.add_location("local", "local-dev")
-        client.add_storage("local", root_directory=str(local), location_name="local")
-        client.add_storage("scratch", root_directory=str(scratch), location_name="local")
-    exec(example.replace("http://127.0.0.1:8000", live.url), {})  # noqa: S102 - the README's own code
-    assert capsys.readouterr().out.strip() == "SUCCEEDED"
-    assert (scratch / "from-python" / "hello.txt").read_text() == "hello, DLM\n"
-
-
 # Every operation the server offers, and the command that offers it on the command line.
 CLI_FOR_OPERATION = {
     "/ingest/init_data_item": "ingest init",
@@ -205,6 +247,7 @@ CLI_FOR_OPERATION = {
     "/storage/init_location": "storage add-location",
     "/storage/query_location": "storage locations",
     "/storage/init_storage": "storage add-storage",
+    "/storage/update_storage": "storage update",
     "/storage/query_storage": "storage list",
     "/storage/create_storage_config": "storage config",
     "/storage/get_storage_config": "storage config",
@@ -274,6 +317,7 @@ def test_the_classic_three_step_ingest_and_lifecycle_commands(live: Live) -> Non
     storage_id = dlm(
         live, "storage", "add-storage", "classic", "--location", "classic-site", "--root", str(live.root / "classic")
     ).stdout.strip()
+    before = datetime.datetime.now(datetime.UTC).isoformat()
     uid = dlm(live, "ingest", "init", "classic-item").stdout.strip()
     assert dlm_json(live, "request", "exists", "--uid", uid, "--ready") is False
     dlm(live, "request", "set-uri", uid, "c.dat", storage_id)
@@ -289,7 +333,7 @@ def test_the_classic_three_step_ingest_and_lifecycle_commands(live: Live) -> Non
     assert dlm_json(live, "request", "query", "--uid", uid)[0]["item_tags"] == {"campaign": "AA0.5"}
     dlm(live, "request", "set-expiration", "--uid", uid, "2000-01-01")
     assert uid in {row["uid"] for row in dlm_json(live, "request", "expired")}
-    assert uid in {row["uid"] for row in dlm_json(live, "request", "new", "2000-01-01")}
+    assert uid in {row["uid"] for row in dlm_json(live, "request", "new", before)}
     refused = dlm(live, "request", "set-state", uid, "INITIALISED", expect=1)
     assert "UnmetPreconditionForOperation" in refused.stderr and "READY" in refused.stderr
     both = dlm(live, "request", "set-expiration", "--uid", uid, "--oid", oid, "2030-01-01", expect=1)

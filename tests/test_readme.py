@@ -46,10 +46,10 @@ def _script(blocks: Iterator[tuple[str, str]], replacements: dict[str, str]) -> 
     return "\n".join(lines)
 
 
-def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
+def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        assert process.poll() is None, "dlm serve stopped"
+        assert process.poll() is None, f"dlm serve stopped: {log.read_text()[-3000:]}"
         try:
             urllib.request.urlopen(f"{url}/health/ready", timeout=2)
             return
@@ -79,9 +79,11 @@ async def test_every_readme_example_runs_in_order(
     replacements = {"127.0.0.1:8000": f"127.0.0.1:{port}", "http://127.0.0.1:9000": s3_endpoint}
     # `pip install . && dlm serve`, as the README says, with engines passing often enough for a test.
     serving = {**home, "DLM_PORT": str(port), "DLM_REPLICATION_INTERVAL_SECONDS": "2"}
-    server = subprocess.Popen([sys.executable, "-m", "dlm", "serve"], env=serving, stderr=subprocess.DEVNULL)
+    log = tmp_path / "serve.log"
+    with log.open("w") as stderr:
+        server = subprocess.Popen([sys.executable, "-m", "dlm", "serve"], env=serving, stderr=stderr)
     try:
-        _wait_ready(f"http://127.0.0.1:{port}", server)
+        _wait_ready(f"http://127.0.0.1:{port}", server, log)
         local = _script(_blocks("## First steps", "## Deploying it"), replacements)
         result = _run(local, {**home, "DLM_URL": f"http://127.0.0.1:{port}"})
         assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"

@@ -63,8 +63,8 @@ def database_url(settings: Settings, *, create: bool = False) -> Iterator[str]:
         )
     try:
         embedded = EmbeddedPostgres(settings.pgdata_dir)
-    except Exception as exc:  # pgserver reports a failed start with several exception types
-        raise CLIError(f"cannot start the embedded database in {settings.pgdata_dir}: {exc}") from None
+    except DLMError as exc:
+        raise CLIError(exc.message) from None
     try:
         yield embedded.database_url
     finally:

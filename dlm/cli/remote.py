@@ -550,6 +550,7 @@ def storage_locations(client: DLMClient) -> list[Any]:
 @click.option("--phase", type=click.Choice(["GAS", "LIQUID", "SOLID"]), default="GAS", show_default=True)
 @click.option("--capacity", type=int, help="Bytes DLM may use there.")
 @click.option("--config", help="Its config in rclone's format: a JSON object, or @file.")
+@click.option("--no-check", is_flag=True, help="Create it even if DLM cannot reach it now.")
 @remote()
 def storage_add_storage(
     client: DLMClient,
@@ -560,6 +561,7 @@ def storage_add_storage(
     phase: str,
     capacity: int | None,
     config: str | None,
+    no_check: bool,
 ) -> str:
     """Create a storage; prints its id.
 
@@ -577,6 +579,37 @@ def storage_add_storage(
         storage_phase=phase,
         storage_capacity=capacity,
         config=_json_object(config, "--config"),
+        check=not no_check,
+    )
+
+
+@storage.command("update")
+@click.argument("name")
+@click.option("--available/--unavailable", default=None, help="Whether DLM may use it.")
+@click.option("--phase", type=click.Choice(["GAS", "LIQUID", "SOLID"]), help="Its phase (its replicas' follows).")
+@click.option("--capacity", type=int, help="Bytes DLM may use there (-1: no limit).")
+@click.option("--permissions", type=click.Choice(["R", "RW"]), help="R: DLM neither writes nor deletes there.")
+@click.option("--retire/--keep", default=None, help="Start retiring it (move everything off), or call that off.")
+@remote(("storage_name", "storage_phase", "storage_capacity", "storage_permissions", "storage_available"))
+def storage_update(
+    client: DLMClient,
+    name: str,
+    available: bool | None,
+    phase: str | None,
+    capacity: int | None,
+    permissions: str | None,
+    retire: bool | None,
+) -> Any:
+    """Change a storage (admins). --retire empties it: it takes no new replicas, phase enforcement
+    copies what it holds elsewhere and removes it there, and then it is retired for good.
+
+    \b
+    Examples:
+      dlm storage update scratch --capacity 10000000000000
+      dlm storage update old-disk --retire          # then watch: dlm storage events --name old-disk
+    """
+    return client.update_storage(
+        name, available=available, phase=phase, capacity=capacity, permissions=permissions, retire=retire
     )
 
 

@@ -3,10 +3,13 @@
 import json
 import logging
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
+
+from dlm.errors import ServiceUnavailable
 
 log = logging.getLogger("dlm.embedded")
 DATABASE_NAME = "dlm"
@@ -18,8 +21,10 @@ class EmbeddedPostgres:
     """Starts (or reuses) the server on construction; ``stop()`` shuts it down."""
 
     def __init__(self, pgdata: Path) -> None:
-        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); pgserver copes, so hush it.
-        os.environ.setdefault("XDG_RUNTIME_DIR", str(pgdata.parent / "run"))
+        # pgserver puts the server's Unix socket in the data directory, or else in XDG_RUNTIME_DIR; a
+        # socket path must stay under ~100 bytes, so when XDG_RUNTIME_DIR is unset (containers, CI) it
+        # gets a short private directory of ours (platformdirs would also warn about it being unset).
+        os.environ.setdefault("XDG_RUNTIME_DIR", os.path.join(tempfile.gettempdir(), f"dlm-run-{os.getuid()}"))
         Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True, mode=0o700)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -28,7 +33,10 @@ class EmbeddedPostgres:
         pgdata.parent.mkdir(parents=True, exist_ok=True)
         _forget_dead_holders(pgdata)
         log.info("starting embedded PostgreSQL in %s", pgdata)
-        self._server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        try:
+            self._server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        except Exception as exc:  # pgserver reports a failed start with several exception types
+            raise ServiceUnavailable(f"cannot start the embedded PostgreSQL in {pgdata}: {exc}") from exc
         if DATABASE_NAME not in self._server.psql("SELECT datname FROM pg_database;"):
             self._server.psql(f"CREATE DATABASE {DATABASE_NAME};")
 

@@ -32,7 +32,7 @@ from dlm.errors import (
     ValueAlreadyInDB,
 )
 from dlm.metadata import Extractor, Payload, extract
-from dlm.storage.service import resolve_storage, storage_backend
+from dlm.storage.service import refuse_new_payloads, resolve_storage, storage_backend
 from dlm.transfer.paths import check_relative_uri
 
 MAX_BULK_ITEMS = 100_000
@@ -315,10 +315,7 @@ async def _resolve_storages(session: AsyncSession, registrations: list[ItemRegis
         if key not in cache:
             with _naming(where(index)):
                 storage = await resolve_storage(session, storage_name=entry.storage_name, storage_id=entry.storage_id)
-                if storage.storage_retired:
-                    raise UnmetPreconditionForOperation(f"storage {storage.storage_name!r} is retired")
-                if not storage.storage_available:
-                    raise UnmetPreconditionForOperation(f"storage {storage.storage_name!r} is not available")
+                refuse_new_payloads(storage, "storage")
             cache[key] = storage
         resolved.append(cache[key])
     return resolved

@@ -13,6 +13,10 @@ retired, writable, and not already holding a live replica of the item:
 
 Storages are taken in that order until the combined phase (SPEC §1) reaches the target: exactly the
 missing copies, no more. An item with a copy already queued is left until that copy ends.
+
+Replicas on a storage being retired do not count towards the target: the item is copied elsewhere
+first, and once it reaches its target without them they are removed there. A retiring storage that
+holds nothing any more is retired.
 """
 
 import datetime
@@ -27,11 +31,17 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from dlm.data_item import ITEMS
 from dlm.db.engine import transaction
 from dlm.db.models import Migration, PhaseChange, Storage
-from dlm.enums import ItemState, MigrationStatus, StorageInterface, combined_phase
+from dlm.enums import ItemState, MigrationStatus, Phase, StorageInterface, combined_phase
 from dlm.errors import DLMError
 from dlm.lifecycle import claim_item, phase_weight
 from dlm.migration.service import copy_item
-from dlm.storage.service import delete_replica, file_system_usage, held_by_storage, lock_replicas
+from dlm.storage.service import (
+    delete_replica,
+    file_system_usage,
+    finish_retirements,
+    held_by_storage,
+    lock_replicas,
+)
 from dlm.transfer.base import TransferError
 
 log = logging.getLogger("dlm.lifecycle.replication")
@@ -57,13 +67,20 @@ class ReplicationReport(msgspec.Struct, kw_only=True):
     dry_run: bool
     queued: list[Planned] = msgspec.field(default_factory=list)
     replaced: list[uuid.UUID] = msgspec.field(default_factory=list)  # CORRUPTED replicas removed
+    # Replicas removed from storages being retired, once their items reached their target elsewhere.
+    vacated: list[uuid.UUID] = msgspec.field(default_factory=list)
+    retired: list[str] = msgspec.field(default_factory=list)  # storages whose retirement finished
     unmet: list[Unmet] = msgspec.field(default_factory=list)
     # Phase-change requests (set_phase) whose item now has the phase asked for.
     phase_changes_completed: int = 0
 
     def summary(self) -> str:
         verb = "would queue" if self.dry_run else "queued"
-        return f"{verb} {len(self.queued)} copies, replaced {len(self.replaced)} corrupted, {len(self.unmet)} unmet"
+        retiring = f", moved {len(self.vacated)} off retiring storages" if self.vacated else ""
+        return (
+            f"{verb} {len(self.queued)} copies, replaced {len(self.replaced)} corrupted{retiring}, "
+            f"{len(self.unmet)} unmet"
+        )
 
 
 async def run_once(
@@ -77,6 +94,14 @@ async def run_once(
     report = ReplicationReport(dry_run=dry_run)
     placement: _Placement | None = None
     after = uuid.UUID(int=0)
+    async with transaction(sessionmaker, actor=ACTOR) as session:
+        retiring = set(
+            await session.scalars(
+                select(Storage.storage_id).where(
+                    Storage.storage_retire_date.is_not(None), Storage.storage_retired.is_(False)
+                )
+            )
+        )
     while True:
         async with transaction(sessionmaker, actor=ACTOR) as session:
             oids = list(
@@ -89,6 +114,7 @@ async def run_once(
                         or_(
                             phase_weight(ITEMS.c.oid_phase) < phase_weight(ITEMS.c.target_phase),
                             ITEMS.c.item_state == ItemState.CORRUPTED,
+                            ITEMS.c.storage_id.in_(retiring),
                         ),
                     )
                     .group_by(ITEMS.c.oid)
@@ -100,6 +126,7 @@ async def run_once(
             if not dry_run:
                 async with transaction(sessionmaker, actor=ACTOR) as session:
                     report.phase_changes_completed = await _complete_phase_changes(session, now)
+                    report.retired = await finish_retirements(session)
             return report
         after = oids[-1]
         # Which storages may take copies, and how much room they have, is read once per pass.
@@ -108,10 +135,12 @@ async def run_once(
             # One transaction per item: a copy queued is committed even if the next item fails.
             async with transaction(sessionmaker, actor=ACTOR) as session:
                 if await claim_item(session, LOCK_NAMESPACE, oid):
-                    await _enforce(session, oid, placement, report)
+                    await _enforce(session, oid, placement, report, retiring)
 
 
-async def _enforce(session: AsyncSession, oid: uuid.UUID, placement: "_Placement", report: ReplicationReport) -> None:
+async def _enforce(
+    session: AsyncSession, oid: uuid.UUID, placement: "_Placement", report: ReplicationReport, retiring: set[uuid.UUID]
+) -> None:
     busy = await session.scalar(
         select(Migration.migration_id).where(
             Migration.oid == oid, Migration.status.in_([MigrationStatus.PENDING, MigrationStatus.RUNNING])
@@ -137,7 +166,12 @@ async def _enforce(session: AsyncSession, oid: uuid.UUID, placement: "_Placement
         removed.append(corrupted)
     live_storages = {row.storage_id for row in replicas if row.item_state in (ItemState.READY, ItemState.INITIALISED)}
     target = ready[0].target_phase
-    phases = [row.uid_phase for row in ready]
+    # Replicas on storages being retired do not count: the item must reach its target without them.
+    phases = [row.uid_phase for row in ready if row.storage_id not in retiring]
+    leaving = [row for row in ready if row.storage_id in retiring]
+    if leaving and _phase_of(phases).weight >= target.weight:
+        await _leave_retiring(session, leaving, replicas, report)
+        return
     size = max((row.item_size or 0) for row in ready)
     source = max(ready, key=lambda row: row.uid_phase.weight)
 
@@ -164,15 +198,37 @@ async def _enforce(session: AsyncSession, oid: uuid.UUID, placement: "_Placement
         storage = placement.usable(corrupted.storage_id)
         if storage is not None and storage.storage_id not in live_storages:
             await queue(storage, corrupted.uri)
-    if combined_phase(phases).weight >= target.weight:
+    if _phase_of(phases).weight >= target.weight:
         return
     for storage in placement.rank(exclude=live_storages, locations=await _locations(session, ready), size=size):
-        if combined_phase(phases).weight >= target.weight:
+        if _phase_of(phases).weight >= target.weight:
             break
         await queue(storage)
-    if combined_phase(phases).weight < target.weight:
-        reached = combined_phase(phases).value
+    if _phase_of(phases).weight < target.weight:
+        reached = _phase_of(phases).value
         report.unmet.append(Unmet(oid, name, f"no suitable storage left: reaches {reached}, needs {target.value}"))
+
+
+def _phase_of(phases: list[Phase]) -> Phase:
+    return combined_phase(phases) if phases else Phase.PLASMA
+
+
+async def _leave_retiring(
+    session: AsyncSession, leaving: list[Row[Any]], replicas: list[Row[Any]], report: ReplicationReport
+) -> None:
+    """The item reaches its target elsewhere: its replicas on storages being retired go (read-only or
+    not: retiring a storage is an admin's decision to empty it)."""
+    for replica in leaving:
+        if report.dry_run:
+            report.vacated.append(replica.uid)
+            continue
+        try:
+            async with session.begin_nested():
+                await delete_replica(session, replica, replicas, override_read_only=True)
+        except (DLMError, TransferError) as exc:
+            report.unmet.append(Unmet(replica.oid, replica.item_name, f"cannot leave retiring storage: {exc}"))
+            continue
+        report.vacated.append(replica.uid)
 
 
 async def _complete_phase_changes(session: AsyncSession, now: datetime.datetime) -> int:
@@ -210,6 +266,7 @@ class _Placement:
                     select(Storage).where(
                         Storage.storage_available.is_(True),
                         Storage.storage_retired.is_(False),
+                        Storage.storage_retire_date.is_(None),
                         Storage.storage_permissions.contains("W"),
                     )
                 )

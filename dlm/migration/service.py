@@ -18,7 +18,7 @@ from dlm.db.models import Migration, Storage
 from dlm.enums import ItemState, MigrationStatus
 from dlm.errors import Conflict, DLMError, InvalidQueryParameters, NotFound, UnmetPreconditionForOperation
 from dlm.parsing import parse_datetime, parse_uuid, shift
-from dlm.storage.service import lock_replicas, resolve_storage, storage_backend
+from dlm.storage.service import lock_replicas, refuse_new_payloads, resolve_storage, storage_backend
 from dlm.transfer.base import TransferError
 from dlm.transfer.paths import check_relative_uri
 
@@ -97,10 +97,7 @@ async def pick_source(session: AsyncSession, *, item_name: str = "", oid: str = 
 
 
 async def _check_destination(session: AsyncSession, source: Row[Any], destination: Storage, uri: str) -> None:
-    if destination.storage_retired:
-        raise UnmetPreconditionForOperation(f"destination: storage {destination.storage_name!r} is retired")
-    if not destination.storage_available:
-        raise UnmetPreconditionForOperation(f"destination: storage {destination.storage_name!r} is not available")
+    refuse_new_payloads(destination, "destination")
     if "W" not in (destination.storage_permissions or "").upper():
         raise UnmetPreconditionForOperation(f"destination: storage {destination.storage_name!r} is read-only")
     if destination.storage_id == source.storage_id:

@@ -2,7 +2,7 @@
 
 from typing import Annotated, Any
 
-from litestar import Response, Router, get, post
+from litestar import Response, Router, get, patch, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery, JSONBody, QueryParameter
@@ -12,7 +12,7 @@ from dlm.api import MAX_BIGINT, EventId, OptionalUuidQuery, UuidQuery, json_resp
 from dlm.auth import Principal
 from dlm.auth.policy import permission
 from dlm.enums import ConfigType, LocationCountry, LocationType, Phase, Role, StorageInterface, StorageType
-from dlm.rows import row_dicts
+from dlm.rows import row_dict, row_dicts
 from dlm.storage import service
 
 
@@ -72,10 +72,12 @@ async def init_storage(
     location_name: FromQuery[str | None] = None,
     storage_capacity: Annotated[int, QueryParameter(ge=-1, le=MAX_BIGINT, description="bytes; -1: no limit")] = -1,
     storage_phase: FromQuery[Phase] = Phase.GAS,
+    check: FromQuery[bool] = True,
     data: JSONBody[dict[str, Any] | None] = None,
 ) -> Response[str]:
     """Create a storage volume at a location (location_id or location_name); the optional body is its
-    configuration in rclone's remote format. Returns the storage_id."""
+    configuration in rclone's remote format. DLM checks it can reach the storage now (an S3 bucket must
+    exist; check=false skips this). Returns the storage_id."""
     storage_id = await service.init_storage(
         session,
         confinement=state.confinement,
@@ -88,8 +90,39 @@ async def init_storage(
         storage_capacity=storage_capacity,
         storage_phase=storage_phase,
         storage_config=data,
+        check=check,
     )
     return json_response(str(storage_id))
+
+
+@patch("/update_storage", operation_id="update_storage", summary="Update Storage", **permission(Role.ADMIN))
+async def update_storage(
+    session: NamedDependency[AsyncSession],
+    storage_name: FromQuery[str] = "",
+    storage_id: UuidQuery = "",
+    storage_available: FromQuery[bool | None] = None,
+    storage_phase: FromQuery[Phase | None] = None,
+    storage_capacity: Annotated[
+        int | None, QueryParameter(ge=-1, le=MAX_BIGINT, description="bytes; -1: no limit")
+    ] = None,
+    storage_permissions: FromQuery[str | None] = None,
+    retire: FromQuery[bool | None] = None,
+) -> dict[str, Any]:
+    """DLM addition. Change a storage: whether it is available, its phase (its replicas' uid_phase
+    follows), its capacity, its permissions (R or RW). retire=true starts retiring it: it takes no new
+    replicas, phase enforcement copies what it holds elsewhere and removes it there, and once it holds
+    nothing it is retired for good; retire=false calls a retirement in progress off. Returns the storage."""
+    row = await service.update_storage(
+        session,
+        storage_name=storage_name,
+        storage_id=storage_id,
+        available=storage_available,
+        phase=storage_phase,
+        capacity=storage_capacity,
+        permissions=storage_permissions,
+        retire=retire,
+    )
+    return row_dict(row._mapping)
 
 
 @get("/query_storage", operation_id="query_storage", **permission(Role.READER), summary="Query Storage")
@@ -224,6 +257,7 @@ router = Router(
         init_location,
         query_location,
         init_storage,
+        update_storage,
         query_storage,
         create_storage_config,
         get_storage_config,

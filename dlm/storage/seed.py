@@ -107,6 +107,8 @@ async def seed(
                     storage_capacity=entry.storage_capacity,
                     storage_phase=entry.storage_phase,
                     storage_config=entry.config,
+                    # The operator's file: created even if not reachable yet (MinIO may start after DLM).
+                    check=False,
                 )
                 done.append(f"created storage {entry.storage_name}")
             elif entry.config and await service.latest_config(session, existing.storage_id) != entry.config:

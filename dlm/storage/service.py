@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dlm.data_item import ITEMS, change_items, get_item
+from dlm.data_item import ITEMS, change_items, get_item, refresh_oid_phase
 from dlm.db.models import Location, LocationFacility, Migration, Storage, StorageConfig, StorageEvent
 from dlm.enums import (
     ConfigType,
@@ -29,6 +29,7 @@ from dlm.parsing import parse_uuid
 from dlm.storage import configs
 from dlm.storage.confinement import Confinement, nested, real_path, s3_endpoint
 from dlm.transfer.backends import make_backend
+from dlm.transfer.base import TransferError
 from dlm.transfer.paths import check_deletable_uri
 from dlm.transfer.posix import PosixBackend
 from dlm.transfer.s3 import S3Backend, split_root
@@ -105,9 +106,11 @@ async def init_storage(
     storage_capacity: int = -1,
     storage_phase: Phase = Phase.GAS,
     storage_config: dict[str, Any] | None = None,
+    check: bool = True,
 ) -> uuid.UUID:
     """Create a storage volume at a location and return its id. Its root must be one ``confinement``
-    allows and must not share bytes with another live storage."""
+    allows and must not share bytes with another live storage; with ``check``, DLM must be able to
+    reach it now (an S3 bucket that exists, with these credentials)."""
     if not storage_name.strip():
         raise InvalidQueryParameters("storage_name: must not be empty")
     if storage_config:
@@ -140,6 +143,8 @@ async def init_storage(
         storage_capacity=storage_capacity,
         storage_phase=storage_phase,
     )
+    if check:
+        await check_reachable(storage, storage_config)
     session.add(storage)
     await session.flush()
     await record_storage_event(
@@ -148,6 +153,111 @@ async def init_storage(
     if storage_config:
         await _add_config(session, storage.storage_id, storage_config, ConfigType.RCLONE)
     return storage.storage_id
+
+
+async def check_reachable(storage: Storage, config: dict[str, Any] | None) -> None:
+    """Refuse (422, with the reason) a storage DLM cannot use now: a missing bucket, refused
+    credentials, an endpoint that does not answer."""
+    try:
+        async with make_backend(
+            storage.storage_interface, storage.root_directory, config, storage.storage_name
+        ) as backend:
+            await backend.check()
+    except TransferError as exc:
+        raise UnmetPreconditionForOperation(
+            f"storage {storage.storage_name!r} cannot be reached: {exc.message} (check=false skips this check)"
+        ) from None
+
+
+def refuse_new_payloads(storage: Storage, field: str) -> None:
+    """A storage that is retired, being retired or unavailable takes no new replica."""
+    if storage.storage_retired:
+        raise UnmetPreconditionForOperation(f"{field}: storage {storage.storage_name!r} is retired")
+    if storage.storage_retire_date is not None:
+        raise UnmetPreconditionForOperation(f"{field}: storage {storage.storage_name!r} is being retired")
+    if not storage.storage_available:
+        raise UnmetPreconditionForOperation(f"{field}: storage {storage.storage_name!r} is not available")
+
+
+PERMISSIONS = ("R", "RW")
+
+
+async def update_storage(
+    session: AsyncSession,
+    *,
+    storage_name: str = "",
+    storage_id: str = "",
+    available: bool | None = None,
+    phase: Phase | None = None,
+    capacity: int | None = None,
+    permissions: str | None = None,
+    retire: bool | None = None,
+) -> Row[Any]:
+    """Change a storage; returns its row. A new phase becomes its replicas' ``uid_phase`` (and their
+    items' phase follows). ``retire`` starts retiring it: it takes no new replicas, phase enforcement
+    copies what it holds elsewhere and then removes it there, and once it holds nothing it is retired
+    (``retire=false`` calls a retirement in progress off)."""
+    storage = await resolve_storage(session, storage_name=storage_name, storage_id=storage_id)
+    if storage.storage_retired:
+        raise UnmetPreconditionForOperation(f"storage {storage.storage_name!r} is retired and cannot change")
+    changes: dict[str, Any] = {}
+    if available is not None:
+        changes["storage_available"] = available
+    if capacity is not None:
+        if capacity < -1:
+            raise InvalidQueryParameters("storage_capacity: must be a number of bytes, or -1 for no limit")
+        changes["storage_capacity"] = capacity
+    if permissions is not None:
+        if permissions.upper() not in PERMISSIONS:
+            raise InvalidQueryParameters(f"storage_permissions: {permissions!r} is not one of {', '.join(PERMISSIONS)}")
+        changes["storage_permissions"] = permissions.upper()
+    old_phase = storage.storage_phase
+    if phase is not None:
+        changes["storage_phase"] = phase
+    if retire is True and storage.storage_retire_date is None:
+        changes["storage_retire_date"] = func.now()
+    elif retire is False and storage.storage_retire_date is not None:
+        changes["storage_retire_date"] = None
+    described = [_describe_change(storage, name, value) for name, value in changes.items()]
+    row = (
+        await session.execute(
+            update(Storage)
+            .where(Storage.storage_id == storage.storage_id)
+            .values(**changes)
+            .returning(*Storage.__table__.c)
+        )
+    ).one()
+    if phase is not None and phase is not old_phase:
+        live = (ITEMS.c.storage_id == storage.storage_id) & (ITEMS.c.item_state != ItemState.DELETED)
+        oids = set(await session.scalars(update(ITEMS).where(live).values(uid_phase=phase).returning(ITEMS.c.oid)))
+        await refresh_oid_phase(session, oids)
+    if described:
+        await record_storage_event(session, storage.storage_id, "storage_updated", "; ".join(described))
+    return row
+
+
+def _describe_change(storage: Storage, name: str, value: Any) -> str:
+    if name == "storage_retire_date":
+        return "retirement started" if value is not None else "retirement called off"
+    return f"{name}: {getattr(storage, name)} -> {value}"
+
+
+async def finish_retirements(session: AsyncSession) -> list[str]:
+    """Retire the storages being retired that hold no live replica any more; returns their names."""
+    holding = select(ITEMS.c.uid).where(
+        ITEMS.c.storage_id == Storage.storage_id, ITEMS.c.item_state != ItemState.DELETED
+    )
+    rows = (
+        await session.execute(
+            update(Storage)
+            .where(Storage.storage_retire_date.is_not(None), Storage.storage_retired.is_(False), ~holding.exists())
+            .values(storage_retired=True, storage_available=False)
+            .returning(Storage.storage_id, Storage.storage_name)
+        )
+    ).all()
+    for storage_id, _ in rows:
+        await record_storage_event(session, storage_id, "storage_retired", "it holds no live replica any more")
+    return [name for _, name in rows]
 
 
 async def check_no_overlap(

@@ -234,6 +234,11 @@ class PosixBackend:
         if batch:
             yield batch
 
+    async def check(self) -> None:
+        """Raise the TransferError that says why the root cannot be used."""
+        if not await asyncio.to_thread(self.root.is_dir):
+            raise StorageUnreachable(f"storage root {str(self.root)!r} is not a directory on this DLM host")
+
     async def partial_files(self) -> list[tuple[str, float]]:
         """What interrupted writes left: per partial file, the uri it was being written for, and
         when it was last written (seconds since the epoch)."""

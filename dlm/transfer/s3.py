@@ -138,6 +138,18 @@ class S3Backend:
         ) as exc:
             raise self._error(exc, uri) from None
 
+    async def check(self) -> None:
+        """Raise the TransferError that says why the bucket cannot be used (missing, refused, unreachable)."""
+        try:
+            await self._client.head_bucket(Bucket=self.bucket)
+        except botocore.exceptions.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise StorageRefused(f"bucket {self.bucket!r} does not exist (DLM does not create buckets)") from None
+            raise self._error(exc, "") from None
+        except (botocore.exceptions.BotoCoreError, aiohttp.ClientError, OSError) as exc:
+            raise self._error(exc, "") from None
+
     async def stat(self, uri: str) -> PayloadInfo | None:
         key = self.key(uri)
         with self._translated(uri):

@@ -225,7 +225,9 @@ async def test_a_missing_source_payload_fails_with_the_reason(registry: Registry
 
 
 async def test_an_unreachable_destination_is_refused_up_front(registry: Registry, s3_config: dict) -> None:
-    await registry.s3_storage("dead", "nowhere", {**s3_config, "endpoint": f"http://127.0.0.1:{free_port()}"})
+    await registry.s3_storage(
+        "dead", "nowhere", {**s3_config, "endpoint": f"http://127.0.0.1:{free_port()}"}, check=False
+    )
     uid = await registry.register("obs")
     response = await registry.client.post("/migration/copy_data_item", params={"uid": uid, "destination_name": "dead"})
     assert_error(response, 503, "StorageUnreachable", "127.0.0.1")

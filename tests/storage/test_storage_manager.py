@@ -83,7 +83,7 @@ BAD_S3_CONFIGS = [
 async def test_bad_s3_configs_are_refused_with_the_field_named(
     registry: Registry, s3_config: dict[str, Any], config: dict[str, Any], field: str
 ) -> None:
-    await registry.s3_storage("objects", "some-bucket", s3_config)
+    await registry.s3_storage("objects", "some-bucket", s3_config, check=False)
     response = await registry.client.post(
         "/storage/create_storage_config", params={"storage_name": "objects"}, json=config
     )
@@ -97,7 +97,7 @@ async def test_configs_are_stored_newest_first_and_never_shown_with_secrets(
     registry: Registry, s3_config: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    await registry.s3_storage("objects", "some-bucket", s3_config)
+    await registry.s3_storage("objects", "some-bucket", s3_config, check=False)
     newer = {**s3_config, "secret_access_key": "rotated-secret", "session_token": "tok-123"}
     response = await registry.client.post(
         "/storage/create_storage_config", params={"storage_name": "objects"}, json=newer
@@ -126,7 +126,7 @@ async def test_configs_are_stored_newest_first_and_never_shown_with_secrets(
 async def test_rclone_config_stores_a_remote_named_after_its_storage(
     registry: Registry, s3_config: dict[str, Any]
 ) -> None:
-    await registry.s3_storage("objects", "some-bucket", s3_config)
+    await registry.s3_storage("objects", "some-bucket", s3_config, check=False)
     parameters = {key: value for key, value in s3_config.items() if key != "type"}
     remote = {"name": "objects", "type": "s3", "parameters": {**parameters, "secret_access_key": "new-secret"}}
     response = await registry.client.post("/storage/rclone_config", json=remote)
@@ -396,7 +396,7 @@ async def test_an_unreachable_s3_endpoint_is_a_503_not_a_500(registry: Registry,
     from tests.conftest import free_port
 
     dead = {**s3_config, "endpoint": f"http://127.0.0.1:{free_port()}"}
-    await registry.s3_storage("dead", "some-bucket", dead)
+    await registry.s3_storage("dead", "some-bucket", dead, check=False)
     response = await registry.client.post(
         "/ingest/register_data_item", params={"item_name": "x", "uri": "x", "storage_name": "dead"}
     )
