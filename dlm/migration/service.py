@@ -203,9 +203,10 @@ async def _lock_migration(session: AsyncSession, migration_id: int) -> Migration
     return migration
 
 
-async def discard_destination(session: AsyncSession, migration: Migration) -> None:
+async def discard_destination(session: AsyncSession, migration: Migration, *, remove_payload: bool = True) -> None:
     """Mark the destination replica DELETED (if it is not already) and remove whatever payload reached
-    the destination, unless another live replica has since taken that path."""
+    the destination, unless another live replica has since taken that path (or ``remove_payload`` is
+    false: what is there is not the copy's)."""
     if migration.destination_uid is None:
         return
     # Every writer locks an item's replicas in one order (by uid) before changing any: copies of one item
@@ -216,7 +217,7 @@ async def discard_destination(session: AsyncSession, migration: Migration) -> No
         return
     if replica.item_state is not ItemState.DELETED:
         await change_items(session, ITEMS.c.uid == replica.uid, {"item_state": ItemState.DELETED})
-    if not replica.uri:
+    if not replica.uri or not remove_payload:
         return
     taken = await session.scalar(
         select(ITEMS.c.uid).where(

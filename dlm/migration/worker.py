@@ -28,7 +28,7 @@ from dlm.enums import ChecksumMethod, ItemState, ItemType, MigrationStatus
 from dlm.errors import Conflict, DLMError, ServiceUnavailable, UnmetPreconditionForOperation
 from dlm.migration.service import discard_destination, replica_values, set_migration
 from dlm.storage.service import lock_replicas, storage_backend
-from dlm.transfer.base import TransferError
+from dlm.transfer.base import PayloadExists, TransferError
 from dlm.transfer.copy import CopyResult, copy_payload
 
 log = logging.getLogger("dlm.migration")
@@ -104,6 +104,8 @@ class Job:
         except asyncio.CancelledError:
             await self._release()
             raise
+        except PayloadExists as exc:  # someone else's file at the destination: not ours to remove
+            return await self._fail(f"{type(exc).__name__}: {exc.message}", retry=False, remove_payload=False)
         except TransferError as exc:
             return await self._fail(f"{type(exc).__name__}: {exc.message}", retry=exc.transient)
         except (ServiceUnavailable, Conflict) as exc:  # the database away, or a concurrent change: try again
@@ -288,7 +290,7 @@ class Job:
             if job.lease_owner == self.owner:
                 job.lease_owner = job.lease_expires = None
 
-    async def _fail(self, reason: str, *, retry: bool) -> MigrationStatus:
+    async def _fail(self, reason: str, *, retry: bool, remove_payload: bool = True) -> MigrationStatus:
         async with transaction(self.sessionmaker, actor=ACTOR) as session:
             job = await self._lock_if_ours(session)
             if job is None:
@@ -322,7 +324,7 @@ class Job:
                 lease_expires=None,
                 job_status={"finished": True, "success": False, "error": reason},
             )
-            await discard_destination(session, job)
+            await discard_destination(session, job, remove_payload=remove_payload)
         return MigrationStatus.FAILED
 
     async def _let_go(self) -> None:

@@ -55,6 +55,11 @@ class StorageRefused(TransferError):
     """The storage answered but will not do it: access denied, no such bucket, disk full."""
 
 
+class PayloadExists(StorageRefused):
+    """Something is already at the destination path (put there by someone else): it is not DLM's to
+    replace, nor to remove."""
+
+
 class ChecksumMismatch(TransferError):
     pass
 

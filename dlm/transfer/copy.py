@@ -2,7 +2,7 @@
 
 Bytes stream from the source through a checksum into the destination's atomic write, one chunk at a
 time. Each file is then read back from the destination and its checksum compared with what left the
-source. Any failure removes what was written at the destination URI.
+source. Any failure removes what the copy wrote at the destination URI, and only that.
 """
 
 import asyncio
@@ -14,7 +14,7 @@ import msgspec
 
 from dlm.checksum import new_hasher
 from dlm.enums import ChecksumMethod
-from dlm.transfer.base import CHUNK_SIZE, Backend, ChecksumMismatch, Entry
+from dlm.transfer.base import CHUNK_SIZE, Backend, ChecksumMismatch, Entry, TransferError
 
 Progress = Callable[[int, int], Awaitable[None]]
 # Files of a container in flight at once.
@@ -76,6 +76,8 @@ async def copy_payload(
     chunk_size = CHUNK_SIZE if not max_bytes_per_second else max(64 * 1024, min(CHUNK_SIZE, max_bytes_per_second // 4))
     done = 0
     checksums: dict[str, str] = {}
+    # What this copy put at the destination: on failure, that goes (and nothing someone else put there).
+    written: list[str] = []
     if on_progress:
         await on_progress(0, total)
 
@@ -95,15 +97,16 @@ async def copy_payload(
 
         target = member_uri(destination_uri, entry)
         await destination.write(target, counted(), size_hint=entry.size, mode=entry.mode)
+        written.append(target)
         checksum = hasher.hexdigest()
         if not entry.path and expected_checksum and checksum != expected_checksum:
             raise ChecksumMismatch(
                 f"source {source_uri!r} has {method.value} {checksum}, but {expected_checksum} was registered"
             )
-        written = await destination.checksum(target, method)
-        if written != checksum:
+        read_back = await destination.checksum(target, method)
+        if read_back != checksum:
             raise ChecksumMismatch(
-                f"destination {target!r} reads back with {method.value} {written}, the source sent {checksum}"
+                f"destination {target!r} reads back with {method.value} {read_back}, the source sent {checksum}"
             )
         checksums[entry.path] = checksum
 
@@ -119,7 +122,7 @@ async def copy_payload(
                 group.create_task(copy_files(queue))
     except BaseException as exc:
         with contextlib.suppress(Exception):
-            await destination.delete(destination_uri)
+            await _remove_what_was_written(destination, destination_uri, written)
         # One file's error is the copy's error, not a group of one.
         if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
             raise exc.exceptions[0] from None
@@ -128,3 +131,16 @@ async def copy_payload(
     return CopyResult(
         files=len(entries), bytes=done, checksum=checksums[""] if single else None, seconds=time.monotonic() - started
     )
+
+
+async def _remove_what_was_written(destination: Backend, destination_uri: str, written: list[str]) -> None:
+    """Undo a failed copy: its files (partial ones remove themselves), then whatever directories it
+    made, if nothing else is in them. What someone else put there stays."""
+    for uri in written:
+        await destination.delete(uri)
+    try:
+        remaining = [entry async for entry in destination.walk(destination_uri)]
+    except TransferError:
+        return  # nothing there at all
+    if not remaining:
+        await destination.delete(destination_uri)

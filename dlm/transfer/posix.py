@@ -18,6 +18,7 @@ from dlm.errors import DLMError
 from dlm.transfer.base import (
     CHUNK_SIZE,
     Entry,
+    PayloadExists,
     PayloadInfo,
     PayloadMissing,
     StorageRefused,
@@ -28,7 +29,21 @@ from dlm.transfer.paths import check_relative_uri, resolve_inside
 
 PARTIAL_SUFFIX = ".dlm-partial"
 _WALK_BATCH = 1000
-_REFUSED = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EISDIR, errno.ENOTDIR}
+# Errors that will not go away by trying again: the copy fails at once, with the reason.
+_REFUSED = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.EEXIST,
+    errno.ENAMETOOLONG,
+    errno.ELOOP,
+}
+# Where a file system has no hard links, publishing falls back to a checked rename.
+_NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK}
 T = TypeVar("T")
 
 
@@ -60,6 +75,8 @@ class PosixBackend:
             return StorageUnreachable(f"storage root {str(self.root)!r} is not there")
         if exc.errno == errno.ENOENT:
             return PayloadMissing(f"no payload at {uri!r}")
+        if exc.errno == errno.EEXIST:
+            return PayloadExists(f"{uri!r} exists already; DLM never overwrites a payload")
         if exc.errno in _REFUSED:
             return StorageRefused(f"{uri!r}: {reason}")
         return StorageUnreachable(f"{uri!r}: {reason}")
@@ -111,9 +128,10 @@ class PosixBackend:
     async def write(
         self, uri: str, chunks: AsyncIterable[bytes], *, size_hint: int | None = None, mode: int | None = None
     ) -> int:
-        """Write next to the target under a partial name, fsync, then rename over it: a crash leaves
-        either the old state or the whole file, plus at worst a ``.dlm-partial`` that the next attempt
-        at the same URI overwrites (or deleting the URI removes). Up to SMALL_WRITE bytes are gathered
+        """Write next to the target under a partial name, fsync, then give it the target's name (never
+        over an existing file: that is a StorageRefused): a crash leaves no file or the whole file, plus
+        at worst a ``.dlm-partial`` that the next attempt at the same URI replaces (or deleting the URI
+        removes). Up to SMALL_WRITE bytes are gathered
         and written in one thread hop; beyond that the bytes stream to disk as they come."""
         check_relative_uri(uri)  # a bad URI fails before a byte is consumed; resolving waits for the thread
         target = partial = Path()
@@ -139,7 +157,7 @@ class PosixBackend:
         def publish() -> None:
             if mode is not None:
                 os.chmod(partial, stat.S_IMODE(mode))
-            os.replace(partial, target)
+            _publish_without_overwriting(partial, target)
             _fsync_directory(target.parent)
 
         try:
@@ -283,6 +301,21 @@ def _create_partial(path: str, flags: int) -> int:
     except FileExistsError:
         os.unlink(path)
         return os.open(path, create, 0o666)
+
+
+def _publish_without_overwriting(partial: Path, target: Path) -> None:
+    """Give the partial file its name, atomically, unless something took that name meanwhile (another
+    writer, a user): a hard link fails then, where a rename would replace it."""
+    try:
+        os.link(partial, target, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in _NO_LINKS:
+            raise
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, "exists", str(target)) from None
+        os.rename(partial, target)
+        return
+    os.unlink(partial)
 
 
 def _remove_quietly(path: Path) -> None:

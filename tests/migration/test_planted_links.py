@@ -1,5 +1,6 @@
 """A symlink planted in a storage cannot redirect a copy's write outside it, and a copy that meets one
-fails for good, once, rather than being claimed again and again."""
+fails for good, once, rather than being claimed again and again; nor does a copy ever replace a file
+that appeared at its destination meanwhile."""
 
 from pathlib import Path
 from typing import Any
@@ -51,3 +52,41 @@ async def test_a_copy_into_a_directory_swapped_for_a_link_fails_once_and_writes_
         replica = (await client.get("/request/query_data_item", params={"uid": queued["uid"]})).json()[0]
         assert replica["item_state"] == "DELETED"
     assert list(outside.iterdir()) == [], "nothing was written through the link"
+
+
+async def test_a_file_that_appears_at_the_destination_is_never_overwritten(
+    settings: Any, storage_root: Path, tmp_path: Path
+) -> None:
+    destination = tmp_path / "destination"
+    queue_only = msgspec.structs.replace(settings, migration_workers=0)
+    async with AsyncTestClient(create_app(queue_only)) as client:
+        registry = Registry(client, storage_root)
+        await registry.storage()
+        await registry.storage("destination", root=destination)
+        uid = await registry.register("obs", "obs.dat")
+        queued = await copy(client, uid=uid, destination_name="destination")
+    (destination / "obs.dat").write_text("someone else's")  # between queueing and copying
+    async with AsyncTestClient(create_app(settings)) as client:
+        done = await wait_for(client, queued["migration_id"], timeout=30)
+    assert (done["status"], done["attempts"]) == ("FAILED", 1), "refused for good at once, not retried"
+    assert "exists already" in done["last_error"] and "never overwrites" in done["last_error"]
+    assert (destination / "obs.dat").read_text() == "someone else's"
+    assert [path.name for path in destination.iterdir()] == ["obs.dat"], "no partial file left"
+
+
+async def test_a_write_never_replaces_an_existing_file(tmp_path: Path) -> None:
+    from dlm.transfer.base import StorageRefused
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "taken.dat").write_text("first")
+    backend = PosixBackend(str(root))
+    for size in (10, 3 * 1024 * 1024):
+        try:
+            await backend.write("taken.dat", _chunks(b"y" * size))
+        except StorageRefused as exc:
+            assert "never overwrites" in exc.message
+        else:
+            raise AssertionError("overwrote")
+        assert (root / "taken.dat").read_text() == "first"
+        assert sorted(path.name for path in root.iterdir()) == ["taken.dat"]
