@@ -2,7 +2,6 @@
 handler runs (and before a body is read)."""
 
 import datetime
-import logging
 import time
 from urllib.parse import urlsplit
 
@@ -19,8 +18,6 @@ from dlm.auth.principal import ANONYMOUS, Principal
 from dlm.config import Settings
 from dlm.errors import Forbidden, Unauthorized
 
-log = logging.getLogger("dlm.auth")
-
 # A verified API token is trusted this long before the database is asked again: revoking a token
 # takes effect in other DLM processes within this time (at once in the process that revoked it).
 TOKEN_CACHE_SECONDS = 10.0
@@ -35,7 +32,8 @@ class Gate:
         self.allowed_hosts = settings.allowed_host_names
         self.verifier = TokenVerifier(settings) if settings.auth_jwks_url or settings.auth_jwks_file else None
         self.openapi_path = openapi_path.rstrip("/")
-        # Open (anonymous callers act as admin) until start-up decides otherwise (``dlm.app``).
+        # Whether anonymous callers act as admin: decided at start-up (``dlm.app``'s lifespan); closed
+        # until then, unless DLM_AUTH=none.
         self.open = settings.auth == "none"
         self.sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self._tokens: dict[str, tuple[Principal, float]] = {}
