@@ -178,26 +178,16 @@ class StorageEvent(msgspec.Struct, kw_only=True):
     storage_name: str | None = None
 
 
-class Replica(Item, kw_only=True):
-    """A READY replica and the storage holding it (GET /request/query_item_storage)."""
-
-    location_id: uuid.UUID | None = None
-    storage_name: str | None = None
-    root_directory: str | None = None
-    storage_type: StorageType | None = None
-    storage_interface: StorageInterface | None = None
-    storage_phase: Phase | None = None
-    storage_capacity: int | None = None
-    storage_use_pct: float | None = None
-    storage_permissions: str | None = None
-    storage_checked: bool | None = None
-    storage_check_url: str | None = None
-    storage_last_checked: datetime.datetime | None = None
-    storage_num_objects: int | None = None
-    storage_available: bool | None = None
-    storage_retired: bool | None = None
-    storage_retire_date: datetime.datetime | None = None
-    storage_date: datetime.datetime | None = None
+# A READY replica and the storage holding it (GET /request/query_item_storage): an Item with its
+# Storage's fields (storage_id is already the Item's).
+_ITEM_FIELDS = {field.name for field in msgspec.structs.fields(Item)}
+Replica = msgspec.defstruct(
+    "Replica",
+    [(field.name, field.type, None) for field in msgspec.structs.fields(Storage) if field.name not in _ITEM_FIELDS],
+    bases=(Item,),
+    kw_only=True,
+    module=__name__,
+)
 
 
 class StorageUsage(msgspec.Struct, kw_only=True):

@@ -126,27 +126,25 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     @property
     def allowed_host_names(self) -> frozenset[str]:
         if self.allowed_hosts:
-            return frozenset(name.strip().lower() for name in self.allowed_hosts.split(",") if name.strip())
+            return frozenset(name.lower() for name in comma_list(self.allowed_hosts))
         return frozenset({self.host.lower(), "localhost", "127.0.0.1", "::1"})
 
     @property
     def storage_root_paths(self) -> list[Path]:
         if self.storage_roots:
-            return [Path(root.strip()) for root in self.storage_roots.split(",") if root.strip()]
+            return [Path(root) for root in comma_list(self.storage_roots)]
         return [Path(self.data_dir)]
 
     @property
     def s3_endpoint_list(self) -> list[str] | None:
-        if not self.s3_endpoints:
-            return None
-        return [endpoint.strip() for endpoint in self.s3_endpoints.split(",") if endpoint.strip()]
+        return comma_list(self.s3_endpoints) or None
 
     @property
     def metadata_plugin_names(self) -> list[str] | None:
         """The plugins chosen, or None for all installed."""
         if self.metadata_plugins is None:
             return None
-        names = [name.strip() for name in self.metadata_plugins.split(",") if name.strip()]
+        names = comma_list(self.metadata_plugins)
         return [] if names == ["none"] else names
 
     @property
@@ -183,11 +181,16 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
             raise InvalidSettings(_describe_settings_error(str(exc))) from None
 
 
+def comma_list(text: str | None) -> list[str]:
+    """The non-empty, stripped parts of a comma-separated setting."""
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
 def parse_role_map(text: str | None) -> dict[str, Role] | None:
     if text is None:
         return None
     mapping = {}
-    for pair in filter(None, (part.strip() for part in text.split(","))):
+    for pair in comma_list(text):
         value, equals, role = pair.rpartition("=")
         if not equals or not value.strip() or role.strip() not in Role.__members__.values():
             raise ValueError(f"DLM_AUTH_ROLE_MAP: {pair!r} must be claim-value=role, the role one of {', '.join(Role)}")

@@ -69,3 +69,26 @@ def database_url(settings: Settings, *, create: bool = False) -> Iterator[str]:
         yield embedded.database_url
     finally:
         embedded.stop()
+
+
+def in_database_transaction(work: Callable[[Any], Coroutine[Any, Any, Any]], *, actor: str) -> Any:
+    """``await work(session)`` in one transaction on DLM's database (DLM_DATABASE_URL, or the embedded
+    one), as ``actor``, once its schema is checked; storage configs open with DLM_SECRET_KEY."""
+    from dlm.db.engine import create_engine, create_sessionmaker, transaction
+    from dlm.db.schema import check_schema
+    from dlm.storage.configs import Keyring
+
+    settings = load_settings()
+
+    async def in_database(url: str) -> Any:
+        engine = create_engine(url, pool_size=1)
+        try:
+            await check_schema(engine)
+            sessionmaker = create_sessionmaker(engine, keyring=Keyring.from_text(settings.secret_key))
+            async with transaction(sessionmaker, actor=actor) as session:
+                return await work(session)
+        finally:
+            await engine.dispose()
+
+    with database_url(settings) as url:
+        return run(lambda: in_database(url))

@@ -9,7 +9,7 @@ import sys
 import click
 import msgspec
 
-from dlm.cli.common import CLIError, database_url, load_settings, run
+from dlm.cli.common import CLIError, database_url, in_database_transaction, load_settings, run
 
 
 @click.command()
@@ -160,25 +160,9 @@ def reseal_configs() -> None:
     Example:
       DLM_SECRET_KEY=$(dlm db new-secret-key),$DLM_SECRET_KEY dlm db reseal-configs
     """
-    from dlm.db.engine import create_engine, create_sessionmaker, transaction
-    from dlm.db.schema import check_schema
-    from dlm.storage.configs import Keyring
     from dlm.storage.service import reseal_configs as reseal
 
-    settings = load_settings()
-
-    async def in_database(url: str) -> int:
-        engine = create_engine(url, pool_size=1)
-        try:
-            await check_schema(engine)
-            sessionmaker = create_sessionmaker(engine, keyring=Keyring.from_text(settings.secret_key))
-            async with transaction(sessionmaker, actor="dlm db reseal-configs") as session:
-                return await reseal(session)
-        finally:
-            await engine.dispose()
-
-    with database_url(settings) as url:
-        changed = run(lambda: in_database(url))
+    changed = in_database_transaction(reseal, actor="dlm db reseal-configs")
     click.echo(f"sealed {changed} storage config(s) with the first key of DLM_SECRET_KEY")
 
 

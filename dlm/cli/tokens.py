@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from dlm.cli.common import CLIError, database_url, load_settings, run
+from dlm.cli.common import CLIError, in_database_transaction
 from dlm.cli.remote import show
 
 ROLES = ("reader", "ingest", "operator", "admin")
@@ -27,22 +27,8 @@ def _over(url: str | None, token: str | None, remote_call: Callable[[Any], Any],
         except DLMError as exc:
             raise CLIError(f"{type(exc).__name__}: {exc.message}") from None
 
-    from dlm.db.engine import create_engine, create_sessionmaker, transaction
-    from dlm.db.schema import check_schema
-
     actor = f"cli:{getpass.getuser()}"
-
-    async def in_database(url: str) -> Any:
-        engine = create_engine(url, pool_size=1)
-        try:
-            await check_schema(engine)
-            async with transaction(create_sessionmaker(engine), actor=actor) as session:
-                return await local_call(session, actor)
-        finally:
-            await engine.dispose()
-
-    with database_url(load_settings()) as database:
-        return run(lambda: in_database(database))
+    return in_database_transaction(lambda session: local_call(session, actor), actor=actor)
 
 
 def _remote_options(function: Callable[..., Any]) -> Callable[..., Any]:

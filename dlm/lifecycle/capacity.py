@@ -29,6 +29,7 @@ from dlm.storage.service import (
     file_system_usage,
     held_by_storage,
     lock_replicas,
+    record_storage_event,
 )
 from dlm.transfer.base import TransferError
 
@@ -144,7 +145,7 @@ async def _record(session: AsyncSession, storage: Storage, event: str, detail: s
     )
     if last == event or (last is None and event == RELIEVED_EVENT):
         return
-    session.add(StorageEvent(storage_id=storage.storage_id, event=event, detail=detail, actor=ACTOR))
+    await record_storage_event(session, storage.storage_id, event, detail)
 
 
 async def _evict(

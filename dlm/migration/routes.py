@@ -9,17 +9,17 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dlm.api import Authorization, OptionalUuidQuery, UuidQuery, provide_session
+from dlm.api import MAX_BIGINT, Authorization, OptionalUuidQuery, UuidQuery, provide_session
 from dlm.auth import Principal
 from dlm.auth.policy import permission
 from dlm.enums import Role
 from dlm.migration import service
 from dlm.rows import row_dict, row_dicts
 
-MigrationId = Annotated[int, QueryParameter(ge=1, le=2**63 - 1, description="the migration's id")]
+MigrationId = Annotated[int, QueryParameter(ge=1, le=MAX_BIGINT, description="the migration's id")]
 
 
-def _only_own(principal: NamedDependency[Principal]) -> str | None:
+def _only_own(principal: Principal) -> str | None:
     """Operators see every migration; anyone else only those they queued."""
     return None if principal.may(Role.OPERATOR) else principal.subject
 

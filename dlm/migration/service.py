@@ -18,7 +18,7 @@ from dlm.db.models import Migration, Storage
 from dlm.enums import ItemState, MigrationStatus
 from dlm.errors import Conflict, DLMError, InvalidQueryParameters, NotFound, UnmetPreconditionForOperation
 from dlm.parsing import parse_datetime, parse_uuid, shift
-from dlm.storage.service import lock_replicas, refuse_new_payloads, resolve_storage, storage_backend
+from dlm.storage.service import is_writable, lock_replicas, refuse_new_payloads, resolve_storage, storage_backend
 from dlm.transfer.base import TransferError
 from dlm.transfer.paths import check_relative_uri
 
@@ -98,7 +98,7 @@ async def pick_source(session: AsyncSession, *, item_name: str = "", oid: str = 
 
 async def _check_destination(session: AsyncSession, source: Row[Any], destination: Storage, uri: str) -> None:
     refuse_new_payloads(destination, "destination")
-    if "W" not in (destination.storage_permissions or "").upper():
+    if not is_writable(destination):
         raise UnmetPreconditionForOperation(f"destination: storage {destination.storage_name!r} is read-only")
     if destination.storage_id == source.storage_id:
         raise InvalidQueryParameters(

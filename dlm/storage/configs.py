@@ -14,6 +14,7 @@ from urllib.parse import urlparse, urlsplit, urlunsplit
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from dlm.config import comma_list
 from dlm.enums import ConfigType, StorageInterface
 from dlm.errors import InvalidQueryParameters, UnmetPreconditionForOperation
 
@@ -187,7 +188,7 @@ class Keyring:
 
     @classmethod
     def from_text(cls, text: str | None) -> "Keyring":
-        return cls([key.strip() for key in (text or "").split(",") if key.strip()])
+        return cls(comma_list(text))
 
     @property
     def sealing(self) -> bool:

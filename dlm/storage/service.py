@@ -117,8 +117,7 @@ async def init_storage(
         configs.validate(storage_config, interface=storage_interface)
     if await session.scalar(select(Storage.storage_id).where(Storage.storage_name == storage_name)):
         raise ValueAlreadyInDB(f"storage_name: a storage named {storage_name!r} exists already")
-    if storage_capacity < -1:
-        raise InvalidQueryParameters("storage_capacity: must be a number of bytes, or -1 for no limit")
+    _check_capacity(storage_capacity)
     if storage_interface is StorageInterface.POSIX:
         root = Path(root_directory)
         if "\x00" in root_directory or not root.is_absolute():
@@ -204,8 +203,7 @@ async def update_storage(
     if available is not None:
         changes["storage_available"] = available
     if capacity is not None:
-        if capacity < -1:
-            raise InvalidQueryParameters("storage_capacity: must be a number of bytes, or -1 for no limit")
+        _check_capacity(capacity)
         changes["storage_capacity"] = capacity
     if permissions is not None:
         if permissions.upper() not in PERMISSIONS:
@@ -234,6 +232,11 @@ async def update_storage(
     if described:
         await record_storage_event(session, storage.storage_id, "storage_updated", "; ".join(described))
     return row
+
+
+def _check_capacity(capacity: int) -> None:
+    if capacity < -1:
+        raise InvalidQueryParameters("storage_capacity: must be a number of bytes, or -1 for no limit")
 
 
 def _describe_change(storage: Storage, name: str, value: Any) -> str:
