@@ -93,6 +93,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     storage_roots: str | None = None
     # S3 endpoints (comma-separated URLs; "aws" for AWS's own) storages may use; unset: any.
     s3_endpoints: str | None = None
+    # SSH hosts (comma-separated "host" or "host:port") SFTP storages may reach; unset: any.
+    sftp_hosts: str | None = None
     # Fernet keys (comma-separated, newest first) that encrypt storage configs at rest.
     secret_key: str | None = None
 
@@ -138,6 +140,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     @property
     def s3_endpoint_list(self) -> list[str] | None:
         return comma_list(self.s3_endpoints) or None
+
+    @property
+    def sftp_host_list(self) -> list[str] | None:
+        return comma_list(self.sftp_hosts) or None
 
     @property
     def metadata_plugin_names(self) -> list[str] | None:

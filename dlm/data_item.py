@@ -2,6 +2,7 @@
 managers, the CLI and the workers all change items through these functions."""
 
 import datetime
+import typing
 import uuid
 import zlib
 from collections.abc import Iterable, Sequence
@@ -69,6 +70,10 @@ class ItemInit(ItemChanges, kw_only=True, forbid_unknown_fields=True):
     uid_phase: Phase | msgspec.UnsetType = msgspec.UNSET
 
 
+_NOT_NULLABLE = frozenset(
+    field.name for field in msgspec.structs.fields(ItemInit) if type(None) not in typing.get_args(field.type)
+)
+
 _NOT_CHANGEABLE_HINTS = {
     "uid_phase": "uid_phase follows the phase of the replica's storage",
     "oid_phase": "oid_phase is computed from the item's READY replicas",
@@ -78,10 +83,16 @@ _NOT_CHANGEABLE_HINTS = {
 DATETIME_FIELDS = frozenset({"uid_expiration", "oid_expiration", "last_access"})
 
 
-def convert_body(body: dict[str, Any] | None, struct: type[msgspec.Struct], field: str) -> Any:
+def convert_body(
+    body: dict[str, Any] | None, struct: type[msgspec.Struct], field: str, *, null_means_default: bool = False
+) -> Any:
     """Decode a JSON body into ``struct``; errors name the offending key. Timestamps follow the API's one
-    rule (ISO 8601 date or date-time, naive means UTC), as they do in query parameters."""
+    rule (ISO 8601 date or date-time, naive means UTC), as they do in query parameters. With
+    ``null_means_default`` (a new item), null for a column that cannot be null asks for its default,
+    as SKA's clients send it."""
     body = dict(body or {})
+    if null_means_default:
+        body = {key: value for key, value in body.items() if value is not None or key not in _NOT_NULLABLE}
     for key, value in body.items():
         if key in _NOT_CHANGEABLE_HINTS and key not in struct.__struct_fields__:
             raise InvalidQueryParameters(f"{field}.{key}: cannot be set: {_NOT_CHANGEABLE_HINTS[key]}")

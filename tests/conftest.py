@@ -4,11 +4,14 @@ database per test cloned from a template built by `alembic upgrade head`, and a 
 import asyncio
 import contextlib
 import os
+import pwd
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import urllib.request
 import uuid
@@ -18,6 +21,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy.engine import make_url
@@ -208,8 +212,10 @@ class Registry:
         phase: str = "GAS",
         root: Path | None = None,
         location: str = "site",
+        config: dict[str, Any] | None = None,
         **params: Any,
     ) -> str:
+        """A POSIX storage; with an sftp ``config``, one on another host (the SSH server's)."""
         root = root or self.root
         root.mkdir(parents=True, exist_ok=True)
         await self._ensure_location(location)
@@ -224,6 +230,7 @@ class Registry:
                 "storage_phase": phase,
                 **params,
             },
+            json=config,
         )
         assert response.status_code == 200, response.text
         return response.json()
@@ -438,3 +445,92 @@ async def in_two_processes(database_url: str, run_once: Any) -> list[Any]:
 
 async def gather(*coroutines: Any) -> list[Any]:
     return await asyncio.gather(*coroutines)
+
+
+class SshServer(msgspec.Struct, frozen=True):
+    """OpenSSH's sshd on loopback, and what a client needs to reach it as ``user``."""
+
+    host: str
+    port: int
+    user: str
+    key_file: str
+    known_hosts_file: str
+    public_key: str
+
+    def config(self, **overrides: Any) -> dict[str, Any]:
+        """An rclone ``sftp`` remote for this server."""
+        return {
+            "type": "sftp",
+            "host": self.host,
+            "port": str(self.port),
+            "user": self.user,
+            "key_file": self.key_file,
+            "known_hosts_file": self.known_hosts_file,
+            **overrides,
+        }
+
+
+def _sshd_binary() -> str | None:
+    found = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
+    return found
+
+
+@pytest.fixture(scope="session")
+def ssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """A real SSH server (the distribution's OpenSSH sshd) on a loopback port, accepting one key for
+    the user running the tests. `.ci/run` installs it; without it the SFTP tests skip, saying why."""
+    sshd = _sshd_binary()
+    if sshd is None:
+        pytest.skip("SFTP tests need OpenSSH's sshd (apt-get install openssh-server); it is not installed")
+    directory = tmp_path_factory.mktemp("sshd")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / "host_key")], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / "client_key")], check=True)
+    (directory / "authorized_keys").write_text((directory / "client_key.pub").read_text())
+    port = free_port()
+    user = pwd.getpwuid(os.getuid()).pw_name
+    (directory / "sshd_config").write_text(
+        textwrap.dedent(f"""\
+            ListenAddress 127.0.0.1:{port}
+            HostKey {directory}/host_key
+            PidFile {directory}/sshd.pid
+            AuthorizedKeysFile {directory}/authorized_keys
+            AllowUsers {user}
+            PermitRootLogin prohibit-password
+            PasswordAuthentication no
+            KbdInteractiveAuthentication no
+            UsePAM no
+            StrictModes no
+            Subsystem sftp internal-sftp
+            LogLevel ERROR
+            MaxSessions 100
+            MaxStartups 100
+            """)
+    )
+    host_public = (directory / "host_key.pub").read_text().split()
+    (directory / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_public[0]} {host_public[1]}\n")
+    if os.getuid() == 0:
+        os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege-separation directory
+    server = subprocess.Popen(
+        [sshd, "-D", "-e", "-f", str(directory / "sshd_config")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
+            if probe.recv(4).startswith(b"SSH-"):
+                break
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise RuntimeError(f"sshd did not start: {server.stderr.read().decode() if server.stderr else ''}")
+        time.sleep(0.1)
+    try:
+        yield SshServer(
+            host="127.0.0.1",
+            port=port,
+            user=user,
+            key_file=str(directory / "client_key"),
+            known_hosts_file=str(directory / "known_hosts"),
+            public_key=(directory / "client_key.pub").read_text().strip(),
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -211,9 +211,22 @@ def test_the_python_client_in_a_few_lines(live: Live) -> None:
 
 
 async def test_the_async_client(live: Live) -> None:
+    # Its own storage: under xdist no other test of the module need have run on this worker first.
+    dlm(live, "storage", "add-location", "async-site", "--type", "local-dev")
+    (live.root / "async-disk").mkdir()
+    dlm(
+        live,
+        "storage",
+        "add-storage",
+        "async-disk",
+        "--location",
+        "async-site",
+        "--root",
+        str(live.root / "async-disk"),
+    )
     async with AsyncDLMClient(live.url) as client:
-        storages = await client.storages()
-        assert storages and all(storage.storage_id for storage in storages)
+        storages = await client.storages(storage_name="async-disk")
+        assert [storage.storage_name for storage in storages] == ["async-disk"] and storages[0].storage_id
         assert await client.query(item_name="no-such-item") == []
         with pytest.raises(NotFound, match="migration_id 424242"):
             await client.migration(424242)

@@ -152,7 +152,7 @@ def _first_line(error: object) -> str:
 
 _UNIQUE_MESSAGES = {
     "uq_data_item_item_name_storage_id_live": "item is already registered on this storage",
-    "uq_data_item_storage_id_uri_live": "uri: this payload is already another live replica's on this storage",
+    "uq_data_item_storage_id_payload_live": "uri: this payload is already another live replica's on this storage",
     "uq_location_location_name": "a location with this location_name already exists",
     "uq_storage_storage_name": "a storage with this storage_name already exists",
 }

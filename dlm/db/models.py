@@ -196,7 +196,14 @@ class DataItem(Base):
         ),
         # A payload belongs to one live replica: otherwise deleting one item's replica (expiry, capacity,
         # a user) would delete the bytes another item still counts on.
-        Index("uq_data_item_storage_id_uri_live", "storage_id", "uri", unique=True, postgresql_where=NOT_DELETED),
+        # "/x" and "x" name the same payload (dlm.transfer.paths.payload_key).
+        Index(
+            "uq_data_item_storage_id_payload_live",
+            "storage_id",
+            text("ltrim(uri, '/')"),
+            unique=True,
+            postgresql_where=NOT_DELETED,
+        ),
     )
 
 

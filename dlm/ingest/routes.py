@@ -24,7 +24,10 @@ from dlm.parsing import parse_datetime
     **permission(Role.INGEST),
     summary="Init Data Item",
     description="Create an INITIALISED data_item; finish the ingest with set_uri then set_state(READY). "
-    "item_name or json_data (columns of the new item, e.g. item_name, oid for a further replica) is required.",
+    "item_name or json_data (columns of the new item, e.g. item_name, oid for a further replica) is required. "
+    "DLM addition: json_data with item_state READY, uri and storage_id creates the replica READY at once if its "
+    "payload is there (and, for a further replica, has the size of the item's others); the same payload "
+    "announced again returns the existing replica's uid.",
     status_code=200,
 )
 async def init_data_item(
@@ -35,7 +38,7 @@ async def init_data_item(
     data: JSONBody[dict[str, Any] | None] = None,
     authorization: Authorization = None,
 ) -> Response[str]:
-    init = convert_body(data, ItemInit, "json_data")
+    init = convert_body(data, ItemInit, "json_data", null_means_default=True)
     uid = await service.init_item(
         session, item_name=item_name, uid_phase=uid_phase, init=init, owner=owner_of_new_items(principal)
     )

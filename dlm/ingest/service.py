@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import msgspec
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dlm.data_item import (
@@ -19,12 +19,14 @@ from dlm.data_item import (
     create_items,
     lock_item_names,
     next_versions,
+    refresh_oid_phase,
     resolve_oid,
     utc,
 )
-from dlm.db.models import DEFAULT_MIME_TYPE, DEFAULT_OWNER, DataItem, Storage
-from dlm.enums import ChecksumMethod, ItemState, ItemType, Phase
+from dlm.db.models import DEFAULT_MIME_TYPE, DEFAULT_OWNER, DataItem, Migration, Storage
+from dlm.enums import ChecksumMethod, ItemState, ItemType, MigrationStatus, Phase
 from dlm.errors import (
+    Conflict,
     DLMError,
     InvalidQueryParameters,
     NotFound,
@@ -33,7 +35,7 @@ from dlm.errors import (
 )
 from dlm.metadata import Extractor, Payload, extract
 from dlm.storage.service import refuse_new_payloads, resolve_storage, storage_backend
-from dlm.transfer.paths import check_relative_uri
+from dlm.transfer.paths import check_relative_uri, payload_key
 
 MAX_BULK_ITEMS = 100_000
 MAX_BULK_BYTES = 64 * 1024 * 1024
@@ -87,10 +89,14 @@ async def init_item(
         values["item_owner"] = owner
     if not values.get("item_name") and "oid" not in values:
         raise InvalidQueryParameters("item_name: required unless json_data names the item (item_name or oid)")
-    if values.get("item_state", ItemState.INITIALISED) is not ItemState.INITIALISED:
-        raise InvalidQueryParameters("json_data.item_state: a new item is INITIALISED; use set_state afterwards")
-    values.pop("item_state", None)
+    state = values.pop("item_state", ItemState.INITIALISED)
+    if state not in (ItemState.INITIALISED, ItemState.READY):
+        raise InvalidQueryParameters(
+            "json_data.item_state: a new item is INITIALISED, or READY when json_data names its payload "
+            "(uri and storage_id); use set_state afterwards"
+        )
     values.setdefault("uid_phase", uid_phase)
+    storage = None
     if values.get("storage_id") is not None:
         storage = await session.get(Storage, values["storage_id"])
         if storage is None:
@@ -98,6 +104,13 @@ async def init_item(
         values["uid_phase"] = storage.storage_phase
     if values.get("parents") is not None:
         values["parents"] = await resolve_oid(session, values["parents"], "json_data.parents")
+    if state is ItemState.READY:
+        if storage is None or not values.get("uri"):
+            raise InvalidQueryParameters(
+                "json_data.item_state: READY needs json_data.uri and json_data.storage_id, naming a payload that exists"
+            )
+        if (ready := await _ready_replica(session, values, storage)) is not None:
+            return ready
     uid = uuid.uuid4()
     if "oid" in values:
         # A further replica of an existing item: same oid (the trigger resolves a uid), same name and version.
@@ -114,9 +127,76 @@ async def init_item(
     else:
         await lock_item_names(session, [values["item_name"]])
         values["item_version"] = (await next_versions(session, [values["item_name"]]))[values["item_name"]]
-        values["oid_phase"] = Phase.PLASMA
+        values["oid_phase"] = values["uid_phase"] if state is ItemState.READY else Phase.PLASMA
     await create_items(session, [{"uid": uid, **values}])
+    if state is ItemState.READY and "oid" in values:
+        await refresh_oid_phase(session, [values["oid"]])
     return uid
+
+
+async def _ready_replica(session: AsyncSession, values: dict[str, Any], storage: Storage) -> uuid.UUID | None:
+    """Check that a replica created READY by ``init_data_item`` has its payload, as registration checks
+    it, and fill in what the payload says (``values`` gains item_state, and size and type if absent).
+    Returns the uid of the live replica that already is this one (same item, same payload), if any:
+    a container's copy gives its members their replicas, and a watcher may announce them too."""
+    uri = values["uri"]
+    refuse_new_payloads(storage, "json_data.storage_id")
+    key = payload_key(uri)
+    if "oid" in values:
+        oid = await resolve_oid(session, values["oid"], "json_data.oid")
+        same = await session.scalar(
+            select(DataItem.uid).where(
+                DataItem.oid == oid,
+                DataItem.storage_id == storage.storage_id,
+                func.ltrim(DataItem.uri, "/") == key,
+                DataItem.item_state == ItemState.READY,
+            )
+        )
+        if same is not None:
+            return same
+    copying = await session.scalar(
+        select(Migration.migration_id)
+        .join(DataItem, DataItem.uid == Migration.destination_uid)
+        .where(
+            Migration.destination_storage_id == storage.storage_id,
+            Migration.status.in_([MigrationStatus.PENDING, MigrationStatus.RUNNING]),
+            (func.ltrim(DataItem.uri, "/") == key) | func.starts_with(key, func.ltrim(DataItem.uri, "/") + "/"),
+        )
+        .limit(1)
+    )
+    if copying is not None:
+        raise Conflict(
+            f"json_data.uri: {uri!r} on storage {storage.storage_name!r} is being written by migration {copying}; "
+            "a container's members get their replicas there when its copy succeeds"
+        )
+    async with await storage_backend(session, storage) as backend:
+        info = await backend.stat(uri)
+    if info is None:
+        raise UnmetPreconditionForOperation(f"json_data.uri: no payload at {uri!r} on storage {storage.storage_name!r}")
+    item_type = values.get("item_type")
+    if item_type is not None and info.is_container != (ItemType(item_type) is ItemType.CONTAINER):
+        kind = "a directory" if info.is_container else "a file"
+        raise UnmetPreconditionForOperation(f"json_data.item_type: the payload at {uri!r} is {kind}, not a {item_type}")
+    values.setdefault("item_type", ItemType.CONTAINER if info.is_container else ItemType.FILE)
+    if "oid" in values and info.size is not None:
+        sizes = set(
+            await session.scalars(
+                select(DataItem.item_size).where(
+                    DataItem.oid == values["oid"],
+                    DataItem.item_state == ItemState.READY,
+                    DataItem.item_size.is_not(None),
+                )
+            )
+        )
+        if sizes and info.size not in sizes:
+            raise UnmetPreconditionForOperation(
+                f"json_data.uri: the payload at {uri!r} has {info.size} bytes; the item's READY replicas have "
+                f"{', '.join(str(size) for size in sorted(sizes))}: it is not a replica of that item"
+            )
+    if values.get("item_size") is None and info.size is not None:
+        values["item_size"] = info.size
+    values["item_state"] = ItemState.READY
+    return None
 
 
 async def register_item(
@@ -171,8 +251,12 @@ async def _first_live_with(
     session: AsyncSession, column: str, values: list[str], storage_ids: list[uuid.UUID], where: Callable[[int], str]
 ) -> tuple[int, Any] | None:
     """The first entry whose ``column`` value is already a live replica's on its storage, with that
-    replica (item_name, value); a value repeated for one storage within the batch is refused here."""
+    replica (item_name, value); a value repeated for one storage within the batch is refused here.
+    Uris compare as payloads ("/x" is "x")."""
     assert column in ("item_name", "uri")  # a fixed column name, never caller input, goes into the SQL
+    compared = f"ltrim(d.{column}, '/')" if column == "uri" else f"d.{column}"
+    if column == "uri":
+        values = [payload_key(value) for value in values]
     keys = list(zip(values, storage_ids, strict=True))
     duplicated = [key for key, count in Counter(keys).items() if count > 1]
     if duplicated:
@@ -182,15 +266,15 @@ async def _first_live_with(
     taken = (
         await session.execute(
             text(
-                f"SELECT d.item_name, d.{column} AS value, d.storage_id FROM data_item AS d "
+                f"SELECT d.item_name, d.{column} AS value, {compared} AS key, d.storage_id FROM data_item AS d "
                 "JOIN unnest(CAST(:values AS text[]), CAST(:storages AS uuid[])) AS k(value, storage_id) "
-                f"ON d.{column} = k.value AND d.storage_id = k.storage_id "
+                f"ON {compared} = k.value AND d.storage_id = k.storage_id "
                 "WHERE d.item_state <> 'DELETED' LIMIT 1"
             ),
             {"values": values, "storages": storage_ids},
         )
     ).first()
-    return None if taken is None else (keys.index((taken.value, taken.storage_id)), taken)
+    return None if taken is None else (keys.index((taken.key, taken.storage_id)), taken)
 
 
 async def register_items(

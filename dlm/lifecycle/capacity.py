@@ -110,7 +110,7 @@ async def run_once(
                 held=held.get(storage.storage_id, (0, 0))[0],
                 capacity=storage.storage_capacity if storage.storage_capacity > 0 else None,
             )
-            disk = await file_system_usage(storage) if check_file_systems else None
+            disk = await file_system_usage(guard, storage) if check_file_systems else None
             if disk is not None:
                 fill.disk_used, fill.disk_total = disk.total - disk.free, disk.total
             freed = 0

@@ -25,13 +25,13 @@ import uuid
 from typing import Any
 
 import msgspec
-from sqlalchemy import Row, exists, or_, select, update
+from sqlalchemy import Row, and_, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dlm.data_item import ITEMS
 from dlm.db.engine import transaction
 from dlm.db.models import Migration, PhaseChange, Storage
-from dlm.enums import ItemState, MigrationStatus, Phase, StorageInterface, combined_phase
+from dlm.enums import ItemState, MigrationStatus, Phase, combined_phase
 from dlm.errors import DLMError
 from dlm.lifecycle import claim_item, phase_weight
 from dlm.migration.service import copy_item
@@ -102,6 +102,13 @@ async def run_once(
                 )
             )
         )
+    # A container's registered members travel with its copies (and leave with its removal): copied on
+    # their own into its tree, they would collide with it. Only a corrupted member is repaired alone.
+    container = ITEMS.alias("container")
+    rides_with_container = and_(
+        ITEMS.c.parents.is_not(None),
+        exists().where(container.c.oid == ITEMS.c.parents, container.c.item_state == ItemState.READY),
+    )
     while True:
         async with transaction(sessionmaker, actor=ACTOR) as session:
             oids = list(
@@ -112,9 +119,14 @@ async def run_once(
                         ITEMS.c.item_state.in_([ItemState.READY, ItemState.CORRUPTED]),
                         ITEMS.c.oid_expiration > now,
                         or_(
-                            phase_weight(ITEMS.c.oid_phase) < phase_weight(ITEMS.c.target_phase),
+                            and_(
+                                or_(
+                                    phase_weight(ITEMS.c.oid_phase) < phase_weight(ITEMS.c.target_phase),
+                                    ITEMS.c.storage_id.in_(retiring),
+                                ),
+                                ~rides_with_container,
+                            ),
                             ITEMS.c.item_state == ItemState.CORRUPTED,
-                            ITEMS.c.storage_id.in_(retiring),
                         ),
                     )
                     .group_by(ITEMS.c.oid)
@@ -272,17 +284,15 @@ class _Placement:
                 )
             )
             held = await held_by_storage(session, [storage.storage_id for storage in storages])
-        room: dict[uuid.UUID, int | None] = {}
-        for storage in storages:
-            limits = []
-            if storage.storage_capacity >= 0:
-                limits.append(storage.storage_capacity - held.get(storage.storage_id, (0, 0))[0])
-            disk = await file_system_usage(storage)
-            if disk is not None:
-                limits.append(disk.free)
-            elif storage.storage_interface is StorageInterface.POSIX:
-                limits.append(-1)  # not mounted: no room
-            room[storage.storage_id] = min(limits) if limits else None
+            room: dict[uuid.UUID, int | None] = {}
+            for storage in storages:
+                limits = []
+                if storage.storage_capacity >= 0:
+                    limits.append(storage.storage_capacity - held.get(storage.storage_id, (0, 0))[0])
+                disk = await file_system_usage(session, storage)
+                if disk is not None:
+                    limits.append(disk.free)  # 0 when not mounted: no room
+                room[storage.storage_id] = min(limits) if limits else None
         return cls(storages, room)
 
     def usable(self, storage_id: uuid.UUID) -> Storage | None:

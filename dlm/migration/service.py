@@ -10,7 +10,7 @@ import logging
 import uuid
 from typing import Any
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dlm.data_item import ITEMS, change_items, create_items, item_selector
@@ -20,7 +20,7 @@ from dlm.errors import Conflict, DLMError, InvalidQueryParameters, NotFound, Unm
 from dlm.parsing import parse_datetime, parse_uuid, shift
 from dlm.storage.service import is_writable, lock_replicas, refuse_new_payloads, resolve_storage, storage_backend
 from dlm.transfer.base import TransferError
-from dlm.transfer.paths import check_relative_uri
+from dlm.transfer.paths import check_relative_uri, payload_key
 
 log = logging.getLogger("dlm.migration")
 
@@ -115,6 +115,27 @@ async def _check_destination(session: AsyncSession, source: Row[Any], destinatio
         raise Conflict(
             f"destination: {destination.storage_name!r} already holds replica {existing} of {source.item_name!r}"
         )
+    key = payload_key(uri)
+    nesting = (
+        await session.execute(
+            select(ITEMS.c.item_name, ITEMS.c.uri).where(
+                ITEMS.c.storage_id == destination.storage_id,
+                ITEMS.c.item_state != ItemState.DELETED,
+                func.starts_with(key, func.ltrim(ITEMS.c.uri, "/") + "/")
+                | func.starts_with(func.ltrim(ITEMS.c.uri, "/"), key + "/"),
+                # A member may go back into its own container's READY replica (a repair).
+                ~((ITEMS.c.oid == source.parents) & (ITEMS.c.item_state == ItemState.READY)),
+            )
+        )
+    ).first()
+    if nesting is not None:
+        # A member travels with its container's copy; two copies into one tree would collide.
+        inside = payload_key(nesting.uri).startswith(key + "/")
+        raise Conflict(
+            f"path: {uri!r} {'contains' if inside else 'lies inside'} {nesting.uri!r} on "
+            f"{destination.storage_name!r}, the payload of {nesting.item_name!r}; a container's members "
+            "travel with its copy (choose another path)"
+        )
     async with await storage_backend(session, destination) as backend:
         if await backend.stat(uri) is not None:
             raise Conflict(
@@ -142,7 +163,9 @@ async def copy_item(
         raise InvalidQueryParameters("one of destination_name, destination_id is required")
     source = await pick_source(session, item_name=item_name, oid=oid, uid=uid)
     destination = await resolve_storage(session, storage_name=destination_name, storage_id=destination_id)
-    uri = str(check_relative_uri(path, "path")) if path else source.uri
+    if path:
+        check_relative_uri(path, "path")
+    uri = path or source.uri
     await _check_destination(session, source, destination, uri)
     [replica_uid] = await create_items(
         session, [replica_values(source, storage=destination, uri=uri, state=ItemState.INITIALISED)]
@@ -222,7 +245,7 @@ async def discard_destination(session: AsyncSession, migration: Migration, *, re
     taken = await session.scalar(
         select(ITEMS.c.uid).where(
             ITEMS.c.storage_id == migration.destination_storage_id,
-            ITEMS.c.uri == replica.uri,
+            func.ltrim(ITEMS.c.uri, "/") == payload_key(replica.uri),
             ITEMS.c.item_state != ItemState.DELETED,
         )
     )

@@ -30,6 +30,7 @@ from dlm.migration.service import discard_destination, replica_values, set_migra
 from dlm.storage.service import lock_replicas, storage_backend
 from dlm.transfer.base import PayloadExists, TransferError
 from dlm.transfer.copy import CopyResult, copy_payload
+from dlm.transfer.paths import payload_key
 
 log = logging.getLogger("dlm.migration")
 
@@ -251,14 +252,14 @@ class Job:
         destination = await session.get(Storage, job.destination_storage_id)
         target_uri = await session.scalar(select(ITEMS.c.uri).where(ITEMS.c.uid == job.destination_uid))
         assert destination is not None and target_uri is not None
-        prefix = f"{container.uri}/"
+        prefix = f"{payload_key(container.uri)}/"
         children = (
             await session.execute(
                 select(ITEMS).where(
                     ITEMS.c.parents == container.oid,
                     ITEMS.c.storage_id == container.storage_id,
                     ITEMS.c.item_state == ItemState.READY,
-                    ITEMS.c.uri.startswith(prefix, autoescape=True),
+                    func.ltrim(ITEMS.c.uri, "/").startswith(prefix, autoescape=True),
                 )
             )
         ).all()
@@ -275,7 +276,7 @@ class Job:
         for child in children:
             if child.oid in already:
                 continue
-            uri = target_uri + "/" + child.uri[len(prefix) :]
+            uri = target_uri + "/" + payload_key(child.uri)[len(prefix) :]
             row = replica_values(child, storage=destination, uri=uri, state=ItemState.READY)
             row["item_checksum"] = child.item_checksum  # verified file by file during the copy
             rows.append(row)

@@ -17,6 +17,8 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from dlm.config import comma_list
 from dlm.enums import ConfigType, StorageInterface
 from dlm.errors import InvalidQueryParameters, UnmetPreconditionForOperation
+from dlm.transfer.backends import flat_config
+from dlm.transfer.obscured import NotObscured, reveal
 
 REDACTED = "***"
 # What get_storage_config shows of each remote type: fields known to hold no secret. Anything else (a
@@ -70,7 +72,8 @@ RCLONE_TYPES = frozenset(
 )
 # Which rclone remote types can describe a storage of each interface.
 _TYPES_FOR_INTERFACE = {
-    StorageInterface.POSIX: {"local", "alias"},
+    # A posix storage with an sftp config is a POSIX file system on another host (SKA's archive).
+    StorageInterface.POSIX: {"local", "alias", "sftp"},
     StorageInterface.S3: {"s3"},
     StorageInterface.SFTP: {"sftp"},
     StorageInterface.HTTPS: {"http", "webdav"},
@@ -108,13 +111,7 @@ def _without_credentials(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def flatten(config: dict[str, Any]) -> dict[str, Any]:
-    """The remote's settings in one flat dict, whichever spelling was stored."""
-    parameters = config.get("parameters")
-    flat = {key: value for key, value in config.items() if key not in ("parameters", "name")}
-    if isinstance(parameters, dict):
-        flat.update(parameters)
-    return flat
+flatten = flat_config
 
 
 def validate(
@@ -143,6 +140,10 @@ def validate(
             )
     if remote_type == "s3":
         _validate_s3(flat)
+    elif remote_type == "sftp":
+        _validate_sftp(flat)
+    elif remote_type == "alias":
+        _validate_alias(flat)
     return config
 
 
@@ -168,6 +169,41 @@ def _validate_s3(flat: dict[str, Any]) -> None:
             valid = False
         if not valid:
             raise InvalidQueryParameters("config.part_size: must be a number of bytes, at least 5 MiB")
+
+
+def _validate_sftp(flat: dict[str, Any]) -> None:
+    host = flat.get("host")
+    if not isinstance(host, str) or not host.strip() or any(c in host for c in " /@\x00"):
+        raise InvalidQueryParameters("config.host: required for an sftp remote, a host name or address")
+    try:
+        port = int(flat.get("port", 22))
+    except (TypeError, ValueError):
+        port = 0
+    if not 1 <= port <= 65535:
+        raise InvalidQueryParameters("config.port: must be a TCP port number, 1 to 65535")
+    for key in ("pass", "key_file_pass"):
+        if flat.get(key) not in (None, ""):
+            try:
+                reveal(str(flat[key]))
+            except NotObscured:
+                raise InvalidQueryParameters(
+                    f"config.{key}: must be in rclone's obscured form (make it with `rclone obscure`)"
+                ) from None
+    for key in ("key_file", "known_hosts_file"):
+        value = flat.get(key)
+        if value not in (None, "") and not str(value).startswith(("/", "~")):
+            raise InvalidQueryParameters(f"config.{key}: {value!r} must be an absolute path on the DLM host")
+
+
+def _validate_alias(flat: dict[str, Any]) -> None:
+    remote = flat.get("remote")
+    if remote in (None, ""):
+        return
+    if not isinstance(remote, str) or not remote.startswith("/") or "\x00" in remote:
+        raise InvalidQueryParameters(
+            f"config.remote: {remote!r} must be an absolute directory on the DLM host "
+            "(DLM follows an alias to a local directory, not to another remote)"
+        )
 
 
 # A sealed config, as stored: {"dlm_sealed": "<Fernet token of the config's JSON>"}.

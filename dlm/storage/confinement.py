@@ -5,21 +5,19 @@
 - No two live storages share bytes: POSIX roots may not be equal or nested, S3 storages on one
   endpoint and bucket may not have overlapping prefixes. Otherwise deleting one storage's payload
   could delete another's.
-- An S3 storage's endpoint is one of ``DLM_S3_ENDPOINTS``, when that allowlist is set.
+- An S3 storage's endpoint is one of ``DLM_S3_ENDPOINTS``, an SFTP storage's host one of
+  ``DLM_SFTP_HOSTS``, when those allowlists are set. What an SFTP storage may touch on its host is
+  what its SSH account may: DLM cannot see that host's file system to confine it further.
 """
 
 import os
-from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from pathlib import Path, PurePosixPath
 
 import msgspec
 
 from dlm.config import Settings
 from dlm.errors import InvalidQueryParameters
-from dlm.storage import configs
-
-AWS = "aws"
+from dlm.transfer.backends import Place, normalise_endpoint
 
 
 class Confinement(msgspec.Struct, frozen=True, kw_only=True):
@@ -29,6 +27,8 @@ class Confinement(msgspec.Struct, frozen=True, kw_only=True):
     forbidden: tuple[Path, ...] = ()
     # Allowed S3 endpoints (normalised: scheme://host:port, or "aws"); None: any.
     s3_endpoints: frozenset[str] | None = None
+    # Allowed SSH hosts (lower-case "host" or "host:port"); None: any.
+    sftp_hosts: frozenset[str] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, extra_roots: list[str] = ()) -> "Confinement":  # type: ignore[assignment]
@@ -39,6 +39,7 @@ class Confinement(msgspec.Struct, frozen=True, kw_only=True):
             posix_roots=tuple(real_path(root) for root in roots),
             forbidden=(real_path(settings.pgdata_dir),),
             s3_endpoints=frozenset(normalise_endpoint(endpoint) for endpoint in endpoints) if endpoints else None,
+            sftp_hosts=frozenset(host.lower() for host in settings.sftp_host_list) if settings.sftp_host_list else None,
         )
 
     def allowing(self, roots: list[str]) -> "Confinement":
@@ -60,14 +61,20 @@ class Confinement(msgspec.Struct, frozen=True, kw_only=True):
             )
         return root
 
-    def check_s3_endpoint(self, config: dict[str, Any] | None) -> None:
-        if self.s3_endpoints is None:
-            return
-        endpoint = s3_endpoint(config)
-        if endpoint not in self.s3_endpoints:
+    def check_place(self, place: Place) -> None:
+        """Refuse a storage whose bytes would be somewhere this DLM does not let storages be."""
+        if place.kind == "local":
+            self.check_posix_root(place.root)
+        elif place.kind == "s3" and self.s3_endpoints is not None and place.endpoint not in self.s3_endpoints:
             raise InvalidQueryParameters(
-                f"config.endpoint: {endpoint!r} is not an S3 endpoint storages may use (DLM_S3_ENDPOINTS)"
+                f"config.endpoint: {place.endpoint!r} is not an S3 endpoint storages may use (DLM_S3_ENDPOINTS)"
             )
+        elif place.kind == "sftp" and self.sftp_hosts is not None:
+            host_port = place.endpoint.rpartition("@")[2]
+            if host_port not in self.sftp_hosts and host_port.rpartition(":")[0] not in self.sftp_hosts:
+                raise InvalidQueryParameters(
+                    f"config.host: {host_port!r} is not an SSH host storages may use (DLM_SFTP_HOSTS)"
+                )
 
 
 def real_path(path: Path) -> Path:
@@ -78,16 +85,13 @@ def nested(one: Path, other: Path) -> bool:
     return one == other or one in other.parents or other in one.parents
 
 
-def normalise_endpoint(endpoint: str) -> str:
-    """``https://S3.example.org/`` → ``https://s3.example.org:443``; "aws" stays "aws"."""
-    if endpoint.strip().lower() == AWS:
-        return AWS
-    parts = urlsplit(endpoint.strip())
-    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower(), 0)
-    # Credentials in an endpoint URL (user:pass@) are not part of where it points.
-    return f"{parts.scheme.lower()}://{(parts.hostname or '').lower()}:{port}"
-
-
-def s3_endpoint(config: dict[str, Any] | None) -> str:
-    endpoint = configs.flatten(config or {}).get("endpoint")
-    return normalise_endpoint(str(endpoint)) if endpoint else AWS
+def overlaps(one: Place, other: Place) -> bool:
+    """Whether two storages' bytes may be the same bytes (then deleting one's would delete the other's)."""
+    if one.kind != other.kind or one.endpoint != other.endpoint:
+        return False
+    if one.kind == "local":
+        return nested(real_path(Path(one.root)), real_path(Path(other.root)))
+    if one.kind == "sftp":
+        return nested(PurePosixPath(one.root), PurePosixPath(other.root))
+    # S3: "bucket/prefix/" strings, one a prefix of the other.
+    return one.root.startswith(other.root) or other.root.startswith(one.root)

@@ -24,15 +24,23 @@ from dlm.enums import (
     StorageType,
     combined_phase,
 )
-from dlm.errors import Conflict, InvalidQueryParameters, NotFound, UnmetPreconditionForOperation, ValueAlreadyInDB
+from dlm.errors import (
+    Conflict,
+    DLMError,
+    InvalidQueryParameters,
+    NotFound,
+    UnmetPreconditionForOperation,
+    ValueAlreadyInDB,
+)
 from dlm.parsing import parse_uuid
 from dlm.storage import configs
-from dlm.storage.confinement import Confinement, nested, real_path, s3_endpoint
-from dlm.transfer.backends import make_backend
+from dlm.storage.confinement import Confinement, overlaps
+from dlm.transfer.backends import Place, make_backend, place_of
 from dlm.transfer.base import TransferError
 from dlm.transfer.paths import check_deletable_uri
 from dlm.transfer.posix import PosixBackend
-from dlm.transfer.s3 import S3Backend, split_root
+from dlm.transfer.s3 import S3Backend
+from dlm.transfer.sftp import SftpBackend
 
 MAX_ROWS = 1000
 
@@ -118,20 +126,12 @@ async def init_storage(
     if await session.scalar(select(Storage.storage_id).where(Storage.storage_name == storage_name)):
         raise ValueAlreadyInDB(f"storage_name: a storage named {storage_name!r} exists already")
     _check_capacity(storage_capacity)
-    if storage_interface is StorageInterface.POSIX:
-        root = Path(root_directory)
-        if "\x00" in root_directory or not root.is_absolute():
-            raise InvalidQueryParameters(f"root_directory: {root_directory!r} must be an absolute path")
-        confinement.check_posix_root(root_directory)
-        if not root.is_dir():
-            raise UnmetPreconditionForOperation(
-                f"root_directory: {root_directory!r} is not a directory on this DLM host"
-            )
-    elif not root_directory.strip() or "\x00" in root_directory:
+    if not root_directory.strip() or "\x00" in root_directory:
         raise InvalidQueryParameters("root_directory: must not be empty")
-    if storage_interface is StorageInterface.S3:
-        confinement.check_s3_endpoint(storage_config)
-    await check_no_overlap(session, interface=storage_interface, root_directory=root_directory, config=storage_config)
+    # An sftp storage may get its config after it is created (SKA-DLM's order): where it is waits till then.
+    place = None
+    if storage_config or storage_interface is not StorageInterface.SFTP:
+        place = await check_place(session, storage_interface, root_directory, storage_config, confinement)
     resolved_location = await resolve_location(session, location_name=location_name, location_id=location_id)
     storage = Storage(
         storage_name=storage_name,
@@ -142,7 +142,7 @@ async def init_storage(
         storage_capacity=storage_capacity,
         storage_phase=storage_phase,
     )
-    if check:
+    if check and place is not None:
         await check_reachable(storage, storage_config)
     session.add(storage)
     await session.flush()
@@ -156,7 +156,7 @@ async def init_storage(
 
 async def check_reachable(storage: Storage, config: dict[str, Any] | None) -> None:
     """Refuse (422, with the reason) a storage DLM cannot use now: a missing bucket, refused
-    credentials, an endpoint that does not answer."""
+    credentials, an unknown host key, an endpoint that does not answer."""
     try:
         async with make_backend(
             storage.storage_interface, storage.root_directory, config, storage.storage_name
@@ -263,40 +263,50 @@ async def finish_retirements(session: AsyncSession) -> list[str]:
     return [name for _, name in rows]
 
 
-async def check_no_overlap(
+async def check_place(
     session: AsyncSession,
-    *,
     interface: StorageInterface,
     root_directory: str,
     config: dict[str, Any] | None,
+    confinement: Confinement,
     storage_id: uuid.UUID | None = None,
-) -> None:
-    """Refuse a storage whose bytes would be another live storage's too (``storage_id``: itself, when
-    its config changes): deleting one's payload would delete the other's."""
-    query = select(Storage).where(Storage.storage_retired.is_(False), Storage.storage_interface == interface)
+) -> Place:
+    """Where a storage with this root and config keeps its bytes, if it may: inside what
+    ``confinement`` allows, a local root that is a directory here, sharing no bytes with another live
+    storage (``storage_id``: itself, when its config changes)."""
+    place = place_of(interface, root_directory, config)
+    if place.kind == "local":
+        if not Path(place.root).is_absolute():
+            raise InvalidQueryParameters(f"root_directory: {root_directory!r} must be an absolute path")
+        confinement.check_place(place)
+        if not Path(place.root).is_dir():
+            raise UnmetPreconditionForOperation(f"root_directory: {place.root!r} is not a directory on this DLM host")
+    else:
+        confinement.check_place(place)
+    await check_no_overlap(session, place, storage_id=storage_id)
+    return place
+
+
+async def check_no_overlap(session: AsyncSession, place: Place, *, storage_id: uuid.UUID | None = None) -> None:
+    """Refuse a place whose bytes would be another live storage's too: deleting one's payload would
+    delete the other's."""
+    query = select(Storage).where(Storage.storage_retired.is_(False))
     if storage_id is not None:
         query = query.where(Storage.storage_id != storage_id)
-    others = list(await session.scalars(query))
-    if interface is StorageInterface.POSIX:
-        root = real_path(Path(root_directory))
-        for other in others:
-            if nested(root, real_path(Path(other.root_directory))):
-                raise UnmetPreconditionForOperation(
-                    f"root_directory: {root_directory!r} is, contains or lies inside the root of storage "
-                    f"{other.storage_name!r} ({other.root_directory!r}); two storages must not share files"
-                )
-    elif interface is StorageInterface.S3:
-        endpoint = s3_endpoint(config)
-        bucket, prefix = split_root(root_directory)
-        for other in others:
-            other_bucket, other_prefix = split_root(other.root_directory)
-            if other_bucket != bucket or not (prefix.startswith(other_prefix) or other_prefix.startswith(prefix)):
-                continue
-            if s3_endpoint(await latest_config(session, other.storage_id)) == endpoint:
-                raise UnmetPreconditionForOperation(
-                    f"root_directory: {root_directory!r} overlaps storage {other.storage_name!r} "
-                    f"({other.root_directory!r}) on the same endpoint; two storages must not share objects"
-                )
+    for other in list(await session.scalars(query)):
+        try:
+            other_place = place_of(
+                other.storage_interface, other.root_directory, await latest_config(session, other.storage_id)
+            )
+        except DLMError:
+            continue  # a storage DLM cannot reach (an sftp one without its config yet) holds nothing
+        if overlaps(place, other_place):
+            where = "" if place.kind == "local" else f" on {place.endpoint}"
+            raise UnmetPreconditionForOperation(
+                f"root_directory: {place.root!r} overlaps storage {other.storage_name!r} (rooted at "
+                f"{other_place.root!r}{where}): it is, contains or lies inside that root, and two storages must "
+                "not share bytes"
+            )
 
 
 async def record_storage_event(session: AsyncSession, storage_id: uuid.UUID, event: str, detail: str) -> None:
@@ -370,14 +380,10 @@ async def create_storage_config(
     """Validate and store a config for a storage; it supersedes earlier ones of the same type."""
     storage = await resolve_storage(session, storage_name=storage_name, storage_id=storage_id)
     configs.validate(config, config_type=config_type, interface=storage.storage_interface)
-    if storage.storage_interface is StorageInterface.S3 and config_type is ConfigType.RCLONE:
-        confinement.check_s3_endpoint(config)
-        await check_no_overlap(
-            session,
-            interface=storage.storage_interface,
-            root_directory=storage.root_directory,
-            config=config,
-            storage_id=storage.storage_id,
+    if config_type is ConfigType.RCLONE:
+        # A new config may move the storage (an alias's remote, an SFTP host): checked as a new storage is.
+        await check_place(
+            session, storage.storage_interface, storage.root_directory, config, confinement, storage.storage_id
         )
     config_id = await _add_config(session, storage.storage_id, config, config_type)
     await record_storage_event(session, storage.storage_id, "config_changed", f"{config_type.value} config {config_id}")
@@ -435,7 +441,7 @@ def ssh_public_key(key_file: str | None) -> str:
         raise NotFound(f"the SSH public key {key_file!r} cannot be read: {exc.strerror}") from None
 
 
-async def storage_backend(session: AsyncSession, storage: Storage) -> PosixBackend | S3Backend:
+async def storage_backend(session: AsyncSession, storage: Storage) -> PosixBackend | S3Backend | SftpBackend:
     """The backend that reaches this storage's payloads, as an async context manager."""
     config = await latest_config(session, storage.storage_id)
     return make_backend(storage.storage_interface, storage.root_directory, config, storage.storage_name)
@@ -456,15 +462,25 @@ async def held_by_storage(
     return {storage_id: (int(held), count) for storage_id, held, count in (await session.execute(query)).all()}
 
 
-async def file_system_usage(storage: Storage) -> Any:
-    """``shutil.disk_usage`` of a POSIX storage's root (total, used, free); None for other interfaces,
-    or when the volume is not mounted."""
+async def file_system_usage(session: AsyncSession, storage: Storage) -> Any:
+    """``shutil.disk_usage`` of a local POSIX storage's root (total, used, free), all 0 when the volume
+    is not mounted; None for storages elsewhere (S3, SFTP), whose room DLM cannot see."""
     if storage.storage_interface is not StorageInterface.POSIX:
         return None
     try:
-        return await asyncio.to_thread(shutil.disk_usage, storage.root_directory)
-    except OSError:
+        config = await latest_config(session, storage.storage_id)
+        place = place_of(storage.storage_interface, storage.root_directory, config)
+    except DLMError:
         return None
+    if place.kind != "local":
+        return None
+    try:
+        return await asyncio.to_thread(shutil.disk_usage, place.root)
+    except OSError:
+        return NOT_MOUNTED
+
+
+NOT_MOUNTED = shutil._ntuple_diskusage(0, 0, 0)  # type: ignore[attr-defined]
 
 
 async def query_storage_events(
@@ -498,7 +514,7 @@ async def storage_usage(session: AsyncSession, *, storage_name: str = "", storag
     for storage in storages:
         used_bytes, objects = held.get(storage.storage_id, (0, 0))
         capacity = storage.storage_capacity if storage.storage_capacity >= 0 else None
-        disk = await file_system_usage(storage)
+        disk = await file_system_usage(session, storage)
         usage.append(
             {
                 "storage_id": str(storage.storage_id),

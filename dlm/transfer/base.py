@@ -5,8 +5,9 @@ leave it. Reads and writes are streams of chunks, so memory stays bounded whatev
 and a write is atomic: until it returns, nothing is visible at the URI.
 """
 
-from collections.abc import AsyncIterable, AsyncIterator
-from typing import Protocol
+import contextlib
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -94,3 +95,27 @@ class Backend(Protocol):
     async def check(self) -> None:
         """Raise the TransferError that says why the storage cannot be used; return if it can."""
         ...
+
+
+@contextlib.contextmanager
+def translated(
+    errors: tuple[type[BaseException], ...], translate: Callable[[Exception, str], TransferError], uri: str
+) -> Iterator[None]:
+    """Inside the block, a library's ``errors`` become the TransferError ``translate`` says."""
+    try:
+        yield
+    except TransferError:
+        raise
+    except errors as exc:
+        raise translate(exc, uri) from None  # type: ignore[arg-type]
+
+
+RemoteSettings = TypeVar("RemoteSettings", bound=msgspec.Struct)
+
+
+def from_rclone(settings_type: type[RemoteSettings], config: dict[str, Any]) -> RemoteSettings:
+    """The fields of an rclone remote's (flat) config that ``settings_type`` knows; empty ones unset."""
+    known = {field.encode_name for field in msgspec.structs.fields(settings_type)}
+    values = {key: value for key, value in config.items() if key in known and value not in ("", None)}
+    # rclone writes numbers and booleans as strings in its config files.
+    return msgspec.convert(values, settings_type, strict=False)

@@ -1,4 +1,7 @@
-"""Payload URIs are paths relative to a storage's root; none may ever point outside it."""
+"""Payload URIs are paths below a storage's root; none may ever point outside it.
+
+``obs/x`` and ``/obs/x`` name the same payload (SKA-DLM writes the second); each is stored as given.
+"""
 
 import os
 import stat
@@ -12,15 +15,16 @@ MAX_NAME_BYTES = 255
 
 
 def check_relative_uri(uri: str, field: str = "uri") -> PurePosixPath:
-    """Reject URIs that are empty, name the storage root itself, are absolute, contain '..' or NUL, or
-    are too long for a storage: they could escape the root, or take all of it."""
+    """The path of ``uri`` below the storage root. A leading "/" means "from the storage root", as
+    SKA-DLM joins root and uri. Rejects URIs that are empty, name the storage root itself, contain '..'
+    or NUL, or are too long for a storage: they could escape the root, or take all of it."""
     if not uri or not uri.strip():
         raise InvalidQueryParameters(f"{field}: must not be empty")
     if "\x00" in uri:
         raise InvalidQueryParameters(f"{field}: must not contain NUL characters")
-    path = PurePosixPath(uri)
-    if path.is_absolute() or uri.startswith("\\"):
-        raise InvalidQueryParameters(f"{field}: {uri!r} must be relative to the storage root, not absolute")
+    if uri.startswith("\\"):
+        raise InvalidQueryParameters(f"{field}: {uri!r} must be a path below the storage root")
+    path = PurePosixPath(uri.lstrip("/"))
     if ".." in path.parts:
         raise InvalidQueryParameters(f"{field}: {uri!r} must not contain '..'")
     if not path.parts:
@@ -30,6 +34,11 @@ def check_relative_uri(uri: str, field: str = "uri") -> PurePosixPath:
     if any(len(part.encode()) > MAX_NAME_BYTES for part in path.parts):
         raise InvalidQueryParameters(f"{field}: a path component is longer than {MAX_NAME_BYTES} bytes")
     return path
+
+
+def payload_key(uri: str) -> str:
+    """What identifies a payload on its storage, however the uri was written (see the module)."""
+    return uri.lstrip("/")
 
 
 def check_deletable_uri(uri: str | None, field: str) -> None:

@@ -27,6 +27,8 @@ from dlm.transfer.base import (
     StorageRefused,
     StorageUnreachable,
     TransferError,
+    from_rclone,
+    translated,
 )
 from dlm.transfer.paths import check_relative_uri
 
@@ -35,6 +37,7 @@ MIN_PART_SIZE = 5 * 1024 * 1024
 DEFAULT_PART_SIZE = 16 * 1024 * 1024
 MAX_PARTS = 10_000
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+_LIBRARY_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, aiohttp.ClientError, OSError)
 _TRANSIENT = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
 
 
@@ -53,10 +56,7 @@ class S3Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     @classmethod
     def from_rclone(cls, config: dict[str, Any]) -> "S3Settings":
-        known = {field.name for field in msgspec.structs.fields(cls)}
-        values = {key: value for key, value in config.items() if key in known and value not in ("", None)}
-        # rclone writes booleans as strings in its config files.
-        return msgspec.convert(values, cls, strict=False)
+        return from_rclone(cls, config)
 
 
 def split_root(root_directory: str) -> tuple[str, str]:
@@ -124,19 +124,8 @@ class S3Backend:
             return StorageRefused(f"{where}: no credentials in the storage config")
         return StorageUnreachable(f"{where}: {exc}")
 
-    @contextlib.contextmanager
     def _translated(self, uri: str) -> Any:
-        try:
-            yield
-        except TransferError:
-            raise
-        except (
-            botocore.exceptions.BotoCoreError,
-            botocore.exceptions.ClientError,
-            aiohttp.ClientError,
-            OSError,
-        ) as exc:
-            raise self._error(exc, uri) from None
+        return translated(_LIBRARY_ERRORS, self._error, uri)
 
     async def check(self) -> None:
         """Raise the TransferError that says why the bucket cannot be used (missing, refused, unreachable)."""

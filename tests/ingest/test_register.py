@@ -198,7 +198,7 @@ async def test_a_container_can_register_its_members_in_the_same_call(registry: R
     assert (await registry.client.get("/request/query_data_item", params={"item_name": "single"})).json() == []
 
 
-@pytest.mark.parametrize("uri", ["../outside.txt", "/etc/passwd", "a/../../b", "", "  "])
+@pytest.mark.parametrize("uri", ["../outside.txt", "/../etc/passwd", "a/../../b", "", "  ", "/", "\\share\\x"])
 async def test_uris_cannot_escape_the_storage_root(registry: Registry, uri: str) -> None:
     response = await registry.client.post(
         "/ingest/register_data_item",

@@ -157,3 +157,22 @@ async def test_two_processes_queue_each_copy_once(registry: Registry, database_u
     assert sorted(queued) == sorted(f"obs-{index}" for index in range(12))
     migrations = (await registry.client.get("/migration/query_migrations")).json()
     assert len(migrations) == 12
+
+
+async def test_a_containers_members_travel_with_it_and_are_never_copied_alone(
+    registry: Registry, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    """A run once copied members into the path their container's copy was writing, and the collision
+    came back every minute."""
+    await _storage(registry, "archive", tmp_path / "archive", "SOLID")
+    registry.payload("product/a", b"a")
+    registry.payload("product/sub/b", b"bb")
+    await registry.register("product", "product", item_type="container", register_members="true")
+    report = await replication.run_once(sessionmaker)
+    assert [(planned.item_name, planned.destination) for planned in report.queued] == [("product", "archive")]
+    await _settle(registry, report)
+    for member in ("product/a", "product/sub/b"):
+        rows = (await registry.client.get("/request/query_data_item", params={"item_name": member})).json()
+        assert sorted((row["uid_phase"], row["item_state"]) for row in rows) == [("GAS", "READY"), ("SOLID", "READY")]
+    again = await replication.run_once(sessionmaker)
+    assert again.queued == [] and again.unmet == []

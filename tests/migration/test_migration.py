@@ -15,7 +15,7 @@ from litestar.testing import AsyncTestClient
 
 from dlm.checksum import new_hasher
 from dlm.enums import ChecksumMethod
-from tests.conftest import Registry, assert_error, free_port, new_bucket
+from tests.conftest import Registry, SshServer, assert_error, free_port, new_bucket
 from tests.migration.conftest import (
     copy,
     list_objects,
@@ -41,10 +41,19 @@ class Place:
         self.registry, self.name, self.root, self.bucket, self.config = registry, name, root, bucket, config
 
     @classmethod
-    async def create(cls, registry: Registry, kind: str, name: str, tmp_path: Path, config: dict) -> "Place":
+    async def create(
+        cls, registry: Registry, kind: str, name: str, tmp_path: Path, config: dict, ssh: SshServer | None = None
+    ) -> "Place":
         if kind == "posix":
             root = tmp_path / name
             await registry.storage(name, root=root)
+            return cls(registry, name, root=root)
+        if kind == "sftp":
+            # SKA's archive: a posix storage on another host, reached through an sftp config. The
+            # server is on loopback, so the test reads its files directly.
+            assert ssh is not None
+            root = tmp_path / name
+            await registry.storage(name, root=root, phase="SOLID", config=ssh.config())
             return cls(registry, name, root=root)
         bucket = await new_bucket(config)
         await registry.s3_storage(name, bucket, config)
@@ -77,15 +86,22 @@ class Place:
         return response.json()
 
 
-DIRECTIONS = [("posix", "posix"), ("posix", "s3"), ("s3", "posix"), ("s3", "s3")]
+KINDS = ["posix", "s3", "sftp"]
+DIRECTIONS = [(source, destination) for source in KINDS for destination in KINDS]
 
 
 @pytest.mark.parametrize(("source_kind", "destination_kind"), DIRECTIONS)
 async def test_a_copy_in_every_direction_becomes_a_verified_ready_replica(
-    registry: Registry, tmp_path: Path, s3_config: dict, source_kind: str, destination_kind: str
+    registry: Registry,
+    tmp_path: Path,
+    s3_config: dict,
+    source_kind: str,
+    destination_kind: str,
+    request: pytest.FixtureRequest,
 ) -> None:
-    source = await Place.create(registry, source_kind, "source", tmp_path, s3_config)
-    destination = await Place.create(registry, destination_kind, "destination", tmp_path, s3_config)
+    ssh = request.getfixturevalue("ssh_server") if "sftp" in (source_kind, destination_kind) else None
+    source = await Place.create(registry, source_kind, "source", tmp_path, s3_config, ssh)
+    destination = await Place.create(registry, destination_kind, "destination", tmp_path, s3_config, ssh)
     content = os.urandom(3 * 1024 * 1024 + 17)
     await source.put("obs/vis.dat", content)
     source_uid = await source.register("vis", "obs/vis.dat")
@@ -336,7 +352,7 @@ async def test_bad_copy_requests_are_refused_and_leave_nothing(registry: Registr
     await refused(422, "InvalidQueryParameters", "uid", uid="not-a-uuid", destination_name="second")
     await refused(422, "InvalidQueryParameters", "already lives", uid=uid, destination_name="disk")
     await refused(422, "InvalidQueryParameters", "path", uid=uid, destination_name="second", path="../escape")
-    await refused(422, "InvalidQueryParameters", "path", uid=uid, destination_name="second", path="/etc/passwd")
+    await refused(422, "InvalidQueryParameters", "path", uid=uid, destination_name="second", path="/../etc/passwd")
     await refused(409, "Conflict", "taken", uid=uid, destination_name="second", path="taken")
 
     first = await copy(client, uid=uid, destination_name="second")

@@ -73,7 +73,7 @@ async def test_set_uri_checks_storage_and_path(registry: Registry) -> None:
         "storage",
     )
     assert_error(
-        await client.patch("/request/set_uri", params={"uid": uid, "uri": "/abs", "storage_id": storage_id}),
+        await client.patch("/request/set_uri", params={"uid": uid, "uri": "/../abs", "storage_id": storage_id}),
         422,
         "InvalidQueryParameters",
         "uri",

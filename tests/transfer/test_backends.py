@@ -1,4 +1,5 @@
-"""Both backends against real storage: a temporary directory and moto's S3 server over HTTP."""
+"""Every backend against real storage: a temporary directory, moto's S3 server over HTTP, and
+OpenSSH's sshd on loopback."""
 
 import os
 from collections.abc import AsyncIterator
@@ -25,9 +26,15 @@ async def read_all(backend: Any, uri: str) -> bytes:
     return b"".join([chunk async for chunk in backend.read(uri)])
 
 
-@pytest.fixture(params=["posix", "s3"])
+@pytest.fixture(params=["posix", "s3", "sftp"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path, s3_config: dict[str, Any]) -> AsyncIterator[Any]:
-    if request.param == "posix":
+    if request.param == "sftp":
+        server = request.getfixturevalue("ssh_server")
+        root = tmp_path / "remote"
+        root.mkdir()
+        async with make_backend(StorageInterface.SFTP, str(root), server.config()) as sftp:
+            yield sftp
+    elif request.param == "posix":
         root = tmp_path / "root"
         root.mkdir()
         async with make_backend(StorageInterface.POSIX, str(root), {"type": "local"}) as posix:
@@ -87,7 +94,7 @@ async def test_a_failed_write_leaves_nothing_behind(backend: Any) -> None:
     assert [entry async for entry in backend.walk()] == []
 
 
-@pytest.mark.parametrize("uri", ["../outside", "a/../../outside", "/etc/passwd", ""])
+@pytest.mark.parametrize("uri", ["../outside", "a/../../outside", "/../etc/passwd", "", "/", "//"])
 async def test_uris_cannot_escape_the_root(backend: Any, uri: str) -> None:
     with pytest.raises(InvalidQueryParameters):
         await backend.write(uri, chunks_of(b"x"))

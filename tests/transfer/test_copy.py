@@ -1,4 +1,5 @@
-"""Verified copies in all four directions, containers, failures, and bounded memory."""
+"""Verified copies in every direction between POSIX, S3 and SFTP, containers, failures, and bounded
+memory."""
 
 import os
 import subprocess
@@ -32,26 +33,30 @@ async def contents(backend: Any, uri: str) -> dict[str, bytes]:
     return found
 
 
-async def open_backend(kind: str, tmp_path: Path, s3_config: dict[str, Any], name: str) -> Any:
-    if kind == "posix":
-        root = tmp_path / name
-        root.mkdir()
-        return make_backend(StorageInterface.POSIX, str(root), None)
-    return make_backend(StorageInterface.S3, await new_bucket(s3_config), s3_config)
+async def open_backend(kind: str, tmp_path: Path, s3_config: dict[str, Any], name: str, request: Any = None) -> Any:
+    if kind == "s3":
+        return make_backend(StorageInterface.S3, await new_bucket(s3_config), s3_config)
+    root = tmp_path / name
+    root.mkdir()
+    if kind == "sftp":
+        # SKA's shape: a posix storage on another host, reached through an sftp config.
+        return make_backend(StorageInterface.POSIX, str(root), request.getfixturevalue("ssh_server").config())
+    return make_backend(StorageInterface.POSIX, str(root), None)
 
 
-DIRECTIONS = [("posix", "posix"), ("posix", "s3"), ("s3", "posix"), ("s3", "s3")]
+KINDS = ["posix", "s3", "sftp"]
+DIRECTIONS = [(source, destination) for source in KINDS for destination in KINDS]
 
 
 @pytest.mark.parametrize(("source_kind", "destination_kind"), DIRECTIONS)
 async def test_a_file_and_a_container_copy_in_every_direction(
-    source_kind: str, destination_kind: str, tmp_path: Path, s3_config: dict[str, Any]
+    source_kind: str, destination_kind: str, tmp_path: Path, s3_config: dict[str, Any], request: Any
 ) -> None:
     payload = os.urandom(3 * 1024 * 1024 + 17)
     members = {"a.txt": b"alpha", "sub/b.bin": os.urandom(70_000), "sub/deep/c": b""}
     async with (
-        await open_backend(source_kind, tmp_path, s3_config, "source") as source,
-        await open_backend(destination_kind, tmp_path, s3_config, "destination") as destination,
+        await open_backend(source_kind, tmp_path, s3_config, "source", request) as source,
+        await open_backend(destination_kind, tmp_path, s3_config, "destination", request) as destination,
     ):
         await source.write("in/file.bin", chunks_of(payload))
         for path, content in members.items():

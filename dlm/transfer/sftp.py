@@ -1,0 +1,280 @@
+"""Payloads on a file system reached over SFTP (an archive host, a watcher's disk), with asyncssh.
+
+The storage's ``root_directory`` is a path on that host (relative paths start at the login directory);
+a payload's URI is a path under it. Connection settings come from the storage's config in rclone's
+``sftp`` remote format (``host``, ``port``, ``user``, ``key_file``, ``key_pem``, ``key_file_pass``,
+``pass``, ``known_hosts_file``, ``key_use_agent``), passwords in rclone's obscured form.
+
+The host's key is always checked: against ``known_hosts_file``, else the DLM user's
+``~/.ssh/known_hosts``. A host that is in neither is refused, never trusted on first use.
+
+Writes go to a partial file beside the target and are published with SFTP's plain rename, which never
+replaces an existing file, so a copy never overwrites what someone else put there.
+"""
+
+import contextlib
+import stat
+from collections.abc import AsyncIterable, AsyncIterator
+from pathlib import PurePosixPath
+from typing import Any
+
+import asyncssh
+import msgspec
+
+from dlm.checksum import new_hasher
+from dlm.enums import ChecksumMethod
+from dlm.transfer.base import (
+    CHUNK_SIZE,
+    Entry,
+    PayloadExists,
+    PayloadInfo,
+    PayloadMissing,
+    StorageRefused,
+    StorageUnreachable,
+    TransferError,
+    from_rclone,
+    translated,
+)
+from dlm.transfer.obscured import reveal
+from dlm.transfer.paths import check_relative_uri
+from dlm.transfer.posix import PARTIAL_SUFFIX
+
+CONNECT_SECONDS = 15
+_MISSING = (asyncssh.SFTPNoSuchFile, asyncssh.SFTPNoSuchPath)
+_LOST = (asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection)
+
+
+class SftpSettings(msgspec.Struct, kw_only=True, frozen=True):
+    """The parts of an rclone ``sftp`` remote that DLM uses."""
+
+    host: str
+    port: int = 22
+    user: str | None = None
+    key_file: str | None = None
+    # A private key inline, as rclone takes it: one line, its line ends written as "\n".
+    key_pem: str | None = None
+    # Obscured (`rclone obscure`), as rclone stores them.
+    key_file_pass: str | None = None
+    # Named ``pass`` in rclone's config.
+    password: str | None = msgspec.field(default=None, name="pass")
+    known_hosts_file: str | None = None
+    key_use_agent: bool = False
+
+    @classmethod
+    def from_rclone(cls, config: dict[str, Any]) -> "SftpSettings":
+        return from_rclone(cls, config)
+
+    @property
+    def endpoint(self) -> str:
+        """Where the bytes are: two storages overlap only on the same host, port and account."""
+        return f"sftp://{self.user or ''}@{self.host.lower()}:{self.port}"
+
+    def connect_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "port": self.port,
+            # The DLM host's ~/.ssh/config is not consulted: a storage reaches what its config says.
+            "config": None,
+            "connect_timeout": CONNECT_SECONDS,
+            "known_hosts": self.known_hosts_file if self.known_hosts_file else (),
+        }
+        if self.user:
+            options["username"] = self.user
+        passphrase = reveal(self.key_file_pass) if self.key_file_pass else None
+        if self.key_pem:
+            pem = self.key_pem.replace("\\n", "\n")
+            options["client_keys"] = [asyncssh.import_private_key(pem, passphrase)]
+        elif self.key_file:
+            options["client_keys"] = [self.key_file]
+            options["passphrase"] = passphrase
+        if self.password:
+            options["password"] = reveal(self.password)
+        if not self.key_use_agent:
+            options["agent_path"] = None
+        return options
+
+
+class SftpBackend:
+    def __init__(self, root_directory: str, settings: SftpSettings) -> None:
+        self.root = PurePosixPath(root_directory or ".")
+        self.settings = settings
+        self._connection: Any = None
+        self._sftp: Any = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.settings.endpoint}{'' if self.root.is_absolute() else '/~/'}{self.root}"
+
+    async def __aenter__(self) -> "SftpBackend":
+        try:
+            self._connection = await asyncssh.connect(self.settings.host, **self.settings.connect_options())
+            self._sftp = await self._connection.start_sftp_client()
+        except BaseException as exc:
+            await self.__aexit__()
+            if isinstance(exc, Exception):
+                raise self._connect_error(exc) from None
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._sftp is not None:
+            self._sftp.exit()
+        if self._connection is not None:
+            self._connection.close()
+            with contextlib.suppress(Exception):
+                await self._connection.wait_closed()
+        self._sftp = self._connection = None
+
+    def _connect_error(self, exc: Exception) -> TransferError:
+        where = self.settings.endpoint
+        if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+            return StorageRefused(
+                f"{where}: the host's key is not trusted; add it to the config's known_hosts_file "
+                "(or the DLM user's ~/.ssh/known_hosts)"
+            )
+        if isinstance(exc, asyncssh.PermissionDenied):
+            return StorageRefused(f"{where}: the SSH server refused the config's credentials")
+        if isinstance(exc, asyncssh.KeyImportError | asyncssh.KeyEncryptionError):
+            return StorageRefused(f"{where}: the config's private key cannot be used: {exc}")
+        if isinstance(exc, FileNotFoundError | PermissionError):
+            return StorageRefused(f"{where}: {exc.strerror}: {exc.filename}")
+        if isinstance(exc, asyncssh.ChannelOpenError):
+            return StorageRefused(f"{where}: the SSH server offers no SFTP: {exc}")
+        return StorageUnreachable(f"{where}: {exc or type(exc).__name__}")
+
+    def _error(self, exc: Exception, uri: str) -> TransferError:
+        if isinstance(exc, _MISSING):
+            return PayloadMissing(f"no payload at {uri!r}")
+        if isinstance(exc, asyncssh.SFTPFileAlreadyExists):
+            return PayloadExists(f"{uri!r} exists already; DLM never overwrites a payload")
+        if isinstance(exc, _LOST) or not isinstance(exc, asyncssh.SFTPError):
+            return StorageUnreachable(f"{self.where}: {uri!r}: {exc or type(exc).__name__}")
+        # Permission denied, no space, not a directory...: the server answered, and will again.
+        return StorageRefused(f"{self.where}: {uri!r}: {exc.reason or type(exc).__name__}")
+
+    def _translated(self, uri: str) -> Any:
+        return translated((asyncssh.Error, OSError), self._error, uri)
+
+    def path(self, uri: str) -> str:
+        return str(self.root / check_relative_uri(uri))
+
+    async def _stat(self, path: str) -> Any:
+        try:
+            return await self._sftp.stat(path)
+        except _MISSING:
+            return None
+
+    async def stat(self, uri: str) -> PayloadInfo | None:
+        with self._translated(uri):
+            attrs = await self._stat(self.path(uri))
+        if attrs is None:
+            return None
+        if stat.S_ISDIR(attrs.permissions or 0):
+            return PayloadInfo(size=None, is_container=True, modified=attrs.mtime)
+        return PayloadInfo(size=attrs.size, is_container=False, modified=attrs.mtime)
+
+    async def stat_many(self, uris: list[str]) -> list[PayloadInfo | None]:
+        return [await self.stat(uri) for uri in uris]
+
+    async def read(self, uri: str, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
+        with self._translated(uri):
+            info = await self.stat(uri)
+            if info is None:
+                raise PayloadMissing(f"no payload at {uri!r}")
+            if info.is_container:
+                raise StorageRefused(f"{uri!r} is a directory, not a file")
+            # asyncssh keeps several read requests in flight for a large read: one chunk in memory.
+            async with self._sftp.open(self.path(uri), "rb") as stream:
+                while chunk := await stream.read(chunk_size):
+                    yield chunk
+
+    async def write(
+        self, uri: str, chunks: AsyncIterable[bytes], *, size_hint: int | None = None, mode: int | None = None
+    ) -> int:
+        """Write a partial file beside the target (created exclusively), fsync it where the server
+        can, then rename it to the target: SFTP's rename fails rather than replace a file."""
+        target = PurePosixPath(self.path(uri))
+        partial = str(target.with_name(f".{target.name}{PARTIAL_SUFFIX}"))
+        written = 0
+        with self._translated(uri):
+            try:
+                await self._sftp.makedirs(str(target.parent), exist_ok=True)
+                with contextlib.suppress(*_MISSING):
+                    await self._sftp.remove(partial)  # left by a write cut short: ours to replace
+                async with self._sftp.open(partial, "xb") as stream:
+                    async for chunk in chunks:
+                        await stream.write(chunk)
+                        written += len(chunk)
+                    with contextlib.suppress(asyncssh.SFTPOpUnsupported):
+                        await stream.fsync()
+                if mode is not None:
+                    await self._sftp.chmod(partial, stat.S_IMODE(mode))
+                try:
+                    await self._sftp.rename(partial, str(target))
+                except asyncssh.SFTPError:
+                    if await self._sftp.lexists(str(target)):
+                        raise PayloadExists(f"{uri!r} exists already; DLM never overwrites a payload") from None
+                    raise
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await self._sftp.remove(partial)
+                raise
+        return written
+
+    async def delete(self, uri: str) -> bool:
+        path = PurePosixPath(self.path(uri))
+        with self._translated(uri):
+            with contextlib.suppress(*_MISSING):
+                await self._sftp.remove(str(path.with_name(f".{path.name}{PARTIAL_SUFFIX}")))
+            try:
+                attrs = await self._sftp.lstat(str(path))
+            except _MISSING:
+                return False
+            if stat.S_ISDIR(attrs.permissions or 0):
+                await self._sftp.rmtree(str(path))
+            else:
+                await self._sftp.remove(str(path))
+        return True
+
+    async def walk(self, uri: str = "") -> AsyncIterator[Entry]:
+        start = self.path(uri) if uri else str(self.root)
+        with self._translated(uri):
+            attrs = await self._stat(start)
+            if attrs is None:
+                raise PayloadMissing(f"no payload at {uri!r}")
+            if not stat.S_ISDIR(attrs.permissions or 0):
+                yield Entry(path="", size=attrs.size or 0, mode=attrs.permissions)
+                return
+            pending = [""]
+            while pending:
+                relative = pending.pop()
+                directory = f"{start}/{relative}" if relative else start
+                names = sorted(
+                    (name for name in await self._sftp.readdir(directory) if name.filename not in (".", "..")),
+                    key=lambda name: name.filename,
+                )
+                for name in names:
+                    path = f"{relative}/{name.filename}" if relative else name.filename
+                    attrs = name.attrs
+                    if stat.S_ISLNK(attrs.permissions or 0):
+                        attrs = await self._stat(f"{start}/{path}")
+                        if attrs is None or stat.S_ISDIR(attrs.permissions or 0):
+                            raise StorageRefused(
+                                f"{uri}/{path}: a symlink to a directory (or to nothing); "
+                                "DLM does not follow those over SFTP"
+                            )
+                    if stat.S_ISDIR(attrs.permissions or 0):
+                        pending.append(path)
+                    elif not name.filename.endswith(PARTIAL_SUFFIX):
+                        yield Entry(path=path, size=attrs.size or 0, mode=attrs.permissions)
+
+    async def checksum(self, uri: str, method: ChecksumMethod) -> str:
+        hasher = new_hasher(method)
+        async for chunk in self.read(uri):
+            hasher.update(chunk)
+        return hasher.hexdigest()
+
+    async def check(self) -> None:
+        with self._translated(""):
+            attrs = await self._stat(str(self.root))
+        if attrs is None or not stat.S_ISDIR(attrs.permissions or 0):
+            raise StorageRefused(f"{self.where}: the storage root is not a directory on that host")

@@ -1,0 +1,139 @@
+"""Directory products as ska-dlm-client's directory watcher makes them: the container registered and
+copied to the archive, then each member registered and announced READY on the archive. Whatever the
+order in which the copy and the announcements land, every member ends with exactly one READY replica on
+each storage, and nothing is copied twice or overwritten."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from tests.conftest import Registry, SshServer
+from tests.migration.conftest import copy, storage_id, wait_for
+
+MEMBERS = {
+    "vis.ms/table.dat": b"table" * 1000,
+    "vis.ms/sub/col": b"column",
+    "ska-data-product.yaml": b"execution_block: eb-1\n",
+}
+
+
+async def archive(registry: Registry, ssh: SshServer, root: Path) -> str:
+    """SKA's dlm-archive: a posix storage on another host, reached over SFTP."""
+    config = {"name": "dlm-archive", "type": "sftp", "parameters": ssh.config()}
+    await registry.storage("dlm-archive", root=root, phase="SOLID", config=config)
+    return await storage_id(registry, "dlm-archive")
+
+
+async def announce_member(client: AsyncTestClient, path: str, size: int, container_uid: str, archive_id: str) -> Any:
+    """The watcher's calls for one member: register on the source, then init_data_item READY on the archive."""
+    registered = await client.post(
+        "/ingest/register_data_item",
+        params={
+            "item_name": f"product/{path}",
+            "uri": f"product/{path}",
+            "storage_name": "disk",
+            "parents": container_uid,
+            "item_size": size,
+        },
+        json={"execution_block": "eb-1"},
+    )
+    assert registered.status_code == 200, registered.text
+    [item] = (await client.get("/request/query_data_item", params={"uid": registered.json()})).json()
+    return await client.post(
+        "/ingest/init_data_item",
+        json={
+            "item_name": f"product/{path}",
+            "oid": item["oid"],
+            "storage_id": archive_id,
+            "uid_phase": "SOLID",
+            "uri": f"product/{path}",
+            "target_phase": "SOLID",
+            "item_type": "file",
+            "item_state": "READY",
+            "item_owner": "SKA",
+            "uid_expiration": None,
+            "item_size": size,
+            "decompressed_size": None,
+        },
+    )
+
+
+async def replicas_by_storage(client: AsyncTestClient, name: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for row in (await client.get("/request/query_data_item", params={"item_name": name})).json():
+        if row["item_state"] != "DELETED":
+            found.setdefault(row["storage_id"], []).append(row["item_state"])
+    return found
+
+
+@pytest.mark.parametrize("copy_finishes_first", [False, True])
+async def test_the_watchers_sequence_leaves_every_member_on_both_storages(
+    registry: Registry, ssh_server: SshServer, tmp_path: Path, copy_finishes_first: bool
+) -> None:
+    client = registry.client
+    archive_id = await archive(registry, ssh_server, tmp_path / "archive")
+    disk_id = await storage_id(registry, "disk")
+    for path, content in MEMBERS.items():
+        registry.payload(f"product/{path}", content)
+    container = await client.post(
+        "/ingest/register_data_item",
+        params={"item_name": "product", "uri": "product", "item_type": "container", "storage_name": "disk"},
+    )
+    assert container.status_code == 200, container.text
+    queued = await copy(client, uid=container.json(), destination_name="dlm-archive")
+    if copy_finishes_first:
+        assert (await wait_for(client, queued["migration_id"]))["status"] == "SUCCEEDED"
+    answers = [
+        await announce_member(client, path, len(content), container.json(), archive_id)
+        for path, content in MEMBERS.items()
+    ]
+    for answer in answers:
+        # While the copy runs the archive says so (409) and the copy gives the member its replica.
+        assert answer.status_code in (200, 409), answer.text
+    assert (await wait_for(client, queued["migration_id"]))["status"] == "SUCCEEDED"
+    for path, content in MEMBERS.items():
+        assert await replicas_by_storage(client, f"product/{path}") == {disk_id: ["READY"], archive_id: ["READY"]}
+        assert (tmp_path / "archive" / "product" / path).read_bytes() == content
+
+
+async def test_a_member_is_never_copied_on_its_own_into_its_containers_tree(registry: Registry, tmp_path: Path) -> None:
+    client = registry.client
+    await registry.storage("second", root=tmp_path / "second")
+    registry.payload("box/a", b"a")
+    box = await registry.register("box", "box", item_type="container", register_members="true")
+    queued = await copy(client, uid=box, destination_name="second")
+    alone = await client.post("/migration/copy_data_item", params={"item_name": "box/a", "destination_name": "second"})
+    assert alone.status_code == 409, alone.text
+    assert "travel with" in alone.json()["message"] or "already holds" in alone.json()["message"]
+    assert (await wait_for(client, queued["migration_id"]))["status"] == "SUCCEEDED"
+    assert (tmp_path / "second" / "box" / "a").read_bytes() == b"a"
+
+
+async def test_an_announced_replica_must_be_there_and_be_the_same_size(registry: Registry, tmp_path: Path) -> None:
+    client = registry.client
+    second = tmp_path / "second"
+    await registry.storage("second", root=second)
+    uid = await registry.register("file", "file")
+    [item] = (await client.get("/request/query_data_item", params={"uid": uid})).json()
+    body = {
+        "oid": item["oid"],
+        "storage_id": await storage_id(registry, "second"),
+        "uri": "/copy",
+        "item_state": "READY",
+    }
+    missing = await client.post("/ingest/init_data_item", json=body)
+    assert missing.status_code == 422 and "no payload" in missing.text, missing.text
+    (second / "copy").write_bytes(b"not the same length")
+    different = await client.post("/ingest/init_data_item", json=body)
+    assert different.status_code == 422 and "not a replica" in different.text, different.text
+    (second / "copy").write_bytes((registry.root / "file").read_bytes())
+    made = await client.post("/ingest/init_data_item", json=body)
+    assert made.status_code == 200, made.text
+    [replica] = (await client.get("/request/query_data_item", params={"uid": made.json()})).json()
+    assert (replica["item_state"], replica["uri"], replica["uid_phase"]) == ("READY", "/copy", "GAS")
+    same = await client.post("/ingest/init_data_item", json={**body, "uri": "copy"})
+    assert same.json() == made.json(), "the same payload announced again is the same replica"
+    no_storage = await client.post("/ingest/init_data_item", json={"item_name": "x", "item_state": "READY"})
+    assert no_storage.status_code == 422 and "json_data.item_state" in no_storage.text
