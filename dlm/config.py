@@ -15,6 +15,15 @@ from dlm.enums import Role
 ENV_PREFIX = "DLM_"
 
 
+# SKA-DLM's environment variables for the same settings (its Helm chart sets them), read when the
+# DLM_ name is not set.
+SKA_ALIASES: dict[str, tuple[str, ...]] = {
+    "location_config": ("LOCATION_CONFIG",),
+    "storage_config": ("STORAGE_CONFIG",),
+    "ssh_public_key_file": ("SSH_PUBLIC_KEY_PATH",),
+}
+
+
 class InvalidSettings(Exception):
     """A setting has a value DLM cannot use; the message names the variable."""
 
@@ -178,6 +187,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
                 raise InvalidSettings(f"{ENV_PREFIX}CONFIG={config_file}: {exc}") from None
         for field in msgspec.structs.fields(cls):
             raw = environ.get(f"{ENV_PREFIX}{field.name.upper()}")
+            if raw is None or raw == "":
+                raw = next((environ[alias] for alias in SKA_ALIASES.get(field.name, ()) if environ.get(alias)), None)
             if raw is not None and raw != "":
                 values[field.name] = raw
         values.update({key: value for key, value in overrides.items() if value is not None})

@@ -375,9 +375,12 @@ async def new_bucket(s3_config: dict[str, Any], name: str = "") -> str:
 
 
 class Server:
-    """A `dlm serve` process against a test database; ``settings`` become DLM_* variables."""
+    """A `dlm serve` process against a test database; ``settings`` become DLM_* variables, ``environ``
+    is added as it is (SKA's variable names, HOME)."""
 
-    def __init__(self, database_url: str, data_dir: Path, **settings: Any) -> None:
+    def __init__(
+        self, database_url: str, data_dir: Path, *, environ: dict[str, str] | None = None, **settings: Any
+    ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         environment = {key: value for key, value in os.environ.items() if not key.startswith("DLM_")}
@@ -391,6 +394,7 @@ class Server:
             **{f"DLM_{key.upper()}": str(value) for key, value in QUIET_ENGINES.items()},
         )
         environment.update({f"DLM_{key.upper()}": str(value) for key, value in settings.items()})
+        environment.update(environ or {})
         self.log = data_dir / f"serve-{self.port}.log"
         data_dir.mkdir(parents=True, exist_ok=True)
         with self.log.open("w") as log:

@@ -45,3 +45,18 @@ def test_unknown_keys_in_the_config_file_are_refused(tmp_path: Path) -> None:
     config.write_text("prot = 1\n")
     with pytest.raises(InvalidSettings, match="prot"):
         Settings.from_env({"DLM_CONFIG": str(config)})
+
+
+def test_skas_variable_names_are_read_when_dlms_are_not_set() -> None:
+    ska = {
+        "LOCATION_CONFIG": "/etc/location-config.json",
+        "STORAGE_CONFIG": "/etc/storage-config.json",
+        "SSH_PUBLIC_KEY_PATH": "/dlm/.ssh/id_rsa.pub",
+    }
+    settings = Settings.from_env(ska)
+    assert (settings.location_config, settings.storage_config, settings.ssh_public_key_file) == (
+        "/etc/location-config.json",
+        "/etc/storage-config.json",
+        "/dlm/.ssh/id_rsa.pub",
+    )
+    assert Settings.from_env({**ska, "DLM_STORAGE_CONFIG": "/etc/dlm.toml"}).storage_config == "/etc/dlm.toml"

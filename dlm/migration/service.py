@@ -284,7 +284,7 @@ async def cancel_migration(session: AsyncSession, migration_id: int) -> Row[Any]
         await discard_destination(session, migration)
     values: dict[str, Any] = {
         "status": MigrationStatus.CANCELLED,
-        "complete": False,
+        "complete": True,
         "completion_date": now,
         "last_error": "cancelled",
         "job_status": {"finished": True, "success": False, "error": "cancelled"},

@@ -319,6 +319,8 @@ class Job:
                 session,
                 self.migration_id,
                 status=MigrationStatus.FAILED,
+                # SKA-DLM's sense: finished, whatever the outcome (job_status.success says which).
+                complete=True,
                 last_error=reason,
                 completion_date=func.now(),
                 lease_owner=None,

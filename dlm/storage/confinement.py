@@ -37,7 +37,9 @@ class Confinement(msgspec.Struct, frozen=True, kw_only=True):
         endpoints = settings.s3_endpoint_list
         return cls(
             posix_roots=tuple(real_path(root) for root in roots),
-            forbidden=(real_path(settings.pgdata_dir),),
+            # The embedded database's files, where this host has them (an external database's are
+            # elsewhere: then a root such as SKA's "/" may hold the data directory).
+            forbidden=(real_path(settings.pgdata_dir),) if settings.embedded or settings.pgdata_dir.exists() else (),
             s3_endpoints=frozenset(normalise_endpoint(endpoint) for endpoint in endpoints) if endpoints else None,
             sftp_hosts=frozenset(host.lower() for host in settings.sftp_host_list) if settings.sftp_host_list else None,
         )

@@ -1,5 +1,5 @@
 """Create the locations and storages an operator lists in files (``DLM_LOCATION_CONFIG``,
-``DLM_STORAGE_CONFIG``) at startup. Idempotent: what exists already (by name) is left alone, except
+``DLM_STORAGE_CONFIG``; SKA-DLM's ``LOCATION_CONFIG``, ``STORAGE_CONFIG`` and their layout too) at startup. Idempotent: what exists already (by name) is left alone, except
 that a storage whose listed config differs from its current one gets the listed config.
 
 The files are the operator's, so the POSIX roots they name (their storages' roots, and any listed under
@@ -20,6 +20,7 @@ from dlm.enums import LocationCountry, LocationType, Phase, StorageInterface, St
 from dlm.errors import InvalidQueryParameters
 from dlm.storage import service
 from dlm.storage.confinement import Confinement
+from dlm.transfer.backends import place_of
 
 
 class LocationEntry(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -50,10 +51,36 @@ def _load(path: str) -> Any:
         raise InvalidQueryParameters(f"{path}: {exc}") from None
 
 
+# SKA-DLM's files (LOCATION_CONFIG, STORAGE_CONFIG, as its Helm chart writes them) name the fields
+# differently; an entry with "name" is read in that layout.
+_SKA_LOCATION_FIELDS = {
+    "name": "location_name",
+    "type": "location_type",
+    "country": "location_country",
+    "city": "location_city",
+    "facility": "location_facility",
+}
+_SKA_STORAGE_FIELDS = {"name": "storage_name", "location": "location_name", "interface": "storage_interface"}
+
+
+def _from_ska_layout(entry: Any, fields: dict[str, str]) -> Any:
+    if not isinstance(entry, dict) or "name" not in entry:
+        return entry
+    translated = {fields.get(key, key): value for key, value in entry.items()}
+    if "storage_name" in translated:
+        # SKA-DLM's default phase for a listed storage, and its case-insensitive phase names.
+        translated["storage_phase"] = str(translated.get("storage_phase") or Phase.SOLID.value).upper()
+    return translated
+
+
 def load_entries(path: str, key: str, entry_type: type[msgspec.Struct]) -> list[Any]:
-    """Entries from a JSON file (a list, or an object with ``key``) or a TOML file (``[[key]]`` tables)."""
+    """Entries from a JSON file (a list, or an object with ``key``) or a TOML file (``[[key]]`` tables),
+    in DLM's layout or SKA-DLM's."""
     document = _load(path)
     entries = document.get(key, []) if isinstance(document, dict) else document
+    if isinstance(entries, list):
+        fields = _SKA_LOCATION_FIELDS if entry_type is LocationEntry else _SKA_STORAGE_FIELDS
+        entries = [_from_ska_layout(entry, fields) for entry in entries]
     try:
         return msgspec.convert(entries, list[entry_type])
     except msgspec.ValidationError as exc:
@@ -71,7 +98,8 @@ def allowed_roots(storage_file: str | None) -> list[str]:
     except msgspec.ValidationError as exc:
         raise InvalidQueryParameters(f"{storage_file}: storage_roots: {exc}") from None
     storages = load_entries(storage_file, "storages", StorageEntry)
-    return roots + [entry.root_directory for entry in storages if entry.storage_interface is StorageInterface.POSIX]
+    places = [place_of(entry.storage_interface, entry.root_directory, entry.config) for entry in storages]
+    return roots + [place.root for place in places if place.kind == "local"]
 
 
 def storage_confinement(settings: Settings) -> Confinement:

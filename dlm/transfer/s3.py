@@ -22,6 +22,7 @@ from dlm.enums import ChecksumMethod
 from dlm.transfer.base import (
     CHUNK_SIZE,
     Entry,
+    PayloadExists,
     PayloadInfo,
     PayloadMissing,
     StorageRefused,
@@ -37,6 +38,8 @@ MIN_PART_SIZE = 5 * 1024 * 1024
 DEFAULT_PART_SIZE = 16 * 1024 * 1024
 MAX_PARTS = 10_000
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+# A conditional write (If-None-Match: *) found an object at the key: someone else's, never replaced.
+_TAKEN = {"412", "PreconditionFailed", "ConditionalRequestConflict"}
 _LIBRARY_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, aiohttp.ClientError, OSError)
 _TRANSIENT = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
 
@@ -117,6 +120,8 @@ class S3Backend:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in _MISSING:
                 return PayloadMissing(f"no payload at {uri!r}")
+            if code in _TAKEN:
+                return PayloadExists(f"{uri!r} exists already; DLM never overwrites a payload")
             if code in _TRANSIENT:
                 return StorageUnreachable(f"{where}: {code}")
             return StorageRefused(f"{where}: {code or exc}")
@@ -178,8 +183,19 @@ class S3Backend:
         self, uri: str, chunks: AsyncIterable[bytes], *, size_hint: int | None = None, mode: int | None = None
     ) -> int:
         """One PUT for a payload that fits in a part, otherwise a multipart upload holding one part in
-        memory at a time. Nothing is visible at the key until the upload completes; any failure aborts it."""
+        memory at a time. Nothing is visible at the key until the upload completes; any failure aborts it.
+        Never over an existing object: looked for first (so no upload is wasted), then written
+        conditionally (If-None-Match: *, honoured by AWS, MinIO and recent Ceph), so a racing writer
+        loses with PayloadExists instead of replacing what is there."""
         key = self.key(uri)
+        with self._translated(uri):
+            try:
+                await self._client.head_object(Bucket=self.bucket, Key=key)
+            except botocore.exceptions.ClientError as exc:
+                if not isinstance(self._error(exc, uri), PayloadMissing):
+                    raise
+            else:
+                raise PayloadExists(f"{uri!r} exists already; DLM never overwrites a payload")
         part_size = self.part_size(size_hint)
         buffer = bytearray()
         written = 0
@@ -198,12 +214,12 @@ class S3Backend:
                         await self._upload_part(key, upload_id, parts, bytes(buffer[:part_size]))
                         del buffer[:part_size]
                 if upload_id is None:
-                    await self._client.put_object(Bucket=self.bucket, Key=key, Body=bytes(buffer))
+                    await self._client.put_object(Bucket=self.bucket, Key=key, Body=bytes(buffer), IfNoneMatch="*")
                     return written
                 if buffer:
                     await self._upload_part(key, upload_id, parts, bytes(buffer))
                 await self._client.complete_multipart_upload(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, IfNoneMatch="*"
                 )
             except BaseException:
                 if upload_id is not None:

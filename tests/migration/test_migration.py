@@ -237,6 +237,9 @@ async def test_a_missing_source_payload_fails_with_the_reason(registry: Registry
     queued = await copy(registry.client, uid=uid, destination_name="second")
     done = await wait_for(registry.client, queued["migration_id"])
     assert done["status"] == "FAILED" and "PayloadMissing" in done["last_error"], done
+    assert done["attempts"] == 1, "a missing source is not worth retrying"
+    # What SKA's clients read: finished (complete), and not a success.
+    assert done["complete"] is True and done["job_status"]["success"] is False
     assert (await registry.item(queued["uid"]))["item_state"] == "DELETED"
 
 

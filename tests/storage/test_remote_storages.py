@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 from litestar.testing import AsyncTestClient
 
 from dlm.app import create_app
@@ -163,3 +164,28 @@ async def test_sftp_hosts_can_be_limited(settings: Settings, ssh_server: SshServ
     async with AsyncTestClient(create_app(allowed)) as client:
         response = await client.post("/storage/init_storage", params=storage("a", tmp_path), json=ssh_server.config())
         assert response.status_code == 200, response.text
+
+
+def test_a_mistake_in_a_file_in_skas_layout_names_the_file_and_field(tmp_path: Path) -> None:
+    from dlm.errors import InvalidQueryParameters
+    from dlm.storage.seed import LocationEntry, StorageEntry, load_entries
+
+    locations = tmp_path / "location-config.json"
+    locations.write_text('[{"name": "local", "type": "local-dev", "country": "AU", "city": "Perth", "facility": "x"}]')
+    [location] = load_entries(str(locations), "locations", LocationEntry)
+    assert (location.location_name, location.location_type.value, location.location_city) == (
+        "local",
+        "local-dev",
+        "Perth",
+    )
+    storages = tmp_path / "storage-config.json"
+    storages.write_text(
+        '[{"name": "a", "location": "local", "storage_type": "filesystem", "interface": "ftp", "root_directory": "/"}]'
+    )
+    with pytest.raises(InvalidQueryParameters, match=r"storage-config.json: .*storage_interface"):
+        load_entries(str(storages), "storages", StorageEntry)
+    storages.write_text(
+        '[{"name": "a", "location": "local", "storage_type": "filesystem", "interface": "posix", "root_directory": "/"}]'
+    )
+    [storage] = load_entries(str(storages), "storages", StorageEntry)
+    assert storage.storage_phase.value == "SOLID", "SKA-DLM's default phase for a listed storage"

@@ -12,7 +12,7 @@ from dlm.checksum import new_hasher
 from dlm.enums import ChecksumMethod, StorageInterface
 from dlm.errors import InvalidQueryParameters
 from dlm.transfer.backends import make_backend
-from dlm.transfer.base import PayloadMissing, StorageRefused
+from dlm.transfer.base import PayloadExists, PayloadMissing, StorageRefused
 from dlm.transfer.s3 import MIN_PART_SIZE, S3Backend, S3Settings
 from tests.conftest import new_bucket
 
@@ -148,3 +148,24 @@ async def test_s3_wrong_bucket_is_refused_permanently(s3_config: dict[str, Any])
     async with S3Backend("no-such-bucket", S3Settings.from_rclone(s3_config)) as s3:
         with pytest.raises(StorageRefused, match="NoSuchBucket"):
             await s3.write("x", chunks_of(b"x"))
+
+
+async def test_a_write_never_replaces_what_is_at_the_uri(backend: Any) -> None:
+    await backend.write("taken", chunks_of(b"someone else's"))
+    with pytest.raises(PayloadExists) as raised:
+        await backend.write("taken", chunks_of(b"ours"))
+    assert not raised.value.transient
+    assert await read_all(backend, "taken") == b"someone else's"
+
+
+async def test_s3_a_racing_writer_loses_rather_than_overwrites(s3_bucket: str, s3_config: dict[str, Any]) -> None:
+    """Both writers found the key free; the conditional write makes the second fail."""
+    async with S3Backend(s3_bucket, S3Settings.from_rclone(s3_config)) as s3:
+
+        async def racing() -> AsyncIterator[bytes]:
+            yield b"ours"
+            await s3._client.put_object(Bucket=s3_bucket, Key="raced", Body=b"theirs")
+
+        with pytest.raises(PayloadExists):
+            await s3.write("raced", racing())
+        assert await read_all(s3, "raced") == b"theirs"
