@@ -75,7 +75,7 @@ def create_app(settings: Settings) -> Litestar:
             async with engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
             app.state.engine = engine
-            app.state.sessionmaker = create_sessionmaker(engine, keyring=keyring)
+            app.state.sessionmaker = create_sessionmaker(engine, keyring=keyring, event_sinks=settings.event_sinks)
             gate.sessionmaker = app.state.sessionmaker
             gate.open = await decide_open(settings, app.state.sessionmaker)
             workers = MigrationWorkers(app.state.sessionmaker, settings)

@@ -21,6 +21,10 @@ SKA_ALIASES: dict[str, tuple[str, ...]] = {
     "location_config": ("LOCATION_CONFIG",),
     "storage_config": ("STORAGE_CONFIG",),
     "ssh_public_key_file": ("SSH_PUBLIC_KEY_PATH",),
+    # SKA-DLM's outbox relay.
+    "amqp_url": ("DLM_OUTBOX_RABBITMQ_URL",),
+    "amqp_exchange": ("DLM_OUTBOX_EXCHANGE",),
+    "events_interval_seconds": ("DLM_OUTBOX_POLL_INTERVAL",),
 }
 
 
@@ -107,6 +111,18 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     # Fernet keys (comma-separated, newest first) that encrypt storage configs at rest.
     secret_key: str | None = None
 
+    # --- notifications (docs/events.md) ---
+    # RabbitMQ to publish events to (amqp://user:password@host:5672/vhost), on a durable topic exchange.
+    amqp_url: str | None = None
+    amqp_exchange: str = "dlm.outbox"
+    # URLs (comma-separated) each event is POSTed to, signed with HMAC-SHA256 under webhook_secret.
+    webhooks: str | None = None
+    webhook_secret: str | None = None
+    # How often this process relays due events (seconds; 0: leave it to other processes), and how long
+    # delivered events stay in the outbox.
+    events_interval_seconds: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    events_keep_seconds: Annotated[float, msgspec.Meta(ge=0)] = 7 * 24 * 3600.0
+
     def __post_init__(self) -> None:
         if self.auth_jwks_url and self.auth_jwks_file:
             raise ValueError("set one of DLM_AUTH_JWKS_URL and DLM_AUTH_JWKS_FILE, not both")
@@ -117,6 +133,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
         parse_role_map(self.auth_role_map)  # a malformed map stops DLM at start-up, not at the first login
         if self.admin_token is not None and (not self.admin_token.startswith("dlm_") or len(self.admin_token) < 36):
             raise ValueError("DLM_ADMIN_TOKEN must be a DLM API token: 'dlm_' and at least 32 random characters")
+        for url in self.webhook_urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"DLM_WEBHOOKS: {url!r} must be an http:// or https:// URL")
+        if self.webhooks and not self.webhook_secret:
+            raise ValueError("DLM_WEBHOOK_SECRET is needed to sign what DLM_WEBHOOKS receive")
+        if self.amqp_url and not self.amqp_url.startswith(("amqp://", "amqps://")):
+            raise ValueError("DLM_AMQP_URL must be an amqp:// or amqps:// URL")
         if self.capacity_low_watermark >= self.capacity_high_watermark:
             # msgspec reports this as a validation error naming neither field; say which and why.
             raise ValueError(
@@ -149,6 +172,15 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     @property
     def s3_endpoint_list(self) -> list[str] | None:
         return comma_list(self.s3_endpoints) or None
+
+    @property
+    def webhook_urls(self) -> list[str]:
+        return comma_list(self.webhooks)
+
+    @property
+    def event_sinks(self) -> tuple[str, ...]:
+        """Where events go ("amqp", "webhook:<url>"): every event is written for each of these."""
+        return (("amqp",) if self.amqp_url else ()) + tuple(f"webhook:{url}" for url in self.webhook_urls)
 
     @property
     def sftp_host_list(self) -> list[str] | None:

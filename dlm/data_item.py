@@ -192,10 +192,18 @@ def item_selector(*, item_name: str = "", oid: str = "", uid: str = "") -> Colum
     raise InvalidQueryParameters("one of item_name, oid, uid is required")
 
 
+# PostgreSQL takes at most 32767 parameters in a statement.
+_MAX_PARAMETERS = 30_000
+
+
 async def create_items(session: AsyncSession, rows: list[dict[str, Any]]) -> list[uuid.UUID]:
-    """Insert replicas (dicts of column values, each with its uid) in one statement."""
+    """Insert replicas (dicts of column values, each with its uid, all with the same keys) in as few
+    statements as PostgreSQL's parameter limit allows: the history and outbox triggers then run once a
+    statement, not once a row."""
     if rows:
-        await session.execute(ITEMS.insert(), rows)
+        per_statement = max(1, _MAX_PARAMETERS // len(rows[0]))
+        for start in range(0, len(rows), per_statement):
+            await session.execute(ITEMS.insert().values(rows[start : start + per_statement]))
     return [row["uid"] for row in rows]
 
 

@@ -53,7 +53,9 @@ async def prepare(settings: Settings) -> Prepared:
         try:
             if embedded is None:
                 await schema.check_schema(engine)
-            sessionmaker = create_sessionmaker(engine, keyring=Keyring.from_text(settings.secret_key))
+            sessionmaker = create_sessionmaker(
+                engine, keyring=Keyring.from_text(settings.secret_key), event_sinks=settings.event_sinks
+            )
             async with transaction(sessionmaker, actor=ACTOR) as session:
                 if embedded is not None:
                     await seed_default_storage(session, settings)

@@ -538,3 +538,57 @@ def ssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def amqp_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real RabbitMQ: DLM_TEST_AMQP_URL, else the one on 127.0.0.1:5672, else one the distribution's
+    rabbitmq-server starts here. Without any, the AMQP tests skip, saying why."""
+    url = os.environ.get("DLM_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    if _amqp_answers(url):
+        yield url
+        return
+    server_binary = shutil.which("rabbitmq-server") or "/usr/sbin/rabbitmq-server"
+    if not os.path.exists(server_binary):
+        pytest.skip(
+            "RabbitMQ tests need a broker (apt-get install rabbitmq-server); none answers and none is installed"
+        )
+    directory = tmp_path_factory.mktemp("rabbitmq")
+    port = free_port()
+    environment = {
+        **os.environ,
+        "RABBITMQ_NODE_PORT": str(port),
+        "RABBITMQ_NODENAME": f"dlm-test-{port}@localhost",
+        "RABBITMQ_MNESIA_BASE": str(directory / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(directory / "log"),
+        "RABBITMQ_DIST_PORT": str(free_port()),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(directory / "enabled_plugins"),
+    }
+    (directory / "enabled_plugins").write_text("[].\n")
+    broker = subprocess.Popen([server_binary], env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"amqp://guest:guest@127.0.0.1:{port}/"
+    deadline = time.monotonic() + 60
+    while not _amqp_answers(url):
+        if broker.poll() is not None or time.monotonic() > deadline:
+            broker.kill()
+            pytest.skip(f"rabbitmq-server did not start (logs in {directory / 'log'})")
+        time.sleep(0.5)
+    try:
+        yield url
+    finally:
+        broker.terminate()
+        broker.wait(timeout=30)
+
+
+def _amqp_answers(url: str) -> bool:
+    async def connect() -> bool:
+        import aio_pika
+
+        try:
+            connection = await aio_pika.connect(url, timeout=3)
+        except Exception:
+            return False
+        await connection.close()
+        return True
+
+    return asyncio.run(connect())

@@ -84,7 +84,9 @@ def in_database_transaction(work: Callable[[Any], Coroutine[Any, Any, Any]], *, 
         engine = create_engine(url, pool_size=1)
         try:
             await check_schema(engine)
-            sessionmaker = create_sessionmaker(engine, keyring=Keyring.from_text(settings.secret_key))
+            sessionmaker = create_sessionmaker(
+                engine, keyring=Keyring.from_text(settings.secret_key), event_sinks=settings.event_sinks
+            )
             async with transaction(sessionmaker, actor=actor) as session:
                 return await work(session)
         finally:

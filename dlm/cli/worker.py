@@ -105,6 +105,22 @@ def capacity_command(once: bool, dry_run: bool, now_text: str | None, as_json: b
     _run_engine("capacity", once=once, as_json=as_json, now=_parse_now(now_text), dry_run=dry_run)
 
 
+@worker.command("events")
+@click.option("--once", is_flag=True, help="Deliver what is due, then exit (default: every interval).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def events_command(once: bool, as_json: bool) -> None:
+    """Deliver notifications to RabbitMQ (DLM_AMQP_URL) and webhooks (DLM_WEBHOOKS), at least once.
+
+    \b
+    Examples:
+      dlm worker events --once
+      dlm worker events                      # every DLM_EVENTS_INTERVAL_SECONDS
+    """
+    if not load_settings().event_sinks:
+        raise CLIError("no sink is configured: set DLM_AMQP_URL or DLM_WEBHOOKS")
+    _run_engine("events", once=once, as_json=as_json)
+
+
 def _parse_now(text: str | None) -> datetime.datetime | None:
     if text is None:
         return None
@@ -133,7 +149,9 @@ def _run_engine(name: str, *, once: bool, as_json: bool, **arguments: Any) -> No
         engine = create_engine(url, pool_size=2)
         try:
             await check_schema(engine)
-            sessionmaker = create_sessionmaker(engine, keyring=Keyring.from_text(settings.secret_key))
+            sessionmaker = create_sessionmaker(
+                engine, keyring=Keyring.from_text(settings.secret_key), event_sinks=settings.event_sinks
+            )
             while True:
                 report = await run_once(sessionmaker, **arguments)
                 if once:

@@ -105,15 +105,23 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
     )
 
 
-def create_sessionmaker(engine: AsyncEngine, *, keyring: Any = None) -> async_sessionmaker[AsyncSession]:
+def create_sessionmaker(
+    engine: AsyncEngine, *, keyring: Any = None, event_sinks: tuple[str, ...] = ()
+) -> async_sessionmaker[AsyncSession]:
     """Sessions for DLM's services. ``keyring`` (dlm.storage.configs.Keyring, from DLM_SECRET_KEY) seals
-    and opens storage configs; every session carries it in ``session.info``."""
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False, info={"keyring": keyring})
+    and opens storage configs; ``event_sinks`` (dlm.events.relay.sink_names) are the sinks the outbox
+    triggers write each event for. Every session carries both in ``session.info``."""
+    info = {"keyring": keyring, "event_sinks": ",".join(event_sinks)}
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False, info=info)
 
 
 async def set_actor(session: AsyncSession, actor: str) -> None:
-    """Name who is acting in this transaction; the history triggers record it with every event."""
-    await session.execute(text("SELECT set_config('dlm.actor', :actor, true)"), {"actor": actor})
+    """Name who is acting in this transaction, and for which sinks it writes events: the history and
+    outbox triggers read both (one statement, the transaction's first)."""
+    await session.execute(
+        text("SELECT set_config('dlm.actor', :actor, true), set_config('dlm.event_sinks', :sinks, true)"),
+        {"actor": actor, "sinks": session.info.get("event_sinks") or ""},
+    )
 
 
 @contextlib.asynccontextmanager

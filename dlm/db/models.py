@@ -21,7 +21,7 @@ from sqlalchemy import (
     Text,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from dlm.enums import (
@@ -317,4 +317,26 @@ class ApiToken(Base):
     __table_args__ = (
         # A name belongs to one token at a time; a revoked token keeps its row (and name) as the trace.
         Index("uq_api_token_name_live", "name", unique=True, postgresql_where=text("revoked IS NULL")),
+    )
+
+
+class OutboxEvent(Base):
+    """A notification for RabbitMQ and webhooks (dlm.events), written by triggers in the transaction that
+    made the change it tells of, for each sink named in ``pending``; a sink leaves ``pending`` once it
+    has the event."""
+
+    __tablename__ = "outbox_event"
+
+    event_id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    event_type: Mapped[str] = mapped_column(String)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime.datetime] = timestamp(server_default=UTC_NOW)
+    pending: Mapped[list[str]] = mapped_column(ARRAY(String))
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_attempt_at: Mapped[datetime.datetime] = timestamp(server_default=UTC_NOW)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime.datetime | None] = timestamp()
+
+    __table_args__ = (
+        Index("ix_outbox_event_due", "next_attempt_at", postgresql_where=text("cardinality(pending) > 0")),
     )

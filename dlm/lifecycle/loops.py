@@ -11,6 +11,7 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dlm.config import Settings
+from dlm.events.relay import Relay
 from dlm.lifecycle import audit, capacity, expiry, replication
 
 log = logging.getLogger("dlm.lifecycle")
@@ -37,6 +38,8 @@ def engines(settings: Settings) -> dict[str, tuple[Pass, float]]:
         "replication": (replication.run_once, settings.replication_interval_seconds),
         "audit": (audit_pass, settings.audit_interval_seconds),
         "capacity": (capacity_pass, settings.capacity_interval_seconds),
+        # Delivering notifications is not a lifecycle engine, but it runs the same way.
+        "events": (Relay(settings).run_once, settings.events_interval_seconds if settings.event_sinks else 0),
     }
 
 

@@ -23,8 +23,10 @@ from dlm.transfer.backends import Place, normalise_endpoint
 class Confinement(msgspec.Struct, frozen=True, kw_only=True):
     # Directories POSIX storages may be rooted in (resolved).
     posix_roots: tuple[Path, ...]
-    # Directories no storage may reach into: DLM's own database files.
+    # Directories no storage may reach into: DLM's own database files, where this host has them (with
+    # an external database they are elsewhere, and a root such as SKA's "/" may hold the data directory).
     forbidden: tuple[Path, ...] = ()
+    embedded: bool = True
     # Allowed S3 endpoints (normalised: scheme://host:port, or "aws"); None: any.
     s3_endpoints: frozenset[str] | None = None
     # Allowed SSH hosts (lower-case "host" or "host:port"); None: any.
@@ -37,9 +39,8 @@ class Confinement(msgspec.Struct, frozen=True, kw_only=True):
         endpoints = settings.s3_endpoint_list
         return cls(
             posix_roots=tuple(real_path(root) for root in roots),
-            # The embedded database's files, where this host has them (an external database's are
-            # elsewhere: then a root such as SKA's "/" may hold the data directory).
-            forbidden=(real_path(settings.pgdata_dir),) if settings.embedded or settings.pgdata_dir.exists() else (),
+            forbidden=(real_path(settings.pgdata_dir),),
+            embedded=settings.embedded,
             s3_endpoints=frozenset(normalise_endpoint(endpoint) for endpoint in endpoints) if endpoints else None,
             sftp_hosts=frozenset(host.lower() for host in settings.sftp_host_list) if settings.sftp_host_list else None,
         )
@@ -51,7 +52,7 @@ class Confinement(msgspec.Struct, frozen=True, kw_only=True):
         """The resolved root, if a POSIX storage may be rooted there."""
         root = real_path(Path(root_directory))
         for forbidden in self.forbidden:
-            if nested(root, forbidden):
+            if nested(root, forbidden) and (self.embedded or forbidden.exists()):
                 raise InvalidQueryParameters(
                     f"root_directory: {root_directory!r} overlaps DLM's own database directory {str(forbidden)!r}"
                 )
