@@ -87,6 +87,8 @@ class Item(msgspec.Struct, kw_only=True):
     parents: uuid.UUID | None = None
     children: uuid.UUID | None = None
     metadata: Any | None = None
+    extracted_metadata: Any | None = None
+    payload_modified: datetime.datetime | None = None
 
 
 class Storage(msgspec.Struct, kw_only=True):

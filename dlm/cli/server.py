@@ -166,6 +166,28 @@ def reseal_configs() -> None:
     click.echo(f"sealed {changed} storage config(s) with the first key of DLM_SECRET_KEY")
 
 
+@db.command("import-ska")
+@click.option("--source", "source_url", required=True, help="The SKA-DLM database, postgresql://user@host/db.")
+@click.option("--source-schema", default="dlm", show_default=True, help="The schema of SKA-DLM's tables.")
+def import_ska(source_url: str, source_schema: str) -> None:
+    """Copy an SKA-DLM database's locations, storages, configs, data items and migrations into DLM.
+
+    Ids, versions, states, phases, expirations and metadata are kept. Running it again imports only
+    what is new; what cannot come over is listed with the reason. One transaction: all or nothing.
+    The source is only read.
+
+    \b
+    Example:
+      dlm db import-ska --source postgresql://ska_dlm_admin@dlm-db:5432/ska_dlm
+    """
+    from dlm.ska.importer import import_ska as run_import
+
+    report = in_database_transaction(
+        lambda session: run_import(session, source_url, source_schema), actor="dlm db import-ska"
+    )
+    click.echo(report.summary())
+
+
 @db.command("new-secret-key")
 def new_secret_key() -> None:
     """Print a new key for DLM_SECRET_KEY (Fernet: 32 random bytes, url-safe base64)."""

@@ -175,6 +175,11 @@ class DataItem(Base):
     parents: Mapped[uuid.UUID | None] = mapped_column(UUID)
     children: Mapped[uuid.UUID | None] = mapped_column(UUID)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
+    # What DLM's metadata plugins found at registration, by plugin (dlm.metadata); ``metadata`` stays
+    # the caller's.
+    extracted_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # When the payload was last modified, as its storage said at registration.
+    payload_modified: Mapped[datetime.datetime | None] = timestamp()
 
     __table_args__ = (
         Index("ix_data_item_item_name", "item_name"),

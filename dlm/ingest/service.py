@@ -2,9 +2,11 @@
 
 import asyncio
 import datetime
+import mimetypes
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from pathlib import PurePosixPath
 from typing import Annotated, Any
 
 import msgspec
@@ -345,15 +347,12 @@ async def register_items(
                 "item_checksum": payload.checksum,
                 "checksum_method": ChecksumMethod.CRC32C,
                 "item_owner": entry.item_owner or owner or DEFAULT_OWNER,
-                # What the generic plugin found (it guesses from the name) is the item's MIME type too.
-                "item_mime_type": payload.extracted.get("generic", {}).get("mime_type") or DEFAULT_MIME_TYPE,
-                # What the caller sent wins over what a plugin found under the same key.
-                "metadata": {
-                    **payload.extracted,
-                    **(entry.metadata or {}),
-                    "uid": str(uid),
-                    "item_name": entry.item_name,
-                },
+                "item_mime_type": guess_mime_type(entry.uri, entry.item_type),
+                "payload_modified": payload.modified,
+                # The caller's metadata comes back as sent (with uid and item_name, as in SKA-DLM); what
+                # the plugins found is DLM's, in a column of its own.
+                "metadata": {**(entry.metadata or {}), "uid": str(uid), "item_name": entry.item_name},
+                "extracted_metadata": payload.extracted or None,
             }
         )
         versions[entry.item_name] += 1
@@ -369,9 +368,24 @@ async def register_items(
     return await create_items(session, rows)
 
 
+# Names whose common MIME guess is wrong at an observatory: a .ms is a Measurement Set, not troff.
+_NOT_WHAT_THEY_SEEM = {".ms"}
+
+
+def guess_mime_type(uri: str, item_type: ItemType) -> str:
+    """The MIME type the payload's name suggests (``inode/directory`` for a container)."""
+    if item_type is ItemType.CONTAINER:
+        return "inode/directory"
+    if PurePosixPath(uri).suffix.lower() in _NOT_WHAT_THEY_SEEM:
+        return DEFAULT_MIME_TYPE
+    return mimetypes.guess_type(uri, strict=False)[0] or DEFAULT_MIME_TYPE
+
+
 class _Payload(msgspec.Struct):
     size: int | None = None
     checksum: str | None = None
+    # When the payload was last modified, as its storage says.
+    modified: datetime.datetime | None = None
     # What the metadata plugins found, by plugin name.
     extracted: dict[str, Any] = msgspec.field(default_factory=dict)
 
@@ -437,6 +451,8 @@ async def _inspect_payloads(
                         f"{where(index)}item_type: the payload at {entry.uri!r} is {kind}, "
                         f"not a {entry.item_type.value}"
                     )
+                if info.modified is not None:
+                    payloads[index].modified = datetime.datetime.fromtimestamp(info.modified, datetime.UTC)
                 if info.size is not None:
                     payloads[index].size = info.size
                     if info.size <= checksum_max_bytes:

@@ -2,8 +2,10 @@
 
 A plugin is a coroutine function ``extract(payload: Payload, backend: Backend) -> dict | None``
 published under the entry-point group ``dlm.metadata``; what it returns is stored in the item's
-metadata under the plugin's name. A plugin that fails never fails the registration: its error is
-recorded under ``metadata["dlm_extract_errors"][name]`` and logged. ``DLM_METADATA_PLUGINS`` chooses
+``extracted_metadata`` under the plugin's name (the caller's ``metadata`` is left as sent). A plugin
+that fails never fails the registration: its error is recorded under
+``extracted_metadata["dlm_extract_errors"][name]`` and logged. Size, MIME type and modification time
+are columns (``item_size``, ``item_mime_type``, ``payload_modified``), not a plugin's. ``DLM_METADATA_PLUGINS`` chooses
 which plugins run (default: all installed).
 
     [project.entry-points."dlm.metadata"]

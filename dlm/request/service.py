@@ -25,15 +25,13 @@ async def query_items(
     storage_id: str = "",
     params: str | None = None,
 ) -> list[Row[Any]]:
-    """Items matching every given criterion and ``params`` filter; at most 1000 per call (use offset)."""
+    """Items matching ``params`` and the given criteria; at most 1000 per call (use offset). As in
+    SKA-DLM, a uid names the rows, else an oid, else an item_name (one that is given but not used is
+    still checked); storage_id and ``params`` narrow them further."""
     query = parse_params(params, ITEMS, DEFAULT_ORDER)
     conditions = list(query.conditions)
-    if item_name:
-        conditions.append(ITEMS.c.item_name == item_name)
-    if oid:
-        conditions.append(ITEMS.c.oid == parse_uuid(oid, "oid"))
-    if uid:
-        conditions.append(ITEMS.c.uid == parse_uuid(uid, "uid"))
+    if uid or oid or item_name:
+        conditions.append(item_selector(item_name=item_name, oid=oid, uid=uid))
     if storage_id:
         conditions.append(ITEMS.c.storage_id == parse_uuid(storage_id, "storage_id"))
     statement = (
@@ -58,11 +56,12 @@ async def item_exists(
 async def query_expired(
     session: AsyncSession, *, offset: datetime.timedelta | None = None, now: datetime.datetime | None = None
 ) -> list[Row[Any]]:
-    """Live replicas whose uid_expiration has passed, as of ``now + offset`` (a positive offset looks ahead)."""
+    """READY replicas whose uid_expiration has passed, as of ``now + offset`` (a positive offset looks
+    ahead), as SKA-DLM answers: a replica still being written (INITIALISED) is not expired data."""
     moment = shift(now or datetime.datetime.now(datetime.UTC), offset or datetime.timedelta(), "offset")
     statement = (
         select(ITEMS)
-        .where(ITEMS.c.uid_expiration < moment, ITEMS.c.item_state != ItemState.DELETED)
+        .where(ITEMS.c.uid_expiration < moment, ITEMS.c.item_state == ItemState.READY)
         .order_by(ITEMS.c.uid_expiration, ITEMS.c.uid)
         .limit(MAX_PAGE_SIZE)
     )

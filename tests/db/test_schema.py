@@ -1,3 +1,4 @@
+import json
 import uuid
 
 import pytest
@@ -182,3 +183,36 @@ async def test_revision_0003_names_the_replicas_that_share_a_payload(database_ur
     message = str(raised.value)
     for fragment in ("'shared-disk'", "'same/file.dat'", "'first'", "'second'", "uid", "UPDATE data_item"):
         assert fragment in message, fragment
+
+
+async def test_revision_0007_moves_what_plugins_wrote_out_of_the_callers_metadata(
+    database_url: str, engine: AsyncEngine
+) -> None:
+    await engine.dispose()
+    await schema.downgrade(database_url, "0006")
+    old_style = {
+        "scan": 7,
+        "uid": "x",
+        "generic": {"size": 3, "modified": "2026-01-02T03:04:05+00:00", "mime_type": "text/plain"},
+        "ska_data_product": {"execution_block": "eb-1"},
+    }
+    theirs = {"generic": "a caller's own key", "uid": "y"}
+    async with engine.begin() as connection:
+        for name, metadata in (("old", old_style), ("theirs", theirs)):
+            await connection.execute(
+                text("INSERT INTO data_item (item_name, metadata) VALUES (:name, CAST(:metadata AS jsonb))"),
+                {"name": name, "metadata": json.dumps(metadata)},
+            )
+    await engine.dispose()
+    await schema.upgrade(database_url)
+    async with engine.connect() as connection:
+        rows = {
+            row.item_name: row
+            for row in await connection.execute(
+                text("SELECT item_name, metadata, extracted_metadata, payload_modified FROM data_item")
+            )
+        }
+    assert rows["old"].metadata == {"scan": 7, "uid": "x"}
+    assert rows["old"].extracted_metadata == {"ska_data_product": {"execution_block": "eb-1"}}
+    assert rows["old"].payload_modified.isoformat() == "2026-01-02T03:04:05+00:00"
+    assert (rows["theirs"].metadata, rows["theirs"].extracted_metadata) == (theirs, None)

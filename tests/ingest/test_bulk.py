@@ -26,9 +26,8 @@ async def test_bulk_registration_returns_uids_in_order(registry: Registry) -> No
     items = [await registry.item(uid) for uid in uids[:5]]
     assert [item["item_name"] for item in items] == [f"bulk-{index}" for index in range(5)]
     assert all(item["item_state"] == "READY" and item["item_size"] for item in items)
-    metadata = items[3]["metadata"]
-    assert metadata.pop("generic")["mime_type"] == "application/octet-stream", "the generic plugin ran"
-    assert metadata == {"kind": "calibration", "uid": uids[3], "item_name": "bulk-3"}
+    assert items[3]["metadata"] == {"kind": "calibration", "uid": uids[3], "item_name": "bulk-3"}
+    assert items[3]["item_mime_type"] == "application/octet-stream" and items[3]["payload_modified"]
     assert items[4]["uid_expiration"] == "2031-05-01T00:00:00+00:00"
     assert items[0]["uid_expiration"] > items[0]["uid_creation"], "the default expiry applies to the others"
 

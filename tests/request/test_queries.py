@@ -66,10 +66,31 @@ async def test_query_expired_with_and_without_offset(registry: Registry) -> None
     assert await expired(offset="PT1H") == [past, soon]
     assert await expired(offset="3600") == [past, soon]
     assert await expired(offset="-PT2H") == []
+    draft = (
+        await client.post("/ingest/init_data_item", json={"item_name": "draft", "uid_expiration": "2000-01-01"})
+    ).json()
+    assert draft not in await expired(), "as in SKA-DLM, only READY replicas: a draft is not expired data"
     await client.patch("/request/set_state", params={"uid": past, "state": "DELETED"})
     assert await expired() == [], "deleted replicas are no longer candidates"
     assert_error(
         await client.get("/request/query_expired", params={"offset": "soon"}), 422, "InvalidQueryParameters", "offset"
+    )
+
+
+async def test_a_uid_names_the_item_whatever_else_is_given_as_in_ska_dlm(registry: Registry) -> None:
+    uid = await registry.register("obs")
+    await registry.register("other")
+    found = await registry.client.get("/request/query_data_item", params={"uid": uid, "item_name": "other"})
+    assert [row["uid"] for row in found.json()] == [uid]
+    narrowed = await registry.client.get(
+        "/request/query_data_item", params={"uid": uid, "params": '{"item_state": "eq.DELETED"}'}
+    )
+    assert narrowed.json() == [], "params narrow what the uid names"
+    assert_error(
+        await registry.client.get("/request/query_data_item", params={"uid": uid, "oid": "nope"}),
+        422,
+        "InvalidQueryParameters",
+        "oid",
     )
 
 

@@ -1,0 +1,1 @@
+"""Coming from SKA-DLM: what DLM needs to take over an SKA-DLM deployment's state."""
