@@ -28,9 +28,8 @@ from dlm.metadata import load_extractors
 from dlm.migration.routes import router as migration_router
 from dlm.migration.worker import MigrationWorkers
 from dlm.request.routes import router as request_router
-from dlm.storage.configs import Keyring
+from dlm.storage.context import session_info
 from dlm.storage.routes import router as storage_router
-from dlm.storage.seed import storage_confinement
 
 log = logging.getLogger("dlm")
 
@@ -75,7 +74,7 @@ def create_app(settings: Settings) -> Litestar:
             async with engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
             app.state.engine = engine
-            app.state.sessionmaker = create_sessionmaker(engine, keyring=keyring, event_sinks=settings.event_sinks)
+            app.state.sessionmaker = create_sessionmaker(engine, info=info)
             gate.sessionmaker = app.state.sessionmaker
             gate.open = await decide_open(settings, app.state.sessionmaker)
             workers = MigrationWorkers(app.state.sessionmaker, settings)
@@ -92,7 +91,8 @@ def create_app(settings: Settings) -> Litestar:
             await engine.dispose()
 
     gate = Gate(settings, openapi_path=OPENAPI_PATH)
-    keyring = Keyring.from_text(settings.secret_key)
+    # Built now, so that a bad DLM_SECRET_KEY or seed file stops DLM before it serves anything.
+    info = session_info(settings)
     return Litestar(
         route_handlers=[
             ingest_router,
@@ -113,7 +113,7 @@ def create_app(settings: Settings) -> Litestar:
             {
                 "settings": settings,
                 "gate": gate,
-                "confinement": storage_confinement(settings),
+                "confinement": info["confinement"],
                 "extractors": load_extractors(settings.metadata_plugin_names),
             }
         ),

@@ -17,8 +17,8 @@ from dlm.db.engine import create_engine, create_sessionmaker, transaction
 from dlm.db.models import Location, Storage
 from dlm.enums import LocationType, Phase, StorageInterface, StorageType
 from dlm.storage import seed
-from dlm.storage.configs import Keyring
 from dlm.storage.confinement import Confinement
+from dlm.storage.context import session_info
 from dlm.storage.service import init_location, init_storage
 
 log = logging.getLogger("dlm.serve")
@@ -53,9 +53,7 @@ async def prepare(settings: Settings) -> Prepared:
         try:
             if embedded is None:
                 await schema.check_schema(engine)
-            sessionmaker = create_sessionmaker(
-                engine, keyring=Keyring.from_text(settings.secret_key), event_sinks=settings.event_sinks
-            )
+            sessionmaker = create_sessionmaker(engine, info=session_info(settings))
             async with transaction(sessionmaker, actor=ACTOR) as session:
                 if embedded is not None:
                     await seed_default_storage(session, settings)

@@ -76,7 +76,7 @@ def in_database_transaction(work: Callable[[Any], Coroutine[Any, Any, Any]], *, 
     one), as ``actor``, once its schema is checked; storage configs open with DLM_SECRET_KEY."""
     from dlm.db.engine import create_engine, create_sessionmaker, transaction
     from dlm.db.schema import check_schema
-    from dlm.storage.configs import Keyring
+    from dlm.storage.context import session_info
 
     settings = load_settings()
 
@@ -84,9 +84,7 @@ def in_database_transaction(work: Callable[[Any], Coroutine[Any, Any, Any]], *, 
         engine = create_engine(url, pool_size=1)
         try:
             await check_schema(engine)
-            sessionmaker = create_sessionmaker(
-                engine, keyring=Keyring.from_text(settings.secret_key), event_sinks=settings.event_sinks
-            )
+            sessionmaker = create_sessionmaker(engine, info=session_info(settings))
             async with transaction(sessionmaker, actor=actor) as session:
                 return await work(session)
         finally:

@@ -136,7 +136,7 @@ def _run_engine(name: str, *, once: bool, as_json: bool, **arguments: Any) -> No
     from dlm.db.engine import create_engine, create_sessionmaker
     from dlm.db.schema import check_schema
     from dlm.lifecycle.loops import engines
-    from dlm.storage.configs import Keyring
+    from dlm.storage.context import session_info
 
     settings = load_settings()
     run_once, interval = engines(settings)[name]
@@ -149,9 +149,7 @@ def _run_engine(name: str, *, once: bool, as_json: bool, **arguments: Any) -> No
         engine = create_engine(url, pool_size=2)
         try:
             await check_schema(engine)
-            sessionmaker = create_sessionmaker(
-                engine, keyring=Keyring.from_text(settings.secret_key), event_sinks=settings.event_sinks
-            )
+            sessionmaker = create_sessionmaker(engine, info=session_info(settings))
             while True:
                 report = await run_once(sessionmaker, **arguments)
                 if once:

@@ -105,14 +105,11 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
     )
 
 
-def create_sessionmaker(
-    engine: AsyncEngine, *, keyring: Any = None, event_sinks: tuple[str, ...] = ()
-) -> async_sessionmaker[AsyncSession]:
-    """Sessions for DLM's services. ``keyring`` (dlm.storage.configs.Keyring, from DLM_SECRET_KEY) seals
-    and opens storage configs; ``event_sinks`` (dlm.events.relay.sink_names) are the sinks the outbox
-    triggers write each event for. Every session carries both in ``session.info``."""
-    info = {"keyring": keyring, "event_sinks": ",".join(event_sinks)}
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False, info=info)
+def create_sessionmaker(engine: AsyncEngine, *, info: dict[str, Any] | None = None) -> async_sessionmaker[AsyncSession]:
+    """Sessions for DLM's services, each carrying ``info`` in ``session.info``
+    (dlm.storage.context.session_info: the keyring that opens storage configs, the event sinks, the
+    storage confinement)."""
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False, info=dict(info or {}))
 
 
 async def set_actor(session: AsyncSession, actor: str) -> None:

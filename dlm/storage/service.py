@@ -2,6 +2,7 @@
 
 import asyncio
 import datetime
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -128,9 +129,19 @@ async def init_storage(
     _check_capacity(storage_capacity)
     if not root_directory.strip() or "\x00" in root_directory:
         raise InvalidQueryParameters("root_directory: must not be empty")
-    # An sftp storage may get its config after it is created (SKA-DLM's order): where it is waits till then.
+    # A storage may get its config after it is created (SKA-DLM's order, and its directory watcher's,
+    # whose root is on the watcher's host): an sftp storage without one, or a posix one whose root is
+    # not on this host, waits for it, unavailable and out of reach.
     place = None
-    if storage_config or storage_interface is not StorageInterface.SFTP:
+    waiting = not storage_config and (
+        storage_interface is StorageInterface.SFTP
+        or (
+            storage_interface is StorageInterface.POSIX
+            and os.path.isabs(root_directory)
+            and not os.path.lexists(root_directory)
+        )
+    )
+    if not waiting:
         place = await check_place(session, storage_interface, root_directory, storage_config, confinement)
     resolved_location = await resolve_location(session, location_name=location_name, location_id=location_id)
     storage = Storage(
@@ -141,6 +152,7 @@ async def init_storage(
         location_id=resolved_location,
         storage_capacity=storage_capacity,
         storage_phase=storage_phase,
+        storage_available=not waiting,
     )
     if check and place is not None:
         await check_reachable(storage, storage_config)
@@ -149,6 +161,8 @@ async def init_storage(
     await record_storage_event(
         session, storage.storage_id, "storage_created", f"{storage_interface.value} {root_directory}"
     )
+    if waiting:
+        await record_storage_event(session, storage.storage_id, WAITING_FOR_CONFIG, "no config says how to reach it")
     if storage_config:
         await _add_config(session, storage.storage_id, storage_config, ConfigType.RCLONE)
     return storage.storage_id
@@ -175,7 +189,10 @@ def refuse_new_payloads(storage: Storage, field: str) -> None:
     if storage.storage_retire_date is not None:
         raise UnmetPreconditionForOperation(f"{field}: storage {storage.storage_name!r} is being retired")
     if not storage.storage_available:
-        raise UnmetPreconditionForOperation(f"{field}: storage {storage.storage_name!r} is not available")
+        raise UnmetPreconditionForOperation(
+            f"{field}: storage {storage.storage_name!r} is not available (made so by an operator, or waiting "
+            "for a config that says how to reach it: see its storage events)"
+        )
 
 
 PERMISSIONS = ("R", "RW")
@@ -387,7 +404,27 @@ async def create_storage_config(
         )
     config_id = await _add_config(session, storage.storage_id, config, config_type)
     await record_storage_event(session, storage.storage_id, "config_changed", f"{config_type.value} config {config_id}")
+    if config_type is ConfigType.RCLONE and not storage.storage_available and await _waiting(session, storage):
+        storage.storage_available = True
+        await record_storage_event(session, storage.storage_id, "storage_updated", "available: it has a config")
     return config_id
+
+
+WAITING_FOR_CONFIG = "waiting_for_config"
+
+
+async def _waiting(session: AsyncSession, storage: Storage) -> bool:
+    """Whether the storage was made unavailable only for want of a config (not by an operator since)."""
+    last = await session.scalar(
+        select(StorageEvent.event)
+        .where(
+            StorageEvent.storage_id == storage.storage_id,
+            StorageEvent.event.in_([WAITING_FOR_CONFIG, "storage_updated"]),
+        )
+        .order_by(StorageEvent.event_id.desc())
+        .limit(1)
+    )
+    return last == WAITING_FOR_CONFIG
 
 
 async def reseal_configs(session: AsyncSession) -> int:
@@ -442,8 +479,20 @@ def ssh_public_key(key_file: str | None) -> str:
 
 
 async def storage_backend(session: AsyncSession, storage: Storage) -> PosixBackend | S3Backend | SftpBackend:
-    """The backend that reaches this storage's payloads, as an async context manager."""
+    """The backend that reaches this storage's payloads, as an async context manager. A local root is
+    checked against the process's confinement each time (defence in depth: a row written by an older
+    DLM, or a storage still waiting for its config, is never reached outside the allowed roots)."""
     config = await latest_config(session, storage.storage_id)
+    confinement = session.info.get("confinement")
+    if confinement is not None:
+        place = place_of(storage.storage_interface, storage.root_directory, config)
+        if place.kind == "local":
+            try:
+                confinement.check_posix_root(place.root)
+            except DLMError as exc:
+                raise UnmetPreconditionForOperation(
+                    f"storage {storage.storage_name!r} cannot be reached: {exc.message}"
+                ) from None
     return make_backend(storage.storage_interface, storage.root_directory, config, storage.storage_name)
 
 

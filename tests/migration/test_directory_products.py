@@ -137,3 +137,88 @@ async def test_an_announced_replica_must_be_there_and_be_the_same_size(registry:
     assert same.json() == made.json(), "the same payload announced again is the same replica"
     no_storage = await client.post("/ingest/init_data_item", json={"item_name": "x", "item_state": "READY"})
     assert no_storage.status_code == 422 and "json_data.item_state" in no_storage.text
+
+
+async def test_the_watchers_start_up_registers_its_volume_then_its_sftp_config(
+    registry: Registry, ssh_server: SshServer, tmp_path: Path
+) -> None:
+    """ska-dlm-client's start-up: init_storage for its watch directory (a path on the watcher's host,
+    not DLM's), then the rclone sftp config that reaches it; then it registers what it finds (no
+    access check) and copies it to the archive."""
+    client = registry.client
+    await archive(registry, ssh_server, tmp_path / "archive")
+    watch = tmp_path / "watcher-host" / "watch_dir"
+    key = (await client.get("/storage/get_ssh_public_key")).status_code
+    assert key in (200, 404)  # the watcher installs it when DLM has one
+    assert (await client.get("/storage/query_storage", params={"storage_name": "dir-watcher"})).json() == []
+    created = await client.post(
+        "/storage/init_storage",
+        params={
+            "storage_name": "dir-watcher",
+            "storage_type": "filesystem",
+            "storage_interface": "posix",
+            "root_directory": str(watch),
+            "location_name": "site",
+            "storage_phase": "GAS",
+        },
+    )
+    assert created.status_code == 200, created.text
+    [waiting] = (await client.get("/storage/query_storage", params={"storage_name": "dir-watcher"})).json()
+    assert waiting["storage_available"] is False, "nothing can reach it before its config says how"
+    assert (await client.get("/storage/get_storage_config", params={"storage_id": created.json()})).json() == []
+    watch.mkdir(parents=True)  # on the watcher's host: here, the SSH server's
+    config = {
+        "name": "dir-watcher",
+        "type": "sftp",
+        "parameters": {**ssh_server.config(), "shell_type": "unix"},
+    }
+    configured = await client.post(
+        "/storage/create_storage_config",
+        params={"storage_id": created.json(), "storage_name": "dir-watcher", "config_type": "rclone"},
+        json=config,
+    )
+    assert configured.status_code == 200, configured.text
+    [ready] = (await client.get("/storage/query_storage", params={"storage_name": "dir-watcher"})).json()
+    assert ready["storage_available"] is True
+    (watch / "obs-1.dat").write_bytes(b"seen by the watcher")
+    registered = await client.post(
+        "/ingest/register_data_item",
+        params={
+            "item_name": "obs-1.dat",
+            "uri": "obs-1.dat",
+            "storage_name": "dir-watcher",
+            "item_type": "file",
+            "do_storage_access_check": "false",
+        },
+        json={"execution_block": "eb-2"},
+    )
+    assert registered.status_code == 200, registered.text
+    queued = await copy(client, uid=registered.json(), destination_name="dlm-archive")
+    assert (await wait_for(client, queued["migration_id"]))["status"] == "SUCCEEDED"
+    assert (tmp_path / "archive" / "obs-1.dat").read_bytes() == b"seen by the watcher"
+
+
+async def test_a_storage_waiting_for_its_config_is_never_reached(registry: Registry, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "not-here"
+    created = await registry.client.post(
+        "/storage/init_storage",
+        params={
+            "storage_name": "waiting",
+            "storage_type": "filesystem",
+            "storage_interface": "posix",
+            "root_directory": "/nonexistent/watch",
+            "location_name": "site",
+        },
+    )
+    assert created.status_code == 200, created.text
+    refused = await registry.client.post(
+        "/ingest/register_data_item",
+        params={"item_name": "x", "uri": "x", "storage_name": "waiting", "do_storage_access_check": "false"},
+    )
+    assert refused.status_code == 422 and "not available" in refused.text, refused.text
+    # A local config cannot move it outside the allowed roots either.
+    local = await registry.client.post(
+        "/storage/create_storage_config", params={"storage_name": "waiting"}, json={"type": "local"}
+    )
+    assert local.status_code == 422 and "DLM_STORAGE_ROOTS" in local.text, local.text
+    assert not elsewhere.exists()

@@ -117,7 +117,7 @@ async def test_an_sftp_storage_may_get_its_config_after_it_is_created(
     unreachable = await registry.client.post(
         "/ingest/register_data_item", params={"item_name": "f", "uri": "f", "storage_name": "archive"}
     )
-    assert_error(unreachable, 422, "UnmetPreconditionForOperation", "config of type sftp")
+    assert_error(unreachable, 422, "UnmetPreconditionForOperation", "not available", "waiting for a config")
     configured = await registry.client.post(
         "/storage/create_storage_config", params={"storage_name": "archive"}, json=ssh_server.config()
     )

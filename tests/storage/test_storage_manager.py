@@ -54,17 +54,23 @@ async def test_storage_creation_errors(registry: Registry, tmp_path: Path) -> No
     assert_error(duplicate, 422, "ValueAlreadyInDB", "storage_name", "disk")
     relative = await client.post("/storage/init_storage", params={**base, "storage_name": "b", "root_directory": "x"})
     assert_error(relative, 422, "InvalidQueryParameters", "root_directory")
+    # A root that is not on this host waits, unavailable, for a config saying how to reach it (as
+    # ska-dlm-client registers its watch directory); a relative one is refused.
     missing = await client.post(
-        "/storage/init_storage", params={**base, "storage_name": "b", "root_directory": str(tmp_path / "absent")}
+        "/storage/init_storage", params={**base, "storage_name": "absent", "root_directory": str(tmp_path / "absent")}
     )
-    assert_error(missing, 422, "UnmetPreconditionForOperation", "root_directory")
+    assert missing.status_code == 200, missing.text
+    [waiting] = (await client.get("/storage/query_storage", params={"storage_name": "absent"})).json()
+    assert waiting["storage_available"] is False
+    events = (await client.get("/storage/query_storage_events", params={"storage_name": "absent"})).json()
+    assert "waiting_for_config" in [event["event"] for event in events]
     nowhere = await client.post("/storage/init_storage", params={**base, "storage_name": "b", "location_name": "moon"})
     assert_error(nowhere, 404, "NotFound", "moon")
     wrong_config = await client.post(
         "/storage/init_storage", params={**base, "storage_name": "b"}, json={"type": "s3", "provider": "Other"}
     )
     assert_error(wrong_config, 422, "InvalidQueryParameters", "config.type", "posix")
-    assert [row["storage_name"] for row in (await client.get("/storage/query_storage")).json()] == ["disk"]
+    assert [row["storage_name"] for row in (await client.get("/storage/query_storage")).json()] == ["absent", "disk"]
 
 
 BAD_S3_CONFIGS = [

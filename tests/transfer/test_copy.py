@@ -136,22 +136,23 @@ MEMORY_PROBE = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize(("kind", "size"), [("posix", 2 * 1024**3), ("s3", 160 * 1024**2)])
+@pytest.mark.parametrize(("kind", "size"), [("posix", 2 * 1024**3), ("s3", 160 * 1024**2), ("sftp", 160 * 1024**2)])
 async def test_memory_stays_bounded_whatever_the_payload_size(
-    kind: str, size: int, tmp_path: Path, s3_config: dict[str, Any]
+    kind: str, size: int, tmp_path: Path, s3_config: dict[str, Any], request: pytest.FixtureRequest
 ) -> None:
-    """A multi-GiB sparse file (POSIX) and a payload many parts long (S3) copy in a process whose peak
-    memory grows by far less than the payload."""
+    """A multi-GiB sparse file (POSIX), a payload many parts long (S3) and many SFTP requests long copy
+    in a process whose peak memory grows by far less than the payload."""
     import json
 
     source_root = tmp_path / "source"
     source_root.mkdir()
     with open(source_root / "big", "wb") as sparse:
         sparse.truncate(size)
-    if kind == "posix":
+    if kind in ("posix", "sftp"):
         destination_root = tmp_path / "destination"
         destination_root.mkdir()
-        target, config = str(destination_root), {}
+        target = str(destination_root)
+        config = request.getfixturevalue("ssh_server").config() if kind == "sftp" else {}
     else:
         target, config = await new_bucket(s3_config), {**s3_config, "part_size": 5 * 1024 * 1024}
     probe = subprocess.run(

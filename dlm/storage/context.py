@@ -1,0 +1,16 @@
+"""What every database session of a DLM process carries: the keys that open storage configs, the
+sinks its events are written for, and where storages may be."""
+
+from typing import Any
+
+from dlm.config import Settings
+from dlm.storage.configs import Keyring
+from dlm.storage.seed import storage_confinement
+
+
+def session_info(settings: Settings) -> dict[str, Any]:
+    return {
+        "keyring": Keyring.from_text(settings.secret_key),
+        "event_sinks": ",".join(settings.event_sinks),
+        "confinement": storage_confinement(settings),
+    }
