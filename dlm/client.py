@@ -12,6 +12,7 @@ server's columns. A refusal raises the exception the server named (``dlm.errors.
 ``ClientError``-compatible via their ``message`` attribute.
 """
 
+import contextlib
 import datetime
 import enum
 import http.client
@@ -19,7 +20,7 @@ import json
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import msgspec
@@ -153,6 +154,7 @@ class Migration(msgspec.Struct, kw_only=True):
     next_attempt_at: datetime.datetime | None = None
     lease_owner: str | None = None
     lease_expires: datetime.datetime | None = None
+    move: bool | None = None
 
 
 class Event(msgspec.Struct, kw_only=True):
@@ -616,12 +618,14 @@ class _Operations:
         destination_name: str = "",
         destination_id: str = "",
         path: str = "",
+        move: bool = False,
     ) -> Any:
-        """Queue a verified copy; returns ``{"uid": new replica, "migration_id": …}`` at once."""
+        """Queue a verified copy (with ``move``, a move: the source replica goes once the copy is
+        READY); returns ``{"uid": new replica, "migration_id": …}`` at once."""
         return self._run(
             _call(
                 "POST",
-                "/migration/copy_data_item",
+                "/migration/move_data_item" if move else "/migration/copy_data_item",
                 dict[str, Any],
                 item_name=item_name or None,
                 oid=oid or None,
@@ -734,6 +738,130 @@ class _Connection:
             self._connection.close()
             self._connection = None
 
+    def open(self, method: str, path: str, params: dict[str, Any], headers: dict[str, str]) -> Any:
+        """A response whose body the caller reads (and closes), on a connection of its own."""
+        target = self._base_path + path + f"?{urllib.parse.urlencode(params)}"
+        connection = self._connect()
+        try:
+            connection.request(method, target, headers={**self.headers, **headers})
+            return connection.getresponse()
+        except (http.client.HTTPException, OSError) as exc:
+            connection.close()
+            raise ClientError(f"cannot reach DLM at {self.url}: {exc or type(exc).__name__}") from None
+
+
+class ChecksumMismatch(ClientError):
+    """What arrived does not have the checksum DLM recorded; the file was kept aside."""
+
+
+DownloadProgress = Callable[[int, int | None], None]
+# Beside the file being downloaded: the part received so far, and which version of the payload it is of.
+PART_SUFFIX = ".dlm-part"
+
+
+def _selector(item_name: str, uid: str, oid: str) -> dict[str, Any]:
+    if not (item_name or uid or oid):
+        raise errors.InvalidQueryParameters("one of item_name, oid, uid is required")
+    return _params({"item_name": item_name or None, "uid": uid or None, "oid": oid or None})
+
+
+def _attachment_name(disposition: str | None, fallback: str) -> str:
+    if disposition and 'filename="' in disposition:
+        name = disposition.split('filename="', 1)[1].split('"', 1)[0]
+        if name and "/" not in name and name not in (".", ".."):
+            return name
+    return fallback
+
+
+def _verify(path: Any, checksum_header: str | None) -> None:
+    """Compare the file with the checksum DLM sent (``method=value``); keep it aside if they differ."""
+    if not checksum_header or "=" not in checksum_header:
+        return
+    from dlm.checksum import new_hasher
+
+    method, expected = checksum_header.split("=", 1)
+    try:
+        hasher = new_hasher(ChecksumMethod(method))
+    except ValueError:
+        return  # a method this client does not know: nothing to compare
+    with open(path, "rb") as stream:
+        while chunk := stream.read(4 * 1024 * 1024):
+            hasher.update(chunk)
+    if hasher.hexdigest() != expected:
+        kept = f"{path}.corrupt"
+        import os
+
+        os.replace(path, kept)
+        raise ChecksumMismatch(
+            f"{path}: {method} {hasher.hexdigest()} on arrival, DLM recorded {expected}; kept aside as {kept}"
+        )
+
+
+class _Download(msgspec.Struct):
+    """One download's files and state, the same for both clients: the part received so far beside the
+    target, and a stamp saying which version of the payload (its ETag) that part is of."""
+
+    target: Any
+    etag: str
+    checksum: str | None
+    have: int = 0
+    done: int = 0
+    total: int | None = None
+
+    @classmethod
+    def plan(cls, to: Any, headers: Mapping[str, str], fallback: str, resume: bool) -> "_Download":
+        from pathlib import Path
+
+        headers = {key.lower(): value for key, value in headers.items()}
+        target = Path(to)
+        if target.is_dir():
+            target = target / _attachment_name(headers.get("content-disposition"), fallback.rsplit("/", 1)[-1])
+        plan = cls(target=target, etag=headers.get("etag", ""), checksum=headers.get("x-dlm-checksum"))
+        if resume and plan.part.exists() and plan.stamp.exists() and plan.stamp.read_text() == plan.etag:
+            plan.have = plan.part.stat().st_size
+        return plan
+
+    @property
+    def part(self) -> Any:
+        return self.target.with_name(self.target.name + PART_SUFFIX)
+
+    @property
+    def stamp(self) -> Any:
+        return self.target.with_name(self.target.name + PART_SUFFIX + ".etag")
+
+    def request_headers(self) -> dict[str, str]:
+        return {"range": f"bytes={self.have}-", "if-range": self.etag} if self.have else {}
+
+    @contextlib.contextmanager
+    def writing(self, status: int, content_length: str | None) -> Iterator[Callable[[bytes, Any], None]]:
+        """A writer for the body of the GET answered ``status`` (416: the part was whole already)."""
+        if status == 416:
+            self.done = self.total = self.have
+            yield lambda chunk, on_progress: None
+            return
+        if status != 206:
+            self.have = 0  # the server sends all of it: the part is not of this payload
+        self.stamp.write_text(self.etag)
+        self.total = self.have + int(content_length) if content_length is not None else None
+        self.done = self.have
+        with open(self.part, "ab" if self.have else "wb") as stream:
+
+            def write(chunk: bytes, on_progress: Any) -> None:
+                stream.write(chunk)
+                self.done += len(chunk)
+                if on_progress:
+                    on_progress(self.done, self.total)
+
+            yield write
+        if self.total is not None and self.done != self.total:
+            raise ClientError(f"the download stopped at {self.done} of {self.total} bytes; run it again to resume")
+
+    def finish(self) -> Any:
+        self.part.replace(self.target)
+        self.stamp.unlink(missing_ok=True)
+        _verify(self.target, self.checksum)
+        return self.target
+
 
 class DLMClient(_Operations):
     """Blocking client. Use as a context manager, or call ``close()``."""
@@ -754,6 +882,47 @@ class DLMClient(_Operations):
 
     def _run(self, call: _Call) -> Any:
         return call.decode(self._http.request(call))
+
+    def download(
+        self,
+        *,
+        to: Any,
+        item_name: str = "",
+        uid: str = "",
+        oid: str = "",
+        resume: bool = True,
+        on_progress: DownloadProgress | None = None,
+    ) -> Any:
+        """Fetch an item's payload (a container as a tar) to ``to`` (a file, or a directory to put it in);
+        returns the file's path. An interrupted download resumes where it stopped (if the payload is
+        unchanged); what arrives is checked against DLM's checksum (ChecksumMismatch, the file kept
+        aside as ``.corrupt``, if it differs)."""
+        params = _selector(item_name, uid, oid)
+        head = self._http.open("HEAD", "/request/retrieve", params, {})
+        head.read()
+        head.close()
+        if head.status >= 400:  # HEAD has no body to say why: GET says it
+            self._run(_Call("GET", "/request/retrieve", params, result=Any))
+        plan = _Download.plan(to, dict(head.getheaders()), item_name or uid or oid, resume)
+        response = self._http.open("GET", "/request/retrieve", params, plan.request_headers())
+        try:
+            if response.status >= 400 and response.status != 416:
+                self._run(_Call("GET", "/request/retrieve", params, result=Any))
+            with plan.writing(response.status, response.getheader("content-length")) as write:
+                while chunk := response.read(1024 * 1024):
+                    write(chunk, on_progress)
+        finally:
+            response.close()
+        return plan.finish()
+
+    def open(self, *, item_name: str = "", uid: str = "", oid: str = "") -> Any:
+        """The payload as a readable binary stream (``read(n)``; close it, or use ``with``)."""
+        params = _selector(item_name, uid, oid)
+        response = self._http.open("GET", "/request/retrieve", params, {})
+        if response.status >= 400:
+            response.close()
+            self._run(_Call("GET", "/request/retrieve", params, result=Any))
+        return response
 
     def copy(self, *, wait: bool = False, on_progress: Callable[[Any], None] | None = None, **target: Any) -> Any:
         """Queue a copy (see ``queue_copy``); with ``wait``, return the finished Migration, calling
@@ -809,6 +978,31 @@ class AsyncDLMClient(_Operations):
             url=self.url + call.path,
         )
         return call.decode(answer)
+
+    async def download(
+        self,
+        *,
+        to: Any,
+        item_name: str = "",
+        uid: str = "",
+        oid: str = "",
+        resume: bool = True,
+        on_progress: DownloadProgress | None = None,
+    ) -> Any:
+        """As DLMClient.download."""
+        params = _selector(item_name, uid, oid)
+        head = await self._http.head("/request/retrieve", params=params)
+        if head.status_code >= 400:
+            await self._run(_Call("GET", "/request/retrieve", params, result=Any))
+        plan = _Download.plan(to, head.headers, item_name or uid or oid, resume)
+        async with self._http.stream("GET", "/request/retrieve", params=params, headers=plan.request_headers()) as got:
+            if got.status_code >= 400 and got.status_code != 416:
+                await got.aread()
+                await self._run(_Call("GET", "/request/retrieve", params, result=Any))
+            with plan.writing(got.status_code, got.headers.get("content-length")) as write:
+                async for chunk in got.aiter_bytes(1024 * 1024):
+                    write(chunk, on_progress)
+        return plan.finish()
 
     async def copy(self, *, wait: bool = False, on_progress: Callable[[Any], None] | None = None, **target: Any) -> Any:
         queued = await self.queue_copy(**target)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from dlm.client import AsyncDLMClient, DLMClient, Item, Migration
@@ -95,6 +96,68 @@ def test_a_newcomer_registers_a_container_and_copies_it_from_the_cli(live: Live)
     assert usage["cli-scratch"]["objects"] == 3, "the container and its two registered members"
     history = dlm_json(live, "request", "history", "--name", "cli-run")
     assert {event["event"] for event in history} >= {"created", "item_state"}
+
+
+def test_a_download_resumes_and_is_checked_on_arrival(live: Live, tmp_path: Path) -> None:
+    disk = live.root / "get-disk"
+    disk.mkdir()
+    payload = os.urandom(3 * 1024 * 1024 + 5)
+    (disk / "obs.dat").write_bytes(payload)
+    dlm(live, "storage", "add-location", "get-site", "--type", "local-dev")
+    dlm(live, "storage", "add-storage", "get-disk", "--location", "get-site", "--root", str(disk))
+    uid = dlm(live, "ingest", "register", "get-obs", "obs.dat", "--storage", "get-disk").stdout.strip()
+
+    out = tmp_path / "downloads"
+    out.mkdir()
+    written = dlm(live, "request", "get", "get-obs", "-o", str(out)).stdout.strip()
+    assert Path(written) == out / "get-obs" and Path(written).read_bytes() == payload
+
+    # An interrupted download: the part received so far, and which version of the payload it is of.
+    with DLMClient(live.url) as client:
+        assert client.download(to=tmp_path / "whole", uid=uid).read_bytes() == payload
+    etag = _etag(live.url, uid)
+    (tmp_path / "again.dlm-part").write_bytes(payload[:1000])
+    (tmp_path / "again.dlm-part.etag").write_text(etag)
+    dlm(live, "request", "get", "--uid", uid, "-o", str(tmp_path / "again"))
+    assert (tmp_path / "again").read_bytes() == payload
+    assert not (tmp_path / "again.dlm-part").exists()
+    retrieved = [e for e in dlm_json(live, "request", "history", "--uid", uid) if e["event"] == "retrieved"]
+    assert any(event["new_value"].startswith(f"bytes 1000-{len(payload) - 1} of") for event in retrieved)
+
+    # The payload rots on its storage (same size, other bytes): what arrives is refused and kept aside.
+    (disk / "obs.dat").write_bytes(payload[:-1] + bytes([payload[-1] ^ 0xFF]))
+    failed = dlm(live, "request", "get", "get-obs", "-o", str(tmp_path / "rotten"), expect=1)
+    [line] = failed.stderr.strip().splitlines()
+    assert "ChecksumMismatch" in line and "kept aside" in line
+    assert (tmp_path / "rotten.corrupt").exists() and not (tmp_path / "rotten").exists()
+    missing = dlm(live, "request", "get", "no-such-item", "-o", str(tmp_path), expect=1)
+    assert "NotFound" in missing.stderr
+
+
+async def test_the_python_clients_download_and_stream(live: Live, tmp_path: Path) -> None:
+    disk = live.root / "py-get"
+    disk.mkdir()
+    payload = os.urandom(2 * 1024 * 1024 + 3)
+    (disk / "x.dat").write_bytes(payload)
+    with DLMClient(live.url) as client:
+        client.add_location("py-get-site", "local-dev")
+        client.add_storage("py-get", root_directory=str(disk), location_name="py-get-site")
+        uid = client.register("py-get-x", "x.dat", storage_name="py-get")
+        with client.open(uid=uid) as stream:
+            assert stream.read() == payload
+        with pytest.raises(NotFound):
+            client.open(item_name="py-get-missing")
+    seen: list[tuple[int, int | None]] = []
+    async with AsyncDLMClient(live.url) as client:
+        written = await client.download(
+            to=tmp_path, uid=uid, on_progress=lambda done, total: seen.append((done, total))
+        )
+    assert written.read_bytes() == payload and seen[-1] == (len(payload), len(payload))
+
+
+def _etag(url: str, uid: str) -> str:
+    response = httpx.head(f"{url}/request/retrieve", params={"uid": uid})
+    return response.headers["etag"]
 
 
 def test_tables_are_for_people(live: Live) -> None:
@@ -234,6 +297,8 @@ async def test_the_async_client(live: Live) -> None:
 
 # Every operation the server offers, and the command that offers it on the command line.
 CLI_FOR_OPERATION = {
+    "/request/retrieve": "request get",
+    "/migration/move_data_item": "migration move",
     "/ingest/init_data_item": "ingest init",
     "/ingest/register_data_item": "ingest register",
     "/ingest/register_data_items": "ingest register-many",

@@ -290,6 +290,45 @@ def request_query(
     return Page(rows, f"the same command with --offset {offset + len(items)}")
 
 
+@request.command("get")
+@click.argument("name", required=False, default="")
+@click.option("--uid", default="", help="One replica's payload (instead of NAME).")
+@click.option("--oid", default="", help="The item's payload (instead of NAME).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Where to write: a file, or a directory to put it in.",
+)
+@click.option("--no-resume", is_flag=True, help="Start again even if an interrupted download is there.")
+@remote()
+def request_get(client: DLMClient, name: str, uid: str, oid: str, output: Path, no_resume: bool) -> str:
+    """Download an item's payload (a container as a tar), checking it on arrival.
+
+    An interrupted download resumes where it stopped when run again (if the payload has not changed).
+    If what arrived does not have the checksum DLM recorded, the command fails and keeps the file
+    aside as FILE.corrupt. Needs the reader role and leave to read the item (its owner, or its acl).
+
+    \b
+    Examples:
+      dlm request get obs-42 -o ~/data/
+      dlm request get --uid 3f0c… -o obs-42.ms.tar
+    """
+    show_progress = sys.stderr.isatty()
+
+    def progress(done: int, total: int | None) -> None:
+        if show_progress:
+            of = f" of {human_size(total)} ({100 * done // total}%)" if total else ""
+            click.echo(f"\r{human_size(done)}{of}   ", err=True, nl=False)
+
+    written = client.download(to=output, item_name=name, uid=uid, oid=oid, resume=not no_resume, on_progress=progress)
+    if show_progress:
+        click.echo(err=True)
+    return str(written)
+
+
 @request.command("history")
 @click.option("--name", "item_name", default="")
 @click.option("--oid", default="")
@@ -705,7 +744,38 @@ def migration_copy(
       dlm migration copy --name obs-42 --to archive --wait
       dlm migration copy --uid 3f0c… --to scratch --path staging/obs-42.ms
     """
-    queued = client.queue_copy(item_name=item_name, oid=oid, uid=uid, destination_name=destination_name, path=path)
+    return _queue(client, item_name, oid, uid, destination_name, path, wait, move=False)
+
+
+@migration.command("move")
+@click.option("--name", "item_name", default="", help="The item (its newest version).")
+@click.option("--oid", default="")
+@click.option("--uid", default="", help="Move this replica.")
+@click.option("--to", "destination_name", required=True, help="Destination storage.")
+@click.option("--path", default="", help="Destination path (default: the source's uri).")
+@click.option("--wait", is_flag=True, help="Follow the move to its end, with a progress bar.")
+@remote()
+def migration_move(
+    client: DLMClient, item_name: str, oid: str, uid: str, destination_name: str, path: str, wait: bool
+) -> Any:
+    """Move a replica to another storage: a verified copy, then the source replica goes.
+
+    The item is never without a READY replica: the source is deleted only once the copy is READY, and
+    only as a deletion may (never below the item's resilience, never from a read-only storage).
+
+    \b
+    Examples:
+      dlm migration move --name obs-42 --to archive --wait
+    """
+    return _queue(client, item_name, oid, uid, destination_name, path, wait, move=True)
+
+
+def _queue(
+    client: DLMClient, item_name: str, oid: str, uid: str, destination_name: str, path: str, wait: bool, *, move: bool
+) -> Any:
+    queued = client.queue_copy(
+        item_name=item_name, oid=oid, uid=uid, destination_name=destination_name, path=path, move=move
+    )
     if not wait:
         return queued
     as_json = click.get_current_context().meta["as_json"]

@@ -278,6 +278,8 @@ class Migration(Base):
     next_attempt_at: Mapped[datetime.datetime] = timestamp(server_default=UTC_NOW)
     lease_owner: Mapped[str | None] = mapped_column(String)
     lease_expires: Mapped[datetime.datetime | None] = timestamp()
+    # A move: once the copy is READY, the source replica is deleted in the same job.
+    move: Mapped[bool] = mapped_column(Boolean, server_default="false")
 
     __table_args__ = (
         Index(

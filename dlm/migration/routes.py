@@ -52,17 +52,43 @@ async def copy_data_item(
     path: FromQuery[str] = "",
     authorization: Authorization = None,
 ) -> Response[dict[str, Any]]:
-    result = await service.copy_item(
-        session,
-        item_name=item_name,
-        oid=oid,
-        uid=uid,
-        destination_name=destination_name,
-        destination_id=destination_id,
-        path=path,
-        user=principal.subject,
-    )
+    target = {"item_name": item_name, "oid": oid, "uid": uid, "path": path}
+    destination = {"destination_name": destination_name, "destination_id": destination_id}
+    return await _queue(session, state, principal, move=False, **target, **destination)
+
+
+async def _queue(
+    session: AsyncSession, state: State, principal: Principal, *, move: bool, **target: str
+) -> Response[dict[str, Any]]:
+    result = await service.copy_item(session, **target, user=principal.subject, move=move)
     return Response(result, background=_wake_workers(state))
+
+
+@post(
+    "/move_data_item",
+    operation_id="move_data_item",
+    **permission(Role.OPERATOR),
+    summary="Move Data Item",
+    status_code=200,
+    description="DLM addition. As copy_data_item, and once the copy is verified and READY the source replica "
+    "is deleted in the same job: the item is never without a READY replica, and the source goes only as a "
+    "deletion would (never below the item's resilience, never from a read-only storage; if it may not, the "
+    "copy stands and the migration's last_error says why). Cancel and retry as for copies.",
+)
+async def move_data_item(
+    session: NamedDependency[AsyncSession],
+    state: State,
+    principal: NamedDependency[Principal],
+    item_name: FromQuery[str] = "",
+    oid: UuidQuery = "",
+    uid: UuidQuery = "",
+    destination_name: FromQuery[str] = "",
+    destination_id: UuidQuery = "",
+    path: FromQuery[str] = "",
+) -> Response[dict[str, Any]]:
+    target = {"item_name": item_name, "oid": oid, "uid": uid, "path": path}
+    destination = {"destination_name": destination_name, "destination_id": destination_id}
+    return await _queue(session, state, principal, move=True, **target, **destination)
 
 
 @get("/query_migrations", operation_id="query_migrations", **permission(Role.READER), summary="Query Migrations")
@@ -123,7 +149,7 @@ async def retry_migration(
 
 router = Router(
     path="/migration",
-    route_handlers=[copy_data_item, query_migrations, get_migration, cancel_migration, retry_migration],
+    route_handlers=[copy_data_item, move_data_item, query_migrations, get_migration, cancel_migration, retry_migration],
     dependencies={"session": Provide(provide_session)},
     tags=["migration"],
 )

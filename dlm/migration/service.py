@@ -154,9 +154,12 @@ async def copy_item(
     destination_id: str = "",
     path: str = "",
     user: str = "SKA",
+    move: bool = False,
 ) -> dict[str, Any]:
     """Queue a verified copy of an item to another storage; returns the new replica's uid and the
-    migration_id to follow it by. ``path`` (relative to the destination root) defaults to the source's uri."""
+    migration_id to follow it by. ``path`` (relative to the destination root) defaults to the source's uri.
+    With ``move``, the source replica is deleted once the copy is READY (as a user's deletion is: never
+    below the item's resilience, never on a read-only storage)."""
     if not (item_name or oid or uid):
         raise InvalidQueryParameters("one of item_name, oid, uid is required")
     if not (destination_name or destination_id):
@@ -179,6 +182,7 @@ async def copy_item(
         user=user,
         bytes_total=source.item_size,
         job_status={"finished": False, "success": False, "error": ""},
+        move=move,
     )
     session.add(migration)
     await session.flush()

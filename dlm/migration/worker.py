@@ -27,7 +27,7 @@ from dlm.db.models import Migration, Storage
 from dlm.enums import ChecksumMethod, ItemState, ItemType, MigrationStatus
 from dlm.errors import Conflict, DLMError, ServiceUnavailable, UnmetPreconditionForOperation
 from dlm.migration.service import discard_destination, replica_values, set_migration
-from dlm.storage.service import lock_replicas, storage_backend
+from dlm.storage.service import delete_replica, lock_replicas, storage_backend
 from dlm.transfer.base import PayloadExists, TransferError
 from dlm.transfer.copy import CopyResult, copy_payload
 from dlm.transfer.paths import payload_key
@@ -244,8 +244,31 @@ class Job:
                     "worker": self.owner,
                 },
             )
+            if job.move:
+                await self._remove_source(session, job)
         log.info("migration %s: copied %d bytes in %d files", self.migration_id, result.bytes, result.files)
         return MigrationStatus.SUCCEEDED
+
+    async def _remove_source(self, session: AsyncSession, job: Migration) -> None:
+        """A move's last step, in the transaction that made the copy READY: the item is never without
+        a READY replica. The source goes as a user's deletion would (the resilience rule, read-only
+        storages); if it may not, the copy stands and the job says why the source stayed."""
+        replicas = await lock_replicas(session, job.oid)
+        source = next((row for row in replicas if row.uid == job.source_uid), None)
+        if source is None or source.item_state is ItemState.DELETED:
+            return
+        try:
+            async with session.begin_nested():
+                await delete_replica(session, source, replicas)
+        except (DLMError, TransferError) as exc:
+            reason = f"copied; the source replica stays: {getattr(exc, 'message', exc)}"
+            log.warning("migration %s: %s", self.migration_id, reason)
+            await set_migration(
+                session,
+                self.migration_id,
+                last_error=reason,
+                job_status={"finished": True, "success": True, "error": reason},
+            )
 
     async def _replicate_children(self, session: AsyncSession, job: Migration, container: Any) -> None:
         """The container's registered members got copied with it: give each a READY replica there too."""

@@ -1,17 +1,23 @@
 """/request: SKA-DLM's request manager (queries and item setters), plus the item history."""
 
+import base64
+import datetime
+from email.utils import format_datetime
 from typing import Annotated, Any
 
-from litestar import Response, Router, get, patch
+from litestar import Request, Response, Router, get, head, patch
 from litestar.di import NamedDependency, Provide
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery, JSONBody, QueryParameter
+from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dlm.api import EventId, UuidQuery, json_response, provide_session
 from dlm.auth.policy import permission
+from dlm.auth.principal import Principal
 from dlm.enums import ItemState, Phase, Role
 from dlm.parsing import parse_datetime, parse_duration, parse_enum
-from dlm.request import service, setters
+from dlm.request import retrieve, service, setters
 from dlm.request.filters import MAX_PAGE_SIZE
 from dlm.rows import row_dict, row_dicts
 
@@ -242,10 +248,150 @@ async def query_item_history(
     return row_dicts(rows)
 
 
+# --- retrieval (DLM addition): the payload's bytes, back to whoever may read them ---
+
+RETRIEVE_DESCRIPTION = (
+    "DLM addition. The payload of an item (by uid, else oid, else item_name: its newest version), from its "
+    "best READY replica (near=<location> first, then local file systems, object stores, SFTP, the least busy "
+    "storage); a replica that fails mid-stream hands over to the next. A file answers with Content-Length, "
+    "ETag, Last-Modified, X-DLM-Checksum (method=value) and Repr-Digest (for sha256), and honours a byte "
+    "Range (206; 416 outside the payload); a container streams as a tar of its files. redirect=true answers "
+    "307 to a presigned URL (15 minutes) when the best replica is in S3. Readers may read items they own, "
+    "items whose acl lists them (or *) under read, and items without an acl; each retrieval is recorded in "
+    "the item's history."
+)
+PRESIGNED_SECONDS = 15 * 60
+
+
+async def _retrieval_response(
+    request: Request[Any, Any, Any],
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    item_name: str,
+    oid: str,
+    uid: str,
+    near: str,
+    redirect: bool,
+    body: bool = True,
+) -> Response[Any]:
+    """The answer to GET (``body``) or HEAD: the same status and headers; only GET sends the bytes and
+    is recorded in the history."""
+    prepared = await retrieve.prepare(session, principal, item_name=item_name, oid=oid, uid=uid, near=near)
+    name = str(prepared.item["item_name"] or prepared.item["uid"]).rstrip("/").rsplit("/", 1)[-1]
+    headers = {"etag": prepared.etag, "x-dlm-uid": prepared.sources[0].uid}
+    if prepared.last_modified is not None:
+        headers["last-modified"] = format_datetime(prepared.last_modified.astimezone(datetime.UTC), usegmt=True)
+    if prepared.is_container:
+        headers["content-disposition"] = f'attachment; filename="{name}.tar"'
+        if not body:
+            return Response(b"", media_type="application/x-tar", headers=headers)
+        await retrieve.record(session, principal, prepared, "the container as a tar")
+        return Stream(retrieve.stream_tar(prepared), media_type="application/x-tar", headers=headers)
+    size = prepared.size
+    headers["accept-ranges"] = "bytes"
+    headers["content-disposition"] = f'attachment; filename="{name}"'
+    checksum, method = prepared.item["item_checksum"], prepared.item["checksum_method"]
+    if checksum and method and method.value != "none":
+        headers["x-dlm-checksum"] = f"{method.value}={checksum}"
+        if method.value == "sha256":
+            headers["repr-digest"] = f"sha-256=:{base64.b64encode(bytes.fromhex(checksum)).decode()}:"
+    if redirect and prepared.sources[0].kind == "s3":
+        async with prepared.sources[0].backend() as backend:
+            url = await backend.presigned_url(prepared.sources[0].uri, PRESIGNED_SECONDS)
+        if body:
+            await retrieve.record(session, principal, prepared, "a presigned URL")
+        return Response(b"", status_code=307, headers={**headers, "location": url})
+    if request.headers.get("if-range") not in (None, prepared.etag):
+        wanted = None  # the payload changed since the client's partial copy: all of it again
+    else:
+        try:
+            wanted = retrieve.parse_range(request.headers.get("range"), size)
+        except retrieve.RangeNotSatisfiable as exc:
+            return Response(
+                {"exec": "RangeNotSatisfiable", "message": f"Range: {exc}"},
+                status_code=416,
+                headers={"content-range": f"bytes */{exc.size}"},
+            )
+    offset, length = wanted if wanted else (0, size)
+    status = 206 if wanted else 200
+    if wanted and size is not None:
+        headers["content-range"] = f"bytes {offset}-{offset + (length or 0) - 1}/{size}"
+    if length is not None:
+        headers["content-length"] = str(length)
+    if not body:
+        return Response(b"", status_code=status, media_type="application/octet-stream", headers=headers)
+    what = f"bytes {offset}-{offset + length - 1} of {size}" if wanted and length else f"{size} bytes"
+    await retrieve.record(session, principal, prepared, what)
+    return Stream(
+        retrieve.stream_file(prepared, offset, length),
+        status_code=status,
+        media_type="application/octet-stream",
+        headers=headers,
+    )
+
+
+READING = permission(Role.READER)
+
+
+@get(
+    "/retrieve",
+    operation_id="retrieve",
+    **{
+        **READING,
+        "responses": {
+            **READING["responses"],
+            206: ResponseSpec(None, description="A byte range of the payload"),
+            416: ResponseSpec(None, description="The Range lies outside the payload"),
+        },
+    },
+    summary="Retrieve",
+    description=RETRIEVE_DESCRIPTION,
+)
+async def retrieve_payload(
+    request: Request[Any, Any, Any],
+    session: NamedDependency[AsyncSession],
+    principal: NamedDependency[Principal],
+    item_name: FromQuery[str] = "",
+    oid: UuidQuery = "",
+    uid: UuidQuery = "",
+    near: FromQuery[str] = "",
+    redirect: FromQuery[bool] = False,
+) -> Response[Any]:
+    return await _retrieval_response(
+        request, session, principal, item_name=item_name, oid=oid, uid=uid, near=near, redirect=redirect
+    )
+
+
+@head(
+    "/retrieve",
+    operation_id="retrieve_head",
+    **permission(Role.READER),
+    summary="Retrieve (headers only)",
+    description="What GET /request/retrieve answers (status and headers: size, ETag, checksum), without the "
+    "bytes and without a history entry.",
+)
+async def retrieve_headers(
+    request: Request[Any, Any, Any],
+    session: NamedDependency[AsyncSession],
+    principal: NamedDependency[Principal],
+    item_name: FromQuery[str] = "",
+    oid: UuidQuery = "",
+    uid: UuidQuery = "",
+    near: FromQuery[str] = "",
+    redirect: FromQuery[bool] = False,
+) -> Response[None]:
+    return await _retrieval_response(  # type: ignore[return-value]
+        request, session, principal, item_name=item_name, oid=oid, uid=uid, near=near, redirect=redirect, body=False
+    )
+
+
 router = Router(
     path="/request",
     route_handlers=[
         query_data_item,
+        retrieve_payload,
+        retrieve_headers,
         update_data_item,
         set_uri,
         set_metadata,

@@ -72,8 +72,11 @@ class Backend(Protocol):
 
     async def stat_many(self, uris: list[str]) -> list[PayloadInfo | None]: ...
 
-    def read(self, uri: str, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
-        """The bytes of the file at ``uri``, chunk by chunk."""
+    def read(
+        self, uri: str, chunk_size: int = CHUNK_SIZE, *, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """The bytes of the file at ``uri``, chunk by chunk: from ``offset``, ``length`` of them (or to
+        the end)."""
         ...
 
     async def write(

@@ -100,13 +100,16 @@ class PosixBackend:
         """One thread hop for the whole batch: bulk registration stats thousands of small files."""
         return await asyncio.to_thread(lambda: [self._stat(uri) for uri in uris])
 
-    async def read(self, uri: str, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
+    async def read(
+        self, uri: str, chunk_size: int = CHUNK_SIZE, *, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
         """A file up to ``chunk_size`` in one thread hop; a larger one streamed chunk by chunk."""
+        whole_file = offset == 0 and length is None
 
         # Resolving a path costs a system call per component: done in the thread, off the event loop.
         def read_small() -> tuple[Path, bytes | None]:
             path = self.local_path(uri)
-            if os.stat(path).st_size >= chunk_size:
+            if not whole_file or os.stat(path).st_size >= chunk_size:
                 return path, None
             with open(path, "rb") as stream:
                 return path, stream.read()
@@ -117,8 +120,16 @@ class PosixBackend:
                 if whole:
                     yield whole
                 return
+            left = length
             async with aiofiles.open(path, "rb") as stream:
-                while chunk := await stream.read(chunk_size):
+                if offset:
+                    await stream.seek(offset)
+                while left is None or left > 0:
+                    chunk = await stream.read(chunk_size if left is None else min(chunk_size, left))
+                    if not chunk:
+                        break
+                    if left is not None:
+                        left -= len(chunk)
                     yield chunk
         except IsADirectoryError:
             raise StorageRefused(f"{uri!r} is a directory, not a file") from None

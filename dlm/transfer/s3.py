@@ -163,9 +163,17 @@ class S3Backend:
     async def stat_many(self, uris: list[str]) -> list[PayloadInfo | None]:
         return [await self.stat(uri) for uri in uris]
 
-    async def read(self, uri: str, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
+    async def read(
+        self, uri: str, chunk_size: int = CHUNK_SIZE, *, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        if length == 0:
+            return
+        ranged = {}
+        if offset or length is not None:
+            end = "" if length is None else str(offset + length - 1)
+            ranged = {"Range": f"bytes={offset}-{end}"}
         with self._translated(uri):
-            response = await self._client.get_object(Bucket=self.bucket, Key=self.key(uri))
+            response = await self._client.get_object(Bucket=self.bucket, Key=self.key(uri), **ranged)
             body = response["Body"]
             try:
                 async for chunk in body.iter_chunks(chunk_size):
@@ -289,6 +297,14 @@ class S3Backend:
                 relative = listed["Key"][len(prefix) :]
                 if relative and not relative.endswith("/"):  # skip "directory" marker objects
                     yield Entry(path=relative, size=listed["Size"])
+
+    async def presigned_url(self, uri: str, seconds: int) -> str:
+        """A URL that reads the object without credentials, for ``seconds``."""
+        with self._translated(uri):
+            url: str = await self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": self.key(uri)}, ExpiresIn=seconds
+            )
+        return url
 
     async def checksum(self, uri: str, method: ChecksumMethod) -> str:
         hasher = new_hasher(method)

@@ -175,16 +175,26 @@ class SftpBackend:
     async def stat_many(self, uris: list[str]) -> list[PayloadInfo | None]:
         return [await self.stat(uri) for uri in uris]
 
-    async def read(self, uri: str, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
+    async def read(
+        self, uri: str, chunk_size: int = CHUNK_SIZE, *, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
         with self._translated(uri):
             info = await self.stat(uri)
             if info is None:
                 raise PayloadMissing(f"no payload at {uri!r}")
             if info.is_container:
                 raise StorageRefused(f"{uri!r} is a directory, not a file")
+            left = length
             # asyncssh keeps several read requests in flight for a large read: one chunk in memory.
             async with self._sftp.open(self.path(uri), "rb") as stream:
-                while chunk := await stream.read(chunk_size):
+                position = offset
+                while left is None or left > 0:
+                    chunk = await stream.read(chunk_size if left is None else min(chunk_size, left), position)
+                    if not chunk:
+                        break
+                    position += len(chunk)
+                    if left is not None:
+                        left -= len(chunk)
                     yield chunk
 
     async def write(

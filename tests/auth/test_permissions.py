@@ -78,7 +78,10 @@ async def test_without_a_token_every_route_but_the_probes_is_401(closed: AsyncTe
         if path.startswith(PUBLIC_PREFIXES):
             assert response.status_code != 401, path
             continue
-        assert_error(response, 401, "Unauthorized", "bearer token")
+        if method.upper() == "HEAD":  # no body to say why
+            assert response.status_code == 401, path
+        else:
+            assert_error(response, 401, "Unauthorized", "bearer token")
         assert response.headers["www-authenticate"].startswith("Bearer"), path
     assert (await closed.get("/schema/openapi.json")).status_code == 200, "the API description is public"
 

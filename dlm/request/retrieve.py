@@ -1,0 +1,240 @@
+"""Give a payload's bytes back: pick the best READY replica the caller may read, stream it (a byte
+range of it, or a container as a tar of its files), and record the retrieval in the item's history.
+
+Who may read (docs/security.md#reading): operators and admins read everything; a reader or ingest
+caller reads an item it owns, an item whose ``acl`` names it (or ``"*"``) under ``"read"``, and an item
+with no ``acl`` at all (the observatory's data is open to its readers unless restricted).
+"""
+
+import datetime
+import re
+import tarfile
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from sqlalchemy import Row, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dlm.auth.principal import Principal
+from dlm.data_item import ITEMS, item_selector
+from dlm.db.models import DataItemEvent, Location, Migration, Storage
+from dlm.enums import ItemState, ItemType, MigrationStatus, Role
+from dlm.errors import Forbidden, InvalidQueryParameters, NotFound, ServiceUnavailable, UnmetPreconditionForOperation
+from dlm.storage.service import latest_config
+from dlm.transfer.backends import make_backend, place_of
+from dlm.transfer.base import CHUNK_SIZE, TransferError
+
+RETRIEVED_EVENT = "retrieved"
+# Which kind of storage serves a download first: a local file system, then an object store, then SFTP.
+_KIND_ORDER = {"local": 0, "s3": 1, "sftp": 2}
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class Source(msgspec.Struct, frozen=True):
+    """One READY replica a download may read, with what it takes to open it."""
+
+    uid: str
+    storage_name: str
+    storage_interface: Any
+    root_directory: str
+    config: dict[str, Any] | None
+    uri: str
+    kind: str
+
+    def backend(self) -> Any:
+        return make_backend(self.storage_interface, self.root_directory, self.config, self.storage_name)
+
+
+class Retrieval(msgspec.Struct, frozen=True):
+    """What a download serves: the item, where from (best first), and the headers that describe it."""
+
+    item: dict[str, Any]
+    sources: list[Source]
+    size: int | None
+    is_container: bool
+    etag: str
+    last_modified: datetime.datetime | None
+
+
+def may_read(principal: Principal, item: Row[Any] | dict[str, Any]) -> bool:
+    values = item._mapping if isinstance(item, Row) else item
+    if principal.may(Role.OPERATOR):
+        return True
+    if not principal.may(Role.READER):
+        return False
+    if values["item_owner"] == principal.subject:
+        return True
+    acl = values.get("acl")
+    if acl is None:
+        return True
+    readers = acl.get("read", []) if isinstance(acl, dict) else []
+    return isinstance(readers, list) and ("*" in readers or principal.subject in readers)
+
+
+async def prepare(
+    session: AsyncSession, principal: Principal, *, item_name: str = "", oid: str = "", uid: str = "", near: str = ""
+) -> Retrieval:
+    """Everything a download needs from the database, read in the request's transaction (the bytes
+    stream after it has ended)."""
+    selector = item_selector(item_name=item_name, oid=oid, uid=uid)
+    rows = list(
+        (
+            await session.execute(
+                select(ITEMS, Storage, Location.location_name)
+                .join(Storage, Storage.storage_id == ITEMS.c.storage_id)
+                .join(Location, Location.location_id == Storage.location_id)
+                .where(selector, ITEMS.c.item_state == ItemState.READY, Storage.storage_available.is_(True))
+                # For a name: its newest version.
+                .order_by(ITEMS.c.item_version.desc())
+            )
+        ).all()
+    )
+    named = item_name or oid or uid
+    if not rows:
+        exists = await session.scalar(select(ITEMS.c.uid).where(selector).limit(1))
+        if exists is None:
+            raise NotFound(f"no item {named!r}")
+        raise UnmetPreconditionForOperation(f"item {named!r} has no READY replica on an available storage")
+    newest = rows[0].item_version
+    rows = [row for row in rows if row.item_version == newest]
+    # An acl is set per replica (or on all of an item's at once): read only replicas that allow it.
+    readable = [row for row in rows if may_read(principal, row)]
+    if not readable:
+        raise Forbidden(f"{principal.subject!r} may not read item {rows[0].item_name!r} (its owner and acl decide)")
+    rows = readable
+    busy = dict(
+        (
+            await session.execute(
+                select(Migration.source_storage_id, func.count())
+                .where(Migration.status == MigrationStatus.RUNNING)
+                .group_by(Migration.source_storage_id)
+            )
+        ).all()
+    )
+    sources = []
+    for row in rows:
+        storage: Storage = row.Storage
+        config = await latest_config(session, storage.storage_id)
+        try:
+            kind = place_of(storage.storage_interface, storage.root_directory, config).kind
+        except UnmetPreconditionForOperation:
+            continue
+        rank = (row.location_name != near if near else False, _KIND_ORDER[kind], busy.get(storage.storage_id, 0))
+        sources.append(
+            (
+                rank,
+                storage.storage_name,
+                Source(
+                    str(row.uid),
+                    storage.storage_name,
+                    storage.storage_interface,
+                    storage.root_directory,
+                    config,
+                    row.uri,
+                    kind,
+                ),
+            )
+        )
+    if not sources:
+        raise UnmetPreconditionForOperation(f"item {named!r}: DLM can reach none of its READY replicas")
+    sources.sort(key=lambda entry: entry[:2])
+    first = rows[0]
+    item = dict(first._mapping)
+    checksum = first.item_checksum or ""
+    return Retrieval(
+        item={key: value for key, value in item.items() if key != "Storage"},
+        sources=[entry[2] for entry in sources],
+        size=first.item_size,
+        is_container=first.item_type is ItemType.CONTAINER,
+        etag=f'"{first.oid}-{first.item_version}-{checksum}"',
+        last_modified=first.payload_modified or first.uid_creation,
+    )
+
+
+def parse_range(header: str | None, size: int | None) -> tuple[int, int] | None:
+    """``Range: bytes=a-b`` as (offset, length) within ``size``; None to serve the whole payload
+    (no header, several ranges, a container). Raises RangeNotSatisfiable for a range outside it."""
+    if not header or size is None:
+        return None
+    match = _RANGE.match(header.strip())
+    if match is None:
+        if "," in header:
+            return None  # several ranges: served whole, as HTTP allows
+        raise InvalidQueryParameters(f"Range: {header!r} is not bytes=first-last")
+    first, last = match.groups()
+    if not first and not last:
+        raise InvalidQueryParameters(f"Range: {header!r} names no bytes")
+    if not first:  # the last N bytes
+        length = min(int(last), size)
+        if length == 0:
+            raise RangeNotSatisfiable(size)
+        return size - length, length
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or (last and int(last) < start):
+        raise RangeNotSatisfiable(size)
+    return start, end - start + 1
+
+
+class RangeNotSatisfiable(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(f"the payload has {size} bytes")
+        self.size = size
+
+
+async def record(session: AsyncSession, principal: Principal, retrieval: Retrieval, what: str) -> None:
+    """The retrieval in the item's history (who, which replica, which bytes), and its last access."""
+    source = retrieval.sources[0]
+    session.add(
+        DataItemEvent(
+            uid=source.uid,
+            oid=retrieval.item["oid"],
+            event=RETRIEVED_EVENT,
+            new_value=f"{what} from storage {source.storage_name!r}",
+            actor=principal.subject,
+        )
+    )
+    await session.execute(update(ITEMS).where(ITEMS.c.uid == source.uid).values(last_access=func.now()))
+
+
+async def stream_file(retrieval: Retrieval, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+    """The bytes, from the first replica that answers; one that fails mid-stream hands over to the
+    next at the byte where it stopped (replicas of an item hold the same bytes)."""
+    sent = 0
+    errors = []
+    for source in retrieval.sources:
+        try:
+            async with source.backend() as backend:
+                left = None if length is None else length - sent
+                async for chunk in backend.read(source.uri, CHUNK_SIZE, offset=offset + sent, length=left):
+                    sent += len(chunk)
+                    yield chunk
+            return
+        except (TransferError, OSError) as exc:
+            errors.append(f"{source.storage_name}: {exc}")
+    raise ServiceUnavailable(f"no replica could be read: {'; '.join(errors)}")
+
+
+async def stream_tar(retrieval: Retrieval) -> AsyncIterator[bytes]:
+    """A container as an uncompressed tar of its files, written as they are read: nothing on disk,
+    one chunk in memory."""
+    source = retrieval.sources[0]
+    top = source.uri.lstrip("/").rstrip("/").rsplit("/", 1)[-1] or "payload"
+    mtime = retrieval.last_modified.timestamp() if retrieval.last_modified else 0
+    async with source.backend() as backend:
+        async for entry in backend.walk(source.uri):
+            info = tarfile.TarInfo(f"{top}/{entry.path}" if entry.path else top)
+            info.size = entry.size
+            info.mtime = int(mtime)
+            info.mode = (entry.mode or 0o644) & 0o7777
+            yield info.tobuf(format=tarfile.PAX_FORMAT)
+            written = 0
+            async for chunk in backend.read(f"{source.uri}/{entry.path}" if entry.path else source.uri):
+                written += len(chunk)
+                yield chunk
+            if written != entry.size:
+                raise ServiceUnavailable(f"{entry.path!r} changed while it was being sent")
+            if entry.size % tarfile.BLOCKSIZE:
+                yield tarfile.NUL * (tarfile.BLOCKSIZE - entry.size % tarfile.BLOCKSIZE)
+    yield tarfile.NUL * (2 * tarfile.BLOCKSIZE)

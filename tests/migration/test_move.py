@@ -1,0 +1,78 @@
+"""Moves: a verified copy, then the source replica goes in the same job; never below the item's
+resilience, never from a read-only storage; a container moves with its members."""
+
+from pathlib import Path
+
+from tests.conftest import Registry, assert_error
+from tests.migration.conftest import wait_for
+
+
+async def move(registry: Registry, **params: str) -> dict:
+    response = await registry.client.post("/migration/move_data_item", params=params)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def test_a_move_leaves_the_item_on_the_destination_only(registry: Registry, tmp_path: Path) -> None:
+    await registry.storage("archive", root=tmp_path / "archive", phase="SOLID")
+    uid = await registry.register("obs", "obs")
+    queued = await move(registry, uid=uid, destination_name="archive")
+    done = await wait_for(registry.client, queued["migration_id"])
+    assert (done["status"], done["move"], done["last_error"]) == ("SUCCEEDED", True, None)
+    assert (await registry.item(uid))["item_state"] == "DELETED"
+    assert not (registry.root / "obs").exists(), "the source payload is gone"
+    moved = await registry.item(queued["uid"])
+    assert moved["item_state"] == "READY" and moved["oid_phase"] == "SOLID"
+    assert (tmp_path / "archive" / "obs").read_bytes() == b"payload\n"
+
+
+async def test_a_container_moves_with_its_members(registry: Registry, tmp_path: Path) -> None:
+    await registry.storage("archive", root=tmp_path / "archive", phase="SOLID")
+    registry.payload("box/a", b"a")
+    registry.payload("box/sub/b", b"b")
+    await registry.register("box", "box", item_type="container", register_members="true")
+    queued = await move(registry, item_name="box", destination_name="archive")
+    assert (await wait_for(registry.client, queued["migration_id"]))["status"] == "SUCCEEDED"
+    for member in ("box/a", "box/sub/b"):
+        rows = (await registry.client.get("/request/query_data_item", params={"item_name": member})).json()
+        assert sorted(row["item_state"] for row in rows) == ["DELETED", "READY"]
+    assert not (registry.root / "box").exists()
+
+
+async def test_a_source_that_may_not_go_stays_and_the_job_says_why(registry: Registry, tmp_path: Path) -> None:
+    await registry.storage("archive", root=tmp_path / "archive")
+    uid = await registry.register("kept", "kept")
+    locked = await registry.client.patch(
+        "/storage/update_storage", params={"storage_name": "disk", "storage_permissions": "R"}
+    )
+    assert locked.status_code == 200, locked.text
+    queued = await move(registry, uid=uid, destination_name="archive")
+    done = await wait_for(registry.client, queued["migration_id"])
+    assert done["status"] == "SUCCEEDED" and "read-only" in done["last_error"]
+    assert done["job_status"]["error"].startswith("copied; the source replica stays")
+    assert (await registry.item(uid))["item_state"] == "READY" and (registry.root / "kept").exists()
+    assert (await registry.item(queued["uid"]))["item_state"] == "READY"
+
+
+async def test_bad_moves_are_refused_and_leave_nothing(registry: Registry) -> None:
+    uid = await registry.register("here", "here")
+    refused = await registry.client.post("/migration/move_data_item", params={"uid": uid, "destination_name": "disk"})
+    assert_error(refused, 422, "InvalidQueryParameters", "already lives")
+    nowhere = await registry.client.post("/migration/move_data_item", params={"uid": uid, "destination_name": "moon"})
+    assert_error(nowhere, 404, "NotFound", "moon")
+    assert (await registry.client.get("/migration/query_migrations")).json() == []
+
+
+async def test_moving_cannot_take_an_item_below_its_target_phase(registry: Registry, tmp_path: Path) -> None:
+    """An item kept SOLID on the archive, moved to scratch (GAS): the copy is made, the archive's stays."""
+    await registry.storage("archive", root=tmp_path / "archive", phase="SOLID")
+    await registry.storage("scratch", root=tmp_path / "scratch", phase="GAS")
+    registry.payload("obs", b"precious", root=tmp_path / "archive")
+    response = await registry.client.post(
+        "/ingest/register_data_item", params={"item_name": "obs", "uri": "obs", "storage_name": "archive"}
+    )
+    archived = response.json()
+    queued = await move(registry, uid=archived, destination_name="scratch")
+    done = await wait_for(registry.client, queued["migration_id"])
+    assert done["status"] == "SUCCEEDED" and "below its target_phase" in done["last_error"]
+    assert (await registry.item(archived))["item_state"] == "READY"
