@@ -636,6 +636,24 @@ class _Operations:
             )
         )
 
+    def deliver(
+        self,
+        destination: dict[str, Any],
+        *,
+        items: list[str] | None = None,
+        params: str | None = None,
+        packaging: str = "none",
+    ) -> Any:
+        """Ask DLM to ship items (names, oids or uids; or a ``params`` filter) to ``destination``
+        ({"s3": {...}}, {"posix": dir}, {"storage_name", "path"}); returns ``{"delivery_id", …}`` at once."""
+        body = {"destination": destination, "packaging": packaging}
+        body.update({"items": items} if items is not None else {"params": params})
+        return self._run(_call("POST", "/request/deliver", dict[str, Any], body))
+
+    def delivery(self, delivery_id: int) -> Any:
+        """A delivery: status, bytes_done of bytes_total, and at the end its manifest."""
+        return self._run(_call("GET", "/request/get_delivery", dict[str, Any], delivery_id=delivery_id))
+
     def migration(self, migration_id: int) -> Any:
         """One migration; NotFound if there is none."""
         call = _call("GET", "/migration/get_migration", Migration, migration_id=migration_id)

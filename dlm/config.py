@@ -93,6 +93,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     # The claim listing the caller's roles or groups (a dotted path reaches into objects, as Keycloak's
     # realm_access.roles); a space-separated string (as `scope`) is split.
     auth_roles_claim: str = "roles"
+    # The claim listing the caller's groups (a dotted path, as for roles; Keycloak's leading "/" is
+    # dropped): an item whose item_group is one of them, or whose acl names "group:<it>", is theirs to read.
+    auth_groups_claim: str = "groups"
     # "idp-value=dlm-role,…"; unset: claim values that are DLM role names count as themselves.
     auth_role_map: str | None = None
     auth_leeway_seconds: Annotated[float, msgspec.Meta(ge=0, le=600)] = 60.0
@@ -122,6 +125,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     # delivered events stay in the outbox.
     events_interval_seconds: Annotated[float, msgspec.Meta(ge=0)] = 1.0
     events_keep_seconds: Annotated[float, msgspec.Meta(ge=0)] = 7 * 24 * 3600.0
+    # How often this process looks for delivery requests to ship (seconds; 0: leave them to others).
+    deliveries_interval_seconds: Annotated[float, msgspec.Meta(ge=0)] = 2.0
 
     def __post_init__(self) -> None:
         if self.auth_jwks_url and self.auth_jwks_file:

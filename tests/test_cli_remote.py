@@ -155,6 +155,21 @@ async def test_the_python_clients_download_and_stream(live: Live, tmp_path: Path
     assert written.read_bytes() == payload and seen[-1] == (len(payload), len(payload))
 
 
+def test_a_delivery_from_the_command_line(live: Live) -> None:
+    disk, outbox = live.root / "deliver-disk", live.root / "outbox"
+    disk.mkdir()
+    outbox.mkdir()
+    (disk / "a.dat").write_bytes(b"for the outbox")
+    dlm(live, "storage", "add-location", "deliver-site", "--type", "local-dev")
+    dlm(live, "storage", "add-storage", "deliver-disk", "--location", "deliver-site", "--root", str(disk))
+    dlm(live, "ingest", "register", "deliver-a", "a.dat", "--storage", "deliver-disk")
+    manifest = dlm_json(live, "request", "deliver", "deliver-a", "--to", json.dumps({"posix": str(outbox)}), "--wait")
+    assert [entry["item_name"] for entry in manifest] == ["deliver-a"]
+    assert (outbox / "deliver-a").read_bytes() == b"for the outbox"
+    both = dlm(live, "request", "deliver", "deliver-a", "--where", "x", "--to", "{}", expect=1)
+    assert "not both" in both.stderr
+
+
 def _etag(url: str, uid: str) -> str:
     response = httpx.head(f"{url}/request/retrieve", params={"uid": uid})
     return response.headers["etag"]
@@ -298,6 +313,8 @@ async def test_the_async_client(live: Live) -> None:
 # Every operation the server offers, and the command that offers it on the command line.
 CLI_FOR_OPERATION = {
     "/request/retrieve": "request get",
+    "/request/deliver": "request deliver",
+    "/request/get_delivery": "request delivery",
     "/migration/move_data_item": "migration move",
     "/ingest/init_data_item": "ingest init",
     "/ingest/register_data_item": "ingest register",

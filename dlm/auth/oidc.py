@@ -131,6 +131,7 @@ class TokenVerifier:
         self.leeway = settings.auth_leeway_seconds
         self.subject_claim = settings.auth_subject_claim
         self.roles_claim = settings.auth_roles_claim
+        self.groups_claim = settings.auth_groups_claim
         self.role_map = settings.role_map
 
     async def verify(self, token: str) -> Principal:
@@ -170,7 +171,8 @@ class TokenVerifier:
             raise InvalidToken(f"the token was not issued by {self.issuer!r}") from None
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise InvalidToken(f"the token cannot be verified: {exc}") from None
-        return Principal(subject=self._subject(claims), role=self._role(claims), via="oidc")
+        groups = frozenset(group.lstrip("/") for group in _claim_values(claims, self.groups_claim))
+        return Principal(subject=self._subject(claims), role=self._role(claims), via="oidc", groups=groups)
 
     def _subject(self, claims: dict[str, Any]) -> str:
         subject = claims.get(self.subject_claim) or claims.get("sub")

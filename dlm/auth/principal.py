@@ -18,6 +18,8 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     via: Literal["token", "oidc", "open"]
     # When the credential stops being valid, if it does.
     expires: datetime.datetime | None = None
+    # The groups an identity provider says the caller is in (docs/security.md#reading).
+    groups: frozenset[str] = frozenset()
 
     @property
     def authenticated(self) -> bool:

@@ -18,12 +18,14 @@ from dlm.rows import row_dict, row_dicts
 
 @get("/whoami", operation_id="whoami", summary="Who Am I", **permission(Role.READER))
 async def whoami(principal: NamedDependency[Principal]) -> dict[str, Any]:
-    """The subject DLM records as the actor of your requests, your role, and how DLM knows you."""
+    """The subject DLM records as the actor of your requests, your role, how DLM knows you, and the groups
+    your identity provider puts you in."""
     return {
         "subject": principal.subject,
         "role": principal.role,
         "via": principal.via,
         "expires": principal.expires,
+        "groups": sorted(principal.groups),
     }
 
 

@@ -9,6 +9,7 @@ import enum
 import functools
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -327,6 +328,51 @@ def request_get(client: DLMClient, name: str, uid: str, oid: str, output: Path, 
     if show_progress:
         click.echo(err=True)
     return str(written)
+
+
+@request.command("deliver")
+@click.argument("names", nargs=-1)
+@click.option("--where", "params", help="Instead of NAMES: a filter in the params language.")
+@click.option(
+    "--to",
+    "destination",
+    required=True,
+    help='Where, as JSON (or @file): {"s3": {"bucket": …, "prefix": …, "endpoint": …, "access_key_id": …, '
+    '"secret_access_key": …}}, or for operators {"posix": "/dir"} or {"storage_name": …, "path": …}.',
+)
+@click.option("--packaging", type=click.Choice(["none", "tar-per-container", "tar"]), default="none", show_default=True)
+@click.option("--wait", is_flag=True, help="Follow the delivery to its end and print its manifest.")
+@remote()
+def request_deliver(
+    client: DLMClient, names: tuple[str, ...], params: str | None, destination: str, packaging: str, wait: bool
+) -> Any:
+    """Ship items (names, oids or uids) to a bucket or directory, with a manifest at the end.
+
+    \b
+    Examples:
+      dlm request deliver obs-41 obs-42 --to @alice-bucket.json --packaging tar --wait
+      dlm request deliver --where 'item_name=like.eb-7*' --to '{"posix": "/srv/outbox/eb-7"}'
+    """
+    if bool(names) == bool(params):
+        raise CLIError("give NAMES or --where, not both (nor neither)")
+    target = _json_object(destination, "--to")
+    assert target is not None
+    queued = client.deliver(target, items=list(names) if names else None, params=params, packaging=packaging)
+    if not wait:
+        return queued
+    while (current := client.delivery(queued["delivery_id"]))["status"] not in ("SUCCEEDED", "FAILED"):
+        time.sleep(0.5)
+    if current["status"] == "FAILED":
+        raise CLIError(f"delivery {current['delivery_id']} FAILED: {current['last_error']}")
+    return current["manifest"]
+
+
+@request.command("delivery")
+@click.argument("delivery_id", type=click.IntRange(min=1))
+@remote()
+def request_delivery(client: DLMClient, delivery_id: int) -> Any:
+    """A delivery's status, progress and (at the end) manifest."""
+    return client.delivery(delivery_id)
 
 
 @request.command("history")

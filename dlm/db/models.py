@@ -347,3 +347,34 @@ class OutboxEvent(Base):
     __table_args__ = (
         Index("ix_outbox_event_due", "next_attempt_at", postgresql_where=text("cardinality(pending) > 0")),
     )
+
+
+class Delivery(Base):
+    """A request to ship a selection of items to a destination outside DLM's management: a registered
+    storage's tree, a directory, or an S3 bucket given inline (its credentials sealed)."""
+
+    __tablename__ = "delivery"
+
+    delivery_id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    user: Mapped[str] = mapped_column(String)
+    created: Mapped[datetime.datetime] = timestamp(server_default=UTC_NOW)
+    finished: Mapped[datetime.datetime | None] = timestamp()
+    status: Mapped[MigrationStatus] = mapped_column(
+        pg_enum(MigrationStatus, "migration_status"), server_default=MigrationStatus.PENDING.value
+    )
+    # Where to: {"storage_name", "path"} or an inline target (sealed with DLM_SECRET_KEY when set).
+    destination: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    packaging: Mapped[str] = mapped_column(String, server_default="none")
+    # What to ship: [{"uid", "item_name", "item_type", "size"}], chosen when the request was made.
+    items: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    bytes_total: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    bytes_done: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    manifest: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    lease_owner: Mapped[str | None] = mapped_column(String)
+    lease_expires: Mapped[datetime.datetime | None] = timestamp()
+
+    __table_args__ = (
+        Index("ix_delivery_claimable", "created", postgresql_where=text("status IN ('PENDING', 'RUNNING')")),
+    )

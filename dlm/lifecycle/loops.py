@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from dlm.config import Settings
 from dlm.events.relay import Relay
 from dlm.lifecycle import audit, capacity, expiry, replication
+from dlm.request import delivery
 
 log = logging.getLogger("dlm.lifecycle")
 
@@ -40,6 +41,7 @@ def engines(settings: Settings) -> dict[str, tuple[Pass, float]]:
         "capacity": (capacity_pass, settings.capacity_interval_seconds),
         # Delivering notifications is not a lifecycle engine, but it runs the same way.
         "events": (Relay(settings).run_once, settings.events_interval_seconds if settings.event_sinks else 0),
+        "deliveries": (delivery.run_once, settings.deliveries_interval_seconds),
     }
 
 

@@ -2,8 +2,9 @@
 range of it, or a container as a tar of its files), and record the retrieval in the item's history.
 
 Who may read (docs/security.md#reading): operators and admins read everything; a reader or ingest
-caller reads an item it owns, an item whose ``acl`` names it (or ``"*"``) under ``"read"``, and an item
-with no ``acl`` at all (the observatory's data is open to its readers unless restricted).
+caller reads an item it owns, an item of one of its groups (``item_group``), an item whose ``acl`` names
+it, one of its groups (``"group:<name>"``) or ``"*"`` under ``"read"``, and an item with no ``acl`` at
+all (the observatory's data is open to its readers unless restricted).
 """
 
 import datetime
@@ -63,13 +64,16 @@ def may_read(principal: Principal, item: Row[Any] | dict[str, Any]) -> bool:
         return True
     if not principal.may(Role.READER):
         return False
-    if values["item_owner"] == principal.subject:
+    if values["item_owner"] == principal.subject or values["item_group"] in principal.groups:
         return True
     acl = values.get("acl")
     if acl is None:
         return True
     readers = acl.get("read", []) if isinstance(acl, dict) else []
-    return isinstance(readers, list) and ("*" in readers or principal.subject in readers)
+    if not isinstance(readers, list):
+        return False
+    names = {"*", principal.subject} | {f"group:{group}" for group in principal.groups}
+    return not names.isdisjoint(reader for reader in readers if isinstance(reader, str))
 
 
 async def prepare(
@@ -220,21 +224,34 @@ async def stream_tar(retrieval: Retrieval) -> AsyncIterator[bytes]:
     """A container as an uncompressed tar of its files, written as they are read: nothing on disk,
     one chunk in memory."""
     source = retrieval.sources[0]
-    top = source.uri.lstrip("/").rstrip("/").rsplit("/", 1)[-1] or "payload"
     mtime = retrieval.last_modified.timestamp() if retrieval.last_modified else 0
     async with source.backend() as backend:
-        async for entry in backend.walk(source.uri):
-            info = tarfile.TarInfo(f"{top}/{entry.path}" if entry.path else top)
-            info.size = entry.size
-            info.mtime = int(mtime)
-            info.mode = (entry.mode or 0o644) & 0o7777
-            yield info.tobuf(format=tarfile.PAX_FORMAT)
-            written = 0
-            async for chunk in backend.read(f"{source.uri}/{entry.path}" if entry.path else source.uri):
-                written += len(chunk)
-                yield chunk
-            if written != entry.size:
-                raise ServiceUnavailable(f"{entry.path!r} changed while it was being sent")
-            if entry.size % tarfile.BLOCKSIZE:
-                yield tarfile.NUL * (tarfile.BLOCKSIZE - entry.size % tarfile.BLOCKSIZE)
-    yield tarfile.NUL * (2 * tarfile.BLOCKSIZE)
+        async for block in tar_members(backend, source.uri, top_name(source.uri), mtime):
+            yield block
+    yield TAR_END
+
+
+TAR_END = tarfile.NUL * (2 * tarfile.BLOCKSIZE)
+
+
+def top_name(uri: str) -> str:
+    return uri.lstrip("/").rstrip("/").rsplit("/", 1)[-1] or "payload"
+
+
+async def tar_members(backend: Any, uri: str, top: str, mtime: float) -> AsyncIterator[bytes]:
+    """The tar records of every file at or under ``uri``, named ``top/<path>`` (``top`` for a file);
+    the archive's end (TAR_END) is the caller's to add."""
+    async for entry in backend.walk(uri):
+        info = tarfile.TarInfo(f"{top}/{entry.path}" if entry.path else top)
+        info.size = entry.size
+        info.mtime = int(mtime)
+        info.mode = (entry.mode or 0o644) & 0o7777
+        yield info.tobuf(format=tarfile.PAX_FORMAT)
+        written = 0
+        async for chunk in backend.read(f"{uri}/{entry.path}" if entry.path else uri):
+            written += len(chunk)
+            yield chunk
+        if written != entry.size:
+            raise ServiceUnavailable(f"{entry.path or uri!r} changed while it was being sent")
+        if entry.size % tarfile.BLOCKSIZE:
+            yield tarfile.NUL * (tarfile.BLOCKSIZE - entry.size % tarfile.BLOCKSIZE)

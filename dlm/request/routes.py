@@ -5,19 +5,20 @@ import datetime
 from email.utils import format_datetime
 from typing import Annotated, Any
 
-from litestar import Request, Response, Router, get, head, patch
+from litestar import Request, Response, Router, get, head, patch, post
+from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dlm.api import EventId, UuidQuery, json_response, provide_session
+from dlm.api import MAX_BIGINT, EventId, UuidQuery, json_response, provide_session
 from dlm.auth.policy import permission
 from dlm.auth.principal import Principal
 from dlm.enums import ItemState, Phase, Role
 from dlm.parsing import parse_datetime, parse_duration, parse_enum
-from dlm.request import retrieve, service, setters
+from dlm.request import delivery, retrieve, service, setters
 from dlm.request.filters import MAX_PAGE_SIZE
 from dlm.rows import row_dict, row_dicts
 
@@ -386,12 +387,48 @@ async def retrieve_headers(
     )
 
 
+@post(
+    "/deliver",
+    operation_id="deliver",
+    **permission(Role.READER),
+    summary="Deliver",
+    status_code=200,
+    description="DLM addition. Ship a selection of items (body: items, a list of names, oids or uids, or params, a "
+    'filter) to a destination (body.destination: {"s3": {bucket, prefix, endpoint, access_key_id, '
+    'secret_access_key}}, or for operators {"storage_name", "path"} or {"posix": directory}) with '
+    "body.packaging none, tar-per-container or tar. Every item must be readable by the caller (403 otherwise, "
+    "nothing recorded); the destination must answer now. Returns the delivery_id at once; get_delivery follows "
+    "it to its manifest. Inline credentials are sealed and never shown again.",
+)
+async def deliver(
+    session: NamedDependency[AsyncSession],
+    principal: NamedDependency[Principal],
+    state: State,
+    data: JSONBody[dict[str, Any] | None] = None,
+) -> Response[dict[str, Any]]:
+    return json_response(await delivery.create_delivery(session, principal, data, state.confinement))
+
+
+@get("/get_delivery", operation_id="get_delivery", **permission(Role.READER), summary="Get Delivery")
+async def get_delivery(
+    session: NamedDependency[AsyncSession],
+    principal: NamedDependency[Principal],
+    delivery_id: Annotated[int, QueryParameter(ge=1, le=MAX_BIGINT)],
+) -> dict[str, Any]:
+    """DLM addition. A delivery: status (PENDING, RUNNING, SUCCEEDED, FAILED), bytes_done of bytes_total, the
+    items, and at the end the manifest (each item's size, checksum and where it went). Below the operator
+    role, only the caller's own."""
+    return row_dict(await delivery.get_delivery(session, principal, delivery_id))
+
+
 router = Router(
     path="/request",
     route_handlers=[
         query_data_item,
         retrieve_payload,
         retrieve_headers,
+        deliver,
+        get_delivery,
         update_data_item,
         set_uri,
         set_metadata,

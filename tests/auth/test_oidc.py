@@ -22,7 +22,7 @@ from litestar.testing import AsyncTestClient
 from dlm.app import create_app
 from dlm.config import Settings
 from tests.auth.conftest import bearer
-from tests.conftest import assert_error
+from tests.conftest import Registry, assert_error
 
 ISSUER = "https://keycloak.example.org/realms/ska"
 AUDIENCE = "dlm"
@@ -105,11 +105,43 @@ async def test_a_providers_token_names_the_caller_and_their_role(oidc: AsyncTest
     token = provider.token(preferred_username="alice", groups=["ska-scientists", "dlm-admins", "other"])
     response = await _whoami(oidc, token)
     assert response.status_code == 200, response.text
-    assert response.json() == {"subject": "alice", "role": "admin", "via": "oidc", "expires": None}
+    assert response.json() == {
+        "subject": "alice",
+        "role": "admin",
+        "via": "oidc",
+        "expires": None,
+        "groups": ["dlm-admins", "other", "ska-scientists"],
+    }
     pipeline = await _whoami(oidc, provider.token(preferred_username="pipe-7", groups=["ska-pipelines"]))
     assert pipeline.json()["role"] == "ingest"
     fallback = await _whoami(oidc, provider.token(groups=["ska-scientists"]))
     assert fallback.json()["subject"] == "u-123", "sub when the preferred claim is missing"
+
+
+async def test_groups_from_the_provider_open_items_of_their_group(
+    oidc: AsyncTestClient, provider: Provider, tmp_path: Path
+) -> None:
+    """item_group and "group:<name>" in an acl mean the provider's groups (Keycloak's "/" dropped)."""
+    admin = bearer(provider.token(preferred_username="ops", groups=["dlm-admins"]))
+    registry = Registry(oidc, tmp_path / "store")
+    oidc.headers.update(admin)
+    await registry.storage()
+    for name, group, acl in (("theirs", "/radio", '{"read": []}'), ("shared", "SKA", '{"read": ["group:optical"]}')):
+        uid = await registry.register(name)
+        oid = (await registry.item(uid))["oid"]
+        await oidc.patch("/request/set_group", params={"oid": oid, "group": group.lstrip("/")})
+        await oidc.patch("/request/set_acl", params={"oid": oid, "acl": acl})
+    del oidc.headers["authorization"]
+    radio = bearer(provider.token(preferred_username="r", groups=["ska-scientists", "/radio"]))
+    optical = bearer(provider.token(preferred_username="o", groups=["ska-scientists", "optical"]))
+    for who, name, status in (
+        (radio, "theirs", 200),
+        (optical, "theirs", 403),
+        (optical, "shared", 200),
+        (radio, "shared", 403),
+    ):
+        response = await oidc.get("/request/retrieve", params={"item_name": name}, headers=who)
+        assert response.status_code == status, (name, response.text)
 
 
 async def test_a_token_with_no_mapped_role_may_do_nothing(oidc: AsyncTestClient, provider: Provider) -> None:

@@ -34,7 +34,7 @@ async def test_an_admin_makes_lists_and_revokes_tokens(
     assert secret not in stored and secret[4:] not in stored, "only a hash is kept"
 
     me = await closed.get("/auth/whoami", headers=bearer(secret))
-    assert me.json() == {"subject": "pipe-7", "role": "ingest", "via": "token", "expires": None}
+    assert me.json() == {"subject": "pipe-7", "role": "ingest", "via": "token", "expires": None, "groups": []}
 
     listed = (await closed.get("/auth/list_tokens", headers=admin)).json()
     pipe = next(row for row in listed if row["name"] == "pipe-7")
@@ -116,7 +116,7 @@ async def test_open_until_a_token_exists_and_the_deployments_admin_token(
 ) -> None:
     async with AsyncTestClient(create_app(settings)) as client:
         me = await client.get("/auth/whoami")
-        assert me.json() == {"subject": "anonymous", "role": "admin", "via": "open", "expires": None}
+        assert me.json() == {"subject": "anonymous", "role": "admin", "via": "open", "expires": None, "groups": []}
 
     secret = "dlm_" + "a" * 43
     deployed = msgspec.structs.replace(settings, admin_token=secret)

@@ -45,11 +45,12 @@ async def test_downgrade_to_base_then_upgrade_restores_the_schema(database_url: 
         "phase_change",
         "api_token",
         "outbox_event",
+        "delivery",
     }
     assert await _tables(engine) == expected
     await engine.dispose()
     await schema.downgrade(database_url, "0001")
-    assert await _tables(engine) == expected - {"storage_event", "api_token", "outbox_event"}, (
+    assert await _tables(engine) == expected - {"storage_event", "api_token", "outbox_event", "delivery"}, (
         "each revision takes back its own"
     )
     await engine.dispose()
