@@ -16,17 +16,20 @@ from sqlalchemy import text
 import dlm
 from dlm.api import EXCEPTION_HANDLERS, QueryGuard, provide_principal, query_parameters, refuse_deep_json
 from dlm.auth.gate import Gate, GateMiddleware
-from dlm.auth.policy import BEARER_SCHEME, PROBE
+from dlm.auth.policy import BEARER_SCHEME, PROBE, permission
 from dlm.auth.routes import router as auth_router
 from dlm.auth.startup import decide_open
 from dlm.config import Settings
 from dlm.db.engine import create_engine, create_sessionmaker
 from dlm.db.schema import check_schema, current_revision, head_revision
+from dlm.enums import Role
 from dlm.ingest.routes import router as ingest_router
 from dlm.lifecycle.loops import EngineLoops
 from dlm.metadata import load_extractors
 from dlm.migration.routes import router as migration_router
 from dlm.migration.worker import MigrationWorkers
+from dlm.observability import metrics
+from dlm.observability.http import RequestMetrics
 from dlm.request.routes import router as request_router
 from dlm.storage.context import session_info
 from dlm.storage.routes import router as storage_router
@@ -41,6 +44,19 @@ OPENAPI_PATH = "/schema"
 async def health_live() -> dict[str, str]:
     """The process is up."""
     return {"status": "ok"}
+
+
+@get(
+    "/metrics",
+    operation_id="metrics",
+    summary="Metrics",
+    tags=["health"],
+    description="Prometheus metrics of this process (text exposition format); see docs/operations.md#metrics.",
+    media_type=metrics.CONTENT_TYPE,
+    **permission(Role.READER),
+)
+async def metrics_route(state: State) -> Response[bytes]:
+    return Response(await metrics.render(state.sessionmaker, state.engine))
 
 
 @get("/health/ready", operation_id="health_ready", summary="Readiness", tags=["health"], **PROBE)
@@ -102,9 +118,10 @@ def create_app(settings: Settings) -> Litestar:
             auth_router,
             health_live,
             health_ready,
+            metrics_route,
         ],
         lifespan=[lifespan],
-        middleware=[GateMiddleware(), QueryGuard()],
+        middleware=[RequestMetrics(), GateMiddleware(), QueryGuard()],
         on_startup=[_read_query_parameters],
         before_request=refuse_deep_json,
         dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},

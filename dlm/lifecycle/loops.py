@@ -4,6 +4,7 @@ import asyncio
 import datetime
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from dlm.config import Settings
 from dlm.events.relay import Relay
 from dlm.lifecycle import audit, capacity, expiry, replication
+from dlm.observability import metrics
 from dlm.request import delivery
 
 log = logging.getLogger("dlm.lifecycle")
@@ -64,13 +66,28 @@ class EngineLoops:
 
     async def _loop(self, name: str, run_once: Pass, interval: float) -> None:
         while True:
+            started = time.perf_counter()
             try:
                 report = await run_once(self.sessionmaker)
                 # A pass that found nothing to do is the usual case: say so only when debugging.
-                acted = any(value for value in msgspec.structs.astuple(report) if not isinstance(value, bool))
+                acted = actions(report)
+                metrics.ENGINE_ACTIONS.labels(name).inc(acted)
                 log.log(logging.INFO if acted else logging.DEBUG, "%s pass: %s", name, report.summary())
             except asyncio.CancelledError:
                 raise
             except Exception:  # the next pass may find the database or storage back
+                metrics.ENGINE_PASS_ERRORS.labels(name).inc()
                 log.warning("%s pass failed", name, exc_info=True)
+            metrics.ENGINE_PASS_SECONDS.labels(name).observe(time.perf_counter() - started)
             await asyncio.sleep(interval)
+
+
+def actions(report: msgspec.Struct) -> int:
+    """How much a pass did: the items in its report's lists and its counts (flags aside)."""
+    done = 0
+    for value in msgspec.structs.astuple(report):
+        if isinstance(value, list | dict):
+            done += len(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            done += value
+    return done

@@ -27,6 +27,7 @@ from dlm.db.models import Migration, Storage
 from dlm.enums import ChecksumMethod, ItemState, ItemType, MigrationStatus
 from dlm.errors import Conflict, DLMError, ServiceUnavailable, UnmetPreconditionForOperation
 from dlm.migration.service import discard_destination, replica_values, set_migration
+from dlm.observability import metrics
 from dlm.storage.service import delete_replica, lock_replicas, storage_backend
 from dlm.transfer.base import PayloadExists, TransferError
 from dlm.transfer.copy import CopyResult, copy_payload
@@ -246,6 +247,9 @@ class Job:
             )
             if job.move:
                 await self._remove_source(session, job)
+        metrics.COPIED_BYTES.inc(result.bytes)
+        metrics.COPY_SECONDS.observe(result.seconds)
+        metrics.COPIES.labels(MigrationStatus.SUCCEEDED.value).inc()
         log.info("migration %s: copied %d bytes in %d files", self.migration_id, result.bytes, result.files)
         return MigrationStatus.SUCCEEDED
 
@@ -351,6 +355,7 @@ class Job:
                 job_status={"finished": True, "success": False, "error": reason},
             )
             await discard_destination(session, job, remove_payload=remove_payload)
+        metrics.COPIES.labels(MigrationStatus.FAILED.value).inc()
         return MigrationStatus.FAILED
 
     async def _let_go(self) -> None:

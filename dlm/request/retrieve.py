@@ -22,6 +22,7 @@ from dlm.data_item import ITEMS, item_selector
 from dlm.db.models import DataItemEvent, Location, Migration, Storage
 from dlm.enums import ItemState, ItemType, MigrationStatus, Role
 from dlm.errors import Forbidden, InvalidQueryParameters, NotFound, ServiceUnavailable, UnmetPreconditionForOperation
+from dlm.observability import metrics
 from dlm.storage.service import latest_config
 from dlm.transfer.backends import make_backend, place_of
 from dlm.transfer.base import CHUNK_SIZE, TransferError
@@ -213,6 +214,7 @@ async def stream_file(retrieval: Retrieval, offset: int = 0, length: int | None 
                 left = None if length is None else length - sent
                 async for chunk in backend.read(source.uri, CHUNK_SIZE, offset=offset + sent, length=left):
                     sent += len(chunk)
+                    metrics.RETRIEVED_BYTES.inc(len(chunk))
                     yield chunk
             return
         except (TransferError, OSError) as exc:
@@ -227,6 +229,7 @@ async def stream_tar(retrieval: Retrieval) -> AsyncIterator[bytes]:
     mtime = retrieval.last_modified.timestamp() if retrieval.last_modified else 0
     async with source.backend() as backend:
         async for block in tar_members(backend, source.uri, top_name(source.uri), mtime):
+            metrics.RETRIEVED_BYTES.inc(len(block))
             yield block
     yield TAR_END
 
