@@ -29,7 +29,7 @@ from dlm.metadata import load_extractors
 from dlm.migration.routes import router as migration_router
 from dlm.migration.worker import MigrationWorkers
 from dlm.observability import metrics
-from dlm.observability.http import RequestMetrics
+from dlm.observability.http import ObservedRequests
 from dlm.request.routes import router as request_router
 from dlm.storage.context import session_info
 from dlm.storage.routes import router as storage_router
@@ -121,7 +121,7 @@ def create_app(settings: Settings) -> Litestar:
             metrics_route,
         ],
         lifespan=[lifespan],
-        middleware=[RequestMetrics(), GateMiddleware(), QueryGuard()],
+        middleware=[ObservedRequests(settings.access_log), GateMiddleware(), QueryGuard()],
         on_startup=[_read_query_parameters],
         before_request=refuse_deep_json,
         dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},

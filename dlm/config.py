@@ -47,6 +47,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     # Registration computes a payload's checksum only when it is this small (bytes); 0 turns it off.
     register_checksum_max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 64 * 1024 * 1024
     log_level: str = "INFO"
+    # "json": one JSON object per line (time, level, logger, message, request_id, actor, ids).
+    log_format: Literal["text", "json"] = "text"
+    # One line per HTTP request (method, route, status, duration, actor) on the dlm.access logger.
+    access_log: bool = True
     # Files (JSON or TOML) listing locations and storages (with their configs) to create at startup
     # when missing; see docs/operations.md.
     location_config: str | None = None

@@ -17,6 +17,7 @@ from dlm.auth.policy import declared_access
 from dlm.auth.principal import ANONYMOUS, Principal
 from dlm.config import Settings
 from dlm.errors import Forbidden, Unauthorized
+from dlm.observability.logs import ACTOR
 
 # A verified API token is trusted this long before the database is asked again: revoking a token
 # takes effect in other DLM processes within this time (at once in the process that revoked it).
@@ -134,4 +135,5 @@ class GateMiddleware(ASGIMiddleware):
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         gate: Gate = scope["litestar_app"].state.gate
         scope["user"] = await gate.admit(scope)
+        ACTOR.set(scope["user"].subject)  # on every log line of the request
         await next_app(scope, receive, send)

@@ -1,7 +1,6 @@
 """`dlm serve` and `dlm db`: run the service and administer its database."""
 
 import errno
-import logging
 import signal
 import socket
 import sys
@@ -43,8 +42,9 @@ def serve(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
     from dlm.serve import Refused, prepare
 
     settings = load_settings(host=host, port=port, auth="none" if insecure_no_auth else None)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    from dlm.observability.logs import configure
+
+    configure(settings.log_level, settings.log_format)
     _check_port_free(settings.host, settings.port)
     try:
         prepared = run(lambda: prepare(settings))

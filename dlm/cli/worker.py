@@ -1,7 +1,6 @@
 """`dlm worker <engine>`: run a lifecycle engine against the database, once or on its interval."""
 
 import datetime
-import logging
 from typing import Any
 
 import click
@@ -140,8 +139,9 @@ def _run_engine(name: str, *, once: bool, as_json: bool, **arguments: Any) -> No
 
     settings = load_settings()
     run_once, interval = engines(settings)[name]
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    from dlm.observability.logs import configure
+
+    configure(settings.log_level, settings.log_format)
 
     import asyncio
 

@@ -65,19 +65,33 @@ class EngineLoops:
         self.tasks.clear()
 
     async def _loop(self, name: str, run_once: Pass, interval: float) -> None:
+        # What the last pass said: a line is logged when that changes, not every pass (a default set-up
+        # with one storage would otherwise say "N unmet" every minute, a database outage repeat its
+        # traceback every few seconds).
+        last = ""
         while True:
             started = time.perf_counter()
             try:
                 report = await run_once(self.sessionmaker)
-                # A pass that found nothing to do is the usual case: say so only when debugging.
                 acted = actions(report)
                 metrics.ENGINE_ACTIONS.labels(name).inc(acted)
-                log.log(logging.INFO if acted else logging.DEBUG, "%s pass: %s", name, report.summary())
+                said = report.summary()
+                if last.startswith("failed"):
+                    log.info("%s pass: works again: %s", name, said)
+                else:
+                    # Nothing done, or what the last pass said: only when debugging.
+                    log.log(logging.INFO if acted and said != last else logging.DEBUG, "%s pass: %s", name, said)
+                last = said
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the next pass may find the database or storage back
+            except Exception as exc:  # the next pass may find the database or storage back
                 metrics.ENGINE_PASS_ERRORS.labels(name).inc()
-                log.warning("%s pass failed", name, exc_info=True)
+                failure = f"failed: {type(exc).__name__}: {exc}"
+                if failure != last:
+                    log.warning("%s pass failed (logged again when that changes)", name, exc_info=True)
+                else:
+                    log.debug("%s pass %s", name, failure)
+                last = failure
             metrics.ENGINE_PASS_SECONDS.labels(name).observe(time.perf_counter() - started)
             await asyncio.sleep(interval)
 
