@@ -1,10 +1,13 @@
 """GET /metrics after real work: the counters moved, the database gauges say what is there, and the
 route is a reader's, as every other."""
 
+import json
+import re
 from pathlib import Path
 
 import msgspec
 import pytest
+import yaml
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -69,3 +72,32 @@ async def test_metrics_are_for_readers(settings: Settings) -> None:
     closed = msgspec.structs.replace(settings, auth="required")
     async with AsyncTestClient(create_app(closed)) as client:
         assert_error(await client.get("/metrics"), 401, "Unauthorized")
+
+
+MONITORING = Path(__file__).parent.parent / "deploy" / "monitoring"
+METRIC_NAME = re.compile(r"\bdlm_[a-z_]+\b")
+
+
+def expressions() -> list[str]:
+    """Every PromQL expression of the shipped alert rules and dashboard."""
+    rules = yaml.safe_load((MONITORING / "alerts.yml").read_text())
+    found = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    found += [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    return found
+
+
+async def test_the_shipped_alerts_and_dashboard_name_only_metrics_dlm_exports(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metrics, "CACHE_SECONDS", 0.0)
+    response = await registry.client.get("/metrics")
+    exported = set()
+    for family in text_string_to_metric_families(response.text):
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])
+        exported |= {family.name + suffix for suffix in suffixes}
+    config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    assert config["scrape_configs"][0]["metrics_path"] == "/metrics" and config["rule_files"] == ["alerts.yml"]
+    named = {name for expression in expressions() for name in METRIC_NAME.findall(expression)}
+    assert named, "the files use DLM's metrics"
+    assert named <= exported, named - exported
