@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from dlm.data_item import ITEMS
 from dlm.db.models import Migration, Storage
 from dlm.enums import ItemState, MigrationStatus
+from dlm.storage.service import held_by_storage
 
 # Litestar adds "; charset=utf-8" to a text type.
 CONTENT_TYPE = "text/plain; version=0.0.4"
@@ -114,22 +115,16 @@ class DatabaseGauges(Collector):
                 "A storage's capacity (storages without one are left out).",
                 labels=["storage"],
             )
-            held = (
+            storages = (
                 await session.execute(
-                    select(
-                        Storage.storage_name,
-                        Storage.storage_capacity,
-                        func.coalesce(func.sum(ITEMS.c.item_size), 0),
-                        func.count(ITEMS.c.uid),
+                    select(Storage.storage_id, Storage.storage_name, Storage.storage_capacity).where(
+                        Storage.storage_retired.is_(False)
                     )
-                    .outerjoin(
-                        ITEMS, (ITEMS.c.storage_id == Storage.storage_id) & (ITEMS.c.item_state != ItemState.DELETED)
-                    )
-                    .where(Storage.storage_retired.is_(False))
-                    .group_by(Storage.storage_id)
                 )
             ).all()
-            for name, limit, size, count in held:
+            held = await held_by_storage(session, [storage_id for storage_id, _, _ in storages])
+            for storage_id, name, limit in storages:
+                size, count = held.get(storage_id, (0, 0))
                 used.add_metric([name], float(size))
                 replicas.add_metric([name], float(count))
                 if limit is not None and limit >= 0:

@@ -50,7 +50,6 @@ ACTOR = "delivery"
 MAX_ITEMS = 10_000
 MAX_ATTEMPTS = 3
 LEASE_SECONDS = 60.0
-REDACTED = "***"
 
 
 class DeliveryRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -383,9 +382,8 @@ class _Progress:
 
 async def _source(session: AsyncSession, item: dict[str, Any]) -> retrieve.Source:
     """The item's best READY replica DLM can reach (as a download picks it)."""
-    principal = Principal(subject=ACTOR, role=Role.ADMIN, via="token")
     try:
-        prepared = await retrieve.prepare(session, principal, oid=item["oid"])
+        prepared = await retrieve.prepare(session, None, oid=item["oid"])
     except (NotFound, UnmetPreconditionForOperation) as exc:
         raise UnmetPreconditionForOperation(f"item {item['item_name']!r}: {exc.message}") from None
     return prepared.sources[0]

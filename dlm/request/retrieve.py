@@ -78,10 +78,17 @@ def may_read(principal: Principal, item: Row[Any] | dict[str, Any]) -> bool:
 
 
 async def prepare(
-    session: AsyncSession, principal: Principal, *, item_name: str = "", oid: str = "", uid: str = "", near: str = ""
+    session: AsyncSession,
+    principal: Principal | None,
+    *,
+    item_name: str = "",
+    oid: str = "",
+    uid: str = "",
+    near: str = "",
 ) -> Retrieval:
     """Everything a download needs from the database, read in the request's transaction (the bytes
-    stream after it has ended)."""
+    stream after it has ended). ``principal``: whose leave to read decides which replicas serve (None
+    for DLM's own work, whose caller was checked when it was asked for)."""
     selector = item_selector(item_name=item_name, oid=oid, uid=uid)
     rows = list(
         (
@@ -104,8 +111,9 @@ async def prepare(
     newest = rows[0].item_version
     rows = [row for row in rows if row.item_version == newest]
     # An acl is set per replica (or on all of an item's at once): read only replicas that allow it.
-    readable = [row for row in rows if may_read(principal, row)]
+    readable = [row for row in rows if principal is None or may_read(principal, row)]
     if not readable:
+        assert principal is not None
         raise Forbidden(f"{principal.subject!r} may not read item {rows[0].item_name!r} (its owner and acl decide)")
     rows = readable
     busy = dict(

@@ -84,7 +84,7 @@ _URL_FIELDS = {"endpoint", "url"}
 
 def redact(config: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``config`` showing only what is known not to be secret (see _PUBLIC_FIELDS)."""
-    public = _PUBLIC_FIELDS.get(str(flatten(config).get("type")), set()) | {"type"}
+    public = _PUBLIC_FIELDS.get(str(flat_config(config).get("type")), set()) | {"type"}
 
     def shown(key: str, value: Any, top: bool) -> Any:
         if key == "parameters" and top and isinstance(value, dict):
@@ -111,9 +111,6 @@ def _without_credentials(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-flatten = flat_config
-
-
 def validate(
     config: Any, *, config_type: ConfigType = ConfigType.RCLONE, interface: StorageInterface | None = None
 ) -> dict[str, Any]:
@@ -122,7 +119,7 @@ def validate(
         raise InvalidQueryParameters("config: must be a non-empty JSON object")
     if config_type is not ConfigType.RCLONE:
         return config
-    flat = flatten(config)
+    flat = flat_config(config)
     remote_type = flat.get("type")
     if not isinstance(remote_type, str) or remote_type not in RCLONE_TYPES:
         raise InvalidQueryParameters(f"config.type: must be one of {', '.join(sorted(RCLONE_TYPES))}")

@@ -6,7 +6,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -511,7 +511,16 @@ async def held_by_storage(
     return {storage_id: (int(held), count) for storage_id, held, count in (await session.execute(query)).all()}
 
 
-async def file_system_usage(session: AsyncSession, storage: Storage) -> Any:
+class DiskUsage(NamedTuple):
+    total: int
+    used: int
+    free: int
+
+
+NOT_MOUNTED = DiskUsage(0, 0, 0)
+
+
+async def file_system_usage(session: AsyncSession, storage: Storage) -> DiskUsage | None:
     """``shutil.disk_usage`` of a local POSIX storage's root (total, used, free), all 0 when the volume
     is not mounted; None for storages elsewhere (S3, SFTP), whose room DLM cannot see."""
     if storage.storage_interface is not StorageInterface.POSIX:
@@ -524,12 +533,9 @@ async def file_system_usage(session: AsyncSession, storage: Storage) -> Any:
     if place.kind != "local":
         return None
     try:
-        return await asyncio.to_thread(shutil.disk_usage, place.root)
+        return DiskUsage(*await asyncio.to_thread(shutil.disk_usage, place.root))
     except OSError:
         return NOT_MOUNTED
-
-
-NOT_MOUNTED = shutil._ntuple_diskusage(0, 0, 0)  # type: ignore[attr-defined]
 
 
 async def query_storage_events(
