@@ -9,7 +9,6 @@ from litestar import Litestar, Response, get
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy import text
 
@@ -33,6 +32,8 @@ from dlm.observability.http import ObservedRequests
 from dlm.request.routes import router as request_router
 from dlm.storage.context import session_info
 from dlm.storage.routes import router as storage_router
+from dlm.ui.routes import OfflineSwagger
+from dlm.ui.routes import router as ui_router
 
 log = logging.getLogger("dlm")
 
@@ -96,6 +97,7 @@ def create_app(settings: Settings) -> Litestar:
             workers = MigrationWorkers(app.state.sessionmaker, settings)
             app.state.migration_workers = workers
             lifecycle = EngineLoops(app.state.sessionmaker, settings)
+            app.state.engine_loops = lifecycle
             workers.start()
             lifecycle.start()
             try:
@@ -116,6 +118,7 @@ def create_app(settings: Settings) -> Litestar:
             storage_router,
             migration_router,
             auth_router,
+            ui_router,
             health_live,
             health_ready,
             metrics_route,
@@ -141,7 +144,7 @@ def create_app(settings: Settings) -> Litestar:
             description="Data Lifecycle Manager: SKA-DLM's ingest, request, storage and migration managers "
             "in one service, plus DLM's additions.",
             path=OPENAPI_PATH,
-            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin()],
+            render_plugins=[OfflineSwagger(openapi_json=f"{OPENAPI_PATH}/openapi.json")],
             components=Components(
                 security_schemes={
                     BEARER_SCHEME: SecurityScheme(

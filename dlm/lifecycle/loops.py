@@ -47,11 +47,21 @@ def engines(settings: Settings) -> dict[str, tuple[Pass, float]]:
     }
 
 
+class LastPass(msgspec.Struct, frozen=True):
+    """What an engine's latest pass in this process said, for the operator page."""
+
+    finished: datetime.datetime
+    seconds: float
+    ok: bool
+    summary: str
+
+
 class EngineLoops:
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings) -> None:
         self.sessionmaker = sessionmaker
         self.settings = settings
         self.tasks: list[asyncio.Task[None]] = []
+        self.last_passes: dict[str, LastPass] = {}
 
     def start(self) -> None:
         for name, (run_once, interval) in engines(self.settings).items():
@@ -92,7 +102,14 @@ class EngineLoops:
                 else:
                     log.debug("%s pass %s", name, failure)
                 last = failure
-            metrics.ENGINE_PASS_SECONDS.labels(name).observe(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            metrics.ENGINE_PASS_SECONDS.labels(name).observe(seconds)
+            self.last_passes[name] = LastPass(
+                finished=datetime.datetime.now(datetime.UTC),
+                seconds=round(seconds, 3),
+                ok=not last.startswith("failed"),
+                summary=last,
+            )
             await asyncio.sleep(interval)
 
 

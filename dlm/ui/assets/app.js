@@ -1,0 +1,460 @@
+// DLM's operator page: a few views over DLM's own API, signed in with a DLM token. No library, no
+// inline script, no other host: every text from the API goes into the page as text, never as HTML.
+"use strict";
+
+const STATES = ["INITIALISED", "READY", "CORRUPTED", "EXPIRED", "DELETED"];
+const PHASES = ["PLASMA", "GAS", "LIQUID", "SOLID"];
+const ROLES = ["reader", "ingest", "operator", "admin"];
+const PAGE_SIZE = 50;
+const TOKEN_KEY = "dlm-token";
+
+const session = { token: sessionStorage.getItem(TOKEN_KEY), who: null, storages: new Map(), refresh: null };
+
+// --- building the page -----------------------------------------------------------------------------
+
+function h(tag, attributes, ...children) {
+  const element = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name.startsWith("on")) element.addEventListener(name.slice(2), value);
+    else if (name === "class") element.className = value;
+    else element.setAttribute(name, value === true ? "" : value);
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined || child === false) continue;
+    element.append(child instanceof Node ? child : String(child));
+  }
+  return element;
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+function svg(tag, attributes, ...children) {
+  const element = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attributes || {})) element.setAttribute(name, value);
+  for (const child of children.flat()) element.append(child instanceof Node ? child : String(child));
+  return element;
+}
+
+function show(...content) {
+  document.getElementById("main").replaceChildren(...content.filter((part) => part !== null && part !== undefined));
+}
+
+function toast(message, ok = false) {
+  const box = document.getElementById("toast");
+  box.textContent = message;
+  box.className = ok ? "ok" : "";
+  box.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { box.hidden = true; }, 6000);
+}
+
+function bytes(count) {
+  if (count === null || count === undefined) return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+  let value = Number(count), unit = 0;
+  while (value >= 1024 && unit < units.length - 1) { value /= 1024; unit += 1; }
+  return `${unit ? value.toFixed(value < 10 ? 2 : 1) : value} ${units[unit]}`;
+}
+
+function when(iso) {
+  if (!iso) return "–";
+  const moment = new Date(iso);
+  return h("time", { datetime: iso, title: iso }, moment.toLocaleString());
+}
+
+function badge(text) {
+  return h("span", { class: `badge ${text}` }, text);
+}
+
+function percent(done, total) {
+  if (!total) return done ? 100 : 0;
+  return Math.min(100, Math.floor((100 * done) / total));
+}
+
+function bar(value, label, { high = false, name = "" } = {}) {
+  const fill = h("div", { class: "fill" });
+  fill.style.width = `${value}%`;  // CSSOM, which the Content-Security-Policy allows (style attributes it would not)
+  return h("div", {},
+    h("div", { class: high ? "bar high" : "bar", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100,
+      "aria-valuenow": value, "aria-label": name || label }, fill),
+    h("div", { class: "bar-label" }, label));
+}
+
+function table(headings, rows, empty = "Nothing here.") {
+  if (!rows.length) return h("p", { class: "muted" }, empty);
+  return h("table", {},
+    h("thead", {}, h("tr", {}, headings.map((heading) => h("th", { class: heading.endsWith(" ") ? "num" : null }, heading.trim())))),
+    h("tbody", {}, rows));
+}
+
+// --- talking to DLM --------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super(typeof body === "object" && body && body.message ? body.message : `HTTP ${status}`);
+    this.status = status;
+  }
+}
+
+function headers() {
+  return session.token ? { Authorization: `Bearer ${session.token}` } : {};
+}
+
+async function api(method, path, params = {}, body = undefined) {
+  const url = new URL(path, location.origin);
+  for (const [name, value] of Object.entries(params)) {
+    if (value !== "" && value !== null && value !== undefined) url.searchParams.set(name, value);
+  }
+  const options = { method, headers: headers() };
+  if (body !== undefined) {
+    options.headers["Content-Type"] = "application/json";
+    options.body = JSON.stringify(body);
+  }
+  const response = await fetch(url, options);
+  const type = response.headers.get("Content-Type") || "";
+  const content = type.includes("json") ? await response.json() : await response.text();
+  if (response.status === 401) {
+    askForToken(content.message || "Sign in to continue.");
+  }
+  if (!response.ok) throw new ApiError(response.status, content);
+  return content;
+}
+
+function may(role) {
+  return session.who && session.who.role && ROLES.indexOf(session.who.role) >= ROLES.indexOf(role);
+}
+
+async function loadStorages() {
+  const rows = await api("GET", "/storage/query_storage");
+  session.storages = new Map(rows.map((row) => [row.storage_id, row]));
+}
+
+function storageName(id) {
+  const storage = session.storages.get(id);
+  return storage ? storage.storage_name : (id ? id.slice(0, 8) : "–");
+}
+
+// --- signing in ------------------------------------------------------------------------------------
+
+function askForToken(reason) {
+  stopRefreshing();
+  document.getElementById("sign-in").hidden = false;
+  document.getElementById("sign-in-error").textContent = session.token ? reason : "";
+  document.getElementById("token").focus();
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const field = document.getElementById("token");
+  session.token = field.value.trim();
+  field.value = "";
+  try {
+    await whoAmI();
+    sessionStorage.setItem(TOKEN_KEY, session.token);
+    document.getElementById("sign-in").hidden = true;
+    route();
+  } catch (error) {
+    session.token = null;
+    document.getElementById("sign-in-error").textContent = error.message;
+  }
+}
+
+function signOut() {
+  sessionStorage.removeItem(TOKEN_KEY);
+  session.token = null;
+  session.who = null;
+  document.getElementById("who").textContent = "";
+  document.getElementById("sign-out").hidden = true;
+  show();
+  askForToken("");
+}
+
+async function whoAmI() {
+  session.who = await api("GET", "/auth/whoami");
+  const who = document.getElementById("who");
+  who.textContent = `${session.who.subject} · ${session.who.role || "no role"}`;
+  who.title = `signed in via ${session.who.via}`;
+  document.getElementById("sign-out").hidden = session.who.via === "open";
+}
+
+// --- views -----------------------------------------------------------------------------------------
+
+function stopRefreshing() {
+  clearTimeout(session.refresh);
+  session.refresh = null;
+}
+
+function refreshIn(seconds, view) {
+  stopRefreshing();
+  session.refresh = setTimeout(() => view().catch(failed), seconds * 1000);
+}
+
+function failed(error) {
+  if (error instanceof ApiError && error.status === 401) return;  // the sign-in form is up
+  show(h("p", { class: "error" }, error.message));
+}
+
+async function overview() {
+  const [data] = await Promise.all([api("GET", "/ui/overview"), loadStorages()]);
+  show(
+    h("h1", {}, "Overview"),
+    h("h2", {}, "Storages"),
+    h("div", { class: "cards" }, data.storages.map(storageCard)),
+    h("div", { class: "grid2" },
+      h("section", {}, h("h2", {}, "Items by state and phase"), itemCounts(data.items)),
+      h("section", {}, h("h2", {}, "Copy queue"), copyQueue(data.migrations))),
+    h("h2", {}, "Bytes copied per hour, last 24 hours"),
+    chart(data.copied_per_hour),
+    h("div", { class: "grid2" },
+      h("section", {}, h("h2", {}, "Engines (this DLM process)"), engines(data.engines)),
+      h("section", {}, h("h2", {}, "Recent storage events"), storageEvents(data.storage_events))),
+  );
+  refreshIn(5, overview);
+}
+
+function storageCard(storage) {
+  const capacity = storage.capacity_bytes ?? storage.filesystem_total_bytes;
+  const used = storage.used_bytes;
+  const share = capacity ? percent(used, capacity) : 0;
+  const of = capacity ? ` of ${bytes(capacity)}${storage.capacity_bytes === null ? " (file system)" : ""}` : " (no capacity known)";
+  return h("div", { class: "card", "data-storage": storage.storage_name },
+    h("h3", {}, storage.storage_name, badge(storage.storage_phase)),
+    bar(share, `${bytes(used)}${of} · ${storage.objects} replicas`, { high: share >= 90, name: `${storage.storage_name} used` }),
+    h("div", { class: "bar-label" }, storage.storage_interface,
+      storage.filesystem_free_bytes !== null ? ` · ${bytes(storage.filesystem_free_bytes)} free on its file system` : ""));
+}
+
+function itemCounts(counts) {
+  const cell = new Map(counts.map((row) => [`${row.item_state}/${row.oid_phase}`, row.count]));
+  const rows = STATES.map((state) => h("tr", {}, h("td", {}, badge(state)),
+    PHASES.map((phase) => h("td", { class: "num" }, cell.get(`${state}/${phase}`) || 0))));
+  return table(["state", ...PHASES.map((phase) => `${phase} `)], rows);
+}
+
+function copyQueue(migrations) {
+  const counts = Object.entries(migrations.by_status).map(([status, count]) => h("span", {}, badge(status), ` ${count}  `));
+  return h("div", {},
+    h("p", {}, counts),
+    h("p", { class: "muted" }, migrations.oldest_due ? ["oldest copy waiting since ", when(migrations.oldest_due)] : "no copy is waiting for a worker"),
+    table(["copy", "item", "to", "progress"], migrations.active.map((copy) => h("tr", {},
+      h("td", {}, h("a", { href: "#/migrations" }, `#${copy.migration_id}`)),
+      h("td", {}, h("a", { href: `#/item?oid=${copy.oid}` }, copy.oid.slice(0, 8))),
+      h("td", {}, storageName(copy.destination_storage_id)),
+      h("td", {}, progress(copy)))), "No copy under way."));
+}
+
+function chart(hours) {
+  const width = 960, height = 180, left = 60, bottom = 22, top = 12;
+  const most = Math.max(1, ...hours.map((hour) => hour.bytes));
+  const step = (width - left - 8) / hours.length;
+  const scale = (height - top - bottom) / most;
+  const drawing = svg("svg", { class: "chart", viewBox: `0 0 ${width} ${height}`, role: "img",
+    "aria-label": `bytes copied per hour; most in one hour: ${bytes(most)}` });
+  drawing.append(svg("line", { x1: left, x2: width - 4, y1: height - bottom, y2: height - bottom }));
+  drawing.append(svg("text", { x: 4, y: top + 8 }, hours.some((hour) => hour.bytes) ? bytes(most) : "nothing copied"));
+  drawing.append(svg("text", { x: 4, y: height - bottom }, "0"));
+  hours.forEach((hour, index) => {
+    const tall = hour.bytes * scale;
+    const column = svg("rect", { class: "column", x: left + index * step + 1, y: height - bottom - tall,
+      width: Math.max(1, step - 2), height: tall, "data-bytes": hour.bytes });
+    column.append(svg("title", {}, `${new Date(hour.hour).toLocaleString()}: ${bytes(hour.bytes)}`));
+    drawing.append(column);
+    if (index % 4 === 0) {
+      drawing.append(svg("text", { x: left + index * step, y: height - 6 },
+        new Date(hour.hour).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })));
+    }
+  });
+  return drawing;
+}
+
+function engines(passes) {
+  const rows = Object.entries(passes).map(([name, last]) => h("tr", { "data-engine": name },
+    h("td", {}, name), h("td", {}, when(last.finished)), h("td", { class: "num" }, `${last.seconds.toFixed(2)} s`),
+    h("td", {}, badge(last.ok ? "ok" : "bad")), h("td", {}, last.summary)));
+  return table(["engine", "last pass", "took ", "", "said"], rows, "No engine has finished a pass in this process yet.");
+}
+
+function storageEvents(events) {
+  return table(["when", "storage", "event", "detail", "by"], events.map((event) => h("tr", {},
+    h("td", {}, when(event.event_time)), h("td", {}, event.storage_name), h("td", {}, event.event),
+    h("td", {}, event.detail || ""), h("td", {}, event.actor))), "No storage events.");
+}
+
+// Items: search by name, state, phase and storage, a page at a time.
+async function items(query) {
+  await loadStorages();
+  const page = Math.max(0, Number(query.get("page") || 0));
+  const filters = { order: "uid_creation.desc", limit: PAGE_SIZE + 1, offset: page * PAGE_SIZE };
+  if (query.get("name")) filters.item_name = `ilike.*${query.get("name")}*`;
+  if (query.get("state")) filters.item_state = `eq.${query.get("state")}`;
+  if (query.get("phase")) filters.oid_phase = `eq.${query.get("phase")}`;
+  if (query.get("storage")) filters.storage_id = `eq.${query.get("storage")}`;
+  const rows = await api("GET", "/request/query_data_item", { params: JSON.stringify(filters) });
+  const more = rows.length > PAGE_SIZE;
+  const choice = (name, options, labels = options) => h("select", { name },
+    h("option", { value: "" }, "any"),
+    options.map((option, index) => h("option", { value: option, selected: query.get(name) === option }, labels[index])));
+  const storages = [...session.storages.values()];
+  const form = h("form", { class: "search", id: "item-search", onsubmit: (event) => {
+    event.preventDefault();
+    const values = new URLSearchParams(new FormData(event.target));
+    for (const [name, value] of [...values]) if (!value) values.delete(name);
+    location.hash = `#/items?${values}`;
+  } },
+  h("label", {}, "name contains", h("input", { name: "name", value: query.get("name") || "", size: 28 })),
+  h("label", {}, "state", choice("state", STATES)),
+  h("label", {}, "phase", choice("phase", PHASES)),
+  h("label", {}, "storage", choice("storage", storages.map((s) => s.storage_id), storages.map((s) => s.storage_name))),
+  h("button", { type: "submit" }, "Search"));
+  const pageLink = (to) => { const next = new URLSearchParams(query); next.set("page", to); return `#/items?${next}`; };
+  show(
+    h("h1", {}, "Items"),
+    form,
+    table(["name", "replica", "state", "phase", "storage", "size ", "created"], rows.slice(0, PAGE_SIZE).map((row) =>
+      h("tr", { "data-uid": row.uid },
+        h("td", {}, h("a", { href: `#/item?uid=${row.uid}` }, row.item_name)),
+        h("td", { class: "mono" }, row.uid.slice(0, 8)),
+        h("td", {}, badge(row.item_state)), h("td", {}, row.oid_phase),
+        h("td", {}, storageName(row.storage_id)), h("td", { class: "num" }, bytes(row.item_size)),
+        h("td", {}, when(row.uid_creation)))), "No item matches."),
+    h("div", { class: "pager" },
+      page > 0 ? h("a", { href: pageLink(page - 1) }, "‹ newer") : null,
+      h("span", { class: "muted" }, `page ${page + 1}`),
+      more ? h("a", { href: pageLink(page + 1) }, "older ›") : null),
+  );
+}
+
+// One item: its facts, every replica, its history as a timeline, and its payload.
+async function item(query) {
+  await loadStorages();
+  const named = query.get("uid") ? { uid: query.get("uid") } : { oid: query.get("oid") };
+  const found = await api("GET", "/request/query_data_item", named);
+  if (!found.length) { show(h("h1", {}, "No such item"), h("p", { class: "muted" }, JSON.stringify(named))); return; }
+  const chosen = found[0];
+  const [replicas, history] = await Promise.all([
+    api("GET", "/request/query_data_item", { oid: chosen.oid }),
+    api("GET", "/request/query_item_history", { oid: chosen.oid }),
+  ]);
+  const ready = replicas.filter((replica) => replica.item_state === "READY");
+  show(
+    h("h1", {}, chosen.item_name, " ", badge(chosen.oid_phase)),
+    h("dl", { class: "facts" },
+      h("dt", {}, "oid"), h("dd", { class: "mono" }, chosen.oid),
+      h("dt", {}, "type"), h("dd", {}, chosen.item_type || "file"),
+      h("dt", {}, "size"), h("dd", {}, bytes(chosen.item_size)),
+      h("dt", {}, "owner"), h("dd", {}, `${chosen.item_owner} (group ${chosen.item_group})`),
+      h("dt", {}, "expires"), h("dd", {}, when(chosen.uid_expiration)),
+      h("dt", {}, "checksum"), h("dd", { class: "mono" }, chosen.item_checksum ? `${chosen.checksum_method || ""} ${chosen.item_checksum}` : "–")),
+    h("h2", {}, `Replicas (${replicas.length})`),
+    table(["replica", "storage", "state", "phase", "uri", "size ", "created"], replicas.map((replica) =>
+      h("tr", { "data-uid": replica.uid, class: replica.uid === chosen.uid ? "current" : null },
+        h("td", { class: "mono" }, replica.uid), h("td", {}, storageName(replica.storage_id)),
+        h("td", {}, badge(replica.item_state)), h("td", {}, replica.uid_phase),
+        h("td", { class: "mono" }, replica.uri || "–"), h("td", { class: "num" }, bytes(replica.item_size)),
+        h("td", {}, when(replica.uid_creation))))),
+    h("h2", {}, "Payload"),
+    ready.length ? downloader(chosen) : h("p", { class: "muted" }, "No READY replica: nothing to download."),
+    h("h2", {}, `History (${history.length})`),
+    h("ol", { class: "timeline", id: "history" }, history.map((event) => h("li", { "data-event": event.event },
+      when(event.event_time), h("strong", {}, event.event), " ",
+      event.old_value !== null ? [h("span", { class: "muted" }, event.old_value), " → "] : "",
+      event.new_value ?? "", h("span", { class: "muted" }, ` · replica ${event.uid.slice(0, 8)} · by ${event.actor}`)))),
+  );
+}
+
+function downloader(chosen) {
+  const path = `/request/retrieve?oid=${encodeURIComponent(chosen.oid)}`;
+  const name = (chosen.item_name.split("/").pop() || "payload") + (chosen.item_type === "container" ? ".tar" : "");
+  const button = h("button", { type: "button", id: "download", onclick: async () => {
+    // A link cannot carry the token, so the page fetches the payload and hands it to the browser;
+    // for large payloads the command below streams without holding the payload in the browser.
+    button.disabled = true;
+    try {
+      const response = await fetch(path, { headers: headers() });
+      if (!response.ok) throw new ApiError(response.status, await response.json().catch(() => null));
+      const link = h("a", { href: URL.createObjectURL(await response.blob()), download: name });
+      link.click();
+      setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+    } catch (error) {
+      toast(`Download failed: ${error.message}`);
+    } finally {
+      button.disabled = false;
+    }
+  } }, `Download ${name}`);
+  return h("div", {}, button,
+    h("p", { class: "muted" }, "Large payloads stream better from the command line: ",
+      h("code", {}, `dlm request get --oid ${chosen.oid}`), " or ",
+      h("code", {}, `curl -H "Authorization: Bearer $DLM_TOKEN" -o ${name} '${location.origin}${path}'`)));
+}
+
+// Copies: every migration the caller may see, with live progress and, for operators, cancel and retry.
+async function migrations() {
+  if (!session.storages.size) await loadStorages();
+  const rows = await api("GET", "/migration/query_migrations");
+  const active = rows.some((row) => row.status === "PENDING" || row.status === "RUNNING");
+  const operator = may("operator");
+  const action = (label, path, copy, style) => h("button", {
+    type: "button", class: style, "data-action": label.toLowerCase(),
+    disabled: !operator, title: operator ? null : "needs the operator role",
+    onclick: () => act(label, path, copy.migration_id),
+  }, label);
+  show(
+    h("h1", {}, "Copies"),
+    operator ? null : h("p", { class: "muted" }, "Cancelling and retrying copies needs the operator role."),
+    table(["copy", "item", "from", "to", "status", "progress", "attempts ", "last error", ""], rows.slice(0, 200).map((copy) =>
+      h("tr", { "data-migration": copy.migration_id },
+        h("td", {}, `#${copy.migration_id}${copy.move ? " (move)" : ""}`),
+        h("td", {}, h("a", { href: `#/item?oid=${copy.oid}` }, copy.oid.slice(0, 8))),
+        h("td", {}, storageName(copy.source_storage_id)), h("td", {}, storageName(copy.destination_storage_id)),
+        h("td", { class: "status" }, badge(copy.status)), h("td", {}, progress(copy)),
+        h("td", { class: "num" }, copy.attempts), h("td", { class: "error" }, copy.last_error || ""),
+        h("td", {},
+          ["PENDING", "RUNNING"].includes(copy.status) ? action("Cancel", "/migration/cancel_migration", copy, "danger") : null,
+          ["FAILED", "CANCELLED"].includes(copy.status) ? action("Retry", "/migration/retry_migration", copy, "secondary") : null))),
+    operator ? "No copies yet." : "No copies of yours (a reader sees the copies they queued)."),
+  );
+  refreshIn(active ? 1 : 10, migrations);
+}
+
+function progress(copy) {
+  const done = copy.status === "SUCCEEDED" ? copy.bytes_total ?? copy.bytes_done : copy.bytes_done;
+  const value = copy.status === "SUCCEEDED" ? 100 : percent(done, copy.bytes_total);
+  const total = copy.bytes_total === null ? "" : ` of ${bytes(copy.bytes_total)}`;
+  return bar(value, `${value} % · ${bytes(done)}${total}`, { name: `copy ${copy.migration_id}` });
+}
+
+async function act(label, path, migrationId) {
+  try {
+    await api("POST", path, { migration_id: migrationId });
+    toast(`${label} of copy #${migrationId}: done`, true);
+  } catch (error) {
+    toast(`${label} of copy #${migrationId} refused: ${error.message}`);
+  }
+  await migrations().catch(failed);
+}
+
+// --- routing ---------------------------------------------------------------------------------------
+
+const VIEWS = { "": overview, items, item, migrations };
+
+async function route() {
+  stopRefreshing();
+  const [path, search] = location.hash.replace(/^#\/?/, "").split("?");
+  const view = VIEWS[path] || overview;
+  for (const link of document.querySelectorAll("nav a[data-page]")) {
+    link.classList.toggle("current", link.dataset.page === (path || "overview") || (path === "item" && link.dataset.page === "items"));
+  }
+  if (!session.who) {
+    try { await whoAmI(); } catch (error) { if (!(error instanceof ApiError && error.status === 401)) failed(error); return; }
+  }
+  try {
+    await view(new URLSearchParams(search || ""));
+  } catch (error) {
+    failed(error);
+  }
+}
+
+document.getElementById("sign-in-form").addEventListener("submit", signIn);
+document.getElementById("sign-out").addEventListener("click", signOut);
+window.addEventListener("hashchange", route);
+route();

@@ -1,0 +1,199 @@
+"""The operator page in a real headless Chromium against a real `dlm serve`: it loads with nothing but
+DLM on the network, signs in with a token, shows an item with its replicas and history, follows a
+copy to 100 %, and refuses a reader's cancel. Each page's screenshot goes to docs/screenshots."""
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.conftest import Registry, Server
+from tests.migration.conftest import copy
+
+SCREENSHOTS = Path(__file__).parents[2] / "docs" / "screenshots"
+ADMIN_TOKEN = "dlm_" + secrets.token_urlsafe(32)
+MiB = 1024 * 1024
+
+
+def wait(driver: Any, condition: Any, seconds: float = 20, message: str = "") -> Any:
+    try:
+        return WebDriverWait(
+            driver, seconds, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+        ).until(condition)
+    except TimeoutException:
+        errors = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        raise AssertionError(
+            f"{message or condition}; page said: {driver.find_element(By.TAG_NAME, 'body').text!r}; "
+            f"console errors: {errors}"
+        ) from None
+
+
+# Read through the page's DOM in one step: the views re-render while they refresh, so a WebDriver
+# element reference may go stale between finding and reading it.
+def text_of(driver: Any, selector: str) -> str:
+    return driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText : ''", selector
+    )
+
+
+def attribute_of(driver: Any, selector: str, name: str) -> str | None:
+    return driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.getAttribute(arguments[1]) : null", selector, name
+    )
+
+
+def screenshot(driver: Any, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(SCREENSHOTS / f"ui-{name}.png"))
+
+
+def requested_urls(driver: Any) -> list[str]:
+    """Every URL the browser asked for since the log was last read."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
+def sign_in(driver: Any, base: str, token: str, subject: str) -> None:
+    driver.get(f"{base}/ui")
+    field = wait(
+        driver,
+        lambda d: d.find_element(By.ID, "token") if d.find_element(By.ID, "token").is_displayed() else None,
+        message="the sign-in form appears",
+    )
+    field.send_keys(token)
+    driver.find_element(By.CSS_SELECTOR, "#sign-in-form button[type=submit]").click()
+    wait(driver, lambda d: subject in text_of(d, "#who"), message=f"signed in as {subject}")
+
+
+async def test_an_operator_and_a_reader_use_the_page(chromium: Any, database_url: str, tmp_path: Path) -> None:
+    server = await Server(
+        database_url,
+        tmp_path / "data",
+        admin_token=ADMIN_TOKEN,
+        # Slow enough that the page sees the copy under way (heartbeats come each second).
+        transfer_max_bytes_per_second=6 * MiB,
+    ).ready()
+    try:
+        api = httpx.AsyncClient(base_url=server.base, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
+        async with api:
+            tokens = {}
+            for name, role in (("olga", "operator"), ("rita", "reader")):
+                response = await api.post("/auth/create_token", params={"name": name, "role": role})
+                tokens[name] = response.json()
+            registry = Registry(api, tmp_path / "disk")  # type: ignore[arg-type]  # httpx speaks the same
+            for name, phase in (("disk", "GAS"), ("archive", "SOLID"), ("scratch", "LIQUID")):
+                await registry.storage(name, phase=phase, root=tmp_path / name, storage_capacity=1024 * MiB)
+            registry.payload("cube.fits", os.urandom(18 * MiB))
+            uid = await registry.register("obs-42/cube.fits", "cube.fits")
+
+            driver = chromium
+            requested_urls(driver)  # start the record from here
+            sign_in(driver, server.base, tokens["olga"], "olga")
+
+            # Overview: both storages with their fill, the registered item counted.
+            wait(
+                driver, lambda d: d.find_elements(By.CSS_SELECTOR, '[data-storage="archive"]'), message="storages shown"
+            )
+            disk = text_of(driver, '[data-storage="disk"]')
+            assert "18.0 MiB of 1.00 GiB" in disk and "1 replicas" in disk, disk
+
+            # Items: search by name, open the item; one replica and its history.
+            driver.get(f"{server.base}/ui#/items")
+            search = wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#item-search input[name=name]"))
+            search.send_keys("cube")
+            driver.find_element(By.CSS_SELECTOR, "#item-search button").click()
+            wait(
+                driver, lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-uid="{uid}"]'), message="the item is found"
+            )
+            screenshot(driver, "items")
+            driver.find_element(By.LINK_TEXT, "obs-42/cube.fits").click()
+            wait(driver, lambda d: "Replicas (1)" in d.page_source, message="the item page shows one replica")
+            history = driver.execute_script(
+                "return [...document.querySelectorAll('#history li')].map((e) => e.dataset.event)"
+            )
+            assert history[0] == "created" and "storage_id" in history and "uri" in history, history
+
+            # A copy to the archive: its progress bar moves to 100 %.
+            migration_id = (await copy(api, uid=uid, destination_name="archive"))["migration_id"]
+            driver.get(f"{server.base}/ui#/migrations")
+            bar = f'tr[data-migration="{migration_id}"] [role=progressbar]'
+            seen: list[int] = []
+
+            def finished(d: Any) -> bool:
+                value = attribute_of(d, bar, "aria-valuenow")
+                if value is not None and (not seen or seen[-1] != int(value)):
+                    seen.append(int(value))
+                return 100 in seen
+
+            wait(driver, finished, seconds=60, message="the copy reaches 100 %")
+            assert any(0 < value < 100 for value in seen), f"the bar went straight to the end: {seen}"
+            assert seen == sorted(seen), f"the bar went backwards: {seen}"
+            wait(driver, lambda d: "SUCCEEDED" in text_of(d, f'tr[data-migration="{migration_id}"] .status'))
+            screenshot(driver, "copies")
+            driver.get(f"{server.base}/ui#/")
+            wait(driver, lambda d: "1 replicas" in text_of(d, '[data-storage="archive"]'), message="the copy counted")
+            assert attribute_of(driver, "svg.chart rect.column:last-of-type", "data-bytes") == str(18 * MiB)
+            screenshot(driver, "overview")
+
+            # The item now has its archive replica, and the history says so.
+            driver.get(f"{server.base}/ui#/item?uid={uid}")
+            wait(driver, lambda d: "Replicas (2)" in d.page_source, message="the item page shows both replicas")
+            assert "archive" in text_of(driver, "table")
+            driver.execute_script("window.scrollTo(0, 0)")
+            screenshot(driver, "item")
+
+            # The download button hands over the payload the way the browser gets it (size checked by the page).
+            size = driver.execute_async_script(
+                "const done = arguments[arguments.length - 1];"
+                "fetch('/request/retrieve?uid=' + arguments[0], {headers: headers()})"
+                ".then((r) => r.blob()).then((b) => done(b.size), (e) => done(String(e)));",
+                uid,
+            )
+            assert size == 18 * MiB
+
+            # The API browser renders from DLM's own copy of Swagger UI.
+            driver.get(f"{server.base}/schema")
+            wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) > 40, message="/schema renders")
+            screenshot(driver, "schema")
+
+            # Nothing so far came from anywhere but DLM.
+            elsewhere = [
+                url
+                for url in requested_urls(driver)
+                if urlsplit(url).scheme in ("http", "https") and not url.startswith(server.base + "/")
+            ]
+            assert elsewhere == [], elsewhere
+
+            # A reader: no cancel button, and cancelling through the page is refused by DLM.
+            second = (await copy(api, uid=uid, destination_name="scratch"))["migration_id"]
+            driver.get(f"{server.base}/ui#/")
+            driver.find_element(By.ID, "sign-out").click()
+            sign_in(driver, server.base, tokens["rita"], "rita")
+            driver.get(f"{server.base}/ui#/migrations")
+            wait(driver, lambda d: "needs the operator role" in d.page_source, message="the reader is told")
+            assert driver.execute_script("return document.querySelectorAll('button[data-action]:enabled').length") == 0
+            driver.execute_script(f"act('Cancel', '/migration/cancel_migration', {second})")
+            wait(driver, lambda d: "refused" in text_of(d, "#toast"), message="the page reports the refusal")
+            assert "needs role operator" in text_of(driver, "#toast")
+            screenshot(driver, "reader-refused")
+            response = await api.get("/migration/get_migration", params={"migration_id": second})
+            assert response.json()[0]["status"] != "CANCELLED"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log(chromium: Any) -> None:
+    chromium.get_log("performance")
