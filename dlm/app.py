@@ -19,7 +19,7 @@ from dlm.auth.policy import BEARER_SCHEME, PROBE, permission
 from dlm.auth.routes import router as auth_router
 from dlm.auth.startup import decide_open
 from dlm.config import Settings
-from dlm.db.engine import create_engine, create_sessionmaker
+from dlm.db.engine import create_engine, create_read_sessionmaker, create_sessionmaker
 from dlm.db.schema import check_schema, current_revision, head_revision
 from dlm.enums import Role
 from dlm.ingest.routes import router as ingest_router
@@ -92,6 +92,7 @@ def create_app(settings: Settings) -> Litestar:
                 await connection.execute(text("SELECT 1"))
             app.state.engine = engine
             app.state.sessionmaker = create_sessionmaker(engine, info=info)
+            app.state.read_sessionmaker = create_read_sessionmaker(engine, info=info)
             gate.sessionmaker = app.state.sessionmaker
             gate.open = await decide_open(settings, app.state.sessionmaker)
             workers = MigrationWorkers(app.state.sessionmaker, settings)

@@ -1,7 +1,12 @@
 import asyncpg
+import pytest
 from litestar.testing import AsyncTestClient
+from sqlalchemy import text, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dlm.db.engine import create_read_sessionmaker, reading
+from dlm.db.models import DataItem
 from tests.conftest import admin_connection, assert_error
 
 
@@ -39,6 +44,25 @@ async def test_a_database_outage_is_503_and_recovers(
     assert (await client.get("/request/query_data_item")).status_code == 200
 
 
+async def test_connections_the_database_dropped_are_replaced_not_handed_out(
+    client: AsyncTestClient, postgres_url: str, database_url: str
+) -> None:
+    # A restart or failover closes every connection in the pool; without a ping per checkout, the first
+    # statement finds out, and the request goes on over a new connection instead of failing.
+    for _ in range(3):
+        assert (await client.get("/request/query_data_item")).status_code == 200
+    async with admin_connection(postgres_url) as admin:
+        dropped = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            make_url(database_url).database,
+        )
+    assert dropped >= 1
+    for _ in range(3):
+        assert (await client.get("/request/query_data_item")).status_code == 200
+        response = await client.post("/ingest/init_data_item", params={"item_name": "after-the-drop"})
+        assert response.status_code == 200, response.text
+
+
 async def test_an_unexpected_error_is_a_500_without_a_traceback(client: AsyncTestClient, database_url: str) -> None:
     # Break the database behind DLM's back: a missing table is not something a caller can cause.
     connection = await asyncpg.connect(make_url(database_url).set(drivername="postgresql").render_as_string(False))
@@ -49,3 +73,26 @@ async def test_an_unexpected_error_is_a_500_without_a_traceback(client: AsyncTes
     response = await client.post("/ingest/init_data_item", params={"item_name": "x"})
     assert_error(response, 500, "InternalError", "server log")
     assert "Traceback" not in response.text
+
+
+async def test_reads_travel_without_a_transaction_and_cannot_write(engine: AsyncEngine) -> None:
+    sessionmaker = create_read_sessionmaker(engine)
+    async with reading(sessionmaker) as session:
+        assert await session.scalar(text("SELECT current_setting('transaction_isolation')")) == "read committed"
+        # now() is the transaction's start: it moves between statements only outside a transaction.
+        first = await session.scalar(text("SELECT now()"))
+        assert await session.scalar(text("SELECT now() FROM pg_sleep(0.01)")) > first
+        with pytest.raises(AssertionError, match="read-only session"):
+            await session.execute(update(DataItem).values(item_name="x"))
+        with pytest.raises(AssertionError, match="read-only session"):
+            await session.execute(text("DELETE FROM data_item"))
+
+
+async def test_a_get_that_writes_must_say_so(client: AsyncTestClient) -> None:
+    writers = [
+        route.path
+        for route in client.app.routes
+        for handler in getattr(route, "route_handlers", [])
+        if handler.opt.get("writes")
+    ]
+    assert writers == ["/request/retrieve"], "only the retrieval writes (its history entry) on a GET"

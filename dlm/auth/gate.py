@@ -16,6 +16,7 @@ from dlm.auth.oidc import TokenVerifier
 from dlm.auth.policy import declared_access
 from dlm.auth.principal import ANONYMOUS, Principal
 from dlm.config import Settings
+from dlm.db.engine import transaction
 from dlm.errors import Forbidden, Unauthorized
 from dlm.observability.logs import ACTOR
 
@@ -103,7 +104,7 @@ class Gate:
         if cached is not None and cached[1] > now and not _expired(cached[0]):
             return cached[0]
         assert self.sessionmaker is not None, "the gate admits requests only once the app has started"
-        async with self.sessionmaker() as session, session.begin():
+        async with transaction(self.sessionmaker, actor="gate") as session:
             principal = await tokens.authenticate_token(session, secret)
         if principal is None:
             self._tokens.pop(digest, None)

@@ -3,13 +3,15 @@
 import contextlib
 import re
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import sqlalchemy.exc
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.sql.elements import TextClause
 
 from dlm.errors import (
     Conflict,
@@ -88,11 +90,12 @@ def _ssl(mode: str, *, sslrootcert: str | None, sslcert: str | None, sslkey: str
 def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
     target, arguments = database_target(database_url)
     server_settings = {"timezone": "UTC", "application_name": "dlm", **arguments.pop("server_settings", {})}
-    return create_async_engine(
+    engine = create_async_engine(
         target,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        # No pre-ping (three round trips per checkout): a pooled connection the database dropped is
+        # found by the transaction's first statement instead, and replaced there (``transaction``).
         pool_timeout=CONNECT_TIMEOUT_SECONDS,
         # Statement parameters can hold storage secrets; keep them out of error messages and logs.
         hide_parameters=True,
@@ -103,6 +106,15 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
             "server_settings": server_settings,
         },
     )
+    event.listen(engine.sync_engine.pool, "checkout", _refuse_closed_connection)
+    return engine
+
+
+def _refuse_closed_connection(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    # A connection the server closed (a restart, a failover, an idle timeout) is usually known closed
+    # by the time it is checked out: the pool then replaces it at no cost, without a ping.
+    if dbapi_connection._connection.is_closed():
+        raise sqlalchemy.exc.DisconnectionError("the database closed this connection")
 
 
 def create_sessionmaker(engine: AsyncEngine, *, info: dict[str, Any] | None = None) -> async_sessionmaker[AsyncSession]:
@@ -110,6 +122,53 @@ def create_sessionmaker(engine: AsyncEngine, *, info: dict[str, Any] | None = No
     (dlm.storage.context.session_info: the keyring that opens storage configs, the event sinks, the
     storage confinement)."""
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False, info=dict(info or {}))
+
+
+class ReadSession(Session):
+    """A session for requests that only read: no transaction of its own (each statement is one, at the
+    same READ COMMITTED isolation as before, in one round trip), no actor; anything but a query is
+    refused, so that a read path cannot write without the history knowing who did."""
+
+
+@event.listens_for(ReadSession, "do_orm_execute")
+def _only_queries(state: ORMExecuteState) -> None:
+    statement = state.statement
+    if state.is_select or (isinstance(statement, TextClause) and _is_query(statement.text)):
+        return
+    raise AssertionError(f"a read-only session was asked to run {type(statement).__name__}: use transaction()")
+
+
+def _is_query(sql: str) -> bool:
+    return sql.lstrip().split(None, 1)[0].upper() in ("SELECT", "WITH", "VALUES")
+
+
+def create_read_sessionmaker(
+    engine: AsyncEngine, *, info: dict[str, Any] | None = None
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions for reading, over the same pool (in autocommit: no BEGIN and COMMIT round trips)."""
+    return async_sessionmaker(
+        engine.execution_options(isolation_level="AUTOCOMMIT"),
+        sync_session_class=ReadSession,
+        expire_on_commit=False,
+        autoflush=False,
+        info=dict(info or {}),
+    )
+
+
+@contextlib.asynccontextmanager
+async def reading(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A read-only session (``create_read_sessionmaker``), database errors translated as ``transaction`` does."""
+    try:
+        async with sessionmaker() as session:
+            await _connect(session, session.connection())
+            yield session
+    except DLMError:
+        raise
+    except Exception as exc:
+        translated = translate_database_error(exc)
+        if translated is None:
+            raise
+        raise translated from exc
 
 
 async def set_actor(session: AsyncSession, actor: str) -> None:
@@ -125,15 +184,15 @@ async def set_actor(session: AsyncSession, actor: str) -> None:
 async def transaction(sessionmaker: async_sessionmaker[AsyncSession], *, actor: str) -> AsyncIterator[AsyncSession]:
     """One unit of work: commits when the block ends, rolls back if it raises, and translates
     database errors into DLM errors."""
+    session = await _begin(sessionmaker, actor)
     try:
-        async with sessionmaker() as session, session.begin():
+        async with session:
             try:
-                await set_actor(session, actor)  # the first statement: this is where the connection is made
-            except sqlalchemy.exc.TimeoutError as exc:
-                raise ServiceBusy(BUSY) from exc
-            except (sqlalchemy.exc.DBAPIError, OSError, TimeoutError) as exc:
-                raise ServiceUnavailable("the database is unreachable") from exc
-            yield session
+                yield session
+            except BaseException:
+                await session.rollback()
+                raise
+            await session.commit()
     except DLMError:
         raise
     except Exception as exc:
@@ -141,6 +200,42 @@ async def transaction(sessionmaker: async_sessionmaker[AsyncSession], *, actor: 
         if translated is None:
             raise
         raise translated from exc
+
+
+async def _begin(sessionmaker: async_sessionmaker[AsyncSession], actor: str) -> AsyncSession:
+    """A session in a transaction that names its actor. The first statement is where a connection is
+    taken from the pool: if the database dropped that connection (a restart, a failover) unseen,
+    SQLAlchemy discards it and every pooled connection as old, and the statement runs again on a new
+    one, once. Nothing was done yet, so trying again is safe."""
+    for attempt in (1, 2):
+        session = sessionmaker()
+        try:
+            await _connect(session, set_actor(session, actor))
+            return session
+        except sqlalchemy.exc.DBAPIError as exc:  # only a dropped connection comes this far
+            await session.close()
+            if attempt == 2:
+                raise ServiceUnavailable("the database is unreachable") from exc
+    raise AssertionError("the loop returns or raises")
+
+
+async def _connect(session: AsyncSession, first_use: Awaitable[Any]) -> None:
+    """Await the session's first use of the database, where it gets its connection: a full pool is
+    503 busy, a database that cannot be reached 503 unavailable. A connection found dropped by its
+    first statement is left to the caller (DBAPIError with connection_invalidated)."""
+    try:
+        await first_use
+    except sqlalchemy.exc.TimeoutError as exc:
+        await session.close()
+        raise ServiceBusy(BUSY) from exc
+    except sqlalchemy.exc.DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise
+        await session.close()
+        raise ServiceUnavailable("the database is unreachable") from exc
+    except (OSError, TimeoutError) as exc:
+        await session.close()
+        raise ServiceUnavailable("the database is unreachable") from exc
 
 
 BUSY = "the service is busy: every database connection of this process is in use; retry shortly"

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from dlm.data_item import ITEMS
+from dlm.db.engine import transaction
 from dlm.db.models import Migration, Storage
 from dlm.enums import ItemState, MigrationStatus
 from dlm.storage.service import held_by_storage
@@ -79,7 +80,7 @@ class DatabaseGauges(Collector):
         if engine is self.engine and time.monotonic() - self.read_at < CACHE_SECONDS:
             return
         families = []
-        async with sessionmaker() as session:
+        async with transaction(sessionmaker, actor="metrics") as session:
             items = GaugeMetricFamily("dlm_items", "Replicas by state.", labels=["state"])
             counted = dict(
                 (await session.execute(select(ITEMS.c.item_state, func.count()).group_by(ITEMS.c.item_state))).all()

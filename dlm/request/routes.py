@@ -13,7 +13,7 @@ from litestar.params import FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dlm.api import MAX_BIGINT, EventId, UuidQuery, json_response, provide_session
+from dlm.api import MAX_BIGINT, EventId, UuidQuery, json_response, json_rows, provide_session
 from dlm.auth.policy import permission
 from dlm.auth.principal import Principal
 from dlm.enums import ItemState, Phase, Role
@@ -40,12 +40,10 @@ async def query_data_item(
     uid: UuidQuery = "",
     storage_id: UuidQuery = "",
     params: Annotated[str | None, QueryParameter(description=PARAMS_DESCRIPTION)] = None,
-) -> Rows:
+) -> Response[Rows]:
     """Query data_items by item_name, oid, uid, storage_id and params filters; with none, the first 1000."""
-    rows = await service.query_items(
-        session, item_name=item_name, oid=oid, uid=uid, storage_id=storage_id, params=params
-    )
-    return row_dicts(rows)
+    statement = service.query_items(item_name=item_name, oid=oid, uid=uid, storage_id=storage_id, params=params)
+    return await json_rows(session, statement)
 
 
 @patch("/update_data_item", operation_id="update_data_item", **permission(Role.INGEST), summary="Update Data Item")
@@ -174,10 +172,10 @@ async def query_expired(
     offset: Annotated[
         str | None, QueryParameter(description="ISO 8601 duration (PT1H) or seconds added to now: look ahead")
     ] = None,
-) -> Rows:
+) -> Response[Rows]:
     """Live data_items whose uid_expiration has passed (as of now + offset)."""
     duration = parse_duration(offset, "offset") if offset else None
-    return row_dicts(await service.query_expired(session, offset=duration))
+    return await json_rows(session, service.query_expired(offset=duration))
 
 
 @get("/query_deleted", operation_id="query_deleted", **permission(Role.READER), summary="Query Deleted")
@@ -340,6 +338,7 @@ READING = permission(Role.READER)
     operation_id="retrieve",
     **{
         **READING,
+        "opt": {**READING["opt"], "writes": True},  # the retrieval goes into the item's history
         "responses": {
             **READING["responses"],
             206: ResponseSpec(None, description="A byte range of the payload"),

@@ -1,9 +1,10 @@
-"""The request manager's questions: which items exist, where, in which state, and what happened to them."""
+"""The request manager's questions: which items exist, where, in which state, and what happened to them.
+The busiest are statements, answered as JSON by PostgreSQL itself (``dlm.rows.json_rows``)."""
 
 import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, select
+from sqlalchemy import Row, Select, and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dlm.data_item import ITEMS, item_selector
@@ -16,15 +17,14 @@ from dlm.request.filters import MAX_PAGE_SIZE, parse_params
 DEFAULT_ORDER = ["uid_creation", "uid"]
 
 
-async def query_items(
-    session: AsyncSession,
+def query_items(
     *,
     item_name: str = "",
     oid: str = "",
     uid: str = "",
     storage_id: str = "",
     params: str | None = None,
-) -> list[Row[Any]]:
+) -> Select[Any]:
     """Items matching ``params`` and the given criteria; at most 1000 per call (use offset). As in
     SKA-DLM, a uid names the rows, else an oid, else an item_name (one that is given but not used is
     still checked); storage_id and ``params`` narrow them further."""
@@ -34,14 +34,13 @@ async def query_items(
         conditions.append(item_selector(item_name=item_name, oid=oid, uid=uid))
     if storage_id:
         conditions.append(ITEMS.c.storage_id == parse_uuid(storage_id, "storage_id"))
-    statement = (
+    return (
         select(*(query.columns or ITEMS.c))
         .where(and_(True, *conditions))
         .order_by(*query.order_by)
         .limit(query.limit)
         .offset(query.offset)
     )
-    return list((await session.execute(statement)).all())
 
 
 async def item_exists(
@@ -53,19 +52,16 @@ async def item_exists(
     return await session.scalar(select(statement.exists())) or False
 
 
-async def query_expired(
-    session: AsyncSession, *, offset: datetime.timedelta | None = None, now: datetime.datetime | None = None
-) -> list[Row[Any]]:
+def query_expired(*, offset: datetime.timedelta | None = None, now: datetime.datetime | None = None) -> Select[Any]:
     """READY replicas whose uid_expiration has passed, as of ``now + offset`` (a positive offset looks
     ahead), as SKA-DLM answers: a replica still being written (INITIALISED) is not expired data."""
     moment = shift(now or datetime.datetime.now(datetime.UTC), offset or datetime.timedelta(), "offset")
-    statement = (
+    return (
         select(ITEMS)
         .where(ITEMS.c.uid_expiration < moment, ITEMS.c.item_state == ItemState.READY)
         .order_by(ITEMS.c.uid_expiration, ITEMS.c.uid)
         .limit(MAX_PAGE_SIZE)
     )
-    return list((await session.execute(statement)).all())
 
 
 async def query_deleted(session: AsyncSession, *, uid: str = "") -> list[Row[Any]]:

@@ -1,7 +1,12 @@
 import datetime
+import json
 
 import pytest
 
+from dlm.api import json_rows
+from dlm.db.engine import create_read_sessionmaker, reading
+from dlm.request.service import query_items
+from dlm.rows import row_dicts
 from tests.conftest import Registry, assert_error
 
 NO_SUCH_UID = "00000000-0000-0000-0000-0000000000aa"
@@ -134,3 +139,27 @@ async def test_query_item_storage_lists_ready_replicas_with_their_storage(regist
 async def test_empty_database_queries_return_empty_lists(client: object, path: str) -> None:
     response = await client.get(path)  # type: ignore[attr-defined]
     assert response.status_code == 200 and response.json() == []
+
+
+async def test_postgresql_writes_the_same_json_as_dlm_would(registry: Registry, sessionmaker) -> None:
+    # The busiest queries are answered with the JSON PostgreSQL writes: every kind of column must come
+    # out as row_dicts has always written it (timestamps with their offset, uuids, enums, JSON, arrays,
+    # nulls, whole seconds).
+    uid = await registry.register("a/b.ms", "b.ms", metadata={"nested": {"x": [1, 2.5, None]}, "s": "é\\n"})
+    tagged = await registry.client.patch("/request/update_item_tags", params={"item_name": "a/b.ms"}, json={"t": ["x"]})
+    assert tagged.status_code == 200, tagged.text
+    await registry.client.patch(
+        "/request/update_data_item", params={"uid": uid}, json={"uid_expiration": "2030-01-02T03:04:05Z"}
+    )
+    await registry.register("other", "other")
+    statement = query_items(params="order=item_name.desc")
+    async with reading(create_read_sessionmaker(sessionmaker.kw["bind"])) as session:
+        expected = row_dicts((await session.execute(statement)).all())
+        written = json.loads((await json_rows(session, statement)).content)
+        assert written == expected
+        assert [row["item_name"] for row in written] == ["other", "a/b.ms"], "in the statement's order"
+        assert json.loads((await json_rows(session, query_items(item_name="nothing"))).content) == []
+    answered = (await registry.client.get("/request/query_data_item", params={"uid": uid})).json()
+    assert answered == [row for row in expected if row["uid"] == uid]
+    assert answered[0]["uid_expiration"] == "2030-01-02T03:04:05+00:00"
+    assert answered[0]["item_tags"] == {"t": ["x"]} and answered[0]["metadata"]["nested"] == {"x": [1, 2.5, None]}
