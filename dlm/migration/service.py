@@ -18,7 +18,15 @@ from dlm.db.models import Migration, Storage
 from dlm.enums import ItemState, MigrationStatus
 from dlm.errors import Conflict, DLMError, InvalidQueryParameters, NotFound, UnmetPreconditionForOperation
 from dlm.parsing import parse_datetime, parse_uuid, shift
-from dlm.storage.service import is_writable, lock_replicas, refuse_new_payloads, resolve_storage, storage_backend
+from dlm.storage.service import (
+    is_writable,
+    latest_config,
+    lock_replicas,
+    refuse_new_payloads,
+    resolve_storage,
+    storage_backend,
+)
+from dlm.transfer.backends import READING_COST, place_of
 from dlm.transfer.base import TransferError
 from dlm.transfer.paths import check_relative_uri, payload_key
 
@@ -71,29 +79,47 @@ def replica_values(source: Row[Any], *, storage: Storage, uri: str, state: ItemS
     return values
 
 
-async def pick_source(session: AsyncSession, *, item_name: str = "", oid: str = "", uid: str = "") -> Row[Any]:
-    """The READY replica to copy from: the one named by uid, else one of the item's (for an item_name,
-    its newest version's) on an available storage."""
+async def pick_source(
+    session: AsyncSession, *, item_name: str = "", oid: str = "", uid: str = "", near: uuid.UUID | None = None
+) -> Row[Any]:
+    """The READY replica to copy from: the one named by uid, else the cheapest of the item's (for an
+    item_name, its newest version's) on an available storage: at the ``near`` location first, then a
+    local file system before an object store before SFTP (a uid breaks the tie, so the choice is stable)."""
     query = (
-        select(ITEMS)
+        select(ITEMS, Storage)
         .join(Storage, Storage.storage_id == ITEMS.c.storage_id)
         .where(item_selector(item_name=item_name, oid=oid, uid=uid))
         .order_by(
             ITEMS.c.item_version.desc(),
             (ITEMS.c.item_state == ItemState.READY).desc(),
             Storage.storage_available.desc(),
-            ITEMS.c.uid_phase.desc(),
             ITEMS.c.uid,
         )
-        .limit(1)
     )
-    source = (await session.execute(query)).first()
+    candidates = (await session.execute(query)).all()
     named = f"uid {uid}" if uid else f"oid {oid}" if oid else f"item_name {item_name!r}"
-    if source is None:
+    if not candidates:
         raise NotFound(f"{named}: no replica with a payload on a storage")
-    if source.item_state is not ItemState.READY:
-        raise UnmetPreconditionForOperation(f"{named}: replica {source.uid} is {source.item_state.value}, not READY")
-    return source
+    best = candidates[0]
+    if best.item_state is not ItemState.READY:
+        raise UnmetPreconditionForOperation(f"{named}: replica {best.uid} is {best.item_state.value}, not READY")
+    equals = [
+        row
+        for row in candidates
+        if (row.item_version, row.item_state, row.Storage.storage_available)
+        == (best.item_version, best.item_state, best.Storage.storage_available)
+    ]
+    costs = {row.uid: (row.Storage.location_id != near, await _reading_cost(session, row.Storage)) for row in equals}
+    chosen = min(equals, key=lambda row: (costs[row.uid], row.uid))
+    return (await session.execute(select(ITEMS).where(ITEMS.c.uid == chosen.uid))).one()
+
+
+async def _reading_cost(session: AsyncSession, storage: Storage) -> int:
+    try:
+        config = await latest_config(session, storage.storage_id)
+        return READING_COST[place_of(storage.storage_interface, storage.root_directory, config).kind]
+    except DLMError:
+        return max(READING_COST.values()) + 1
 
 
 async def _check_destination(session: AsyncSession, source: Row[Any], destination: Storage, uri: str) -> None:
@@ -164,8 +190,12 @@ async def copy_item(
         raise InvalidQueryParameters("one of item_name, oid, uid is required")
     if not (destination_name or destination_id):
         raise InvalidQueryParameters("one of destination_name, destination_id is required")
-    source = await pick_source(session, item_name=item_name, oid=oid, uid=uid)
-    destination = await resolve_storage(session, storage_name=destination_name, storage_id=destination_id)
+    try:
+        destination = await resolve_storage(session, storage_name=destination_name, storage_id=destination_id)
+    except NotFound:
+        await pick_source(session, item_name=item_name, oid=oid, uid=uid)  # a missing item is named first
+        raise
+    source = await pick_source(session, item_name=item_name, oid=oid, uid=uid, near=destination.location_id)
     if path:
         check_relative_uri(path, "path")
     uri = path or source.uri

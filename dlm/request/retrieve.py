@@ -24,12 +24,11 @@ from dlm.enums import ItemState, ItemType, MigrationStatus, Role
 from dlm.errors import Forbidden, InvalidQueryParameters, NotFound, ServiceUnavailable, UnmetPreconditionForOperation
 from dlm.observability import metrics
 from dlm.storage.service import latest_config
-from dlm.transfer.backends import make_backend, place_of
+from dlm.transfer.backends import READING_COST, make_backend, place_of
 from dlm.transfer.base import CHUNK_SIZE, TransferError
 
 RETRIEVED_EVENT = "retrieved"
 # Which kind of storage serves a download first: a local file system, then an object store, then SFTP.
-_KIND_ORDER = {"local": 0, "s3": 1, "sftp": 2}
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -133,7 +132,7 @@ async def prepare(
             kind = place_of(storage.storage_interface, storage.root_directory, config).kind
         except UnmetPreconditionForOperation:
             continue
-        rank = (row.location_name != near if near else False, _KIND_ORDER[kind], busy.get(storage.storage_id, 0))
+        rank = (row.location_name != near if near else False, READING_COST[kind], busy.get(storage.storage_id, 0))
         sources.append(
             (
                 rank,

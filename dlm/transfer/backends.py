@@ -41,6 +41,11 @@ def flat_config(config: dict[str, Any] | None) -> dict[str, Any]:
     return flat
 
 
+# What reading a payload costs by where it is, cheapest first: a file system DLM mounts, an object
+# store, a host reached over SSH. Downloads and copies read from the cheapest replica.
+READING_COST = {"local": 0, "s3": 1, "sftp": 2}
+
+
 def place_of(interface: StorageInterface, root_directory: str, config: dict[str, Any] | None) -> Place:
     flat = flat_config(config)
     remote_type = flat.get("type")

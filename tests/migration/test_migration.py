@@ -414,3 +414,22 @@ async def test_copies_of_one_item_failing_together_do_not_deadlock(
     assert "deadlock" not in caplog.text.lower()
     for index in range(6):
         assert list((tmp_path / f"target-{index}").iterdir()) == [], "nothing left behind"
+
+
+async def test_a_copy_reads_from_the_cheapest_replica(registry: Registry, tmp_path: Path, s3_config: dict) -> None:
+    # The item is on the local disk (GAS) and in an object store (SOLID); a copy by name reads the
+    # local file, whichever replica's uid sorts first. A replica at the destination's own location
+    # comes before both.
+    await Place.create(registry, "s3", "objects", tmp_path, s3_config)
+    await registry.storage("elsewhere", root=tmp_path / "elsewhere", location="far")
+    uid = await registry.register("obs", "obs")
+    in_s3 = await copy(registry.client, uid=uid, destination_name="objects")
+    assert (await wait_for(registry.client, in_s3["migration_id"]))["status"] == "SUCCEEDED"
+
+    queued = await copy(registry.client, item_name="obs", destination_name="elsewhere")
+    assert (await migration(registry.client, queued["migration_id"]))["source_uid"] == uid
+    assert (await wait_for(registry.client, queued["migration_id"]))["status"] == "SUCCEEDED"
+
+    await registry.storage("far-archive", root=tmp_path / "far-archive", location="far")
+    nearby = await copy(registry.client, item_name="obs", destination_name="far-archive")
+    assert (await migration(registry.client, nearby["migration_id"]))["source_uid"] == queued["uid"]
