@@ -127,7 +127,21 @@ def create_sessionmaker(engine: AsyncEngine, *, info: dict[str, Any] | None = No
 class ReadSession(Session):
     """A session for requests that only read: no transaction of its own (each statement is one, at the
     same READ COMMITTED isolation as before, in one round trip), no actor; anything but a query is
-    refused, so that a read path cannot write without the history knowing who did."""
+    refused, so that a read path cannot write without the history knowing who did. A query that meets
+    a connection the database dropped (a restart, a failover) runs again, once, on a new one: a query
+    changes nothing, so asking again is safe."""
+
+    def _execute_internal(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super()._execute_internal(*args, **kwargs)
+        except sqlalchemy.exc.DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            self.rollback()  # lets go of the dropped connection; the query takes a new one
+            try:
+                return super()._execute_internal(*args, **kwargs)
+            except (sqlalchemy.exc.DBAPIError, OSError, TimeoutError) as again:
+                raise translate_database_error(again) or ServiceUnavailable("the database is unreachable") from again
 
 
 @event.listens_for(ReadSession, "do_orm_execute")
