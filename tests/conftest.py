@@ -374,31 +374,45 @@ async def new_bucket(s3_config: dict[str, Any], name: str = "") -> str:
     return name
 
 
+def dlm_environment(database_url: str, data_dir: Path, **settings: Any) -> dict[str, str]:
+    """The environment of a `dlm` process under test: this one's, without its DLM_* variables, plus the
+    test database, the engines quiet, storages anywhere in the test's own directory (as make_settings
+    allows), and ``settings`` as DLM_* variables."""
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("DLM_")}
+    environment.update(
+        DLM_DATABASE_URL=database_url,
+        DLM_DATA_DIR=str(data_dir),
+        DLM_MIGRATION_POLL_SECONDS="0.2",
+        DLM_STORAGE_ROOTS=str(data_dir.parent),
+        **{f"DLM_{key.upper()}": str(value) for key, value in QUIET_ENGINES.items()},
+    )
+    environment.update({f"DLM_{key.upper()}": str(value) for key, value in settings.items()})
+    return environment
+
+
 class Server:
     """A `dlm serve` process against a test database; ``settings`` become DLM_* variables, ``environ``
     is added as it is (SKA's variable names, HOME)."""
 
     def __init__(
-        self, database_url: str, data_dir: Path, *, environ: dict[str, str] | None = None, **settings: Any
+        self,
+        database_url: str,
+        data_dir: Path,
+        *,
+        environ: dict[str, str] | None = None,
+        arguments: tuple[str, ...] = (),
+        **settings: Any,
     ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        environment = {key: value for key, value in os.environ.items() if not key.startswith("DLM_")}
-        environment.update(
-            DLM_DATABASE_URL=database_url,
-            DLM_DATA_DIR=str(data_dir),
-            DLM_PORT=str(self.port),
-            DLM_MIGRATION_POLL_SECONDS="0.2",
-            # Storages anywhere in the test's own directory, as make_settings allows.
-            DLM_STORAGE_ROOTS=str(data_dir.parent),
-            **{f"DLM_{key.upper()}": str(value) for key, value in QUIET_ENGINES.items()},
-        )
-        environment.update({f"DLM_{key.upper()}": str(value) for key, value in settings.items()})
+        environment = dlm_environment(database_url, data_dir, port=self.port, **settings)
         environment.update(environ or {})
         self.log = data_dir / f"serve-{self.port}.log"
         data_dir.mkdir(parents=True, exist_ok=True)
         with self.log.open("w") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "dlm", "serve"], env=environment, stderr=log)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "dlm", "serve", *arguments], env=environment, stderr=log
+            )
 
     async def ready(self) -> "Server":
         deadline = time.monotonic() + 60

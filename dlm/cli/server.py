@@ -20,7 +20,12 @@ from dlm.cli.common import CLIError, database_url, in_database_transaction, load
     help="Serve with no authentication even on a non-loopback address (DLM_AUTH=none): anyone who "
     "reaches DLM acts as admin. For isolated test set-ups only.",
 )
-def serve(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
+@click.option(
+    "--no-workers",
+    is_flag=True,
+    help="Answer requests only: run no copies and no lifecycle engine here (leave them to `dlm worker run`).",
+)
+def serve(host: str | None, port: int | None, insecure_no_auth: bool, no_workers: bool) -> None:
     """Run the DLM service.
 
     With no DLM_DATABASE_URL, DLM starts an embedded PostgreSQL in its data directory (DLM_DATA_DIR),
@@ -35,6 +40,7 @@ def serve(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
       dlm serve
       dlm serve --port 9000
       DLM_ADMIN_TOKEN=dlm_... dlm serve --host 0.0.0.0
+      dlm serve --no-workers                 # API only; copies and engines in `dlm worker run`
     """
     import uvicorn
 
@@ -42,6 +48,10 @@ def serve(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
     from dlm.serve import Refused, prepare
 
     settings = load_settings(host=host, port=port, auth="none" if insecure_no_auth else None)
+    if no_workers:
+        from dlm.lifecycle.loops import without_background_work
+
+        settings = without_background_work(settings)
     from dlm.observability.logs import configure
 
     configure(settings.log_level, settings.log_format)

@@ -120,6 +120,80 @@ def events_command(once: bool, as_json: bool) -> None:
     _run_engine("events", once=once, as_json=as_json)
 
 
+@worker.command("run")
+@click.option(
+    "--engines",
+    "names",
+    help="Comma-separated engines to run (expiry, replication, audit, capacity, events, deliveries); "
+    "default: every engine whose interval is not 0.",
+)
+@click.option("--copies", type=click.IntRange(0, 64), help="Copies to run at once (DLM_MIGRATION_WORKERS).")
+def run_command(names: str | None, copies: int | None) -> None:
+    """Run copies and lifecycle engines until stopped (Ctrl-C or SIGTERM), beside any number of
+    `dlm serve --no-workers` API processes and other workers: a copy or a pass is claimed in the
+    database, so none is done twice. A stopped worker hands its copies back to the queue.
+
+    \b
+    Examples:
+      dlm worker run                                  # every engine, DLM_MIGRATION_WORKERS copies
+      dlm worker run --copies 8 --engines replication
+      dlm worker run --copies 0 --engines expiry,audit,capacity
+    """
+    from dlm.lifecycle.loops import INTERVALS
+
+    overrides: dict[str, Any] = {} if copies is None else {"migration_workers": copies}
+    if names is not None:
+        chosen = {name.strip() for name in names.split(",") if name.strip()}
+        if unknown := sorted(chosen - INTERVALS.keys()):
+            raise CLIError(f"--engines: no engine {', '.join(unknown)}; there are {', '.join(INTERVALS)}")
+        overrides.update({INTERVALS[name]: 0 for name in INTERVALS if name not in chosen})
+    settings = load_settings(**overrides)
+    from dlm.lifecycle.loops import engines
+    from dlm.observability.logs import configure
+
+    configure(settings.log_level, settings.log_format)
+    running = [name for name, (_, interval) in engines(settings).items() if interval > 0]
+    if names is not None and (idle := sorted(chosen - set(running))):
+        raise CLIError(f"--engines: {', '.join(idle)} would not run: its interval is 0 (or, for events, no sink)")
+    if not running and settings.migration_workers == 0:
+        raise CLIError("nothing to run: no copies (--copies 0) and no engine")
+    click.echo(
+        f"dlm worker: {settings.migration_workers} copies at once; engines: {', '.join(running) or 'none'}", err=True
+    )
+    with database_url(settings) as url:
+        run(lambda: _work_until_stopped(url, settings))
+
+
+async def _work_until_stopped(url: str, settings: Any) -> None:
+    import asyncio
+    import signal
+
+    from dlm.db.engine import create_engine, create_sessionmaker
+    from dlm.db.schema import check_schema
+    from dlm.lifecycle.loops import EngineLoops
+    from dlm.migration.worker import MigrationWorkers
+    from dlm.storage.context import session_info
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    engine = create_engine(url, pool_size=max(2, settings.migration_workers + 2))
+    try:
+        await check_schema(engine)
+        sessionmaker = create_sessionmaker(engine, info=session_info(settings))
+        copies, lifecycle = MigrationWorkers(sessionmaker, settings), EngineLoops(sessionmaker, settings)
+        copies.start()
+        lifecycle.start()
+        try:
+            await stop.wait()
+        finally:
+            await lifecycle.stop()
+            await copies.stop()  # a copy under way is handed back to the queue
+    finally:
+        await engine.dispose()
+
+
 def _parse_now(text: str | None) -> datetime.datetime | None:
     if text is None:
         return None

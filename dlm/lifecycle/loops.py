@@ -23,6 +23,23 @@ log = logging.getLogger("dlm.lifecycle")
 Pass = Callable[..., Awaitable[Any]]
 
 
+# Each engine's interval setting: 0 leaves that engine to other DLM processes.
+INTERVALS = {
+    "expiry": "expiry_interval_seconds",
+    "replication": "replication_interval_seconds",
+    "audit": "audit_interval_seconds",
+    "capacity": "capacity_interval_seconds",
+    "events": "events_interval_seconds",
+    "deliveries": "deliveries_interval_seconds",
+}
+
+
+def without_background_work(settings: Settings) -> Settings:
+    """The settings of a DLM process that only answers requests (`dlm serve --no-workers`): no copies,
+    no engine; `dlm worker run` processes do that work."""
+    return msgspec.structs.replace(settings, migration_workers=0, **dict.fromkeys(INTERVALS.values(), 0))
+
+
 def engines(settings: Settings) -> dict[str, tuple[Pass, float]]:
     """Each engine's single pass, with the options the settings give it, and how often it runs
     (seconds; 0: not in this process). `dlm serve` and `dlm worker` both run the engines from here."""
@@ -36,15 +53,19 @@ def engines(settings: Settings) -> dict[str, tuple[Pass, float]]:
         high_watermark=settings.capacity_high_watermark,
         low_watermark=settings.capacity_low_watermark,
     )
-    return {
-        "expiry": (expiry.run_once, settings.expiry_interval_seconds),
-        "replication": (replication.run_once, settings.replication_interval_seconds),
-        "audit": (audit_pass, settings.audit_interval_seconds),
-        "capacity": (capacity_pass, settings.capacity_interval_seconds),
+    passes: dict[str, Pass] = {
+        "expiry": expiry.run_once,
+        "replication": replication.run_once,
+        "audit": audit_pass,
+        "capacity": capacity_pass,
         # Delivering notifications is not a lifecycle engine, but it runs the same way.
-        "events": (Relay(settings).run_once, settings.events_interval_seconds if settings.event_sinks else 0),
-        "deliveries": (delivery.run_once, settings.deliveries_interval_seconds),
+        "events": Relay(settings).run_once,
+        "deliveries": delivery.run_once,
     }
+    intervals = {name: getattr(settings, field) for name, field in INTERVALS.items()}
+    if not settings.event_sinks:
+        intervals["events"] = 0
+    return {name: (passes[name], intervals[name]) for name in INTERVALS}
 
 
 class LastPass(msgspec.Struct, frozen=True):
