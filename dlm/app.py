@@ -86,13 +86,18 @@ def create_app(settings: Settings) -> Litestar:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+        read_engine = (
+            create_engine(settings.database_read_url, pool_size=settings.db_pool_size)
+            if settings.database_read_url
+            else engine
+        )
         try:
             await check_schema(engine)
             async with engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
             app.state.engine = engine
             app.state.sessionmaker = create_sessionmaker(engine, info=info)
-            app.state.read_sessionmaker = create_read_sessionmaker(engine, info=info)
+            app.state.read_sessionmaker = create_read_sessionmaker(read_engine, info=info)
             gate.sessionmaker = app.state.sessionmaker
             gate.open = await decide_open(settings, app.state.sessionmaker)
             workers = MigrationWorkers(app.state.sessionmaker, settings)
@@ -108,6 +113,7 @@ def create_app(settings: Settings) -> Litestar:
                 await workers.stop()  # before the engine goes: a stopped copy hands its job back
         finally:
             await engine.dispose()
+            await read_engine.dispose()
 
     gate = Gate(settings, openapi_path=OPENAPI_PATH)
     # Built now, so that a bad DLM_SECRET_KEY or seed file stops DLM before it serves anything.

@@ -39,6 +39,9 @@ def _default_data_dir() -> str:
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     # PostgreSQL URL (postgresql://user@host:port/db). None: run an embedded PostgreSQL in data_dir.
     database_url: str | None = None
+    # A read-only replica for GET and HEAD requests (same URL forms); unset: database_url. Reads there
+    # may lag the primary by the replication delay: docs/scaling.md.
+    database_read_url: str | None = None
     # Where the embedded database and the default POSIX storage live.
     data_dir: str = msgspec.field(default_factory=_default_data_dir)
     host: str = "127.0.0.1"

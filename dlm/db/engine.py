@@ -35,8 +35,9 @@ _PASSED_THROUGH = frozenset({"host", "port", "target_session_attrs", "prepared_s
 def database_target(url: str) -> tuple[str, dict[str, Any]]:
     """The SQLAlchemy URL (asyncpg driver) and connect arguments for a PostgreSQL URL as users copy it
     from their database provider, libpq parameters included: sslmode, sslrootcert, sslcert, sslkey,
-    connect_timeout, application_name."""
-    parsed = make_url(url)
+    connect_timeout, application_name, and several hosts (``postgresql://u@h1:5432,h2:5432/db``,
+    tried in order; with ``target_session_attrs=read-write``, the one that is the primary)."""
+    parsed = make_url(_hosts_as_parameters(url))
     if parsed.get_backend_name() not in {"postgresql", "postgres"}:
         raise ValueError(f"DLM needs a PostgreSQL database, not {parsed.get_backend_name()!r}")
     query = dict(parsed.query)
@@ -62,6 +63,20 @@ def database_target(url: str) -> tuple[str, dict[str, Any]]:
         arguments["server_settings"] = {"application_name": name}
     target = parsed.set(drivername="postgresql+asyncpg", query=query).render_as_string(hide_password=False)
     return target, arguments
+
+
+_MULTI_HOST = re.compile(r"^(?P<scheme>[^:/]+://)(?P<user>[^@/]*@)?(?P<hosts>[^/?@]*,[^/?@]*)(?P<rest>[/?].*)?$")
+
+
+def _hosts_as_parameters(url: str) -> str:
+    """libpq's several hosts (``h1:p1,h2:p2`` where one host would be) as SQLAlchemy takes them for
+    asyncpg: ``host=h1:p1&host=h2:p2`` in the query."""
+    match = _MULTI_HOST.match(url)
+    if match is None:
+        return url
+    path, _, query = (match["rest"] or "/").partition("?")
+    hosts = "&".join(f"host={host.strip()}" for host in match["hosts"].split(",") if host.strip())
+    return f"{match['scheme']}{match['user'] or ''}{path}?{hosts}{'&' + query if query else ''}"
 
 
 def _single(value: Any) -> str | None:

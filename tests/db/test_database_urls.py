@@ -8,10 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from dlm.app import create_app
 from dlm.db.engine import create_engine, database_target
+from tests.conftest import Registry, make_settings
 
 
 def test_libpq_parameters_become_asyncpg_arguments() -> None:
@@ -75,3 +78,53 @@ def test_a_refused_tls_connection_is_one_line(database_url: str, tmp_path: Path)
     assert result.stderr.startswith("dlm: error:"), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_several_hosts_as_libpq_writes_them() -> None:
+    url, arguments = database_target(
+        "postgresql://dlm:pw@db1.example.org:5432,db2.example.org:5433/dlm?target_session_attrs=read-write&sslmode=require"
+    )
+    parsed = make_url(url)
+    assert parsed.query["host"] == ("db1.example.org:5432", "db2.example.org:5433")
+    assert parsed.query["target_session_attrs"] == "read-write" and parsed.database == "dlm"
+    assert (parsed.username, parsed.password, parsed.host) == ("dlm", "pw", None)
+    assert arguments == {"ssl": "require"}
+    assert make_url(database_target("postgresql://a,b/db")[0]).query["host"] == ("a", "b")
+
+
+async def test_the_primary_is_found_among_several_hosts(database_url: str) -> None:
+    # The first host answers nothing (a primary that went away); the second is the database.
+    real = make_url(database_url)
+    user = f"{real.username}{':' + real.password if real.password else ''}@" if real.username else ""
+    several = f"postgresql://{user}127.0.0.1:1,{real.host}:{real.port or 5432}/{real.database}"
+    engine = create_engine(f"{several}?target_session_attrs=read-write")
+    try:
+        async with engine.connect() as connection:
+            assert await connection.scalar(text("SELECT NOT pg_is_in_recovery()"))
+    finally:
+        await engine.dispose()
+
+
+async def test_reads_go_to_the_read_url_and_writes_to_the_primary(database_url: str, tmp_path: Path) -> None:
+    # A replica stands in as the same database under another application_name, so that
+    # pg_stat_activity shows which connection served what.
+    separator = "&" if "?" in database_url else "?"
+    settings = make_settings(
+        database_url, tmp_path, database_read_url=f"{database_url}{separator}application_name=dlm-read"
+    )
+    async with AsyncTestClient(create_app(settings)) as client:
+        registry = Registry(client, tmp_path / "store")
+        await registry.storage()
+        uid = await registry.register("obs", "obs")
+        assert (await client.get("/request/query_data_item", params={"uid": uid})).json()[0]["uid"] == uid
+        engine = create_engine(database_url)
+        try:
+            async with engine.connect() as connection:
+                names = set(
+                    await connection.scalars(
+                        text("SELECT application_name FROM pg_stat_activity WHERE datname = current_database()")
+                    )
+                )
+        finally:
+            await engine.dispose()
+        assert {"dlm-read", "dlm"} <= names
