@@ -12,7 +12,7 @@ import asyncpg
 import httpx
 from sqlalchemy.engine import make_url
 
-from tests.conftest import Server, dlm_environment
+from tests.conftest import Registry, Server, dlm_environment
 
 COPIES = 16
 EXPIRED = 8
@@ -41,15 +41,9 @@ async def test_api_processes_and_workers_share_the_work_without_doing_any_twice(
             await api.ready()
         first, second = (httpx.AsyncClient(base_url=api.base, timeout=30) for api in apis)
         async with first, second:
-            await first.post("/storage/init_location", params={"location_name": "site", "location_type": "local-dev"})
+            registry = Registry(first, tmp_path / "disk")  # type: ignore[arg-type]  # httpx speaks the same
             for name in ("disk", "archive"):
-                (tmp_path / name).mkdir()
-                response = await first.post(
-                    "/storage/init_storage",
-                    params={"storage_name": name, "storage_type": "filesystem", "storage_interface": "posix",
-                            "root_directory": str(tmp_path / name), "location_name": "site"},
-                )  # fmt: skip
-                assert response.status_code == 200, response.text
+                await registry.storage(name, root=tmp_path / name)
             copied, expired = [], []
             for index in range(COPIES + EXPIRED):
                 (tmp_path / "disk" / f"f{index}").write_bytes(b"x" * (1000 + index))

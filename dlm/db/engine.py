@@ -218,7 +218,10 @@ async def transaction(sessionmaker: async_sessionmaker[AsyncSession], *, actor: 
         async with session:
             try:
                 yield session
-            except BaseException:
+            except BaseException as exc:
+                if _read_only(exc):
+                    # A primary being demoted by a failover: its connections must not serve again.
+                    await (await session.connection()).invalidate()
                 await session.rollback()
                 raise
             await session.commit()
@@ -265,6 +268,14 @@ async def _connect(session: AsyncSession, first_use: Awaitable[Any]) -> None:
     except (OSError, TimeoutError) as exc:
         await session.close()
         raise ServiceUnavailable("the database is unreachable") from exc
+
+
+READ_ONLY_TRANSACTION = "25006"
+
+
+def _read_only(exc: BaseException) -> bool:
+    cause = exc.orig.__cause__ if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig is not None else None
+    return getattr(cause, "sqlstate", None) == READ_ONLY_TRANSACTION
 
 
 BUSY = "the service is busy: every database connection of this process is in use; retry shortly"
@@ -314,6 +325,8 @@ def translate_database_error(exc: BaseException) -> DLMError | None:
             return Conflict("a concurrent change got there first; retry the request")
         if exc.connection_invalidated or sqlstate.startswith("08") or sqlstate in {"57P01", "57P02", "57P03"}:
             return ServiceUnavailable("the database is unreachable")
+        if sqlstate == READ_ONLY_TRANSACTION:
+            return ServiceUnavailable("the database takes no writes now (a failover is under way); retry shortly")
         return None
     if isinstance(exc, sqlalchemy.exc.TimeoutError):
         return ServiceBusy(BUSY)

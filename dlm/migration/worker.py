@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from dlm.checksum import new_hasher
 from dlm.config import Settings
 from dlm.data_item import ITEMS, change_items, create_items, refresh_oid_phase
 from dlm.db.engine import transaction
@@ -110,7 +111,12 @@ class Job:
             return await self._fail(f"{type(exc).__name__}: {exc.message}", retry=False, remove_payload=False)
         except TransferError as exc:
             return await self._fail(f"{type(exc).__name__}: {exc.message}", retry=exc.transient)
-        except (ServiceUnavailable, Conflict) as exc:  # the database away, or a concurrent change: try again
+        except ServiceUnavailable as exc:
+            # The database away (an outage, a failover): not the copy's fault, and no attempt of its.
+            log.warning("migration %s: %s; the copy goes back to the queue", self.migration_id, exc.message)
+            await self._release(last_error=exc.message, delay=self.settings.migration_poll_seconds)
+            return MigrationStatus.PENDING
+        except Conflict as exc:  # a concurrent change: try again
             return await self._fail(exc.message, retry=True)
         except DLMError as exc:
             return await self._fail(exc.message, retry=False)
@@ -139,6 +145,15 @@ class Job:
             destination_backend = await storage_backend(session, destination_storage)
         expected = source.item_checksum if source.item_type is not ItemType.CONTAINER else None
         async with source_backend as reader, destination_backend as writer:
+            if (
+                expected
+                and source.checksum_method is not ChecksumMethod.NONE
+                and (earlier := await _identical_payload(writer, target.uri, source)) is not None
+            ):
+                # An earlier attempt of this job wrote the payload, then lost the database before it
+                # could say so (an outage, a failover): the bytes are the source's, so they are the copy.
+                log.info("migration %s: the payload an earlier attempt wrote is complete", self.migration_id)
+                return earlier
             copying = asyncio.create_task(
                 copy_payload(
                     reader,
@@ -367,8 +382,10 @@ class Job:
                 .values(lease_owner=None, lease_expires=None)
             )
 
-    async def _release(self) -> None:
-        """Shutting down mid-copy: hand the job straight back (this attempt does not count)."""
+    async def _release(self, *, last_error: str | None = None, delay: float = 0) -> None:
+        """Hand the job back (shutting down mid-copy, or the database away): this attempt does not
+        count. If the database cannot be told, the lease runs out and the job is claimed again."""
+        values: dict[str, Any] = {} if last_error is None else {"last_error": last_error}
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5), transaction(self.sessionmaker, actor=ACTOR) as session:
                 await session.execute(
@@ -377,11 +394,30 @@ class Job:
                     .values(
                         status=MigrationStatus.PENDING,
                         attempts=Migration.attempts - 1,
-                        next_attempt_at=func.now(),
+                        next_attempt_at=func.now() + datetime.timedelta(seconds=delay),
                         lease_owner=None,
                         lease_expires=None,
+                        bytes_done=0,
+                        **values,
                     )
                 )
+
+
+async def _identical_payload(writer: Any, uri: str, source: Any) -> CopyResult | None:
+    """The copy, if a file with exactly the source's size and checksum is already at ``uri``."""
+    started = time.monotonic()
+    try:
+        info = await writer.stat(uri)
+    except TransferError:
+        return None
+    if info is None or info.is_container or (source.item_size is not None and info.size != source.item_size):
+        return None
+    hasher = new_hasher(source.checksum_method)
+    async for chunk in writer.read(uri):
+        hasher.update(chunk)
+    if hasher.hexdigest() != source.item_checksum:
+        return None
+    return CopyResult(files=1, bytes=info.size, checksum=source.item_checksum, seconds=time.monotonic() - started)
 
 
 async def clean_up_abandoned(session: AsyncSession) -> int | None:

@@ -13,8 +13,11 @@ import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
+from dlm.app import create_app
 from dlm.checksum import new_hasher
+from dlm.config import Settings
 from dlm.enums import ChecksumMethod
+from dlm.migration.worker import run_next
 from tests.conftest import Registry, SshServer, assert_error, free_port, new_bucket
 from tests.migration.conftest import (
     copy,
@@ -433,3 +436,27 @@ async def test_a_copy_reads_from_the_cheapest_replica(registry: Registry, tmp_pa
     await registry.storage("far-archive", root=tmp_path / "far-archive", location="far")
     nearby = await copy(registry.client, item_name="obs", destination_name="far-archive")
     assert (await migration(registry.client, nearby["migration_id"]))["source_uid"] == queued["uid"]
+
+
+async def test_a_copy_whose_earlier_attempt_wrote_the_payload_adopts_it(
+    settings: Settings, sessionmaker: Any, tmp_path: Path
+) -> None:
+    # An attempt that wrote the payload and then lost the database (an outage, a failover) leaves the
+    # bytes behind; the next attempt finds them whole and finishes, where anything else stays refused.
+    idle = msgspec.structs.replace(settings, migration_workers=0)
+    async with AsyncTestClient(create_app(idle)) as client:
+        registry = Registry(client, tmp_path / "store")
+        await registry.storage()
+        await registry.storage("archive", root=tmp_path / "archive")
+        whole, other = await registry.register("whole", "whole"), await registry.register("other", "other")
+        adopted = await copy(client, uid=whole, destination_name="archive")
+        refused = await copy(client, uid=other, destination_name="archive")
+        (tmp_path / "archive" / "whole").write_bytes((tmp_path / "store" / "whole").read_bytes())
+        (tmp_path / "archive" / "other").write_bytes(b"someone else's bytes")
+        for _ in range(2):
+            await run_next(sessionmaker, idle, "test-worker")
+        assert (await migration(client, adopted["migration_id"]))["status"] == "SUCCEEDED"
+        assert (await registry.item(adopted["uid"]))["item_state"] == "READY"
+        failed = await migration(client, refused["migration_id"])
+        assert failed["status"] == "FAILED" and "exists already" in failed["last_error"]
+        assert (tmp_path / "archive" / "other").read_bytes() == b"someone else's bytes"

@@ -8,7 +8,11 @@ const ROLES = ["reader", "ingest", "operator", "admin"];
 const PAGE_SIZE = 50;
 const TOKEN_KEY = "dlm-token";
 
-const session = { token: sessionStorage.getItem(TOKEN_KEY), who: null, storages: new Map(), refresh: null };
+const session = {
+  token: sessionStorage.getItem(TOKEN_KEY), who: null, storages: new Map(), refresh: null,
+  // Aborted when the user moves to another view, so that a slow answer for the old one cannot paint over it.
+  requests: new AbortController(),
+};
 
 // --- building the page -----------------------------------------------------------------------------
 
@@ -105,7 +109,7 @@ async function api(method, path, params = {}, body = undefined) {
   for (const [name, value] of Object.entries(params)) {
     if (value !== "" && value !== null && value !== undefined) url.searchParams.set(name, value);
   }
-  const options = { method, headers: headers() };
+  const options = { method, headers: headers(), signal: session.requests.signal };
   if (body !== undefined) {
     options.headers["Content-Type"] = "application/json";
     options.body = JSON.stringify(body);
@@ -191,6 +195,7 @@ function refreshIn(seconds, view) {
 
 function failed(error) {
   if (error instanceof ApiError && error.status === 401) return;  // the sign-in form is up
+  if (error.name === "AbortError") return;  // the user went elsewhere
   show(h("p", { class: "error" }, error.message));
 }
 
@@ -439,6 +444,8 @@ const VIEWS = { "": overview, items, item, migrations };
 
 async function route() {
   stopRefreshing();
+  session.requests.abort();
+  session.requests = new AbortController();
   const [path, search] = location.hash.replace(/^#\/?/, "").split("?");
   const view = VIEWS[path] || overview;
   for (const link of document.querySelectorAll("nav a[data-page]")) {
