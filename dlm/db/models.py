@@ -191,6 +191,13 @@ class DataItem(Base):
         # The expiry sweeps: only live replicas are ever candidates.
         Index("ix_data_item_uid_expiration_live", "uid_expiration", postgresql_where=NOT_DELETED),
         Index("ix_data_item_oid_expiration_live", "oid_expiration", postgresql_where=NOT_DELETED),
+        # The audit's next replicas to check, least recently checked first (never checked before all).
+        Index(
+            "ix_data_item_audit_due",
+            text("last_check NULLS FIRST"),
+            "uid",
+            postgresql_where=text("item_state = 'READY' AND storage_id IS NOT NULL"),
+        ),
         # A name is registered at most once per storage among live replicas.
         Index(
             "uq_data_item_item_name_storage_id_live",

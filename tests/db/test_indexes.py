@@ -20,6 +20,8 @@ HOT_QUERIES = {
     "children": f"SELECT * FROM data_item WHERE parents = '{UID}'",
     "history of a replica": f"SELECT * FROM data_item_event WHERE uid = '{UID}' ORDER BY event_id",
     "history of an item": f"SELECT * FROM data_item_event WHERE oid = '{UID}' ORDER BY event_id",
+    "audit claim": "SELECT uid FROM data_item WHERE item_state = 'READY' AND storage_id IS NOT NULL "
+    "AND (last_check IS NULL OR last_check <= now() - interval '1 day') ORDER BY last_check NULLS FIRST, uid LIMIT 1",
     "claimable migrations": "SELECT * FROM migration WHERE status IN ('PENDING', 'RUNNING') "
     "AND next_attempt_at <= now()",
 }
@@ -31,3 +33,10 @@ async def test_hot_queries_have_an_index(engine: AsyncEngine, query: str) -> Non
         await connection.execute(text("SET enable_seqscan = off"))
         plan = "\n".join((await connection.execute(text(f"EXPLAIN {query}"))).scalars())
     assert "Seq Scan" not in plan, plan
+
+
+async def test_the_audit_claims_its_next_replica_without_sorting_the_catalogue(engine: AsyncEngine) -> None:
+    async with engine.connect() as connection:
+        await connection.execute(text("SET enable_seqscan = off"))
+        plan = "\n".join((await connection.execute(text(f"EXPLAIN {HOT_QUERIES['audit claim']}"))).scalars())
+    assert "ix_data_item_audit_due" in plan and "Sort" not in plan, plan
