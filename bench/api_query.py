@@ -14,18 +14,16 @@ else the local PostgreSQL.
 import argparse
 import asyncio
 import datetime
-import json
 import random
 import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from urllib.parse import urlencode
 
 import asyncpg
 import bench_db  # the benches' shared database helpers, beside this script
-from bench_server import Connection, dlm_serve, percentile
+from bench_server import Connection, bench_storage, dlm_serve, percentile
 
 EXPIRED = 1000
 COLUMNS = ["uid", "oid", "item_name", "storage_id", "uri", "item_state", "uid_phase", "oid_phase", "item_size",
@@ -89,26 +87,10 @@ async def run(options: argparse.Namespace) -> None:
     url = await bench_db.fresh_database(admin)
     try:
         with tempfile.TemporaryDirectory(prefix="dlm-bench-query-") as work, dlm_serve(url, work) as (base, _):
-            root = Path(work) / "store"
-            root.mkdir()
-            http = Connection(base)
-            await http.request("POST", "/storage/init_location?location_name=bench&location_type=local-dev")
-            status, body = await http.request(
-                "POST",
-                "/storage/init_storage?"
-                + urlencode(
-                    {
-                        "storage_name": "bench",
-                        "storage_type": "filesystem",
-                        "storage_interface": "posix",
-                        "root_directory": str(root),
-                        "location_name": "bench",
-                    }
-                ),  # fmt: skip
-            )
-            assert status == 200, body
+            storage_id = await bench_storage(base, work)
             started = time.perf_counter()
-            sample = await fill(url, options.rows, uuid.UUID(json.loads(body)))
+            sample = await fill(url, options.rows, storage_id)
+            http = Connection(base)
             print(f"catalogue: {options.rows:,} replicas written in {time.perf_counter() - started:.1f} s")
 
             raw = await asyncpg.connect(bench_db.dsn(url))

@@ -12,17 +12,15 @@ DLM_BENCH_DATABASE_URL, else DLM_TEST_DATABASE_URL, else the local PostgreSQL.
 
 import argparse
 import asyncio
-import json
 import tempfile
 import time
 import uuid
-from pathlib import Path
 from urllib.parse import urlencode
 
 import asyncpg
 import bench_db  # the benches' shared database helpers, beside this script
 from api_query import fill
-from bench_server import Connection, dlm_serve, percentile
+from bench_server import Connection, bench_storage, dlm_serve, percentile
 
 
 async def through_dlm(base: str, clients: int, items: int) -> tuple[float, list[float]]:
@@ -68,26 +66,7 @@ async def run(options: argparse.Namespace) -> None:
     url = await bench_db.fresh_database(admin)
     try:
         with tempfile.TemporaryDirectory(prefix="dlm-bench-register-") as work, dlm_serve(url, work) as (base, _):
-            root = Path(work) / "store"
-            root.mkdir()
-            setup = Connection(base)
-            await setup.request("POST", "/storage/init_location?location_name=bench&location_type=local-dev")
-            status, body = await setup.request(
-                "POST",
-                "/storage/init_storage?"
-                + urlencode(
-                    {
-                        "storage_name": "bench",
-                        "storage_type": "filesystem",
-                        "storage_interface": "posix",
-                        "root_directory": str(root),
-                        "location_name": "bench",
-                    }
-                ),  # fmt: skip
-            )
-            assert status == 200, body
-            await setup.close()
-            storage_id = uuid.UUID(json.loads(body))
+            storage_id = await bench_storage(base, work)
             if options.rows:
                 await fill(url, options.rows, storage_id)
             raw = await raw_inserts(url, storage_id, options.clients, options.items)

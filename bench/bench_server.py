@@ -3,6 +3,7 @@ light enough that it measures the server, not itself (one persistent HTTP/1.1 co
 written by hand, responses read by Content-Length)."""
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -10,9 +11,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlencode
 
 
 def free_port() -> int:
@@ -103,6 +106,30 @@ class Connection:
     async def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+async def bench_storage(base: str, work: str) -> uuid.UUID:
+    """A location and a POSIX storage, both named bench, in ``work``/store; returns the storage's id."""
+    root = Path(work) / "store"
+    root.mkdir()
+    connection = Connection(base)
+    await connection.request("POST", "/storage/init_location?location_name=bench&location_type=local-dev")
+    status, body = await connection.request(
+        "POST",
+        "/storage/init_storage?"
+        + urlencode(
+            {
+                "storage_name": "bench",
+                "storage_type": "filesystem",
+                "storage_interface": "posix",
+                "root_directory": str(root),
+                "location_name": "bench",
+            }
+        ),  # fmt: skip
+    )
+    await connection.close()
+    assert status == 200, body
+    return uuid.UUID(json.loads(body))
 
 
 def percentile(values: list[float], share: float) -> float:

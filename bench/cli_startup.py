@@ -13,7 +13,6 @@ import asyncio
 import os
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import time
 import urllib.request
 
 import bench_db  # the benches' shared database helpers, beside this script
+from bench_server import free_port
 
 
 def _cpu_of(command: list[str], environment: dict[str, str]) -> float:
@@ -32,12 +32,6 @@ def _cpu_of(command: list[str], environment: dict[str, str]) -> float:
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=10)
@@ -45,7 +39,7 @@ def main() -> None:
 
     admin = bench_db.admin_url()
     url = asyncio.run(bench_db.fresh_database(admin))
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     environment = {key: value for key, value in os.environ.items() if not key.startswith("DLM_")}
     with tempfile.TemporaryDirectory() as data_dir:

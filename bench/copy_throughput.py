@@ -33,6 +33,7 @@ from typing import Any
 
 import aioboto3
 import bench_db  # the benches' shared database helpers, beside this script
+from bench_server import free_port
 from litestar.testing import AsyncTestClient
 
 from dlm.app import create_app
@@ -49,7 +50,7 @@ class S3:
         self.key = os.environ.get("DLM_BENCH_S3_KEY", "bench")
         self.secret = os.environ.get("DLM_BENCH_S3_SECRET", "bench-secret")
         if not self.endpoint:
-            port = _free_port()
+            port = free_port()
             self.server = subprocess.Popen(
                 [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                 stdout=subprocess.DEVNULL,
@@ -115,14 +116,6 @@ class S3:
         if self.server is not None:
             self.server.terminate()
             self.server.wait(timeout=10)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 async def _post(client: AsyncTestClient, path: str, json: Any = None, **params: Any) -> Any:

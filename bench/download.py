@@ -16,49 +16,23 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import bench_db  # the benches' shared database helpers, beside this script
+from bench_server import dlm_serve, free_port, peak_rss_mib, wait_until_answers
 
 MIB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_until_answers(url: str, process: subprocess.Popen[bytes]) -> None:
-    for _ in range(600):
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited: {process.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"{url} did not answer")
 
 
 def timed(command: str) -> float:
     started = time.perf_counter()
     subprocess.run(command, shell=True, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - started
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main() -> None:
@@ -84,85 +58,73 @@ def main() -> None:
         for index in range(options.files):
             (root / "box" / f"f{index:05d}.dat").write_bytes(small)
 
-        port, static_port = free_port(), free_port()
-        environment = {key: value for key, value in os.environ.items() if not key.startswith("DLM_")}
-        environment.update(
-            DLM_DATABASE_URL=url,
-            DLM_DATA_DIR=str(Path(work) / "dlm"),
-            DLM_PORT=str(port),
-            DLM_AUTH="none",
-            DLM_STORAGE_ROOTS=work,
-            DLM_LOG_LEVEL="WARNING",
-            DLM_REPLICATION_INTERVAL_SECONDS="0",
-            DLM_AUDIT_INTERVAL_SECONDS="0",
-            DLM_CAPACITY_INTERVAL_SECONDS="0",
-            DLM_EXPIRY_INTERVAL_SECONDS="0",
-        )
-        server = subprocess.Popen([sys.executable, "-m", "dlm", "serve"], env=environment)
+        static_port = free_port()
         static = subprocess.Popen(
             [sys.executable, "-m", "http.server", str(static_port), "--bind", "127.0.0.1", "--directory", str(root)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        base = f"http://127.0.0.1:{port}"
         try:
-            wait_until_answers(f"{base}/health/live", server)
-            wait_until_answers(f"http://127.0.0.1:{static_port}/", static)
-            post = f"curl -sf -X POST '{base}"
-            subprocess.run(
-                f"{post}/storage/init_location?location_name=bench&location_type=local-dev'",
-                shell=True,
-                check=True,
-                stdout=subprocess.DEVNULL,
-            )
-            subprocess.run(
-                f"{post}/storage/init_storage?storage_name=bench&storage_type=filesystem&storage_interface=posix"
-                f"&root_directory={root}&location_name=bench'",
-                shell=True,
-                check=True,
-                stdout=subprocess.DEVNULL,
-            )
-            subprocess.run(
-                f"{post}/ingest/register_data_item?item_name=big&uri=big.dat&storage_name=bench'",
-                shell=True,
-                check=True,
-                stdout=subprocess.DEVNULL,
-            )
-            subprocess.run(
-                f"{post}/ingest/register_data_item?item_name=box&uri=box&item_type=container&storage_name=bench'",
-                shell=True,
-                check=True,
-                stdout=subprocess.DEVNULL,
-            )
-            runs: dict[str, list[float]] = {}
-            for _ in range(options.rounds):
-                for name, command in (
-                    ("cat > /dev/null", f"cat {big} > /dev/null"),
-                    ("curl, python -m http.server", f"curl -sf -o /dev/null http://127.0.0.1:{static_port}/big.dat"),
-                    ("curl, DLM retrieve", f"curl -sf -o /dev/null '{base}/request/retrieve?item_name=big'"),
-                    ("tar -c | cat (container)", f"tar -C {root} -cf - box | cat > /dev/null"),
-                    (
-                        "curl, DLM retrieve (container as tar)",
-                        f"curl -sf -o /dev/null '{base}/request/retrieve?item_name=box'",
-                    ),
-                ):
-                    runs.setdefault(name, []).append(timed(command))
-            sizes = {"container": options.files * options.file_kib * 1024, "file": options.size_mib * MIB}
-            print(f"{'':40} {'MiB/s':>10} {'seconds':>9}   (median of {options.rounds})")
-            for name, seconds in runs.items():
-                size = sizes["container"] if "container" in name else sizes["file"]
-                median = statistics.median(seconds)
-                print(f"{name:40} {size / MIB / median:10.0f} {median:9.2f}")
-            ratio = statistics.median(runs["curl, python -m http.server"]) / statistics.median(
-                runs["curl, DLM retrieve"]
-            )
-            print(f"\nDLM / static server: {ratio:.2f}× (goal ≥ 0.8×)")
-            print(f"dlm serve peak RSS: {peak_rss_mib(server.pid):.0f} MiB after {options.rounds * 2} downloads")
+            with dlm_serve(url, work, access_log="true") as (base, server):
+                wait_until_answers(f"http://127.0.0.1:{static_port}/", static)
+                download(options, root, big, base, server, static_port)
         finally:
-            for process in (server, static):
-                process.send_signal(signal.SIGINT)
-                process.wait(timeout=30)
+            static.send_signal(signal.SIGINT)
+            static.wait(timeout=30)
             asyncio.run(bench_db.drop_database(admin, url))
+
+
+def download(
+    options: argparse.Namespace, root: Path, big: Path, base: str, server: subprocess.Popen[bytes], static_port: int
+) -> None:
+    post = f"curl -sf -X POST '{base}"
+    subprocess.run(
+        f"{post}/storage/init_location?location_name=bench&location_type=local-dev'",
+        shell=True,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    subprocess.run(
+        f"{post}/storage/init_storage?storage_name=bench&storage_type=filesystem&storage_interface=posix"
+        f"&root_directory={root}&location_name=bench'",
+        shell=True,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    subprocess.run(
+        f"{post}/ingest/register_data_item?item_name=big&uri=big.dat&storage_name=bench'",
+        shell=True,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    subprocess.run(
+        f"{post}/ingest/register_data_item?item_name=box&uri=box&item_type=container&storage_name=bench'",
+        shell=True,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    runs: dict[str, list[float]] = {}
+    for _ in range(options.rounds):
+        for name, command in (
+            ("cat > /dev/null", f"cat {big} > /dev/null"),
+            ("curl, python -m http.server", f"curl -sf -o /dev/null http://127.0.0.1:{static_port}/big.dat"),
+            ("curl, DLM retrieve", f"curl -sf -o /dev/null '{base}/request/retrieve?item_name=big'"),
+            ("tar -c | cat (container)", f"tar -C {root} -cf - box | cat > /dev/null"),
+            (
+                "curl, DLM retrieve (container as tar)",
+                f"curl -sf -o /dev/null '{base}/request/retrieve?item_name=box'",
+            ),
+        ):
+            runs.setdefault(name, []).append(timed(command))
+    sizes = {"container": options.files * options.file_kib * 1024, "file": options.size_mib * MIB}
+    print(f"{'':40} {'MiB/s':>10} {'seconds':>9}   (median of {options.rounds})")
+    for name, seconds in runs.items():
+        size = sizes["container"] if "container" in name else sizes["file"]
+        median = statistics.median(seconds)
+        print(f"{name:40} {size / MIB / median:10.0f} {median:9.2f}")
+    ratio = statistics.median(runs["curl, python -m http.server"]) / statistics.median(runs["curl, DLM retrieve"])
+    print(f"\nDLM / static server: {ratio:.2f}× (goal ≥ 0.8×)")
+    print(f"dlm serve peak RSS: {peak_rss_mib(server.pid):.0f} MiB after {options.rounds * 2} downloads")
 
 
 if __name__ == "__main__":
