@@ -3,7 +3,7 @@
 import contextlib
 import re
 import ssl
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any
 
 import sqlalchemy.exc
@@ -187,10 +187,17 @@ def create_read_sessionmaker(
 @contextlib.asynccontextmanager
 async def reading(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
     """A read-only session (``create_read_sessionmaker``), database errors translated as ``transaction`` does."""
-    try:
+    with _as_dlm_errors():
         async with sessionmaker() as session:
             await _connect(session, session.connection())
             yield session
+
+
+@contextlib.contextmanager
+def _as_dlm_errors() -> Iterator[None]:
+    """Database errors a caller should see as DLM errors (translate_database_error), others as they are."""
+    try:
+        yield
     except DLMError:
         raise
     except Exception as exc:
@@ -214,7 +221,7 @@ async def transaction(sessionmaker: async_sessionmaker[AsyncSession], *, actor: 
     """One unit of work: commits when the block ends, rolls back if it raises, and translates
     database errors into DLM errors."""
     session = await _begin(sessionmaker, actor)
-    try:
+    with _as_dlm_errors():
         async with session:
             try:
                 yield session
@@ -225,13 +232,6 @@ async def transaction(sessionmaker: async_sessionmaker[AsyncSession], *, actor: 
                 await session.rollback()
                 raise
             await session.commit()
-    except DLMError:
-        raise
-    except Exception as exc:
-        translated = translate_database_error(exc)
-        if translated is None:
-            raise
-        raise translated from exc
 
 
 async def _begin(sessionmaker: async_sessionmaker[AsyncSession], actor: str) -> AsyncSession:

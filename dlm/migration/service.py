@@ -110,8 +110,8 @@ async def pick_source(
         == (best.item_version, best.item_state, best.Storage.storage_available)
     ]
     costs = {row.uid: (row.Storage.location_id != near, await _reading_cost(session, row.Storage)) for row in equals}
-    chosen = min(equals, key=lambda row: (costs[row.uid], row.uid))
-    return (await session.execute(select(ITEMS).where(ITEMS.c.uid == chosen.uid))).one()
+    # The replica's columns, and its Storage beside them.
+    return min(equals, key=lambda row: (costs[row.uid], row.uid))
 
 
 async def _reading_cost(session: AsyncSession, storage: Storage) -> int:
