@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Column,
     DateTime,
     Enum,
     ForeignKey,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Numeric,
     SmallInteger,
     String,
+    Table,
     Text,
     text,
 )
@@ -191,6 +193,14 @@ class DataItem(Base):
         # The expiry sweeps: only live replicas are ever candidates.
         Index("ix_data_item_uid_expiration_live", "uid_expiration", postgresql_where=NOT_DELETED),
         Index("ix_data_item_oid_expiration_live", "oid_expiration", postgresql_where=NOT_DELETED),
+        # What the replication engine has to act on: replicas below their item's target phase (phases
+        # are declared in weight order, so the enum's order compares them), and corrupted ones.
+        Index(
+            "ix_data_item_below_target",
+            "oid",
+            postgresql_where=text("item_state = 'CORRUPTED' OR (item_state = 'READY' AND oid_phase < target_phase)"),
+        ),
+        Index("ix_data_item_deleted", "uid_deletion", "uid", postgresql_where=text("item_state = 'DELETED'")),
         # The audit's next replicas to check, least recently checked first (never checked before all).
         Index(
             "ix_data_item_audit_due",
@@ -237,6 +247,9 @@ class DataItemEvent(Base):
     __table_args__ = (
         Index("ix_data_item_event_uid_event_id", "uid", "event_id"),
         Index("ix_data_item_event_oid_event_id", "oid", "event_id"),
+        # Expired replicas kept for their item (dlm.lifecycle.expiry.KEPT_EVENT): the expiry engine asks
+        # of every expired candidate whether it was, among a history of a hundred million entries.
+        Index("ix_data_item_event_kept", "uid", postgresql_where=text("event = 'expiry_kept'")),
     )
 
 
@@ -294,7 +307,32 @@ class Migration(Base):
             "next_attempt_at",
             postgresql_where=text("status IN ('PENDING', 'RUNNING')"),
         ),
+        # Copies a worker holds (running, or cancelled while running): the search for leases run out.
+        Index("ix_migration_leased", "lease_expires", postgresql_where=text("lease_owner IS NOT NULL")),
+        # What was copied lately (the operator page's bytes per hour).
+        Index("ix_migration_succeeded", "completion_date", postgresql_where=text("status = 'SUCCEEDED'")),
     )
+
+
+# Running counts kept by triggers (revision 0011), so that how much lies on each storage and how many
+# replicas and copies are in each state is read from a few rows, not counted over the catalogue. Each
+# statement that changes data_item or migration appends its change (+/-) here: no row is updated, so
+# concurrent writers never wait for one another. dlm.db.tally folds the rows into one per key.
+REPLICA_TALLY = Table(
+    "replica_tally",
+    Base.metadata,
+    Column("storage_id", UUID),  # NULL: replicas with no storage yet
+    Column("item_state", pg_enum(ItemState, "item_state"), nullable=False),
+    Column("oid_phase", PHASE, nullable=False),
+    Column("replicas", BigInteger, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+)
+MIGRATION_TALLY = Table(
+    "migration_tally",
+    Base.metadata,
+    Column("status", pg_enum(MigrationStatus, "migration_status"), nullable=False),
+    Column("migrations", BigInteger, nullable=False),
+)
 
 
 class PhaseChange(Base):

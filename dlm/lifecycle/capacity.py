@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dlm.data_item import ITEMS
+from dlm.db import tally
 from dlm.db.engine import transaction
 from dlm.db.models import Storage, StorageEvent
 from dlm.enums import ItemState
@@ -27,7 +28,6 @@ from dlm.storage.service import (
     check_resilience,
     delete_replica,
     file_system_usage,
-    held_by_storage,
     lock_replicas,
     record_storage_event,
 )
@@ -98,6 +98,7 @@ async def run_once(
     now = now or datetime.datetime.now(datetime.UTC)
     report = CapacityReport(dry_run=dry_run)
     async with transaction(sessionmaker, actor=ACTOR) as session:
+        await tally.fold(session)  # the pass reads the tally once per storage
         storages = list(await session.scalars(select(Storage).where(Storage.storage_available.is_(True))))
     for storage in storages:
         # The storage is this process's until its transaction ends; another process skips it rather
@@ -105,7 +106,7 @@ async def run_once(
         async with transaction(sessionmaker, actor=ACTOR) as guard:
             if not await claim_item(guard, STORAGE_LOCK_NAMESPACE, storage.storage_id):
                 continue
-            held = await held_by_storage(guard, [storage.storage_id])
+            held = await tally.held_by_storage(guard, [storage.storage_id])
             fill = _Fill(
                 held=held.get(storage.storage_id, (0, 0))[0],
                 capacity=storage.storage_capacity if storage.storage_capacity > 0 else None,

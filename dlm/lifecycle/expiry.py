@@ -16,7 +16,7 @@ import uuid
 from typing import Any
 
 import msgspec
-from sqlalchemy import Row, case, exists, func, or_, select, update
+from sqlalchemy import Row, case, exists, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dlm.data_item import ITEMS, refresh_oid_phase
@@ -56,31 +56,56 @@ class ExpiryReport(msgspec.Struct, kw_only=True):
         return f"{verb} {len(self.deleted)}, kept {len(self.kept)}, deferred {len(self.deferred)}"
 
 
-def _expired(now: datetime.datetime) -> Any:
-    return (ITEMS.c.item_state != ItemState.DELETED) & or_(ITEMS.c.uid_expiration <= now, ITEMS.c.oid_expiration <= now)
-
-
-def _worth_deciding(now: datetime.datetime) -> Any:
+def _worth_deciding(now: datetime.datetime, replica: Any) -> Any:
     """Not an expired replica already kept for its item (``expiry_kept`` recorded) whose item's other
     READY replicas still fall short of its target_phase: nothing has changed for it since. The
-    decision itself stays check_resilience's; this only spares a pass from repeating it."""
+    decision itself stays check_resilience's; this only spares a pass from repeating it. ``replica``:
+    the candidates' columns."""
     others = ITEMS.alias("others")
     # Only the oid in the WHERE clause: with the state there too, a planner short of statistics (a
     # freshly loaded table) intersects the oid index with the item_state one, whose READY half is the
     # whole table, for every row scanned.
-    is_another_ready = (others.c.uid != ITEMS.c.uid) & (others.c.item_state == ItemState.READY)
+    is_another_ready = (others.c.uid != replica.c.uid) & (others.c.item_state == ItemState.READY)
     others_weight = (
         select(func.coalesce(func.sum(case((is_another_ready, phase_weight(others.c.uid_phase)), else_=0)), 0))
-        .where(others.c.oid == ITEMS.c.oid)
+        .where(others.c.oid == replica.c.oid)
         .scalar_subquery()
     )
-    already_kept = exists().where(DataItemEvent.uid == ITEMS.c.uid, DataItemEvent.event == KEPT_EVENT)
+    already_kept = exists().where(DataItemEvent.uid == replica.c.uid, DataItemEvent.event == KEPT_EVENT)
     return or_(
-        ITEMS.c.oid_expiration <= now,
-        ITEMS.c.item_state != ItemState.READY,
+        replica.c.oid_expiration <= now,
+        replica.c.item_state != ItemState.READY,
         ~already_kept,
-        others_weight >= phase_weight(ITEMS.c.target_phase),
+        others_weight >= phase_weight(replica.c.target_phase),
     )
+
+
+# A pass sweeps the replicas whose own expiry has passed, then those whose item's has, each in the
+# order of its expiry index: asked for in that order with a LIMIT, the planner reads the index, however
+# many rows its statistics guess (they count DELETED rows' old expiries: on a big catalogue the guess
+# is a million, and a guess that size reads the table).
+SWEEPS = (ITEMS.c.uid_expiration, ITEMS.c.oid_expiration)
+
+
+def _next_candidates(
+    now: datetime.datetime, expiry: Any, after: tuple[datetime.datetime, uuid.UUID] | None, batch_size: int
+) -> Any:
+    """The next live replicas, after ``after`` in (expiry, uid) order, whose ``expiry`` has passed,
+    each with whether it is worth deciding on."""
+    candidates = select(
+        ITEMS.c.uid,
+        ITEMS.c.oid,
+        ITEMS.c.oid_expiration,
+        ITEMS.c.item_state,
+        ITEMS.c.target_phase,
+        expiry.label("due"),
+    ).where(ITEMS.c.item_state != ItemState.DELETED, expiry <= now)
+    if after is not None:
+        candidates = candidates.where(tuple_(expiry, ITEMS.c.uid) > tuple_(*after))
+    page = candidates.order_by(expiry, ITEMS.c.uid).limit(batch_size).cte("page").prefix_with("MATERIALIZED")
+    return select(
+        page.c.uid, page.c.oid, page.c.oid_expiration, page.c.due, _worth_deciding(now, page).label("worth_deciding")
+    ).order_by(page.c.due, page.c.uid)
 
 
 async def run_once(
@@ -96,31 +121,29 @@ async def run_once(
     # Items this pass has dealt with; in a dry run, also the replicas it would have deleted.
     done: set[uuid.UUID] = set()
     gone: set[uuid.UUID] = set()
-    after = uuid.UUID(int=0)
-    while True:
-        async with transaction(sessionmaker, actor=ACTOR) as session:
-            batch = (
-                await session.execute(
-                    select(ITEMS.c.uid, ITEMS.c.oid, ITEMS.c.oid_expiration)
-                    .where(_expired(now), _worth_deciding(now), ITEMS.c.uid > after)
-                    .order_by(ITEMS.c.uid)
-                    .limit(batch_size)
-                )
-            ).all()
-            if not batch:
-                return report
-            after = batch[-1].uid
-            oids = [oid for oid in dict.fromkeys(row.oid for row in batch) if oid not in done]
-            claimed = await claim_items(session, LOCK_NAMESPACE, oids)  # the others are another process's
-            done.update(claimed)
-            # An expired item loses everything: no decision per replica, so it goes in bulk.
-            whole = {row.oid for row in batch if row.oid in claimed and row.oid_expiration <= now}
-            if whole:
-                await _expire_whole_items(session, sorted(whole), report, gone)
-            for oid in claimed:
-                if oid not in whole:
-                    await _expire_item(session, oid, now, report, gone)
-        log.debug("expiry pass: %s so far", report.summary())
+    for expiry in SWEEPS:
+        after: tuple[datetime.datetime, uuid.UUID] | None = None
+        while True:
+            async with transaction(sessionmaker, actor=ACTOR) as session:
+                candidates = (await session.execute(_next_candidates(now, expiry, after, batch_size))).all()
+                if not candidates:
+                    break
+                after = (candidates[-1].due, candidates[-1].uid)
+                batch = [row for row in candidates if row.worth_deciding]
+                oids = [oid for oid in dict.fromkeys(row.oid for row in batch) if oid not in done]
+                claimed = await claim_items(session, LOCK_NAMESPACE, oids)  # the others are another process's
+                done.update(claimed)
+                # An expired item loses everything: no decision per replica, so it goes in bulk.
+                whole = {row.oid for row in batch if row.oid in claimed and row.oid_expiration <= now}
+                if whole:
+                    await _expire_whole_items(session, sorted(whole), report, gone)
+                for oid in claimed:
+                    if oid not in whole:
+                        await _expire_item(session, oid, now, report, gone)
+            log.debug("expiry pass: %s so far", report.summary())
+            if len(candidates) < batch_size:
+                break
+    return report
 
 
 async def _expire_whole_items(

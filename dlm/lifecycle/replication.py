@@ -25,10 +25,11 @@ import uuid
 from typing import Any
 
 import msgspec
-from sqlalchemy import Row, and_, exists, or_, select, update
+from sqlalchemy import Row, and_, exists, or_, select, union, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dlm.data_item import ITEMS
+from dlm.db import tally
 from dlm.db.engine import transaction
 from dlm.db.models import Migration, PhaseChange, Storage
 from dlm.enums import ItemState, MigrationStatus, Phase, combined_phase
@@ -39,7 +40,6 @@ from dlm.storage.service import (
     delete_replica,
     file_system_usage,
     finish_retirements,
-    held_by_storage,
     lock_replicas,
 )
 from dlm.transfer.base import TransferError
@@ -102,38 +102,9 @@ async def run_once(
                 )
             )
         )
-    # A container's registered members travel with its copies (and leave with its removal): copied on
-    # their own into its tree, they would collide with it. Only a corrupted member is repaired alone.
-    container = ITEMS.alias("container")
-    rides_with_container = and_(
-        ITEMS.c.parents.is_not(None),
-        exists().where(container.c.oid == ITEMS.c.parents, container.c.item_state == ItemState.READY),
-    )
     while True:
         async with transaction(sessionmaker, actor=ACTOR) as session:
-            oids = list(
-                await session.scalars(
-                    select(ITEMS.c.oid)
-                    .where(
-                        ITEMS.c.oid > after,
-                        ITEMS.c.item_state.in_([ItemState.READY, ItemState.CORRUPTED]),
-                        ITEMS.c.oid_expiration > now,
-                        or_(
-                            and_(
-                                or_(
-                                    phase_weight(ITEMS.c.oid_phase) < phase_weight(ITEMS.c.target_phase),
-                                    ITEMS.c.storage_id.in_(retiring),
-                                ),
-                                ~rides_with_container,
-                            ),
-                            ITEMS.c.item_state == ItemState.CORRUPTED,
-                        ),
-                    )
-                    .group_by(ITEMS.c.oid)
-                    .order_by(ITEMS.c.oid)
-                    .limit(batch_size)
-                )
-            )
+            oids = list(await session.scalars(_next_batch(now, after, batch_size, retiring)))
         if not oids:
             if not dry_run:
                 async with transaction(sessionmaker, actor=ACTOR) as session:
@@ -148,6 +119,36 @@ async def run_once(
             async with transaction(sessionmaker, actor=ACTOR) as session:
                 if await claim_item(session, LOCK_NAMESPACE, oid):
                     await _enforce(session, oid, placement, report, retiring)
+
+
+def _next_batch(now: datetime.datetime, after: uuid.UUID, batch_size: int, retiring: set[uuid.UUID]) -> Any:
+    """The next items after ``after`` (in oid order) with something to do: below their target phase, a
+    replica corrupted, or a replica on a storage being retired. Each is asked of an index (the first
+    two of ix_data_item_below_target, whose condition is written here as it is there so that the
+    planner can use it; the last of the storage's): a pass with nothing to do reads next to nothing."""
+    # A container's registered members travel with its copies (and leave with its removal): copied on
+    # their own into its tree, they would collide with it. Only a corrupted member is repaired alone.
+    container = ITEMS.alias("container")
+    rides_with_container = and_(
+        ITEMS.c.parents.is_not(None),
+        exists().where(container.c.oid == ITEMS.c.parents, container.c.item_state == ItemState.READY),
+    )
+    corrupted = ITEMS.c.item_state == ItemState.CORRUPTED
+    below_target_or_corrupted = or_(
+        corrupted, and_(ITEMS.c.item_state == ItemState.READY, ITEMS.c.oid_phase < ITEMS.c.target_phase)
+    )
+    live = and_(ITEMS.c.oid > after, ITEMS.c.oid_expiration > now)
+    wanted = select(ITEMS.c.oid).where(below_target_or_corrupted, live, or_(corrupted, ~rides_with_container))
+    if retiring:
+        leaving = select(ITEMS.c.oid).where(
+            ITEMS.c.storage_id.in_(retiring),
+            ITEMS.c.item_state.in_([ItemState.READY, ItemState.CORRUPTED]),
+            live,
+            ~rides_with_container,
+        )
+        found = union(wanted, leaving).subquery()
+        return select(found.c.oid).order_by(found.c.oid).limit(batch_size)
+    return wanted.group_by(ITEMS.c.oid).order_by(ITEMS.c.oid).limit(batch_size)
 
 
 async def _enforce(
@@ -283,7 +284,7 @@ class _Placement:
                     )
                 )
             )
-            held = await held_by_storage(session, [storage.storage_id for storage in storages])
+            held = await tally.held_by_storage(session, [storage.storage_id for storage in storages])
             room: dict[uuid.UUID, int | None] = {}
             for storage in storages:
                 limits = []

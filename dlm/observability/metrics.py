@@ -15,11 +15,10 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from dlm.data_item import ITEMS
+from dlm.db import tally
 from dlm.db.engine import transaction
 from dlm.db.models import Migration, Storage
 from dlm.enums import ItemState, MigrationStatus
-from dlm.storage.service import held_by_storage
 
 # Litestar adds "; charset=utf-8" to a text type.
 CONTENT_TYPE = "text/plain; version=0.0.4"
@@ -82,17 +81,14 @@ class DatabaseGauges(Collector):
         families = []
         async with transaction(sessionmaker, actor="metrics") as session:
             items = GaugeMetricFamily("dlm_items", "Replicas by state.", labels=["state"])
-            counted = dict(
-                (await session.execute(select(ITEMS.c.item_state, func.count()).group_by(ITEMS.c.item_state))).all()
-            )
+            await tally.fold(session)
+            counted = await tally.replicas_by_state(session)
             for state in ItemState:
                 items.add_metric([state.value], counted.get(state, 0))
             families.append(items)
 
             migrations = GaugeMetricFamily("dlm_migrations", "Migrations by status.", labels=["status"])
-            by_status = dict(
-                (await session.execute(select(Migration.status, func.count()).group_by(Migration.status))).all()
-            )
+            by_status = await tally.migrations_by_status(session)
             for status in MigrationStatus:
                 migrations.add_metric([status.value], by_status.get(status, 0))
             families.append(migrations)
@@ -123,7 +119,7 @@ class DatabaseGauges(Collector):
                     )
                 )
             ).all()
-            held = await held_by_storage(session, [storage_id for storage_id, _, _ in storages])
+            held = await tally.held_by_storage(session, [storage_id for storage_id, _, _ in storages])
             for storage_id, name, limit in storages:
                 size, count = held.get(storage_id, (0, 0))
                 used.add_metric([name], float(size))

@@ -179,16 +179,18 @@ async def query_expired(
 
 
 @get("/query_deleted", operation_id="query_deleted", **permission(Role.READER), summary="Query Deleted")
-async def query_deleted(session: NamedDependency[AsyncSession], uid: UuidQuery = "") -> Rows:
+async def query_deleted(session: NamedDependency[AsyncSession], uid: UuidQuery = "") -> Response[Rows]:
     """Data_items in state DELETED (optionally just the one uid)."""
-    return row_dicts(await service.query_deleted(session, uid=uid))
+    return await json_rows(session, service.query_deleted(uid=uid))
 
 
 @get("/query_new", operation_id="query_new", **permission(Role.READER), summary="Query New")
-async def query_new(session: NamedDependency[AsyncSession], check_date: FromQuery[str], uid: UuidQuery = "") -> Rows:
+async def query_new(
+    session: NamedDependency[AsyncSession], check_date: FromQuery[str], uid: UuidQuery = ""
+) -> Response[Rows]:
     """Data_items created after check_date (exclusive; ISO 8601, no offset means UTC)."""
     moment = parse_datetime(check_date, "check_date")
-    return row_dicts(await service.query_new(session, check_date=moment, uid=uid))
+    return await json_rows(session, service.query_new(check_date=moment, uid=uid))
 
 
 @get("/query_exists", operation_id="query_exists", **permission(Role.READER), summary="Query Exists")

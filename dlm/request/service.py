@@ -64,21 +64,19 @@ def query_expired(*, offset: datetime.timedelta | None = None, now: datetime.dat
     )
 
 
-async def query_deleted(session: AsyncSession, *, uid: str = "") -> list[Row[Any]]:
+def query_deleted(*, uid: str = "") -> Select[Any]:
     statement = select(ITEMS).where(ITEMS.c.item_state == ItemState.DELETED)
     if uid:
         statement = statement.where(ITEMS.c.uid == parse_uuid(uid, "uid"))
-    statement = statement.order_by(ITEMS.c.uid_deletion, ITEMS.c.uid).limit(MAX_PAGE_SIZE)
-    return list((await session.execute(statement)).all())
+    return statement.order_by(ITEMS.c.uid_deletion, ITEMS.c.uid).limit(MAX_PAGE_SIZE)
 
 
-async def query_new(session: AsyncSession, *, check_date: datetime.datetime, uid: str = "") -> list[Row[Any]]:
+def query_new(*, check_date: datetime.datetime, uid: str = "") -> Select[Any]:
     """Replicas created after ``check_date`` (exclusive)."""
     statement = select(ITEMS).where(ITEMS.c.uid_creation > check_date)
     if uid:
         statement = statement.where(ITEMS.c.uid == parse_uuid(uid, "uid"))
-    statement = statement.order_by(ITEMS.c.uid_creation, ITEMS.c.uid).limit(MAX_PAGE_SIZE)
-    return list((await session.execute(statement)).all())
+    return statement.order_by(ITEMS.c.uid_creation, ITEMS.c.uid).limit(MAX_PAGE_SIZE)
 
 
 async def query_item_storage(

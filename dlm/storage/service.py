@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dlm.data_item import ITEMS, change_items, get_item, refresh_oid_phase
 from dlm.db.models import Location, LocationFacility, Migration, Storage, StorageConfig, StorageEvent
+from dlm.db.tally import held_by_storage
 from dlm.enums import (
     ConfigType,
     ItemState,
@@ -494,21 +495,6 @@ async def storage_backend(session: AsyncSession, storage: Storage) -> PosixBacke
                     f"storage {storage.storage_name!r} cannot be reached: {exc.message}"
                 ) from None
     return make_backend(storage.storage_interface, storage.root_directory, config, storage.storage_name)
-
-
-async def held_by_storage(
-    session: AsyncSession, storage_ids: list[uuid.UUID] | None = None
-) -> dict[uuid.UUID, tuple[int, int]]:
-    """Bytes and replicas (not DELETED) DLM holds on each storage that holds any; only on
-    ``storage_ids`` when given."""
-    query = (
-        select(ITEMS.c.storage_id, func.coalesce(func.sum(ITEMS.c.item_size), 0), func.count())
-        .where(ITEMS.c.item_state != ItemState.DELETED, ITEMS.c.storage_id.is_not(None))
-        .group_by(ITEMS.c.storage_id)
-    )
-    if storage_ids is not None:
-        query = query.where(ITEMS.c.storage_id.in_(storage_ids))
-    return {storage_id: (int(held), count) for storage_id, held, count in (await session.execute(query)).all()}
 
 
 class DiskUsage(NamedTuple):

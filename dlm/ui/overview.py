@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dlm.data_item import ITEMS
+from dlm.db import tally
 from dlm.db.models import Migration, Storage, StorageEvent
 from dlm.enums import MigrationStatus
 from dlm.rows import row_dicts
@@ -47,16 +47,12 @@ async def _storages(session: AsyncSession) -> list[dict[str, Any]]:
 
 
 async def _items(session: AsyncSession) -> list[dict[str, Any]]:
-    counted = await session.execute(
-        select(ITEMS.c.item_state, ITEMS.c.oid_phase, func.count())
-        .group_by(ITEMS.c.item_state, ITEMS.c.oid_phase)
-        .order_by(ITEMS.c.item_state, ITEMS.c.oid_phase)
-    )
+    counted = await tally.replicas_by_state_and_phase(session)
     return [{"item_state": state.value, "oid_phase": phase.value, "count": count} for state, phase, count in counted]
 
 
 async def _migrations(session: AsyncSession, user: str | None) -> dict[str, Any]:
-    by_status = dict((await session.execute(select(Migration.status, func.count()).group_by(Migration.status))).all())
+    by_status = await tally.migrations_by_status(session)
     oldest_due = await session.scalar(
         select(func.min(Migration.next_attempt_at)).where(
             Migration.status == MigrationStatus.PENDING, Migration.next_attempt_at <= func.now()

@@ -46,13 +46,20 @@ async def test_downgrade_to_base_then_upgrade_restores_the_schema(database_url: 
         "api_token",
         "outbox_event",
         "delivery",
+        "replica_tally",
+        "migration_tally",
     }
     assert await _tables(engine) == expected
     await engine.dispose()
     await schema.downgrade(database_url, "0001")
-    assert await _tables(engine) == expected - {"storage_event", "api_token", "outbox_event", "delivery"}, (
-        "each revision takes back its own"
-    )
+    assert await _tables(engine) == expected - {
+        "storage_event",
+        "api_token",
+        "outbox_event",
+        "delivery",
+        "replica_tally",
+        "migration_tally",
+    }, "each revision takes back its own"
     await engine.dispose()
     await schema.downgrade(database_url, "base")
     assert await _tables(engine) == {"alembic_version"}
