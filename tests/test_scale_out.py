@@ -75,13 +75,18 @@ async def test_api_processes_and_workers_share_the_work_without_doing_any_twice(
         try:
             deadline = time.monotonic() + 90
             while time.monotonic() < deadline:
-                done = await connection.fetchval(
-                    "SELECT count(*) FROM migration WHERE status = 'SUCCEEDED'"
-                ) == REPLICATED + COPIED and await connection.fetchval(
-                    "SELECT count(*) FROM data_item WHERE item_name LIKE 'expired-%' AND item_state = 'DELETED'"
-                ) == EXPIRED and await connection.fetchval(
-                    "SELECT count(*) FROM data_item WHERE item_name LIKE 'rotten-%' AND item_state = 'CORRUPTED'"
-                ) == ROTTEN
+                done = (
+                    await connection.fetchval("SELECT count(*) FROM migration WHERE status = 'SUCCEEDED'")
+                    == REPLICATED + COPIED
+                    and await connection.fetchval(
+                        "SELECT count(*) FROM data_item WHERE item_name LIKE 'expired-%' AND item_state = 'DELETED'"
+                    )
+                    == EXPIRED
+                    and await connection.fetchval(
+                        "SELECT count(*) FROM data_item WHERE item_name LIKE 'rotten-%' AND item_state = 'CORRUPTED'"
+                    )
+                    == ROTTEN
+                )
                 if done:
                     break
                 await asyncio.sleep(0.3)
