@@ -8,7 +8,7 @@ import sys
 import click
 import msgspec
 
-from dlm.cli.common import CLIError, database_url, in_database_transaction, load_settings, run
+from dlm.cli.common import CLIError, bound_malloc_arenas, database_url, in_database_transaction, load_settings, run
 
 
 @click.command()
@@ -47,6 +47,7 @@ def serve(host: str | None, port: int | None, insecure_no_auth: bool, no_workers
     from dlm.app import create_app
     from dlm.serve import Refused, prepare
 
+    bound_malloc_arenas()
     settings = load_settings(host=host, port=port, auth="none" if insecure_no_auth else None)
     if no_workers:
         from dlm.lifecycle.loops import without_background_work

@@ -6,7 +6,7 @@ from typing import Any
 import click
 import msgspec
 
-from dlm.cli.common import CLIError, database_url, load_settings, run
+from dlm.cli.common import CLIError, bound_malloc_arenas, database_url, load_settings, run
 from dlm.errors import DLMError
 from dlm.parsing import parse_datetime
 
@@ -147,6 +147,7 @@ def run_command(names: str | None, copies: int | None) -> None:
         if unknown := sorted(chosen - INTERVALS.keys()):
             raise CLIError(f"--engines: no engine {', '.join(unknown)}; there are {', '.join(INTERVALS)}")
         overrides.update({INTERVALS[name]: 0 for name in INTERVALS if name not in chosen})
+    bound_malloc_arenas()
     settings = load_settings(**overrides)
     from dlm.lifecycle.loops import engines
     from dlm.observability.logs import configure

@@ -35,7 +35,9 @@ from dlm.transfer.paths import check_relative_uri
 
 # S3 refuses parts under 5 MiB (except the last) and uploads of more than 10,000 parts.
 MIN_PART_SIZE = 5 * 1024 * 1024
-DEFAULT_PART_SIZE = 16 * 1024 * 1024
+# Each copy to S3 holds one part, so a part's size is a copy's memory: 8 MiB keeps it small, within
+# S3's limits up to 80 GB (larger payloads get larger parts, a ten-thousandth of their size).
+DEFAULT_PART_SIZE = 8 * 1024 * 1024
 MAX_PARTS = 10_000
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 # A conditional write (If-None-Match: *) found an object at the key: someone else's, never replaced.
@@ -205,6 +207,8 @@ class S3Backend:
             else:
                 raise PayloadExists(f"{uri!r} exists already; DLM never overwrites a payload")
         part_size = self.part_size(size_hint)
+        # The part being filled: handed to the client as it is once full (no slice, no bytes() copy of
+        # a part on the event loop), then a new one is started. At most one part is held per copy.
         buffer = bytearray()
         written = 0
         upload_id: str | None = None
@@ -213,19 +217,23 @@ class S3Backend:
             await self._abort_stale_uploads(key)
             try:
                 async for chunk in chunks:
-                    buffer += chunk
                     written += len(chunk)
-                    while len(buffer) >= part_size:
+                    rest = memoryview(chunk)
+                    while len(buffer) + len(rest) >= part_size:
+                        room = part_size - len(buffer)
+                        buffer += rest[:room]
+                        rest = rest[room:]
                         if upload_id is None:
                             created = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
                             upload_id = created["UploadId"]
-                        await self._upload_part(key, upload_id, parts, bytes(buffer[:part_size]))
-                        del buffer[:part_size]
+                        await self._upload_part(key, upload_id, parts, buffer)
+                        buffer = bytearray()
+                    buffer += rest
                 if upload_id is None:
-                    await self._client.put_object(Bucket=self.bucket, Key=key, Body=bytes(buffer), IfNoneMatch="*")
+                    await self._client.put_object(Bucket=self.bucket, Key=key, Body=buffer, IfNoneMatch="*")
                     return written
                 if buffer:
-                    await self._upload_part(key, upload_id, parts, bytes(buffer))
+                    await self._upload_part(key, upload_id, parts, buffer)
                 await self._client.complete_multipart_upload(
                     Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, IfNoneMatch="*"
                 )
@@ -236,7 +244,7 @@ class S3Backend:
                 raise
         return written
 
-    async def _upload_part(self, key: str, upload_id: str, parts: list[dict[str, Any]], body: bytes) -> None:
+    async def _upload_part(self, key: str, upload_id: str, parts: list[dict[str, Any]], body: bytearray) -> None:
         number = len(parts) + 1
         response = await self._client.upload_part(
             Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
