@@ -191,8 +191,9 @@ class DataItem(Base):
         Index("ix_data_item_uid_creation", "uid_creation"),
         Index("ix_data_item_parents", "parents", postgresql_where=text("parents IS NOT NULL")),
         # The expiry sweeps: only live replicas are ever candidates.
-        Index("ix_data_item_uid_expiration_live", "uid_expiration", postgresql_where=NOT_DELETED),
-        Index("ix_data_item_oid_expiration_live", "oid_expiration", postgresql_where=NOT_DELETED),
+        # The uid as well: the sweep pages by (expiry, uid), and many items share one expiry.
+        Index("ix_data_item_uid_expiration_live", "uid_expiration", "uid", postgresql_where=NOT_DELETED),
+        Index("ix_data_item_oid_expiration_live", "oid_expiration", "uid", postgresql_where=NOT_DELETED),
         # What the replication engine has to act on: replicas below their item's target phase (phases
         # are declared in weight order, so the enum's order compares them), and corrupted ones.
         Index(

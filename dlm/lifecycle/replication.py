@@ -38,7 +38,7 @@ from dlm.lifecycle import claim_item, phase_weight
 from dlm.migration.service import copy_item
 from dlm.storage.service import (
     delete_replica,
-    file_system_usage,
+    file_system_usages,
     finish_retirements,
     lock_replicas,
 )
@@ -285,13 +285,13 @@ class _Placement:
                 )
             )
             held = await tally.held_by_storage(session, [storage.storage_id for storage in storages])
+            disks = await file_system_usages(session, storages)
             room: dict[uuid.UUID, int | None] = {}
             for storage in storages:
                 limits = []
                 if storage.storage_capacity >= 0:
                     limits.append(storage.storage_capacity - held.get(storage.storage_id, (0, 0))[0])
-                disk = await file_system_usage(session, storage)
-                if disk is not None:
+                if (disk := disks[storage.storage_id]) is not None:
                     limits.append(disk.free)  # 0 when not mounted: no room
                 room[storage.storage_id] = min(limits) if limits else None
         return cls(storages, room)

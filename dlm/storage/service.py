@@ -506,9 +506,8 @@ class DiskUsage(NamedTuple):
 NOT_MOUNTED = DiskUsage(0, 0, 0)
 
 
-async def file_system_usage(session: AsyncSession, storage: Storage) -> DiskUsage | None:
-    """``shutil.disk_usage`` of a local POSIX storage's root (total, used, free), all 0 when the volume
-    is not mounted; None for storages elsewhere (S3, SFTP), whose room DLM cannot see."""
+async def _local_root(session: AsyncSession, storage: Storage) -> Path | None:
+    """Where a local POSIX storage's payloads are; None for storages elsewhere (S3, SFTP)."""
     if storage.storage_interface is not StorageInterface.POSIX:
         return None
     try:
@@ -516,12 +515,37 @@ async def file_system_usage(session: AsyncSession, storage: Storage) -> DiskUsag
         place = place_of(storage.storage_interface, storage.root_directory, config)
     except DLMError:
         return None
-    if place.kind != "local":
-        return None
-    try:
-        return DiskUsage(*await asyncio.to_thread(shutil.disk_usage, place.root))
-    except OSError:
-        return NOT_MOUNTED
+    return Path(place.root) if place.kind == "local" else None
+
+
+async def file_system_usage(session: AsyncSession, storage: Storage) -> DiskUsage | None:
+    """``shutil.disk_usage`` of a local POSIX storage's root (total, used, free), all 0 when the volume
+    is not mounted; None for storages elsewhere (S3, SFTP), whose room DLM cannot see."""
+    return (await file_system_usages(session, [storage]))[storage.storage_id]
+
+
+async def file_system_usages(session: AsyncSession, storages: list[Storage]) -> dict[uuid.UUID, DiskUsage | None]:
+    """file_system_usage of each storage, read once per file system: storages that share one show the
+    same room (read a moment apart on a busy disk, they differed, and a choice between them flipped)."""
+    roots = {storage.storage_id: await _local_root(session, storage) for storage in storages}
+
+    def read() -> dict[uuid.UUID, DiskUsage | None]:
+        by_device: dict[int, DiskUsage] = {}
+        usages: dict[uuid.UUID, DiskUsage | None] = {}
+        for storage_id, root in roots.items():
+            if root is None:
+                usages[storage_id] = None
+                continue
+            try:
+                device = os.stat(root).st_dev
+                if device not in by_device:
+                    by_device[device] = DiskUsage(*shutil.disk_usage(root))
+                usages[storage_id] = by_device[device]
+            except OSError:
+                usages[storage_id] = NOT_MOUNTED
+        return usages
+
+    return await asyncio.to_thread(read)
 
 
 async def query_storage_events(

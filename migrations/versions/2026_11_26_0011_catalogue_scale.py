@@ -17,6 +17,8 @@ answers must not.
   usually empty, so an idle pass reads nothing.
 - ix_data_item_event_kept: the expiry engine's question "was this expired replica already kept?"
   without reading the history.
+- The two expiry indexes gain the uid: the sweep pages through them by (expiry, uid), and when many
+  replicas share one expiry (a bulk registration's) each page otherwise read all of them again.
 - ix_data_item_deleted: query_deleted in its own order.
 - ix_migration_succeeded: the copies of the last hours (the operator page's chart) among millions.
 - ix_migration_leased: the copies workers hold, searched for leases run out every few seconds.
@@ -130,6 +132,14 @@ def upgrade() -> None:
     )
     op.execute("INSERT INTO migration_tally (status, migrations) SELECT status, count(*) FROM migration GROUP BY 1")
 
+    for column in ("uid_expiration", "oid_expiration"):
+        op.drop_index(f"ix_data_item_{column}_live", table_name="data_item")
+        op.create_index(
+            f"ix_data_item_{column}_live",
+            "data_item",
+            [column, "uid"],
+            postgresql_where=sa.text("item_state <> 'DELETED'"),
+        )
     op.create_index(
         "ix_data_item_below_target",
         "data_item",
@@ -159,6 +169,11 @@ def downgrade() -> None:
     op.drop_index("ix_migration_leased", table_name="migration")
     op.drop_index("ix_data_item_deleted", table_name="data_item")
     op.drop_index("ix_data_item_below_target", table_name="data_item")
+    for column in ("uid_expiration", "oid_expiration"):
+        op.drop_index(f"ix_data_item_{column}_live", table_name="data_item")
+        op.create_index(
+            f"ix_data_item_{column}_live", "data_item", [column], postgresql_where=sa.text("item_state <> 'DELETED'")
+        )
     for table in ("data_item", "migration"):
         for event in ("insert", "update", "delete"):
             op.execute(f"DROP TRIGGER {table}_tally_{event} ON {table}")
