@@ -16,13 +16,13 @@ import uuid
 from typing import Any
 
 import msgspec
-from sqlalchemy import Row, case, exists, func, or_, select, tuple_, update
+from sqlalchemy import Row, case, exists, func, or_, select, true, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dlm.data_item import ITEMS, refresh_oid_phase
 from dlm.db.engine import transaction
 from dlm.db.models import DataItemEvent, Migration, Storage
-from dlm.enums import ItemState, ItemType, MigrationStatus
+from dlm.enums import ItemState, ItemType, MigrationStatus, Phase
 from dlm.errors import DLMError, UnmetPreconditionForOperation
 from dlm.lifecycle import claim_items, phase_weight
 from dlm.storage.service import check_resilience, delete_replica, is_writable, lock_replicas, storage_backend
@@ -56,11 +56,11 @@ class ExpiryReport(msgspec.Struct, kw_only=True):
         return f"{verb} {len(self.deleted)}, kept {len(self.kept)}, deferred {len(self.deferred)}"
 
 
-def _worth_deciding(now: datetime.datetime, replica: Any) -> Any:
-    """Not an expired replica already kept for its item (``expiry_kept`` recorded) whose item's other
-    READY replicas still fall short of its target_phase: nothing has changed for it since. The
-    decision itself stays check_resilience's; this only spares a pass from repeating it. ``replica``:
-    the candidates' columns."""
+def _worth_deciding(now: datetime.datetime, replica: Any, already_kept: Any) -> Any:
+    """Not an expired replica already kept for its item (``already_kept``: its ``expiry_kept`` is
+    recorded) whose item's other READY replicas still fall short of its target_phase: nothing has
+    changed for it since. The decision itself stays check_resilience's; this only spares a pass from
+    repeating it. ``replica``: the candidates' columns."""
     others = ITEMS.alias("others")
     # Only the oid in the WHERE clause: with the state there too, a planner short of statistics (a
     # freshly loaded table) intersects the oid index with the item_state one, whose READY half is the
@@ -71,7 +71,6 @@ def _worth_deciding(now: datetime.datetime, replica: Any) -> Any:
         .where(others.c.oid == replica.c.oid)
         .scalar_subquery()
     )
-    already_kept = exists().where(DataItemEvent.uid == replica.c.uid, DataItemEvent.event == KEPT_EVENT)
     return or_(
         replica.c.oid_expiration <= now,
         replica.c.item_state != ItemState.READY,
@@ -103,9 +102,20 @@ def _next_candidates(
     if after is not None:
         candidates = candidates.where(tuple_(expiry, ITEMS.c.uid) > tuple_(*after))
     page = candidates.order_by(expiry, ITEMS.c.uid).limit(batch_size).cte("page").prefix_with("MATERIALIZED")
-    return select(
-        page.c.uid, page.c.oid, page.c.oid_expiration, page.c.due, _worth_deciding(now, page).label("worth_deciding")
-    ).order_by(page.c.due, page.c.uid)
+    # Whether each was kept: looked up per replica (LATERAL … LIMIT 1), never by hashing every kept
+    # replica's event, which the planner chose as an EXISTS and then did again for every page.
+    kept = (
+        select(DataItemEvent.uid)
+        .where(DataItemEvent.uid == page.c.uid, DataItemEvent.event == KEPT_EVENT)
+        .limit(1)
+        .lateral("kept")
+    )
+    worth = _worth_deciding(now, page, kept.c.uid.is_not(None))
+    return (
+        select(page.c.uid, page.c.oid, page.c.oid_expiration, page.c.due, worth.label("worth_deciding"))
+        .select_from(page.outerjoin(kept, true()))
+        .order_by(page.c.due, page.c.uid)
+    )
 
 
 async def run_once(
@@ -203,10 +213,12 @@ async def _expire_whole_items(
             continue
         try:
             async with session.begin_nested():
+                # PLASMA: what the item's phase is once every replica is gone, set in the same row
+                # version (refresh_oid_phase corrects it below for an item that keeps a replica).
                 await session.execute(
                     update(ITEMS)
                     .where(ITEMS.c.uid.in_(uids))
-                    .values(item_state=ItemState.DELETED, deleted=True, uid_deletion=func.now())
+                    .values(item_state=ItemState.DELETED, deleted=True, uid_deletion=func.now(), oid_phase=Phase.PLASMA)
                 )
                 if storage is not None:
                     async with await storage_backend(session, storage) as backend:
@@ -221,7 +233,17 @@ async def _expire_whole_items(
         report.deleted.extend(uids)
         gone.update(uids)
     if not report.dry_run:
-        await refresh_oid_phase(session, {row.oid for row in rows})
+        # An item none of whose replicas was spared is PLASMA now, on every row the statement above did
+        # not touch too (older deleted replicas); only the others need their phase worked out again.
+        spared = {row.oid for row in rows if row.uid not in gone}
+        finished = {row.oid for row in rows} - spared
+        if finished:
+            await session.execute(
+                update(ITEMS)
+                .where(ITEMS.c.oid.in_(sorted(finished)), ITEMS.c.oid_phase != Phase.PLASMA)
+                .values(oid_phase=Phase.PLASMA)
+            )
+        await refresh_oid_phase(session, spared)
 
 
 async def _expire_item(
