@@ -11,8 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dlm.db.models import MIGRATION_TALLY, REPLICA_TALLY
 from dlm.enums import ItemState, MigrationStatus, Phase
 
-# Concurrent folds are safe: a row another fold has deleted is skipped by this one's DELETE, and rows
-# added meanwhile (by transactions this one cannot see yet) are left for the next fold.
+# Rows added while a fold runs (by transactions it cannot see yet) are left for the next fold.
 FOLDS = [
     text(
         "WITH folded AS (DELETE FROM replica_tally RETURNING *) "
@@ -28,11 +27,17 @@ FOLDS = [
 ]
 
 
+# The advisory lock a fold holds for its transaction: one fold at a time across every DLM process.
+FOLD_LOCK = 0x54414C59  # "TALY"
+
+
 async def fold(session: AsyncSession) -> None:
-    """One row per key again. The engines' passes call this; reading is correct either way, only
-    slower the more rows have accumulated."""
-    for statement in FOLDS:
-        await session.execute(statement)
+    """One row per key again. The capacity pass and the metrics call this; reading is correct either
+    way, only slower the more rows have accumulated. When another process is folding, this one leaves
+    it to that one rather than queue behind its row locks."""
+    if await session.scalar(select(func.pg_try_advisory_xact_lock(FOLD_LOCK))):
+        for statement in FOLDS:
+            await session.execute(statement)
 
 
 async def held_by_storage(

@@ -120,3 +120,18 @@ async def test_phases_are_declared_in_the_order_of_their_weights(database_url: s
     finally:
         await connection.close()
     assert labels == [phase.value for phase in sorted(Phase, key=lambda phase: phase.weight)]
+
+
+async def test_a_fold_leaves_the_work_to_one_already_under_way(
+    registry: Registry, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    for index in range(3):
+        await registry.register(f"obs-{index}")
+    count_rows = text("SELECT count(*) FROM replica_tally")
+    async with transaction(sessionmaker, actor="first") as first:
+        await tally.fold(first)  # holds the fold lock until it commits
+        async with transaction(sessionmaker, actor="second") as second:
+            before = await second.scalar(count_rows)
+            await asyncio.wait_for(tally.fold(second), timeout=5)  # returns at once, folds nothing
+            assert await second.scalar(count_rows) == before
+            assert await tally.held_by_storage(second), "reading needs no fold"
