@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 
 import asyncpg
 import bench_db  # the benches' shared database helpers, beside this script
-from bench_server import Connection, bench_storage, dlm_serve, percentile
+from bench_server import Connection, bench_storage, dlm_serve, percentile, timed
 
 EXPIRED = 1000
 COLUMNS = ["uid", "oid", "item_name", "storage_id", "uri", "item_state", "uid_phase", "oid_phase", "item_size",
@@ -69,17 +69,6 @@ async def fill(url: str, rows: int, storage_id: uuid.UUID) -> list[tuple[uuid.UU
     finally:
         await connection.close()
     return sample
-
-
-async def timed(call: Callable[[], Awaitable[object]], count: int) -> list[float]:
-    for _ in range(min(50, count)):  # warm caches and prepared statements first
-        await call()
-    took = []
-    for _ in range(count):
-        started = time.perf_counter()
-        await call()
-        took.append((time.perf_counter() - started) * 1000)
-    return took
 
 
 async def run(options: argparse.Namespace) -> None:

@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlencode
@@ -130,6 +130,19 @@ async def bench_storage(base: str, work: str) -> uuid.UUID:
     await connection.close()
     assert status == 200, body
     return uuid.UUID(json.loads(body))
+
+
+async def timed(call: Callable[[], Awaitable[object]], count: int, *, warm: int = 50) -> list[float]:
+    """Milliseconds of each of ``count`` awaits of ``call``, after up to ``warm`` that warm caches and
+    prepared statements."""
+    for _ in range(min(warm, count)):
+        await call()
+    took = []
+    for _ in range(count):
+        started = time.perf_counter()
+        await call()
+        took.append((time.perf_counter() - started) * 1000)
+    return took
 
 
 def percentile(values: list[float], share: float) -> float:

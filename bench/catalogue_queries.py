@@ -17,13 +17,13 @@ import datetime
 import random
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
 import asyncpg
 import bench_db  # the benches' shared database helpers, beside this script
-from bench_server import Connection, dlm_serve, percentile
+from bench_server import Connection, dlm_serve, percentile, timed
 from make_catalogue import DEFAULT_ROOT
 from sqlalchemy.engine import make_url
 
@@ -91,17 +91,6 @@ def cases(sample: Sample, now: datetime.datetime) -> list[tuple[str, Callable[[]
     ]  # fmt: skip
 
 
-async def timed(call: Callable[[], Awaitable[object]], count: int) -> list[float]:
-    for _ in range(min(20, count)):  # warm caches and prepared statements first
-        await call()
-    took = []
-    for _ in range(count):
-        started = time.perf_counter()
-        await call()
-        took.append((time.perf_counter() - started) * 1000)
-    return took
-
-
 async def queries(url: str, requests: int) -> None:
     raw = await asyncpg.connect(bench_db.dsn(url))
     sample = Sample(
@@ -114,7 +103,7 @@ async def queries(url: str, requests: int) -> None:
     with dlm_serve(url, work) as (base, _):
         http = Connection(base)
         print(f"\n{'':34} {'DLM p50':>9} {'p99':>7} {'raw p50':>9} {'p99':>7} {'p99 ratio':>10}   (ms)")
-        floor = await timed(lambda: http.request("GET", "/health/live"), requests)
+        floor = await timed(lambda: http.request("GET", "/health/live"), requests, warm=20)
         print(f"{'GET /health/live (HTTP floor)':34} {percentile(floor, 0.5):9.2f} {percentile(floor, 0.99):7.2f}")
         for name, draw, statement in cases(sample, datetime.datetime.now(datetime.UTC)):
             prepared = await raw.prepare(statement)
@@ -128,8 +117,8 @@ async def queries(url: str, requests: int) -> None:
             async def direct() -> None:
                 await prepared.fetch(*draw()[1])
 
-            dlm_ms = await timed(through_dlm, count)
-            raw_ms = await timed(direct, count)
+            dlm_ms = await timed(through_dlm, count, warm=20)
+            raw_ms = await timed(direct, count, warm=20)
             print(
                 f"{name:34} {percentile(dlm_ms, 0.5):9.2f} {percentile(dlm_ms, 0.99):7.2f} "
                 f"{percentile(raw_ms, 0.5):9.2f} {percentile(raw_ms, 0.99):7.2f} "
@@ -137,7 +126,7 @@ async def queries(url: str, requests: int) -> None:
                 flush=True,
             )
         for target in ("/ui/overview", "/metrics"):
-            took = await timed(lambda: http.request("GET", target), max(10, requests // 50))  # noqa: B023
+            took = await timed(lambda: http.request("GET", target), max(10, requests // 50), warm=20)  # noqa: B023
             print(f"{'GET ' + target:34} {percentile(took, 0.5):9.2f} {percentile(took, 0.99):7.2f}", flush=True)
         await http.close()
     await raw.close()

@@ -77,32 +77,14 @@ def main() -> None:
 def download(
     options: argparse.Namespace, root: Path, big: Path, base: str, server: subprocess.Popen[bytes], static_port: int
 ) -> None:
-    post = f"curl -sf -X POST '{base}"
-    subprocess.run(
-        f"{post}/storage/init_location?location_name=bench&location_type=local-dev'",
-        shell=True,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    subprocess.run(
-        f"{post}/storage/init_storage?storage_name=bench&storage_type=filesystem&storage_interface=posix"
-        f"&root_directory={root}&location_name=bench'",
-        shell=True,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    subprocess.run(
-        f"{post}/ingest/register_data_item?item_name=big&uri=big.dat&storage_name=bench'",
-        shell=True,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    subprocess.run(
-        f"{post}/ingest/register_data_item?item_name=box&uri=box&item_type=container&storage_name=bench'",
-        shell=True,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    for target in (
+        "/storage/init_location?location_name=bench&location_type=local-dev",
+        "/storage/init_storage?storage_name=bench&storage_type=filesystem&storage_interface=posix"
+        f"&root_directory={root}&location_name=bench",
+        "/ingest/register_data_item?item_name=big&uri=big.dat&storage_name=bench",
+        "/ingest/register_data_item?item_name=box&uri=box&item_type=container&storage_name=bench",
+    ):
+        subprocess.run(f"curl -sf -X POST '{base}{target}'", shell=True, check=True, stdout=subprocess.DEVNULL)
     runs: dict[str, list[float]] = {}
     for _ in range(options.rounds):
         for name, command in (

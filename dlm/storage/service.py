@@ -576,10 +576,11 @@ async def storage_usage(session: AsyncSession, *, storage_name: str = "", storag
     storages = list(await session.scalars(query))
     held = await held_by_storage(session, [storage.storage_id for storage in storages])
     usage = []
+    disks = await file_system_usages(session, storages)
     for storage in storages:
         used_bytes, objects = held.get(storage.storage_id, (0, 0))
         capacity = storage.storage_capacity if storage.storage_capacity >= 0 else None
-        disk = await file_system_usage(session, storage)
+        disk = disks[storage.storage_id]
         usage.append(
             {
                 "storage_id": str(storage.storage_id),
