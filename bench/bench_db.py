@@ -50,11 +50,12 @@ async def drop_database(admin: str, url: str) -> None:
 
 def app_settings(url: str, **overrides: Any) -> Settings:
     """Settings for an app the bench drives in-process: open (no tokens), answering Litestar's test
-    client, storages anywhere under the temporary directory the bench works in."""
+    client, storages anywhere under the temporary directory the bench works in (DLM_BENCH_DIR, where
+    set: a file system of the bench's own, for instance)."""
     return Settings(
         database_url=url,
         allowed_hosts="testserver.local",
-        storage_roots=tempfile.gettempdir(),
+        storage_roots=os.environ.get("DLM_BENCH_DIR") or tempfile.gettempdir(),
         auth="none",
         **overrides,
     )

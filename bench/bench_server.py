@@ -108,6 +108,16 @@ class Connection:
             self.writer.close()
 
 
+async def call(http: Connection, method: str, path: str, body: object = None, **params: object) -> object:
+    """The decoded JSON answer of one API call; anything but a 200 ends the bench with what it said."""
+    status, answer = await http.request(
+        method, f"{path}?{urlencode(params)}", json.dumps(body).encode() if body else b""
+    )
+    if status != 200:
+        raise SystemExit(f"{path}: {status} {answer[:300]!r}")
+    return json.loads(answer)
+
+
 async def bench_storage(base: str, work: str) -> uuid.UUID:
     """A location and a POSIX storage, both named bench, in ``work``/store; returns the storage's id."""
     root = Path(work) / "store"

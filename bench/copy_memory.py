@@ -11,16 +11,14 @@ Goal (issue 16): under 200 MB whatever the size.
 
 import argparse
 import asyncio
-import json
 import os
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlencode
 
 import bench_db  # the benches' shared database helpers, beside this script
-from bench_server import Connection, dlm_serve, peak_rss_mib
+from bench_server import Connection, call, dlm_serve, peak_rss_mib
 from copy_throughput import S3
 
 MIB = 1024 * 1024
@@ -35,15 +33,6 @@ def resident_mib(pid: int) -> float:
 
 def reset_peak(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # 5: reset the peak resident set (VmHWM)
-
-
-async def call(http: Connection, method: str, path: str, body: object = None, **params: object) -> object:
-    status, answer = await http.request(
-        method, f"{path}?{urlencode(params)}", json.dumps(body).encode() if body else b""
-    )
-    if status != 200:
-        raise SystemExit(f"{path}: {status} {answer[:300]!r}")
-    return json.loads(answer)
 
 
 async def copy_all(http: Connection, uids: list[str], destination: str, pid: int) -> tuple[float, float, list[str]]:

@@ -33,10 +33,7 @@ from typing import Any
 
 import aioboto3
 import bench_db  # the benches' shared database helpers, beside this script
-from bench_server import free_port
-from litestar.testing import AsyncTestClient
-
-from dlm.app import create_app
+from bench_server import Connection, call, dlm_serve, free_port
 
 MIB = 1024 * 1024
 
@@ -118,69 +115,44 @@ class S3:
             self.server.wait(timeout=10)
 
 
-async def _post(client: AsyncTestClient, path: str, json: Any = None, **params: Any) -> Any:
-    response = await client.post(path, params=params, json=json)
-    if response.status_code != 200:
-        raise RuntimeError(f"{path}: {response.text}")
-    return response.json()
-
-
-async def dlm_copy(admin_url: str, source: Path, uri: str, kind: str, destination: str, s3: S3 | None) -> float:
-    """Seconds from copy_data_item to a verified READY replica."""
+async def dlm_copy(admin_url: str, work: Path, uri: str, kind: str, destination: str, s3: S3 | None) -> float:
+    """Seconds from copy_data_item to a verified READY replica, in a `dlm serve` of its own."""
     url = await bench_db.fresh_database(admin_url)
     try:
-        settings = bench_db.app_settings(url, migration_workers=1, migration_poll_seconds=0.05)
-        async with AsyncTestClient(create_app(settings), timeout=3600) as client:
-            await _post(client, "/storage/init_location", location_name="bench", location_type="local-dev")
-            common = {"location_name": "bench"}
-            await _post(
-                client,
-                "/storage/init_storage",
-                storage_name="source",
-                storage_type="filesystem",
-                storage_interface="posix",
-                root_directory=str(source),
-                **common,
-            )
+        settings = {"migration_workers": "1", "migration_poll_seconds": "0.05"}
+        with dlm_serve(url, str(work), **settings) as (base, _):
+            http = Connection(base)
+            await call(http, "POST", "/storage/init_location", location_name="bench", location_type="local-dev")
+            common = {"location_name": "bench", "storage_name": "destination", "root_directory": destination}
+            await call(
+                http, "POST", "/storage/init_storage", storage_name="source", storage_type="filesystem",
+                storage_interface="posix", root_directory=str(work / "source"), location_name="bench",
+            )  # fmt: skip
             if kind == "s3" and s3 is not None:
-                await _post(
-                    client,
-                    "/storage/init_storage",
-                    json=s3.config,
-                    storage_name="destination",
-                    storage_type="objectstore",
-                    storage_interface="s3",
-                    root_directory=destination,
-                    **common,
-                )
+                await call(
+                    http, "POST", "/storage/init_storage", s3.config, storage_type="objectstore",
+                    storage_interface="s3", **common,
+                )  # fmt: skip
             else:
-                await _post(
-                    client,
-                    "/storage/init_storage",
-                    storage_name="destination",
-                    storage_type="filesystem",
-                    storage_interface="posix",
-                    root_directory=destination,
+                await call(
+                    http, "POST", "/storage/init_storage", storage_type="filesystem", storage_interface="posix",
                     **common,
-                )
-            item_type = "container" if (source / uri).is_dir() else "file"
-            uid = await _post(
-                client,
-                "/ingest/register_data_item",
-                item_name="payload",
-                uri=uri,
-                storage_name="source",
+                )  # fmt: skip
+            item_type = "container" if (work / "source" / uri).is_dir() else "file"
+            uid = await call(
+                http, "POST", "/ingest/register_data_item", item_name="payload", uri=uri, storage_name="source",
                 item_type=item_type,
-            )
+            )  # fmt: skip
             started = time.perf_counter()
-            queued = await _post(client, "/migration/copy_data_item", uid=uid, destination_name="destination")
+            queued: Any = await call(http, "POST", "/migration/copy_data_item", uid=uid, destination_name="destination")
             while True:
-                response = await client.get("/migration/get_migration", params={"migration_id": queued["migration_id"]})
-                [row] = response.json()
+                rows: Any = await call(http, "GET", "/migration/get_migration", migration_id=queued["migration_id"])
+                row = rows[0]
                 if row["status"] not in ("PENDING", "RUNNING"):
                     break
                 await asyncio.sleep(0.02)
             elapsed = time.perf_counter() - started
+            await http.close()
             if row["status"] != "SUCCEEDED":
                 raise RuntimeError(f"DLM copy {row['status']}: {row['last_error']}")
             return elapsed
@@ -232,17 +204,21 @@ async def run_case(
         tools["rclone copy"] = rclone
 
     async def dlm(destination: str) -> float:
-        return await dlm_copy(admin_url, source, uri, kind, destination, s3)
+        return await dlm_copy(admin_url, scratch, uri, kind, destination, s3)
 
     tools["DLM copy_data_item"] = dlm
     results: dict[str, list[float]] = {name: [] for name in tools}
-    for _ in range(rounds):
-        for name, tool in tools.items():
-            destination = await fresh_destination()
-            try:
-                results[name].append(await tool(destination))
-            finally:
-                await clean(destination)
+    # Destinations are removed at the end, not after each tool: ext4 skips recently deleted inodes when
+    # it allocates new ones (minutes), so the tool after a removal of 10 k files would pay for it.
+    destinations = []
+    try:
+        for _ in range(rounds):
+            for name, tool in tools.items():
+                destinations.append(await fresh_destination())
+                results[name].append(await tool(destinations[-1]))
+    finally:
+        for destination in destinations:
+            await clean(destination)
     return {name: statistics.median(times) for name, times in results.items()}
 
 

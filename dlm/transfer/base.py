@@ -5,8 +5,9 @@ leave it. Reads and writes are streams of chunks, so memory stays bounded whatev
 and a write is atomic: until it returns, nothing is visible at the URI.
 """
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
 import msgspec
@@ -30,6 +31,14 @@ class Entry(msgspec.Struct, frozen=True):
     path: str
     size: int
     # POSIX permission bits, kept when copying to another POSIX storage; None on object stores.
+    mode: int | None = None
+
+
+class SmallFile(msgspec.Struct, frozen=True):
+    """A whole file held in memory, to be written with others in one batch."""
+
+    uri: str
+    content: bytes
     mode: int | None = None
 
 
@@ -98,6 +107,84 @@ class Backend(Protocol):
     async def check(self) -> None:
         """Raise the TransferError that says why the storage cannot be used; return if it can."""
         ...
+
+    # Many small files at once: a container of thousands of small files is bound by per-file costs
+    # (round trips, thread hops, fsyncs), which a backend may pay once per batch instead.
+
+    async def read_small(self, uris: list[str], limit: int) -> list[bytes]:
+        """The whole content of each file; a file over ``limit`` bytes is a TransferError (it grew)."""
+        ...
+
+    async def write_small(self, files: list[SmallFile]) -> None:
+        """Write each file as ``write`` would, atomically and never over an existing one; on failure,
+        none of them is left."""
+        ...
+
+    async def checksum_many(self, uris: list[str], method: ChecksumMethod) -> list[str]: ...
+
+
+# Files a backend without batch operations handles side by side in one batch.
+FILES_AT_ONCE = 8
+
+
+class OneAtATime:
+    """Batch operations for a backend that has none of its own: each file on its own, several at once."""
+
+    async def read_small(self: Backend, uris: list[str], limit: int) -> list[bytes]:
+        async def whole(uri: str) -> bytes:
+            content = b"".join([chunk async for chunk in self.read(uri)])
+            if len(content) > limit:
+                raise TransferError(f"{uri!r} grew to over {limit} bytes while it was being copied")
+            return content
+
+        return await _side_by_side(whole, uris)
+
+    async def write_small(self: Backend, files: list[SmallFile]) -> None:
+        written: list[str] = []
+
+        async def write(file: SmallFile) -> None:
+            await self.write(file.uri, _one_chunk(file.content), size_hint=len(file.content), mode=file.mode)
+            written.append(file.uri)
+
+        try:
+            await _side_by_side(write, files)
+        except BaseException:
+            for uri in written:
+                with contextlib.suppress(Exception):
+                    await self.delete(uri)
+            raise
+
+    async def checksum_many(self: Backend, uris: list[str], method: ChecksumMethod) -> list[str]:
+        return await _side_by_side(lambda uri: self.checksum(uri, method), uris)
+
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+async def _side_by_side(
+    function: Callable[[Item], Awaitable[Result]], items: list[Item], at_once: int = FILES_AT_ONCE
+) -> list[Result]:
+    """``function`` of each item, at most ``at_once`` running; results in the items' order. The first
+    failure is raised as itself, not as a group."""
+    results: list[Result] = [None] * len(items)  # type: ignore[list-item]
+    pending = iter(enumerate(items))
+
+    async def work() -> None:
+        for index, item in pending:
+            results[index] = await function(item)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(at_once, len(items))):
+                group.create_task(work())
+    except BaseExceptionGroup as exc:
+        raise exc.exceptions[0] from None
+    return results
+
+
+async def _one_chunk(content: bytes) -> AsyncIterator[bytes]:
+    yield content
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from dlm.enums import ChecksumMethod
 from dlm.transfer.base import (
     CHUNK_SIZE,
     Entry,
+    OneAtATime,
     PayloadExists,
     PayloadInfo,
     PayloadMissing,
@@ -71,7 +72,7 @@ def split_root(root_directory: str) -> tuple[str, str]:
     return bucket, f"{prefix.strip('/')}/" if prefix.strip("/") else ""
 
 
-class S3Backend:
+class S3Backend(OneAtATime):
     def __init__(self, root_directory: str, settings: S3Settings) -> None:
         self.bucket, self.prefix = split_root(root_directory)
         self.settings = settings
@@ -214,7 +215,9 @@ class S3Backend:
         upload_id: str | None = None
         parts: list[dict[str, Any]] = []
         with self._translated(uri):
-            await self._abort_stale_uploads(key)
+            if size_hint is None or size_hint >= part_size:
+                # A payload that fits in one part never starts a multipart upload, so has none to clear.
+                await self._abort_stale_uploads(key)
             try:
                 async for chunk in chunks:
                     written += len(chunk)

@@ -26,6 +26,7 @@ from dlm.enums import ChecksumMethod
 from dlm.transfer.base import (
     CHUNK_SIZE,
     Entry,
+    OneAtATime,
     PayloadExists,
     PayloadInfo,
     PayloadMissing,
@@ -93,7 +94,7 @@ class SftpSettings(msgspec.Struct, kw_only=True, frozen=True):
         return options
 
 
-class SftpBackend:
+class SftpBackend(OneAtATime):
     def __init__(self, root_directory: str, settings: SftpSettings) -> None:
         self.root = PurePosixPath(root_directory or ".")
         self.settings = settings

@@ -13,9 +13,11 @@ import pytest
 
 from dlm.checksum import new_hasher
 from dlm.enums import ChecksumMethod, StorageInterface
+from dlm.transfer import posix
 from dlm.transfer.backends import make_backend
-from dlm.transfer.base import ChecksumMismatch, StorageUnreachable
-from dlm.transfer.copy import copy_payload
+from dlm.transfer.base import ChecksumMismatch, PayloadExists, SmallFile, StorageUnreachable, TransferError
+from dlm.transfer.copy import BATCH_FILES, SMALL_FILE, copy_payload
+from dlm.transfer.posix import PARTIAL_SUFFIX, PosixBackend
 from tests.conftest import new_bucket
 
 
@@ -53,7 +55,13 @@ async def test_a_file_and_a_container_copy_in_every_direction(
     source_kind: str, destination_kind: str, tmp_path: Path, s3_config: dict[str, Any], request: Any
 ) -> None:
     payload = os.urandom(3 * 1024 * 1024 + 17)
-    members = {"a.txt": b"alpha", "sub/b.bin": os.urandom(70_000), "sub/deep/c": b""}
+    # Small members travel in batches, a member over SMALL_FILE streams on its own.
+    members = {
+        "a.txt": b"alpha",
+        "sub/b.bin": os.urandom(70_000),
+        "sub/deep/c": b"",
+        "sub/large.bin": os.urandom(SMALL_FILE + 1),
+    }
     async with (
         await open_backend(source_kind, tmp_path, s3_config, "source", request) as source,
         await open_backend(destination_kind, tmp_path, s3_config, "destination", request) as destination,
@@ -74,7 +82,7 @@ async def test_a_file_and_a_container_copy_in_every_direction(
         assert progress[0] == (0, len(payload)) and progress[-1] == (len(payload), len(payload))
 
         result = await copy_payload(source, "box", destination, "copied/box", method=ChecksumMethod.SHA256)
-        assert (result.files, result.bytes, result.checksum) == (3, sum(map(len, members.values())), None)
+        assert (result.files, result.bytes, result.checksum) == (4, sum(map(len, members.values())), None)
         assert await contents(destination, "copied/box") == members
 
 
@@ -114,6 +122,93 @@ async def test_a_destination_that_disappears_mid_copy_fails_transiently_and_leav
     assert raised.value.transient
     # The vanished volume is not recreated underneath its mount point.
     assert not destination_root.exists()
+
+
+def many_small_files(root: Path, count: int) -> dict[str, bytes]:
+    members = {f"d{index % 3}/f{index:05d}": os.urandom(index % 5000) for index in range(count)}
+    for path, content in members.items():
+        (root / "box" / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / "box" / path).write_bytes(content)
+        (root / "box" / path).chmod(0o640)
+    return members
+
+
+def without_linux_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a system without syncfs and renameat2: an fsync per file, and publishing by a hard link."""
+    monkeypatch.setattr(posix, "_SYNCFS", None)
+    monkeypatch.setattr(posix, "_RENAMEAT2", None)
+
+
+@pytest.mark.parametrize("linux", [True, False], ids=["syncfs-renameat2", "fsync-link"])
+async def test_a_container_of_many_small_files_copies_in_batches_with_their_permissions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, linux: bool
+) -> None:
+    """More files than one batch holds, made durable by one syncfs per batch or, where the system has
+    none, by an fsync of each file."""
+    if not linux:
+        without_linux_calls(monkeypatch)
+    (tmp_path / "destination").mkdir()
+    members = many_small_files(tmp_path, BATCH_FILES + 7)
+    async with PosixBackend(str(tmp_path)) as source, PosixBackend(str(tmp_path / "destination")) as destination:
+        result = await copy_payload(source, "box", destination, "copy/box")
+        assert (result.files, result.bytes) == (len(members), sum(map(len, members.values())))
+        assert await contents(destination, "copy/box") == members
+    copied = tmp_path / "destination" / "copy" / "box"
+    assert {path.stat().st_mode & 0o777 for path in copied.rglob("f*")} == {0o640}
+    assert not list(copied.rglob(f"*{PARTIAL_SUFFIX}"))
+
+
+@pytest.mark.parametrize("linux", [True, False], ids=["renameat2", "link"])
+async def test_a_batch_meeting_a_file_already_at_its_destination_leaves_none_of_its_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, linux: bool
+) -> None:
+    if not linux:
+        without_linux_calls(monkeypatch)
+    root = tmp_path / "root"
+    (root / "box").mkdir(parents=True)
+    (root / "box" / "f2").write_text("someone else's")
+    batch = [SmallFile(f"box/f{index}", b"new %d" % index) for index in range(5)]
+    async with PosixBackend(str(root)) as backend:
+        with pytest.raises(PayloadExists, match="box/f2"):
+            await backend.write_small(batch)
+    assert {path.name: path.read_text() for path in (root / "box").iterdir()} == {"f2": "someone else's"}
+
+
+async def test_a_member_that_grew_past_a_small_file_is_not_read_whole(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"0123456789")
+    async with PosixBackend(str(tmp_path)) as backend:
+        assert await backend.read_small(["f"], 10) == [b"0123456789"]
+        with pytest.raises(TransferError, match="grew"):
+            await backend.read_small(["f"], 9)
+
+
+class RottingPosix(PosixBackend):
+    """A destination that damages one file of each batch after writing it, as bad hardware might."""
+
+    async def write_small(self, files: list[SmallFile]) -> None:
+        await super().write_small(files)
+        damaged = self.local_path(files[-1].uri)
+        damaged.write_bytes(damaged.read_bytes() + b"!")
+
+
+async def test_a_batch_member_that_reads_back_wrong_fails_the_copy_and_leaves_nothing(tmp_path: Path) -> None:
+    (tmp_path / "destination").mkdir()
+    many_small_files(tmp_path, 20)
+    async with PosixBackend(str(tmp_path)) as source, RottingPosix(str(tmp_path / "destination")) as destination:
+        with pytest.raises(ChecksumMismatch, match="reads back"):
+            await copy_payload(source, "box", destination, "box")
+    assert list((tmp_path / "destination").iterdir()) == []
+
+
+async def test_a_container_copied_into_a_directory_swapped_for_a_link_writes_nothing_outside(tmp_path: Path) -> None:
+    (tmp_path / "destination").mkdir()
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "destination" / "box").symlink_to(tmp_path / "outside")
+    many_small_files(tmp_path, 20)
+    async with PosixBackend(str(tmp_path)) as source, PosixBackend(str(tmp_path / "destination")) as destination:
+        with pytest.raises(Exception, match="outside the storage root"):
+            await copy_payload(source, "box", destination, "box")
+    assert list((tmp_path / "outside").iterdir()) == []
 
 
 MEMORY_PROBE = textwrap.dedent(
