@@ -211,25 +211,29 @@ async def _expire_whole_items(
             report.deleted.extend(uids)
             gone.update(uids)
             continue
-        try:
-            async with session.begin_nested():
-                # PLASMA: what the item's phase is once every replica is gone, set in the same row
-                # version (refresh_oid_phase corrects it below for an item that keeps a replica).
-                await session.execute(
-                    update(ITEMS)
-                    .where(ITEMS.c.uid.in_(uids))
-                    .values(item_state=ItemState.DELETED, deleted=True, uid_deletion=func.now(), oid_phase=Phase.PLASMA)
-                )
-                if storage is not None:
-                    async with await storage_backend(session, storage) as backend:
-                        for row in group:
-                            if row.uri:
-                                await backend.delete(row.uri)
-        except (TransferError, DLMError) as exc:  # DLMError: a uri no storage should hold (the root itself)
-            for row in group:
-                report.deferred.append(Decision(row.uid, row.item_name, exc.message))
-            log.warning("expiry: %d replicas deferred: %s", len(group), exc.message)
-            continue
+        # Payloads first, in one batch; then the rows of those that went, in one statement. One that
+        # could not be deleted keeps its row as it was, deferred to the next pass.
+        failed: dict[str, str] = {}
+        if storage is not None:
+            try:
+                async with await storage_backend(session, storage) as backend:
+                    failed = await backend.delete_many([row.uri for row in group if row.uri])
+            except (TransferError, DLMError) as exc:  # the storage cannot be reached at all
+                failed = {row.uri: exc.message for row in group}
+        for row in group:
+            if row.uri in failed:
+                report.deferred.append(Decision(row.uid, row.item_name, failed[row.uri]))
+        if failed:
+            log.warning("expiry: %d replicas deferred: %s", len(failed), next(iter(failed.values())))
+        uids = [row.uid for row in group if row.uri not in failed]
+        if uids:
+            # PLASMA: what the item's phase is once every replica is gone, set in the same row version
+            # (refresh_oid_phase corrects it below for an item that keeps a replica).
+            await session.execute(
+                update(ITEMS)
+                .where(ITEMS.c.uid.in_(uids))
+                .values(item_state=ItemState.DELETED, deleted=True, uid_deletion=func.now(), oid_phase=Phase.PLASMA)
+            )
         report.deleted.extend(uids)
         gone.update(uids)
     if not report.dry_run:

@@ -13,6 +13,7 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 
 from dlm.enums import ChecksumMethod
+from dlm.errors import DLMError
 
 CHUNK_SIZE = 8 * 1024 * 1024
 
@@ -122,6 +123,11 @@ class Backend(Protocol):
 
     async def checksum_many(self, uris: list[str], method: ChecksumMethod) -> list[str]: ...
 
+    async def delete_many(self, uris: list[str]) -> dict[str, str]:
+        """Delete each payload as ``delete`` does; those that could not be deleted, uri → why (one that
+        was not there is no failure)."""
+        ...
+
 
 # Files a backend without batch operations handles side by side in one batch.
 FILES_AT_ONCE = 8
@@ -156,6 +162,18 @@ class OneAtATime:
 
     async def checksum_many(self: Backend, uris: list[str], method: ChecksumMethod) -> list[str]:
         return await _side_by_side(lambda uri: self.checksum(uri, method), uris)
+
+    async def delete_many(self: Backend, uris: list[str]) -> dict[str, str]:
+        failed: dict[str, str] = {}
+
+        async def delete(uri: str) -> None:
+            try:
+                await self.delete(uri)
+            except (TransferError, DLMError) as exc:
+                failed[uri] = exc.message
+
+        await _side_by_side(delete, uris)
+        return failed
 
 
 Item = TypeVar("Item")

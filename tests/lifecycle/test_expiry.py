@@ -89,6 +89,34 @@ async def test_an_expired_item_loses_every_replica(
     assert (await registry.item(uid))["oid_phase"] == "PLASMA"
 
 
+async def test_a_payload_that_cannot_be_deleted_keeps_its_row_and_holds_back_no_other(
+    registry: Registry, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    """Payloads are deleted in a batch per storage; one that fails is deferred on its own."""
+    victim = tmp_path / "victim"
+    victim.write_text("not DLM's")
+    uids = {name: await registry.register(name) for name in ("first", "planted", "last")}
+    for uid in uids.values():
+        oid = (await registry.item(uid))["oid"]
+        await registry.client.patch("/request/set_oid_expiration", params={"oid": oid, "expiration": PAST})
+    (registry.root / "planted").unlink()
+    (registry.root / "planted").symlink_to(victim)  # swapped for a link out of the storage
+
+    report = await expiry.run_once(sessionmaker, now=NOW)
+    assert {str(uid) for uid in report.deleted} == {uids["first"], uids["last"]}
+    [deferred] = report.deferred
+    assert str(deferred.uid) == uids["planted"] and "outside the storage root" in deferred.reason
+    assert victim.read_text() == "not DLM's"
+    assert (await registry.item(uids["planted"]))["item_state"] == "READY"
+    assert not (registry.root / "first").exists() and not (registry.root / "last").exists()
+
+    (registry.root / "planted").unlink()
+    registry.payload("planted")
+    again = await expiry.run_once(sessionmaker, now=NOW)
+    assert [str(uid) for uid in again.deleted] == [uids["planted"]] and not again.deferred
+    assert (await registry.item(uids["planted"]))["item_state"] == "DELETED"
+
+
 async def test_a_container_takes_its_members_with_it(
     registry: Registry, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
