@@ -5,15 +5,13 @@ leave it. Reads and writes are streams of chunks, so memory stays bounded whatev
 and a write is atomic: until it returns, nothing is visible at the URI.
 """
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
 import msgspec
 
 from dlm.enums import ChecksumMethod
-from dlm.errors import DLMError
 
 CHUNK_SIZE = 8 * 1024 * 1024
 
@@ -127,82 +125,6 @@ class Backend(Protocol):
         """Delete each payload as ``delete`` does; those that could not be deleted, uri → why (one that
         was not there is no failure)."""
         ...
-
-
-# Files a backend without batch operations handles side by side in one batch.
-FILES_AT_ONCE = 8
-
-
-class OneAtATime:
-    """Batch operations for a backend that has none of its own: each file on its own, several at once."""
-
-    async def read_small(self: Backend, uris: list[str], limit: int) -> list[bytes]:
-        async def whole(uri: str) -> bytes:
-            content = b"".join([chunk async for chunk in self.read(uri)])
-            if len(content) > limit:
-                raise TransferError(f"{uri!r} grew to over {limit} bytes while it was being copied")
-            return content
-
-        return await _side_by_side(whole, uris)
-
-    async def write_small(self: Backend, files: list[SmallFile]) -> None:
-        written: list[str] = []
-
-        async def write(file: SmallFile) -> None:
-            await self.write(file.uri, _one_chunk(file.content), size_hint=len(file.content), mode=file.mode)
-            written.append(file.uri)
-
-        try:
-            await _side_by_side(write, files)
-        except BaseException:
-            for uri in written:
-                with contextlib.suppress(Exception):
-                    await self.delete(uri)
-            raise
-
-    async def checksum_many(self: Backend, uris: list[str], method: ChecksumMethod) -> list[str]:
-        return await _side_by_side(lambda uri: self.checksum(uri, method), uris)
-
-    async def delete_many(self: Backend, uris: list[str]) -> dict[str, str]:
-        failed: dict[str, str] = {}
-
-        async def delete(uri: str) -> None:
-            try:
-                await self.delete(uri)
-            except (TransferError, DLMError) as exc:
-                failed[uri] = exc.message
-
-        await _side_by_side(delete, uris)
-        return failed
-
-
-Item = TypeVar("Item")
-Result = TypeVar("Result")
-
-
-async def _side_by_side(
-    function: Callable[[Item], Awaitable[Result]], items: list[Item], at_once: int = FILES_AT_ONCE
-) -> list[Result]:
-    """``function`` of each item, at most ``at_once`` running; results in the items' order. The first
-    failure is raised as itself, not as a group."""
-    results: list[Result] = [None] * len(items)  # type: ignore[list-item]
-    pending = iter(enumerate(items))
-
-    async def work() -> None:
-        for index, item in pending:
-            results[index] = await function(item)
-
-    try:
-        async with asyncio.TaskGroup() as group:
-            for _ in range(min(at_once, len(items))):
-                group.create_task(work())
-    except BaseExceptionGroup as exc:
-        raise exc.exceptions[0] from None
-    return results
-
-
-async def _one_chunk(content: bytes) -> AsyncIterator[bytes]:
-    yield content
 
 
 @contextlib.contextmanager

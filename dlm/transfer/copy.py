@@ -17,7 +17,8 @@ import msgspec
 
 from dlm.checksum import new_hasher
 from dlm.enums import ChecksumMethod
-from dlm.transfer.base import FILES_AT_ONCE, Backend, ChecksumMismatch, Entry, SmallFile, TransferError
+from dlm.transfer.base import Backend, ChecksumMismatch, Entry, SmallFile, TransferError
+from dlm.transfer.batches import FILES_AT_ONCE
 
 Progress = Callable[[int, int], Awaitable[None]]
 # A member of a container up to this size is copied in a batch with others.
@@ -129,10 +130,21 @@ async def copy_payload(
         contents = await source.read_small([member_uri(source_uri, entry) for entry in batch], SMALL_FILE)
         sent = await asyncio.to_thread(_checksums, contents, method)
         targets = [member_uri(destination_uri, entry) for entry in batch]
-        await destination.write_small(
-            [SmallFile(target, content, entry.mode) for target, content, entry in zip(targets, contents, batch)]
+        writing = asyncio.ensure_future(
+            destination.write_small(
+                [SmallFile(target, content, entry.mode) for target, content, entry in zip(targets, contents, batch)]
+            )
         )
-        written.extend(targets)
+        try:
+            await asyncio.shield(writing)
+        finally:
+            if not writing.done():
+                # Cancelled meanwhile: a thread cannot be stopped half-way, so the batch is let finish
+                # (it is small) and its files are then removed with the rest of what the copy wrote.
+                with contextlib.suppress(BaseException):
+                    await writing
+            if writing.done() and not writing.cancelled() and writing.exception() is None:
+                written.extend(targets)
         size = sum(map(len, contents))
         del contents
         done += size

@@ -187,6 +187,10 @@ class PosixBackend:
                 if stream is None:
                     await asyncio.to_thread(prepare)
                     stream = await aiofiles.open(partial, "wb", opener=_create_partial)
+                    if size_hint:
+                        # As rclone does: the file's blocks reserved at once make the writes that follow
+                        # several times faster on ext4, and a full disk is known before a byte is sent.
+                        await asyncio.to_thread(_reserve, stream.fileno(), size_hint)
                     for early in buffered:
                         await stream.write(early)
                     buffered.clear()
@@ -195,6 +199,8 @@ class PosixBackend:
                 await asyncio.to_thread(lambda: (write_small(), publish()))
             else:
                 await stream.flush()
+                if size_hint and written < size_hint:  # the source shrank: no reserved tail stays behind
+                    await asyncio.to_thread(os.ftruncate, stream.fileno(), written)
                 await asyncio.to_thread(os.fsync, stream.fileno())
                 await stream.close()
                 await asyncio.to_thread(publish)
@@ -470,6 +476,9 @@ def _libc_function(name: str) -> Callable[..., int] | None:
 
 
 _SYNCFS = _libc_function("syncfs")
+_FALLOCATE = _libc_function("fallocate")
+if _FALLOCATE is not None:
+    _FALLOCATE.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]  # type: ignore[attr-defined]
 _RENAMEAT2 = _libc_function("renameat2")
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
@@ -503,6 +512,16 @@ def _remove_quietly(path: str | Path) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def _reserve(descriptor: int, size: int) -> None:
+    """Allocate ``size`` bytes of blocks to the file (Linux fallocate, which fails rather than emulate
+    it where a file system cannot; then nothing is reserved). A disk too full for it is an error now."""
+    if _FALLOCATE is None or _FALLOCATE(descriptor, 0, 0, size) == 0:
+        return
+    error = ctypes.get_errno()
+    if error in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        raise OSError(error, os.strerror(error))
 
 
 def _flush_file_system(root: int, paths: list[str]) -> None:

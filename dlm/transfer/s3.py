@@ -22,7 +22,6 @@ from dlm.enums import ChecksumMethod
 from dlm.transfer.base import (
     CHUNK_SIZE,
     Entry,
-    OneAtATime,
     PayloadExists,
     PayloadInfo,
     PayloadMissing,
@@ -32,6 +31,7 @@ from dlm.transfer.base import (
     from_rclone,
     translated,
 )
+from dlm.transfer.batches import OneAtATime
 from dlm.transfer.paths import check_relative_uri
 
 # S3 refuses parts under 5 MiB (except the last) and uploads of more than 10,000 parts.

@@ -26,7 +26,6 @@ from dlm.enums import ChecksumMethod
 from dlm.transfer.base import (
     CHUNK_SIZE,
     Entry,
-    OneAtATime,
     PayloadExists,
     PayloadInfo,
     PayloadMissing,
@@ -36,6 +35,7 @@ from dlm.transfer.base import (
     from_rclone,
     translated,
 )
+from dlm.transfer.batches import OneAtATime
 from dlm.transfer.obscured import reveal
 from dlm.transfer.paths import check_relative_uri
 from dlm.transfer.posix import PARTIAL_SUFFIX

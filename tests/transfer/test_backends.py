@@ -125,6 +125,19 @@ async def test_posix_write_is_atomic_and_keeps_permissions(tmp_path: Path) -> No
         assert [path.name for path in root.iterdir()] == ["f"]
 
 
+@pytest.mark.parametrize("announced", [3, 2, 1], ids=["larger", "exact", "smaller"])
+async def test_posix_reserves_the_announced_size_and_keeps_only_what_was_written(
+    tmp_path: Path, announced: int
+) -> None:
+    """A streamed write reserves ``size_hint`` bytes up front; a source that turns out shorter (or
+    longer) than announced leaves exactly its own bytes."""
+    content = os.urandom(2 * 1024 * 1024 + 5)
+    async with make_backend(StorageInterface.POSIX, str(tmp_path), None) as posix:
+        await posix.write("f", chunks_of(content[:1_000_000], content[1_000_000:]), size_hint=announced * 1024 * 1024)
+    assert (tmp_path / "f").read_bytes() == content
+    assert os.stat(tmp_path / "f").st_blocks * 512 < len(content) + 1024 * 1024, "no reserved tail left"
+
+
 async def test_s3_large_payloads_go_up_in_parts(s3_bucket: str, s3_config: dict[str, Any]) -> None:
     settings = S3Settings.from_rclone({**s3_config, "part_size": str(MIN_PART_SIZE)})
     part = os.urandom(1024 * 1024)

@@ -1,10 +1,13 @@
 """Verified copies in every direction between POSIX, S3 and SFTP, containers, failures, and bounded
 memory."""
 
+import asyncio
 import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -198,6 +201,33 @@ async def test_a_batch_member_that_reads_back_wrong_fails_the_copy_and_leaves_no
         with pytest.raises(ChecksumMismatch, match="reads back"):
             await copy_payload(source, "box", destination, "box")
     assert list((tmp_path / "destination").iterdir()) == []
+
+
+class SlowPosix(PosixBackend):
+    """A destination whose batch writes take a while, saying when one has started."""
+
+    started, finished = threading.Event(), threading.Event()
+
+    def _write_small(self, files: list[SmallFile]) -> None:
+        self.started.set()
+        time.sleep(0.3)
+        try:
+            super()._write_small(files)
+        finally:
+            self.finished.set()
+
+
+async def test_a_copy_cancelled_while_a_batch_is_being_written_leaves_nothing(tmp_path: Path) -> None:
+    (tmp_path / "destination").mkdir()
+    many_small_files(tmp_path, 50)
+    async with PosixBackend(str(tmp_path)) as source, SlowPosix(str(tmp_path / "destination")) as destination:
+        copying = asyncio.create_task(copy_payload(source, "box", destination, "box"))
+        await asyncio.to_thread(SlowPosix.started.wait, 10)
+        copying.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await copying
+    assert await asyncio.to_thread(SlowPosix.finished.wait, 10)
+    assert list((tmp_path / "destination").iterdir()) == [], "the batch the thread finished was removed"
 
 
 async def test_a_container_copied_into_a_directory_swapped_for_a_link_writes_nothing_outside(tmp_path: Path) -> None:
