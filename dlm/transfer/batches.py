@@ -26,25 +26,32 @@ class OneAtATime:
                 raise TransferError(f"{uri!r} grew to over {limit} bytes while it was being copied")
             return content
 
-        return await _side_by_side(whole, uris)
+        return await side_by_side(whole, uris)
 
     async def write_small(self: Backend, files: list[SmallFile]) -> None:
         written: list[str] = []
+        refused: list[TransferError | DLMError] = []
 
         async def write(file: SmallFile) -> None:
-            await self.write(file.uri, _one_chunk(file.content), size_hint=len(file.content), mode=file.mode)
+            try:
+                await self.write(file.uri, _one_chunk(file.content), size_hint=len(file.content), mode=file.mode)
+            except (TransferError, DLMError) as exc:
+                refused.append(exc)  # the others finish rather than being cut short mid-publish
+                return
             written.append(file.uri)
 
         try:
-            await _side_by_side(write, files)
-        except BaseException:
-            for uri in written:
-                with contextlib.suppress(Exception):
-                    await self.delete(uri)
-            raise
+            await side_by_side(write, files)
+        finally:
+            if refused or len(written) < len(files):
+                for uri in written:
+                    with contextlib.suppress(Exception):
+                        await self.delete(uri)
+        if refused:
+            raise refused[0]
 
     async def checksum_many(self: Backend, uris: list[str], method: ChecksumMethod) -> list[str]:
-        return await _side_by_side(lambda uri: self.checksum(uri, method), uris)
+        return await side_by_side(lambda uri: self.checksum(uri, method), uris)
 
     async def delete_many(self: Backend, uris: list[str]) -> dict[str, str]:
         failed: dict[str, str] = {}
@@ -55,7 +62,7 @@ class OneAtATime:
             except (TransferError, DLMError) as exc:
                 failed[uri] = exc.message
 
-        await _side_by_side(delete, uris)
+        await side_by_side(delete, uris)
         return failed
 
 
@@ -63,7 +70,7 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
-async def _side_by_side(
+async def side_by_side(
     function: Callable[[Item], Awaitable[Result]], items: list[Item], at_once: int = FILES_AT_ONCE
 ) -> list[Result]:
     """``function`` of each item, at most ``at_once`` running; results in the items' order. The first

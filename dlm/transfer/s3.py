@@ -8,6 +8,7 @@ config in rclone's remote format (``endpoint``, ``access_key_id``, ``secret_acce
 
 import contextlib
 import math
+import os
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
@@ -25,13 +26,14 @@ from dlm.transfer.base import (
     PayloadExists,
     PayloadInfo,
     PayloadMissing,
+    SmallFile,
     StorageRefused,
     StorageUnreachable,
     TransferError,
     from_rclone,
     translated,
 )
-from dlm.transfer.batches import OneAtATime
+from dlm.transfer.batches import OneAtATime, side_by_side
 from dlm.transfer.paths import check_relative_uri
 
 # S3 refuses parts under 5 MiB (except the last) and uploads of more than 10,000 parts.
@@ -44,6 +46,8 @@ _MISSING = {"404", "NoSuchKey", "NotFound"}
 # A conditional write (If-None-Match: *) found an object at the key: someone else's, never replaced.
 _TAKEN = {"412", "PreconditionFailed", "ConditionalRequestConflict"}
 _LIBRARY_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, aiohttp.ClientError, OSError)
+# A batch lists the directory it goes to unless that holds this many objects per file of the batch.
+_LISTING_PER_FILE = 10
 _TRANSIENT = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
 
 
@@ -246,6 +250,42 @@ class S3Backend(OneAtATime):
                         await self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
                 raise
         return written
+
+    async def write_small(self, files: list[SmallFile]) -> None:
+        """As rclone does: what is at the batch's keys already is found by listing the directory they
+        share (a request per thousand keys), not by a HEAD per file; each then goes up in one conditional
+        PUT. Where that directory holds much more than the batch, each file is written on its own."""
+        keys = {self.key(file.uri): file for file in files}
+        directory = os.path.commonprefix(list(keys)).rpartition("/")[0]
+        existing: set[str] = set()
+        with self._translated(files[0].uri):
+            listed = 0
+            async for entry in self._list(f"{directory}/" if directory else ""):
+                listed += 1
+                if listed > _LISTING_PER_FILE * len(keys):
+                    return await super().write_small(files)
+                if entry["Key"] in keys:
+                    existing.add(entry["Key"])
+        if existing:
+            uri = keys[min(existing)].uri
+            raise PayloadExists(f"{uri!r} exists already; DLM never overwrites a payload")
+        written: list[str] = []
+
+        async def put(file: SmallFile) -> None:
+            with self._translated(file.uri):
+                await self._client.put_object(
+                    Bucket=self.bucket, Key=self.key(file.uri), Body=file.content, IfNoneMatch="*"
+                )
+            written.append(file.uri)
+
+        try:
+            await side_by_side(put, files)
+        except BaseException:
+            for uri in written:
+                with contextlib.suppress(Exception):
+                    await self.delete(uri)
+            raise
+        return None
 
     async def _upload_part(self, key: str, upload_id: str, parts: list[dict[str, Any]], body: bytearray) -> None:
         number = len(parts) + 1

@@ -11,8 +11,9 @@ import pytest
 from dlm.checksum import new_hasher
 from dlm.enums import ChecksumMethod, StorageInterface
 from dlm.errors import InvalidQueryParameters
+from dlm.transfer import s3 as s3_module
 from dlm.transfer.backends import make_backend
-from dlm.transfer.base import PayloadExists, PayloadMissing, StorageRefused
+from dlm.transfer.base import PayloadExists, PayloadMissing, SmallFile, StorageRefused
 from dlm.transfer.s3 import MIN_PART_SIZE, S3Backend, S3Settings
 from tests.conftest import new_bucket
 
@@ -169,6 +170,24 @@ async def test_a_write_never_replaces_what_is_at_the_uri(backend: Any) -> None:
         await backend.write("taken", chunks_of(b"ours"))
     assert not raised.value.transient
     assert await read_all(backend, "taken") == b"someone else's"
+
+
+@pytest.mark.parametrize("s3_listing", [True, False], ids=["listed", "one-by-one"])
+async def test_a_batch_never_replaces_what_is_at_a_uri_and_leaves_none_of_its_files(
+    backend: Any, s3_listing: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On S3 a batch looks for what is there by listing, unless the listing would be long (then as every
+    other backend without a batch write of its own: file by file)."""
+    if not s3_listing:
+        monkeypatch.setattr(s3_module, "_LISTING_PER_FILE", 0)
+    await backend.write("box/f2", chunks_of(b"someone else's"))
+    with pytest.raises(PayloadExists, match="box/f2"):
+        await backend.write_small([SmallFile(f"box/f{index}", b"ours") for index in range(5)])
+    assert [entry.path async for entry in backend.walk("box")] == ["f2"]
+    assert await read_all(backend, "box/f2") == b"someone else's"
+    await backend.write_small([SmallFile(f"box/g{index}", b"g%d" % index) for index in range(5)])
+    assert {entry.path async for entry in backend.walk("box")} == {"f2", "g0", "g1", "g2", "g3", "g4"}
+    assert await read_all(backend, "box/g3") == b"g3"
 
 
 async def test_s3_a_racing_writer_loses_rather_than_overwrites(s3_bucket: str, s3_config: dict[str, Any]) -> None:
