@@ -246,7 +246,9 @@ class PosixBackend:
         made: list[tuple[str, str, str]] = []  # uri, partial, target
         published: list[str] = []
         directories: set[Path] = set()
-        batch = f"{files[0].uri!r} and {len(files) - 1} more" if len(files) > 1 else files[0].uri
+        if not files:
+            return
+        batch = f"{files[0].uri} and {len(files) - 1} more" if len(files) > 1 else files[0].uri
         try:
             with self._errors_named(batch):
                 # Opened before writing: syncfs reports write-back errors since the descriptor was opened.

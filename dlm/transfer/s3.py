@@ -255,6 +255,8 @@ class S3Backend(OneAtATime):
         """As rclone does: what is at the batch's keys already is found by listing the directory they
         share (a request per thousand keys), not by a HEAD per file; each then goes up in one conditional
         PUT. Where that directory holds much more than the batch, each file is written on its own."""
+        if not files:
+            return None
         keys = {self.key(file.uri): file for file in files}
         directory = os.path.commonprefix(list(keys)).rpartition("/")[0]
         existing: set[str] = set()
