@@ -114,9 +114,10 @@ class Backend(Protocol):
         """The whole content of each file; a file over ``limit`` bytes is a TransferError (it grew)."""
         ...
 
-    async def write_small(self, files: list[SmallFile]) -> None:
+    async def write_small(self, files: list[SmallFile]) -> bool:
         """Write each file as ``write`` would, atomically and never over an existing one; on failure,
-        none of them is left."""
+        none of them is left. True when the storage itself confirmed that it stored each file's bytes
+        (a digest it computed over what it stored equals one of the bytes sent): no read-back needed."""
         ...
 
     async def checksum_many(self, uris: list[str], method: ChecksumMethod) -> list[str]: ...

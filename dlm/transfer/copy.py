@@ -4,7 +4,8 @@ Bytes stream from the source through a checksum into the destination's atomic wr
 time. The small files of a container travel in batches instead: read whole, checksummed, written and
 made durable together (a container of thousands of small files is bound by per-file costs, not bytes).
 Each file is then read back from the destination and its checksum compared with the one computed from
-the bytes that left the source. Any failure removes what the copy wrote at the destination URI, and
+the bytes that left the source (unless the storage confirmed each file's bytes itself: S3 answers a PUT
+with the MD5 of what it stored). Any failure removes what the copy wrote at the destination URI, and
 only that.
 """
 
@@ -145,13 +146,15 @@ async def copy_payload(
                     await writing
             if writing.done() and not writing.cancelled() and writing.exception() is None:
                 written.extend(targets)
+        confirmed = writing.result()
         size = sum(map(len, contents))
         del contents
         done += size
         await throttle.account(size)
         if on_progress:
             await on_progress(done, total)
-        read_back = await destination.checksum_many(targets, method)
+        # What the storage confirmed it stored (S3: the MD5 ETag of each PUT) needs no reading back.
+        read_back = sent if confirmed else await destination.checksum_many(targets, method)
         for entry, target, checksum, found in zip(batch, targets, sent, read_back):
             if found != checksum:
                 raise ChecksumMismatch(

@@ -235,11 +235,13 @@ class PosixBackend:
 
         return await asyncio.to_thread(read_all)
 
-    async def write_small(self, files: list[SmallFile]) -> None:
+    async def write_small(self, files: list[SmallFile]) -> bool:
         """The batch in one thread hop: every file to its partial, one flush of the file system for all of
         them (syncfs: far cheaper than an fsync per file, and as durable), then each published as
-        ``write`` publishes, and each directory synced once."""
+        ``write`` publishes, and each directory synced once. A file system confirms nothing: the copy
+        reads the files back."""
         await asyncio.to_thread(self._write_small, files)
+        return False
 
     def _write_small(self, files: list[SmallFile]) -> None:
         resolver = self.resolver()

@@ -7,6 +7,7 @@ config in rclone's remote format (``endpoint``, ``access_key_id``, ``secret_acce
 """
 
 import contextlib
+import hashlib
 import math
 import os
 from collections.abc import AsyncIterable, AsyncIterator
@@ -22,6 +23,7 @@ from dlm.checksum import new_hasher
 from dlm.enums import ChecksumMethod
 from dlm.transfer.base import (
     CHUNK_SIZE,
+    ChecksumMismatch,
     Entry,
     PayloadExists,
     PayloadInfo,
@@ -46,6 +48,8 @@ _MISSING = {"404", "NoSuchKey", "NotFound"}
 # A conditional write (If-None-Match: *) found an object at the key: someone else's, never replaced.
 _TAKEN = {"412", "PreconditionFailed", "ConditionalRequestConflict"}
 _LIBRARY_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, aiohttp.ClientError, OSError)
+
+
 # A batch lists the directory it goes to unless that holds this many objects per file of the batch.
 _LISTING_PER_FILE = 10
 _TRANSIENT = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
@@ -251,12 +255,13 @@ class S3Backend(OneAtATime):
                 raise
         return written
 
-    async def write_small(self, files: list[SmallFile]) -> None:
+    async def write_small(self, files: list[SmallFile]) -> bool:
         """As rclone does: what is at the batch's keys already is found by listing the directory they
         share (a request per thousand keys), not by a HEAD per file; each then goes up in one conditional
-        PUT. Where that directory holds much more than the batch, each file is written on its own."""
+        PUT, whose ETag (S3's MD5 of what it stored) must be the MD5 of the bytes sent. Where that
+        directory holds much more than the batch, each file is written on its own."""
         if not files:
-            return None
+            return True
         keys = {self.key(file.uri): file for file in files}
         directory = os.path.commonprefix(list(keys)).rpartition("/")[0]
         existing: set[str] = set()
@@ -272,22 +277,36 @@ class S3Backend(OneAtATime):
             uri = keys[min(existing)].uri
             raise PayloadExists(f"{uri!r} exists already; DLM never overwrites a payload")
         written: list[str] = []
+        refused: list[TransferError] = []
+        confirmed = True
 
         async def put(file: SmallFile) -> None:
-            with self._translated(file.uri):
-                await self._client.put_object(
-                    Bucket=self.bucket, Key=self.key(file.uri), Body=file.content, IfNoneMatch="*"
-                )
+            nonlocal confirmed
+            try:
+                with self._translated(file.uri):
+                    response = await self._client.put_object(
+                        Bucket=self.bucket, Key=self.key(file.uri), Body=file.content, IfNoneMatch="*"
+                    )
+            except TransferError as exc:
+                refused.append(exc)  # the others finish rather than being cut short mid-request
+                return
             written.append(file.uri)
+            stored = _stored_md5(response)
+            if stored is None:
+                confirmed = False
+            elif stored != hashlib.md5(file.content, usedforsecurity=False).hexdigest():
+                refused.append(ChecksumMismatch(f"{file.uri!r}: S3 stored bytes whose MD5 is {stored}, not those sent"))
 
         try:
             await side_by_side(put, files)
-        except BaseException:
-            for uri in written:
-                with contextlib.suppress(Exception):
-                    await self.delete(uri)
-            raise
-        return None
+        finally:
+            if refused or len(written) < len(files):
+                for uri in written:
+                    with contextlib.suppress(Exception):
+                        await self.delete(uri)
+        if refused:
+            raise refused[0]
+        return confirmed
 
     async def _upload_part(self, key: str, upload_id: str, parts: list[dict[str, Any]], body: bytearray) -> None:
         number = len(parts) + 1
@@ -364,3 +383,12 @@ class S3Backend(OneAtATime):
         async for chunk in self.read(uri):
             hasher.update(chunk)
         return hasher.hexdigest()
+
+
+def _stored_md5(response: dict[str, Any]) -> str | None:
+    """The MD5 of the bytes S3 stored, from a single PUT's ETag; None where the ETag is not one (objects
+    encrypted with KMS or a customer key)."""
+    if response.get("SSECustomerAlgorithm") or str(response.get("ServerSideEncryption", "")).startswith("aws:kms"):
+        return None
+    etag = str(response.get("ETag", "")).strip('"')
+    return etag if len(etag) == 32 and "-" not in etag else None

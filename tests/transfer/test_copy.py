@@ -17,10 +17,12 @@ import pytest
 from dlm.checksum import new_hasher
 from dlm.enums import ChecksumMethod, StorageInterface
 from dlm.transfer import posix
+from dlm.transfer import s3 as s3_module
 from dlm.transfer.backends import make_backend
 from dlm.transfer.base import ChecksumMismatch, PayloadExists, SmallFile, StorageUnreachable, TransferError
 from dlm.transfer.copy import BATCH_FILES, SMALL_FILE, copy_payload
 from dlm.transfer.posix import PARTIAL_SUFFIX, PosixBackend
+from dlm.transfer.s3 import S3Backend, S3Settings
 from tests.conftest import new_bucket
 
 
@@ -239,6 +241,43 @@ async def test_a_container_copied_into_a_directory_swapped_for_a_link_writes_not
         with pytest.raises(Exception, match="outside the storage root"):
             await copy_payload(source, "box", destination, "box")
     assert list((tmp_path / "outside").iterdir()) == []
+
+
+class CountingS3(S3Backend):
+    read_back = 0
+
+    async def checksum_many(self, uris: list[str], method: ChecksumMethod) -> list[str]:
+        self.read_back += len(uris)
+        return await super().checksum_many(uris, method)
+
+
+async def test_small_files_to_s3_are_confirmed_by_their_etags_not_read_back(
+    tmp_path: Path, s3_config: dict[str, Any]
+) -> None:
+    members = many_small_files(tmp_path, 30)
+    bucket = await new_bucket(s3_config)
+    async with (
+        PosixBackend(str(tmp_path)) as source,
+        CountingS3(bucket, S3Settings.from_rclone(s3_config)) as destination,
+    ):
+        result = await copy_payload(source, "box", destination, "box")
+        assert result.files == len(members) and destination.read_back == 0
+        assert await contents(destination, "box") == members
+
+
+async def test_an_etag_that_is_not_the_md5_of_what_was_sent_fails_the_copy_and_leaves_nothing(
+    tmp_path: Path, s3_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(s3_module, "_stored_md5", lambda response: "0" * 32)  # as if bytes changed in transit
+    many_small_files(tmp_path, 5)
+    bucket = await new_bucket(s3_config)
+    async with (
+        PosixBackend(str(tmp_path)) as source,
+        S3Backend(bucket, S3Settings.from_rclone(s3_config)) as destination,
+    ):
+        with pytest.raises(ChecksumMismatch, match="MD5"):
+            await copy_payload(source, "box", destination, "box")
+        assert [entry async for entry in destination.walk()] == []
 
 
 MEMORY_PROBE = textwrap.dedent(
