@@ -6,7 +6,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -41,8 +41,10 @@ from dlm.transfer.backends import Place, make_backend, place_of
 from dlm.transfer.base import TransferError
 from dlm.transfer.paths import check_deletable_uri
 from dlm.transfer.posix import PosixBackend
-from dlm.transfer.s3 import S3Backend
-from dlm.transfer.sftp import SftpBackend
+
+if TYPE_CHECKING:
+    from dlm.transfer.s3 import S3Backend
+    from dlm.transfer.sftp import SftpBackend
 
 MAX_ROWS = 1000
 
@@ -479,7 +481,7 @@ def ssh_public_key(key_file: str | None) -> str:
         raise NotFound(f"the SSH public key {key_file!r} cannot be read: {exc.strerror}") from None
 
 
-async def storage_backend(session: AsyncSession, storage: Storage) -> PosixBackend | S3Backend | SftpBackend:
+async def storage_backend(session: AsyncSession, storage: Storage) -> "PosixBackend | S3Backend | SftpBackend":
     """The backend that reaches this storage's payloads, as an async context manager. A local root is
     checked against the process's confinement each time (defence in depth: a row written by an older
     DLM, or a storage still waiting for its config, is never reached outside the allowed roots)."""

@@ -9,7 +9,7 @@ mostly agree, with two shapes SKA-DLM deployments use:
 """
 
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -17,8 +17,11 @@ import msgspec
 from dlm.enums import StorageInterface
 from dlm.errors import InvalidQueryParameters, UnmetPreconditionForOperation
 from dlm.transfer.posix import PosixBackend
-from dlm.transfer.s3 import S3Backend, S3Settings, split_root
-from dlm.transfer.sftp import SftpBackend, SftpSettings
+from dlm.transfer.remotes import S3Settings, SftpSettings, split_root
+
+if TYPE_CHECKING:
+    from dlm.transfer.s3 import S3Backend
+    from dlm.transfer.sftp import SftpBackend
 
 
 class Place(msgspec.Struct, frozen=True):
@@ -95,7 +98,7 @@ def sftp_settings(flat: dict[str, Any]) -> SftpSettings:
 
 def make_backend(
     interface: StorageInterface, root_directory: str, config: dict[str, Any] | None, name: str = ""
-) -> PosixBackend | S3Backend | SftpBackend:
+) -> "PosixBackend | S3Backend | SftpBackend":
     """The backend for a storage, as an async context manager (``async with make_backend(...) as b``).
     ``config`` is the storage's rclone-style config, already validated when it was stored."""
     try:
@@ -104,6 +107,11 @@ def make_backend(
         raise UnmetPreconditionForOperation(f"storage {name!r}: {exc}") from None
     if place.kind == "local":
         return PosixBackend(place.root)
+    # Each library is imported when a storage first needs it: a DLM without such storages never loads it.
     if place.kind == "sftp":
+        from dlm.transfer.sftp import SftpBackend
+
         return SftpBackend(place.root, sftp_settings(flat_config(config)))
+    from dlm.transfer.s3 import S3Backend
+
     return S3Backend(root_directory, S3Settings.from_rclone(flat_config(config)))

@@ -16,7 +16,6 @@ from typing import Any
 import aioboto3
 import aiohttp
 import botocore.exceptions
-import msgspec
 from aiobotocore.config import AioConfig
 
 from dlm.checksum import new_hasher
@@ -32,17 +31,14 @@ from dlm.transfer.base import (
     StorageRefused,
     StorageUnreachable,
     TransferError,
-    from_rclone,
     translated,
 )
 from dlm.transfer.batches import OneAtATime, side_by_side
 from dlm.transfer.paths import check_relative_uri
+from dlm.transfer.remotes import S3Settings, split_root
 
 # S3 refuses parts under 5 MiB (except the last) and uploads of more than 10,000 parts.
 MIN_PART_SIZE = 5 * 1024 * 1024
-# Each copy to S3 holds one part, so a part's size is a copy's memory: 8 MiB keeps it small, within
-# S3's limits up to 80 GB (larger payloads get larger parts, a ten-thousandth of their size).
-DEFAULT_PART_SIZE = 8 * 1024 * 1024
 MAX_PARTS = 10_000
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 # A conditional write (If-None-Match: *) found an object at the key: someone else's, never replaced.
@@ -53,31 +49,6 @@ _LIBRARY_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.Client
 # A batch lists the directory it goes to unless that holds this many objects per file of the batch.
 _LISTING_PER_FILE = 10
 _TRANSIENT = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
-
-
-class S3Settings(msgspec.Struct, kw_only=True, frozen=True):
-    """The parts of an rclone ``s3`` remote that DLM uses."""
-
-    endpoint: str | None = None
-    access_key_id: str | None = None
-    secret_access_key: str | None = None
-    session_token: str | None = None
-    region: str | None = None
-    # True: take credentials from the environment / instance profile, as rclone does.
-    env_auth: bool = False
-    force_path_style: bool = True
-    part_size: int = DEFAULT_PART_SIZE
-
-    @classmethod
-    def from_rclone(cls, config: dict[str, Any]) -> "S3Settings":
-        return from_rclone(cls, config)
-
-
-def split_root(root_directory: str) -> tuple[str, str]:
-    """``bucket/prefix`` (optionally with a leading ``/`` or ``s3://``) → (bucket, 'prefix/' or '')."""
-    root = root_directory.removeprefix("s3://").strip("/")
-    bucket, _, prefix = root.partition("/")
-    return bucket, f"{prefix.strip('/')}/" if prefix.strip("/") else ""
 
 
 class S3Backend(OneAtATime):

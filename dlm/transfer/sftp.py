@@ -19,7 +19,6 @@ from pathlib import PurePosixPath
 from typing import Any
 
 import asyncssh
-import msgspec
 
 from dlm.checksum import new_hasher
 from dlm.enums import ChecksumMethod
@@ -32,66 +31,15 @@ from dlm.transfer.base import (
     StorageRefused,
     StorageUnreachable,
     TransferError,
-    from_rclone,
     translated,
 )
 from dlm.transfer.batches import OneAtATime
-from dlm.transfer.obscured import reveal
 from dlm.transfer.paths import check_relative_uri
 from dlm.transfer.posix import PARTIAL_SUFFIX
+from dlm.transfer.remotes import SftpSettings
 
-CONNECT_SECONDS = 15
 _MISSING = (asyncssh.SFTPNoSuchFile, asyncssh.SFTPNoSuchPath)
 _LOST = (asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection)
-
-
-class SftpSettings(msgspec.Struct, kw_only=True, frozen=True):
-    """The parts of an rclone ``sftp`` remote that DLM uses."""
-
-    host: str
-    port: int = 22
-    user: str | None = None
-    key_file: str | None = None
-    # A private key inline, as rclone takes it: one line, its line ends written as "\n".
-    key_pem: str | None = None
-    # Obscured (`rclone obscure`), as rclone stores them.
-    key_file_pass: str | None = None
-    # Named ``pass`` in rclone's config.
-    password: str | None = msgspec.field(default=None, name="pass")
-    known_hosts_file: str | None = None
-    key_use_agent: bool = False
-
-    @classmethod
-    def from_rclone(cls, config: dict[str, Any]) -> "SftpSettings":
-        return from_rclone(cls, config)
-
-    @property
-    def endpoint(self) -> str:
-        """Where the bytes are: two storages overlap only on the same host, port and account."""
-        return f"sftp://{self.user or ''}@{self.host.lower()}:{self.port}"
-
-    def connect_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {
-            "port": self.port,
-            # The DLM host's ~/.ssh/config is not consulted: a storage reaches what its config says.
-            "config": None,
-            "connect_timeout": CONNECT_SECONDS,
-            "known_hosts": self.known_hosts_file if self.known_hosts_file else (),
-        }
-        if self.user:
-            options["username"] = self.user
-        passphrase = reveal(self.key_file_pass) if self.key_file_pass else None
-        if self.key_pem:
-            pem = self.key_pem.replace("\\n", "\n")
-            options["client_keys"] = [asyncssh.import_private_key(pem, passphrase)]
-        elif self.key_file:
-            options["client_keys"] = [self.key_file]
-            options["passphrase"] = passphrase
-        if self.password:
-            options["password"] = reveal(self.password)
-        if not self.key_use_agent:
-            options["agent_path"] = None
-        return options
 
 
 class SftpBackend(OneAtATime):

@@ -201,3 +201,24 @@ async def test_s3_a_racing_writer_loses_rather_than_overwrites(s3_bucket: str, s
         with pytest.raises(PayloadExists):
             await s3.write("raced", racing())
         assert await read_all(s3, "raced") == b"theirs"
+
+
+def test_a_dlm_without_s3_or_sftp_storages_loads_neither_library(tmp_path: Path) -> None:
+    """aioboto3 and asyncssh cost ~40 MiB of resident memory between them: imported when a storage
+    first needs them, not by the server's code."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, dlm.app\n"
+        "from dlm.enums import StorageInterface\n"
+        "from dlm.transfer.backends import make_backend, place_of\n"
+        f"make_backend(StorageInterface.POSIX, {str(tmp_path)!r}, None)\n"
+        "place_of(StorageInterface.S3, 'bucket/prefix', {'type': 's3', 'endpoint': 'http://s3.example:9000'})\n"
+        "place_of(StorageInterface.SFTP, '/data', {'type': 'sftp', 'host': 'archive.example'})\n"
+        "print(sorted({'aioboto3', 'botocore', 'asyncssh'} & {name.split('.')[0] for name in sys.modules}))\n"
+        "make_backend(StorageInterface.S3, 'bucket', {'type': 's3', 'endpoint': 'http://s3.example:9000'})\n"
+        "print(sorted({'aioboto3', 'botocore', 'asyncssh'} & {name.split('.')[0] for name in sys.modules}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.split("\n")[:2] == ["[]", "['aioboto3', 'botocore']"], result.stdout
