@@ -497,7 +497,9 @@ def _publish_without_overwriting(partial: str | Path, target: str | Path) -> Non
         if _RENAMEAT2(_AT_FDCWD, os.fsencode(partial), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE) == 0:
             return
         error = ctypes.get_errno()
-        if error not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # not offered by this file system
+        # Not offered by this file system (or refused by a seccomp policy): the hard link way below. A
+        # genuine EPERM fails there too.
+        if error not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM):
             raise OSError(error, os.strerror(error), str(target))
     try:
         os.link(partial, target, follow_symlinks=False)
