@@ -73,6 +73,13 @@ class ChecksumMismatch(TransferError):
     pass
 
 
+class PayloadChanged(TransferError):
+    """The payload changed while it was being copied (a file grew past what was listed): worth trying
+    again once it is still."""
+
+    transient = True
+
+
 class Backend(Protocol):
     async def stat(self, uri: str) -> PayloadInfo | None:
         """Size and kind of the payload at ``uri``; None when there is none."""
@@ -111,7 +118,7 @@ class Backend(Protocol):
     # (round trips, thread hops, fsyncs), which a backend may pay once per batch instead.
 
     async def read_small(self, uris: list[str], limit: int) -> list[bytes]:
-        """The whole content of each file; a file over ``limit`` bytes is a TransferError (it grew)."""
+        """The whole content of each file; a file over ``limit`` bytes is PayloadChanged (it grew)."""
         ...
 
     async def write_small(self, files: list[SmallFile]) -> bool:

@@ -10,7 +10,7 @@ from typing import TypeVar
 
 from dlm.enums import ChecksumMethod
 from dlm.errors import DLMError
-from dlm.transfer.base import Backend, SmallFile, TransferError
+from dlm.transfer.base import Backend, PayloadChanged, SmallFile, TransferError
 
 # Files a backend without batch operations handles side by side in one batch.
 FILES_AT_ONCE = 8
@@ -21,10 +21,13 @@ class OneAtATime:
 
     async def read_small(self: Backend, uris: list[str], limit: int) -> list[bytes]:
         async def whole(uri: str) -> bytes:
-            content = b"".join([chunk async for chunk in self.read(uri)])
-            if len(content) > limit:
-                raise TransferError(f"{uri!r} grew to over {limit} bytes while it was being copied")
-            return content
+            chunks, size = [], 0
+            async for chunk in self.read(uri):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:  # read no further, however much the file grew
+                    raise PayloadChanged(f"{uri!r} grew to over {limit} bytes while it was being copied")
+            return b"".join(chunks)
 
         return await side_by_side(whole, uris)
 

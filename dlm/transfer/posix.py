@@ -19,6 +19,7 @@ from dlm.errors import DLMError
 from dlm.transfer.base import (
     CHUNK_SIZE,
     Entry,
+    PayloadChanged,
     PayloadExists,
     PayloadInfo,
     PayloadMissing,
@@ -229,7 +230,7 @@ class PosixBackend:
                     finally:
                         os.close(descriptor)
                 if len(content) > limit:
-                    raise StorageUnreachable(f"{uri!r} grew to over {limit} bytes while it was being copied")
+                    raise PayloadChanged(f"{uri!r} grew to over {limit} bytes while it was being copied")
                 contents.append(content)
             return contents
 

@@ -13,7 +13,7 @@ from dlm.enums import ChecksumMethod, StorageInterface
 from dlm.errors import InvalidQueryParameters
 from dlm.transfer import s3 as s3_module
 from dlm.transfer.backends import make_backend
-from dlm.transfer.base import PayloadExists, PayloadMissing, SmallFile, StorageRefused
+from dlm.transfer.base import PayloadChanged, PayloadExists, PayloadMissing, SmallFile, StorageRefused
 from dlm.transfer.s3 import MIN_PART_SIZE, S3Backend, S3Settings
 from tests.conftest import new_bucket
 
@@ -188,6 +188,14 @@ async def test_a_batch_never_replaces_what_is_at_a_uri_and_leaves_none_of_its_fi
     await backend.write_small([SmallFile(f"box/g{index}", b"g%d" % index) for index in range(5)])
     assert {entry.path async for entry in backend.walk("box")} == {"f2", "g0", "g1", "g2", "g3", "g4"}
     assert await read_all(backend, "box/g3") == b"g3"
+
+
+async def test_a_small_file_that_grew_past_its_limit_is_not_read_whole(backend: Any) -> None:
+    await backend.write("f", chunks_of(b"0123456789"))
+    assert await backend.read_small(["f"], 10) == [b"0123456789"]
+    with pytest.raises(PayloadChanged, match="grew") as raised:
+        await backend.read_small(["f"], 9)
+    assert raised.value.transient, "tried again once the file is still"
 
 
 async def test_s3_a_racing_writer_loses_rather_than_overwrites(s3_bucket: str, s3_config: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from dlm.enums import ChecksumMethod, StorageInterface
 from dlm.transfer import posix
 from dlm.transfer import s3 as s3_module
 from dlm.transfer.backends import make_backend
-from dlm.transfer.base import ChecksumMismatch, PayloadExists, SmallFile, StorageUnreachable, TransferError
+from dlm.transfer.base import ChecksumMismatch, PayloadExists, SmallFile, StorageUnreachable
 from dlm.transfer.copy import BATCH_FILES, SMALL_FILE, copy_payload
 from dlm.transfer.posix import PARTIAL_SUFFIX, PosixBackend
 from dlm.transfer.s3 import S3Backend, S3Settings
@@ -177,14 +177,6 @@ async def test_a_batch_meeting_a_file_already_at_its_destination_leaves_none_of_
         with pytest.raises(PayloadExists, match="box/f2"):
             await backend.write_small(batch)
     assert {path.name: path.read_text() for path in (root / "box").iterdir()} == {"f2": "someone else's"}
-
-
-async def test_a_member_that_grew_past_a_small_file_is_not_read_whole(tmp_path: Path) -> None:
-    (tmp_path / "f").write_bytes(b"0123456789")
-    async with PosixBackend(str(tmp_path)) as backend:
-        assert await backend.read_small(["f"], 10) == [b"0123456789"]
-        with pytest.raises(TransferError, match="grew"):
-            await backend.read_small(["f"], 9)
 
 
 class RottingPosix(PosixBackend):
