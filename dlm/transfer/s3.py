@@ -22,7 +22,6 @@ from dlm.checksum import new_hasher
 from dlm.enums import ChecksumMethod
 from dlm.transfer.base import (
     CHUNK_SIZE,
-    ChecksumMismatch,
     Entry,
     PayloadExists,
     PayloadInfo,
@@ -229,8 +228,8 @@ class S3Backend(OneAtATime):
     async def write_small(self, files: list[SmallFile]) -> bool:
         """As rclone does: what is at the batch's keys already is found by listing the directory they
         share (a request per thousand keys), not by a HEAD per file; each then goes up in one conditional
-        PUT, whose ETag (S3's MD5 of what it stored) must be the MD5 of the bytes sent. Where that
-        directory holds much more than the batch, each file is written on its own."""
+        PUT, whose ETag (S3's MD5 of what it stored) confirms the batch when it is the MD5 of the bytes
+        sent. Where that directory holds much more than the batch, each file is written on its own."""
         if not files:
             return True
         keys = {self.key(file.uri): file for file in files}
@@ -262,11 +261,10 @@ class S3Backend(OneAtATime):
                 refused.append(exc)  # the others finish rather than being cut short mid-request
                 return
             written.append(file.uri)
-            stored = _stored_md5(response)
-            if stored is None:
+            # Only an ETag equal to the MD5 of the bytes sent confirms them: any other (an encrypted
+            # object's, or a store that computes ETags its own way) leaves the batch to be read back.
+            if _stored_md5(response) != hashlib.md5(file.content, usedforsecurity=False).hexdigest():
                 confirmed = False
-            elif stored != hashlib.md5(file.content, usedforsecurity=False).hexdigest():
-                refused.append(ChecksumMismatch(f"{file.uri!r}: S3 stored bytes whose MD5 is {stored}, not those sent"))
 
         try:
             await side_by_side(put, files)
