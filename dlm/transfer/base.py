@@ -121,10 +121,15 @@ class Backend(Protocol):
         """The whole content of each file; a file over ``limit`` bytes is PayloadChanged (it grew)."""
         ...
 
-    async def write_small(self, files: list[SmallFile]) -> bool:
+    async def write_small(self, files: list[SmallFile]) -> None:
         """Write each file as ``write`` would, atomically and never over an existing one; on failure,
-        none of them is left. True when the storage itself confirmed that it stored each file's bytes
-        (a digest it computed over what it stored equals one of the bytes sent): no read-back needed."""
+        none of them is left."""
+        ...
+
+    def stored_as_sent(self, uri: str) -> bool:
+        """Whether the storage itself confirmed that what this backend's last write of ``uri`` stored
+        is the bytes sent (a digest it computed over what it stored, equal to one of the bytes sent):
+        then a copy need not read it back."""
         ...
 
     async def checksum_many(self, uris: list[str], method: ChecksumMethod) -> list[str]: ...

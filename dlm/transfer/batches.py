@@ -31,7 +31,7 @@ class OneAtATime:
 
         return await side_by_side(whole, uris)
 
-    async def write_small(self: Backend, files: list[SmallFile]) -> bool:
+    async def write_small(self: Backend, files: list[SmallFile]) -> None:
         written: list[str] = []
         refused: list[TransferError | DLMError] = []
 
@@ -52,7 +52,6 @@ class OneAtATime:
                         await self.delete(uri)
         if refused:
             raise refused[0]
-        return False
 
     async def checksum_many(self: Backend, uris: list[str], method: ChecksumMethod) -> list[str]:
         return await side_by_side(lambda uri: self.checksum(uri, method), uris)

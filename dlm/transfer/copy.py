@@ -4,8 +4,8 @@ Bytes stream from the source through a checksum into the destination's atomic wr
 time. The small files of a container travel in batches instead: read whole, checksummed, written and
 made durable together (a container of thousands of small files is bound by per-file costs, not bytes).
 Each file is then read back from the destination and its checksum compared with the one computed from
-the bytes that left the source (unless the storage confirmed each file's bytes itself: S3 answers a PUT
-with the MD5 of what it stored). Any failure removes what the copy wrote at the destination URI, and
+the bytes that left the source, unless the storage confirmed the file's bytes itself (S3 answers an
+upload with the MD5 of what it stored). Any failure removes what the copy wrote at the destination URI, and
 only that.
 """
 
@@ -119,7 +119,8 @@ async def copy_payload(
             raise ChecksumMismatch(
                 f"source {source_uri!r} has {method.value} {checksum}, but {expected_checksum} was registered"
             )
-        read_back = await destination.checksum(target, method)
+        # What the storage confirmed it stored (S3: the ETag of the upload) needs no reading back.
+        read_back = checksum if destination.stored_as_sent(target) else await destination.checksum(target, method)
         if read_back != checksum:
             raise ChecksumMismatch(
                 f"destination {target!r} reads back with {method.value} {read_back}, the source sent {checksum}"
@@ -146,15 +147,20 @@ async def copy_payload(
                     await writing
             if writing.done() and not writing.cancelled() and writing.exception() is None:
                 written.extend(targets)
-        confirmed = writing.result()
+        writing.result()
         size = sum(map(len, contents))
         del contents
         done += size
         await throttle.account(size)
         if on_progress:
             await on_progress(done, total)
-        # What the storage confirmed it stored (S3: the MD5 ETag of each PUT) needs no reading back.
-        read_back = sent if confirmed else await destination.checksum_many(targets, method)
+        # What the storage confirmed it stored (S3: the ETag of each PUT) needs no reading back.
+        unconfirmed = [index for index, target in enumerate(targets) if not destination.stored_as_sent(target)]
+        read_back = list(sent)
+        if unconfirmed:
+            found = await destination.checksum_many([targets[index] for index in unconfirmed], method)
+            for index, checksum in zip(unconfirmed, found):
+                read_back[index] = checksum
         for entry, target, checksum, found in zip(batch, targets, sent, read_back):
             if found != checksum:
                 raise ChecksumMismatch(

@@ -236,13 +236,14 @@ class PosixBackend:
 
         return await asyncio.to_thread(read_all)
 
-    async def write_small(self, files: list[SmallFile]) -> bool:
+    async def write_small(self, files: list[SmallFile]) -> None:
         """The batch in one thread hop: every file to its partial, one flush of the file system for all of
         them (syncfs: far cheaper than an fsync per file, and as durable), then each published as
-        ``write`` publishes, and each directory synced once. A file system confirms nothing: the copy
-        reads the files back."""
+        ``write`` publishes, and each directory synced once."""
         await asyncio.to_thread(self._write_small, files)
-        return False
+
+    def stored_as_sent(self, uri: str) -> bool:
+        return False  # a file system confirms nothing: a copy reads its files back
 
     def _write_small(self, files: list[SmallFile]) -> None:
         resolver = self.resolver()

@@ -6,6 +6,7 @@ config in rclone's remote format (``endpoint``, ``access_key_id``, ``secret_acce
 ``env_auth``), so existing rclone remotes carry over.
 """
 
+import asyncio
 import contextlib
 import hashlib
 import math
@@ -56,6 +57,8 @@ class S3Backend(OneAtATime):
         self.settings = settings
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
+        # URIs whose last write S3 confirmed by its ETag (see stored_as_sent).
+        self._confirmed: set[str] = set()
 
     async def __aenter__(self) -> "S3Backend":
         settings = self.settings
@@ -192,6 +195,8 @@ class S3Backend(OneAtATime):
         written = 0
         upload_id: str | None = None
         parts: list[dict[str, Any]] = []
+        digests: list[bytes] = []  # each part's MD5, for the multipart ETag
+        self._confirmed.discard(uri)
         with self._translated(uri):
             if size_hint is None or size_hint >= part_size:
                 # A payload that fits in one part never starts a multipart upload, so has none to clear.
@@ -207,17 +212,21 @@ class S3Backend(OneAtATime):
                         if upload_id is None:
                             created = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
                             upload_id = created["UploadId"]
-                        await self._upload_part(key, upload_id, parts, buffer)
+                        await self._upload_part(key, upload_id, parts, digests, buffer)
                         buffer = bytearray()
                     buffer += rest
                 if upload_id is None:
-                    await self._client.put_object(Bucket=self.bucket, Key=key, Body=buffer, IfNoneMatch="*")
+                    response = await self._client.put_object(Bucket=self.bucket, Key=key, Body=buffer, IfNoneMatch="*")
+                    self._note_etag(uri, response, await asyncio.to_thread(_md5, buffer))
                     return written
                 if buffer:
-                    await self._upload_part(key, upload_id, parts, buffer)
-                await self._client.complete_multipart_upload(
+                    await self._upload_part(key, upload_id, parts, digests, buffer)
+                response = await self._client.complete_multipart_upload(
                     Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, IfNoneMatch="*"
                 )
+                # A multipart ETag is the MD5 of the parts' MD5s, then "-" and how many parts.
+                whole = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
+                self._note_etag(uri, response, f"{whole}-{len(parts)}")
             except BaseException:
                 if upload_id is not None:
                     with contextlib.suppress(Exception):
@@ -225,13 +234,14 @@ class S3Backend(OneAtATime):
                 raise
         return written
 
-    async def write_small(self, files: list[SmallFile]) -> bool:
+    async def write_small(self, files: list[SmallFile]) -> None:
         """As rclone does: what is at the batch's keys already is found by listing the directory they
         share (a request per thousand keys), not by a HEAD per file; each then goes up in one conditional
-        PUT, whose ETag (S3's MD5 of what it stored) confirms the batch when it is the MD5 of the bytes
-        sent. Where that directory holds much more than the batch, each file is written on its own."""
+        PUT, whose ETag (S3's MD5 of what it stored) confirms a file when it is the MD5 of the bytes sent
+        (stored_as_sent). Where that directory holds much more than the batch, each file is written on
+        its own."""
         if not files:
-            return True
+            return
         keys = {self.key(file.uri): file for file in files}
         directory = os.path.commonprefix(list(keys)).rpartition("/")[0]
         existing: set[str] = set()
@@ -240,7 +250,8 @@ class S3Backend(OneAtATime):
             async for entry in self._list(f"{directory}/" if directory else ""):
                 listed += 1
                 if listed > _LISTING_PER_FILE * len(keys):
-                    return await super().write_small(files)
+                    await super().write_small(files)
+                    return
                 if entry["Key"] in keys:
                     existing.add(entry["Key"])
         if existing:
@@ -248,10 +259,8 @@ class S3Backend(OneAtATime):
             raise PayloadExists(f"{uri!r} exists already; DLM never overwrites a payload")
         written: list[str] = []
         refused: list[TransferError] = []
-        confirmed = True
 
         async def put(file: SmallFile) -> None:
-            nonlocal confirmed
             try:
                 with self._translated(file.uri):
                     response = await self._client.put_object(
@@ -261,10 +270,7 @@ class S3Backend(OneAtATime):
                 refused.append(exc)  # the others finish rather than being cut short mid-request
                 return
             written.append(file.uri)
-            # Only an ETag equal to the MD5 of the bytes sent confirms them: any other (an encrypted
-            # object's, or a store that computes ETags its own way) leaves the batch to be read back.
-            if _stored_md5(response) != hashlib.md5(file.content, usedforsecurity=False).hexdigest():
-                confirmed = False
+            self._note_etag(file.uri, response, _md5(file.content))
 
         try:
             await side_by_side(put, files)
@@ -275,14 +281,26 @@ class S3Backend(OneAtATime):
                         await self.delete(uri)
         if refused:
             raise refused[0]
-        return confirmed
 
-    async def _upload_part(self, key: str, upload_id: str, parts: list[dict[str, Any]], body: bytearray) -> None:
+    async def _upload_part(
+        self, key: str, upload_id: str, parts: list[dict[str, Any]], digests: list[bytes], body: bytearray
+    ) -> None:
         number = len(parts) + 1
+        digests.append(await asyncio.to_thread(lambda: hashlib.md5(body, usedforsecurity=False).digest()))
         response = await self._client.upload_part(
             Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
         )
         parts.append({"ETag": response["ETag"], "PartNumber": number})
+
+    def _note_etag(self, uri: str, response: dict[str, Any], sent: str) -> None:
+        """Remember ``uri`` as confirmed when S3's ETag of what it stored is the one the bytes sent make."""
+        if _stored_etag(response) == sent:
+            self._confirmed.add(uri)
+
+    def stored_as_sent(self, uri: str) -> bool:
+        """Confirmed by the ETag of its PUT or multipart upload; any other ETag (an object encrypted with
+        KMS or a customer key, a store that makes its ETags its own way) confirms nothing."""
+        return uri in self._confirmed
 
     async def _abort_stale_uploads(self, key: str) -> None:
         """A writer that crashed mid-upload leaves its parts billed and invisible; the next write of the
@@ -295,6 +313,7 @@ class S3Backend(OneAtATime):
     async def delete(self, uri: str) -> bool:
         key = self.key(uri)
         found = False
+        self._confirmed.discard(uri)
         with self._translated(uri):
             info = await self.stat(uri)
             if info is not None and not info.is_container:
@@ -354,10 +373,13 @@ class S3Backend(OneAtATime):
         return hasher.hexdigest()
 
 
-def _stored_md5(response: dict[str, Any]) -> str | None:
-    """The MD5 of the bytes S3 stored, from a single PUT's ETag; None where the ETag is not one (objects
-    encrypted with KMS or a customer key)."""
+def _stored_etag(response: dict[str, Any]) -> str | None:
+    """The ETag S3 gave what it stored; None where it says nothing of the bytes (objects encrypted with
+    KMS or a customer key)."""
     if response.get("SSECustomerAlgorithm") or str(response.get("ServerSideEncryption", "")).startswith("aws:kms"):
         return None
-    etag = str(response.get("ETag", "")).strip('"')
-    return etag if len(etag) == 32 and "-" not in etag else None
+    return str(response.get("ETag", "")).strip('"') or None
+
+
+def _md5(content: bytes | bytearray) -> str:
+    return hashlib.md5(content, usedforsecurity=False).hexdigest()

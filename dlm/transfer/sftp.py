@@ -226,6 +226,9 @@ class SftpBackend(OneAtATime):
                     elif not name.filename.endswith(PARTIAL_SUFFIX):
                         yield Entry(path=path, size=attrs.size or 0, mode=attrs.permissions)
 
+    def stored_as_sent(self, uri: str) -> bool:
+        return False  # SFTP confirms nothing: a copy reads its files back
+
     async def checksum(self, uri: str, method: ChecksumMethod) -> str:
         hasher = new_hasher(method)
         async for chunk in self.read(uri):
