@@ -2,6 +2,7 @@
 in bounded memory; digests are lower-case hex strings."""
 
 import hashlib
+import os
 import zlib
 from pathlib import Path
 from typing import Protocol
@@ -56,10 +57,25 @@ def new_hasher(method: ChecksumMethod) -> Hasher:
     raise ValueError(f"no checksum for method {method}")
 
 
+def checksum_of(content: bytes | bytearray, method: ChecksumMethod) -> str:
+    """Checksum of bytes in memory."""
+    hasher = new_hasher(method)
+    hasher.update(content)
+    return hasher.hexdigest()
+
+
+def descriptor_checksum(descriptor: int, method: ChecksumMethod) -> str:
+    """Checksum of what an open file descriptor reads from where it is (blocking: call it from a thread)."""
+    hasher = new_hasher(method)
+    while chunk := os.read(descriptor, CHUNK_SIZE):
+        hasher.update(chunk)
+    return hasher.hexdigest()
+
+
 def file_checksum(path: Path, method: ChecksumMethod) -> str:
     """Checksum of a local file (blocking: call it from a thread)."""
-    hasher = new_hasher(method)
-    with path.open("rb") as stream:
-        while chunk := stream.read(CHUNK_SIZE):
-            hasher.update(chunk)
-    return hasher.hexdigest()
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return descriptor_checksum(descriptor, method)
+    finally:
+        os.close(descriptor)

@@ -201,15 +201,14 @@ async def _expire_whole_items(
         else:
             by_storage.setdefault(row.storage_id, []).append(row)
     for storage_id, group in by_storage.items():
-        uids = [row.uid for row in group]
         storage = await session.get(Storage, storage_id) if storage_id else None
         if storage is not None and not is_writable(storage):
             reason = f"storage {storage.storage_name!r} is read-only; an admin may force the deletion"
             report.kept.extend(Decision(row.uid, row.item_name, reason) for row in group)
             continue
         if report.dry_run:
-            report.deleted.extend(uids)
-            gone.update(uids)
+            report.deleted.extend(row.uid for row in group)
+            gone.update(row.uid for row in group)
             continue
         # Payloads first, in one batch; then the rows of those that went, in one statement. One that
         # could not be deleted keeps its row as it was, deferred to the next pass.

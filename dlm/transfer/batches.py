@@ -32,26 +32,10 @@ class OneAtATime:
         return await side_by_side(whole, uris)
 
     async def write_small(self: Backend, files: list[SmallFile]) -> None:
-        written: list[str] = []
-        refused: list[TransferError | DLMError] = []
-
         async def write(file: SmallFile) -> None:
-            try:
-                await self.write(file.uri, _one_chunk(file.content), size_hint=len(file.content), mode=file.mode)
-            except (TransferError, DLMError) as exc:
-                refused.append(exc)  # the others finish rather than being cut short mid-publish
-                return
-            written.append(file.uri)
+            await self.write(file.uri, _one_chunk(file.content), size_hint=len(file.content), mode=file.mode)
 
-        try:
-            await side_by_side(write, files)
-        finally:
-            if refused or len(written) < len(files):
-                for uri in written:
-                    with contextlib.suppress(Exception):
-                        await self.delete(uri)
-        if refused:
-            raise refused[0]
+        await write_all_or_none(self, files, write)
 
     async def checksum_many(self: Backend, uris: list[str], method: ChecksumMethod) -> list[str]:
         return await side_by_side(lambda uri: self.checksum(uri, method), uris)
@@ -71,6 +55,34 @@ class OneAtATime:
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+
+async def write_all_or_none(
+    backend: Backend, files: list[SmallFile], write: Callable[[SmallFile], Awaitable[None]]
+) -> None:
+    """``write`` each file, several at once. One refused lets the others finish (none is cut short
+    mid-publish, where it could be left behind); then every file written is deleted, and the first
+    refusal raised."""
+    written: list[str] = []
+    refused: list[TransferError | DLMError] = []
+
+    async def write_one(file: SmallFile) -> None:
+        try:
+            await write(file)
+        except (TransferError, DLMError) as exc:
+            refused.append(exc)
+            return
+        written.append(file.uri)
+
+    try:
+        await side_by_side(write_one, files)
+    finally:
+        if refused or len(written) < len(files):
+            for uri in written:
+                with contextlib.suppress(Exception):
+                    await backend.delete(uri)
+    if refused:
+        raise refused[0]
 
 
 async def side_by_side(

@@ -5,8 +5,8 @@ time. The small files of a container travel in batches instead: read whole, chec
 made durable together (a container of thousands of small files is bound by per-file costs, not bytes).
 Each file is then read back from the destination and its checksum compared with the one computed from
 the bytes that left the source, unless the storage confirmed the file's bytes itself (S3 answers an
-upload with the MD5 of what it stored). Any failure removes what the copy wrote at the destination URI, and
-only that.
+upload with the MD5 of what it stored). Any failure removes what the copy wrote at the destination
+URI, and only that.
 """
 
 import asyncio
@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import msgspec
 
-from dlm.checksum import new_hasher
+from dlm.checksum import checksum_of, new_hasher
 from dlm.enums import ChecksumMethod
 from dlm.transfer.base import Backend, ChecksumMismatch, Entry, SmallFile, TransferError
 from dlm.transfer.batches import FILES_AT_ONCE
@@ -213,12 +213,7 @@ def _batches(entries: list[Entry], batch_bytes: int) -> Iterator[list[Entry]]:
 
 
 def _checksums(contents: list[bytes], method: ChecksumMethod) -> list[str]:
-    found = []
-    for content in contents:
-        hasher = new_hasher(method)
-        hasher.update(content)
-        found.append(hasher.hexdigest())
-    return found
+    return [checksum_of(content, method) for content in contents]
 
 
 async def _remove_what_was_written(destination: Backend, destination_uri: str, written: list[str]) -> None:

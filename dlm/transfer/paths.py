@@ -63,10 +63,7 @@ class Resolver:
 
     def __call__(self, uri: str, field: str = "uri") -> Path:
         directory, name = self.place(uri, field)
-        try:
-            target = _resolve_below(directory, (name,))
-        except (RuntimeError, OSError):
-            raise InvalidQueryParameters(f"{field}: {uri!r} cannot be resolved (symlink loop)") from None
+        target = self._resolve(directory, (name,), uri, field)
         self._check_inside(target, uri, field)
         return target
 
@@ -76,14 +73,17 @@ class Resolver:
         parts = check_relative_uri(uri, field).parts
         directory = self._directories.get(parts[:-1])
         if directory is None:
-            try:
-                directory = _resolve_below(self.real_root, parts[:-1])
-            except (RuntimeError, OSError):  # a symlink loop
-                raise InvalidQueryParameters(f"{field}: {uri!r} cannot be resolved (symlink loop)") from None
+            directory = self._resolve(self.real_root, parts[:-1], uri, field)
             if directory != self.real_root:
                 self._check_inside(directory, uri, field)
             self._directories[parts[:-1]] = directory
         return directory, parts[-1]
+
+    def _resolve(self, below: Path, parts: tuple[str, ...], uri: str, field: str) -> Path:
+        try:
+            return _resolve_below(below, parts)
+        except (RuntimeError, OSError):  # a symlink loop
+            raise InvalidQueryParameters(f"{field}: {uri!r} cannot be resolved (symlink loop)") from None
 
     def _check_inside(self, target: Path, uri: str, field: str) -> None:
         if self.real_root not in target.parents:

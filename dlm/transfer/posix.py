@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import aiofiles
 
-from dlm.checksum import file_checksum, new_hasher
+from dlm.checksum import descriptor_checksum, file_checksum
 from dlm.enums import ChecksumMethod
 from dlm.errors import DLMError
 from dlm.transfer.base import (
@@ -220,18 +220,10 @@ class PosixBackend:
         """Every file in one thread hop."""
 
         def read_all() -> list[bytes]:
-            resolver = self.resolver()
-            contents = []
-            for uri in uris:
-                with self._errors_named(uri):
-                    descriptor = _open_inside(resolver, uri)
-                    try:
-                        content = _read_up_to(descriptor, limit + 1)
-                    finally:
-                        os.close(descriptor)
+            contents = self._read_each(uris, lambda descriptor: _read_up_to(descriptor, limit + 1))
+            for uri, content in zip(uris, contents):
                 if len(content) > limit:
                     raise PayloadChanged(f"{uri!r} grew to over {limit} bytes while it was being copied")
-                contents.append(content)
             return contents
 
         return await asyncio.to_thread(read_all)
@@ -294,22 +286,22 @@ class PosixBackend:
             raise
 
     async def checksum_many(self, uris: list[str], method: ChecksumMethod) -> list[str]:
-        def checksums() -> list[str]:
-            resolver = self.resolver()
-            found = []
-            for uri in uris:
-                with self._errors_named(uri):
-                    descriptor = _open_inside(resolver, uri)
-                    try:
-                        hasher = new_hasher(method)
-                        while chunk := os.read(descriptor, CHUNK_SIZE):
-                            hasher.update(chunk)
-                    finally:
-                        os.close(descriptor)
-                found.append(hasher.hexdigest())
-            return found
+        return await asyncio.to_thread(
+            self._read_each, uris, lambda descriptor: descriptor_checksum(descriptor, method)
+        )
 
-        return await asyncio.to_thread(checksums)
+    def _read_each(self, uris: list[str], read: Callable[[int], T]) -> list[T]:
+        """``read`` of each file, opened inside the root (blocking: call it from a thread)."""
+        resolver = self.resolver()
+        found = []
+        for uri in uris:
+            with self._errors_named(uri):
+                descriptor = _open_inside(resolver, uri)
+                try:
+                    found.append(read(descriptor))
+                finally:
+                    os.close(descriptor)
+        return found
 
     @contextlib.contextmanager
     def _errors_named(self, uri: str) -> Iterator[None]:

@@ -8,7 +8,6 @@ config in rclone's remote format (``endpoint``, ``access_key_id``, ``secret_acce
 
 import asyncio
 import contextlib
-import hashlib
 import math
 import os
 from collections.abc import AsyncIterable, AsyncIterator
@@ -19,7 +18,7 @@ import aiohttp
 import botocore.exceptions
 from aiobotocore.config import AioConfig
 
-from dlm.checksum import new_hasher
+from dlm.checksum import checksum_of, new_hasher
 from dlm.enums import ChecksumMethod
 from dlm.transfer.base import (
     CHUNK_SIZE,
@@ -33,7 +32,7 @@ from dlm.transfer.base import (
     TransferError,
     translated,
 )
-from dlm.transfer.batches import OneAtATime, side_by_side
+from dlm.transfer.batches import OneAtATime, write_all_or_none
 from dlm.transfer.paths import check_relative_uri
 from dlm.transfer.remotes import S3Settings, split_root
 
@@ -44,11 +43,9 @@ _MISSING = {"404", "NoSuchKey", "NotFound"}
 # A conditional write (If-None-Match: *) found an object at the key: someone else's, never replaced.
 _TAKEN = {"412", "PreconditionFailed", "ConditionalRequestConflict"}
 _LIBRARY_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, aiohttp.ClientError, OSError)
-
-
+_TRANSIENT = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
 # A batch lists the directory it goes to unless that holds this many objects per file of the batch.
 _LISTING_PER_FILE = 10
-_TRANSIENT = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
 
 
 class S3Backend(OneAtATime):
@@ -217,7 +214,7 @@ class S3Backend(OneAtATime):
                     buffer += rest
                 if upload_id is None:
                     response = await self._client.put_object(Bucket=self.bucket, Key=key, Body=buffer, IfNoneMatch="*")
-                    self._note_etag(uri, response, await asyncio.to_thread(_md5, buffer))
+                    self._note_etag(uri, response, await asyncio.to_thread(checksum_of, buffer, ChecksumMethod.MD5))
                     return written
                 if buffer:
                     await self._upload_part(key, upload_id, parts, digests, buffer)
@@ -225,7 +222,7 @@ class S3Backend(OneAtATime):
                     Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, IfNoneMatch="*"
                 )
                 # A multipart ETag is the MD5 of the parts' MD5s, then "-" and how many parts.
-                whole = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
+                whole = checksum_of(b"".join(digests), ChecksumMethod.MD5)
                 self._note_etag(uri, response, f"{whole}-{len(parts)}")
             except BaseException:
                 if upload_id is not None:
@@ -257,36 +254,21 @@ class S3Backend(OneAtATime):
         if existing:
             uri = keys[min(existing)].uri
             raise PayloadExists(f"{uri!r} exists already; DLM never overwrites a payload")
-        written: list[str] = []
-        refused: list[TransferError] = []
 
         async def put(file: SmallFile) -> None:
-            try:
-                with self._translated(file.uri):
-                    response = await self._client.put_object(
-                        Bucket=self.bucket, Key=self.key(file.uri), Body=file.content, IfNoneMatch="*"
-                    )
-            except TransferError as exc:
-                refused.append(exc)  # the others finish rather than being cut short mid-request
-                return
-            written.append(file.uri)
-            self._note_etag(file.uri, response, _md5(file.content))
+            with self._translated(file.uri):
+                response = await self._client.put_object(
+                    Bucket=self.bucket, Key=self.key(file.uri), Body=file.content, IfNoneMatch="*"
+                )
+            self._note_etag(file.uri, response, checksum_of(file.content, ChecksumMethod.MD5))
 
-        try:
-            await side_by_side(put, files)
-        finally:
-            if refused or len(written) < len(files):
-                for uri in written:
-                    with contextlib.suppress(Exception):
-                        await self.delete(uri)
-        if refused:
-            raise refused[0]
+        await write_all_or_none(self, files, put)
 
     async def _upload_part(
         self, key: str, upload_id: str, parts: list[dict[str, Any]], digests: list[bytes], body: bytearray
     ) -> None:
         number = len(parts) + 1
-        digests.append(await asyncio.to_thread(lambda: hashlib.md5(body, usedforsecurity=False).digest()))
+        digests.append(bytes.fromhex(await asyncio.to_thread(checksum_of, body, ChecksumMethod.MD5)))
         response = await self._client.upload_part(
             Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
         )
@@ -379,7 +361,3 @@ def _stored_etag(response: dict[str, Any]) -> str | None:
     if response.get("SSECustomerAlgorithm") or str(response.get("ServerSideEncryption", "")).startswith("aws:kms"):
         return None
     return str(response.get("ETag", "")).strip('"') or None
-
-
-def _md5(content: bytes | bytearray) -> str:
-    return hashlib.md5(content, usedforsecurity=False).hexdigest()
