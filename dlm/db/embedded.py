@@ -3,9 +3,11 @@
 import json
 import logging
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
+from types import ModuleType
 
 from sqlalchemy.engine import make_url
 
@@ -21,15 +23,7 @@ class EmbeddedPostgres:
     """Starts (or reuses) the server on construction; ``stop()`` shuts it down."""
 
     def __init__(self, pgdata: Path) -> None:
-        # pgserver puts the server's Unix socket in the data directory, or else in XDG_RUNTIME_DIR; a
-        # socket path must stay under ~100 bytes, so when XDG_RUNTIME_DIR is unset (containers, CI) it
-        # gets a short private directory of ours (platformdirs would also warn about it being unset).
-        os.environ.setdefault("XDG_RUNTIME_DIR", os.path.join(tempfile.gettempdir(), f"dlm-run-{os.getuid()}"))
-        Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True, mode=0o700)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import pgserver
-
+        pgserver = _import_pgserver()
         pgdata.parent.mkdir(parents=True, exist_ok=True)
         _forget_dead_holders(pgdata)
         log.info("starting embedded PostgreSQL in %s", pgdata)
@@ -46,6 +40,27 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         self._server.cleanup()
+
+
+def _import_pgserver() -> ModuleType:
+    """pgserver puts the server's Unix socket in the data directory, or else in XDG_RUNTIME_DIR, read
+    once when it is imported; a socket path must stay under ~100 bytes, so when XDG_RUNTIME_DIR is unset
+    (containers, CI) it gets a short private directory of ours for that import only. Left set, it would
+    reach every program this process starts (a tool run as another user cannot write there)."""
+    if "pgserver" in sys.modules:
+        return sys.modules["pgserver"]
+    unset = "XDG_RUNTIME_DIR" not in os.environ
+    if unset:
+        os.environ["XDG_RUNTIME_DIR"] = os.path.join(tempfile.gettempdir(), f"dlm-run-{os.getuid()}")
+    try:
+        Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True, mode=0o700)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR being unset
+            import pgserver
+    finally:
+        if unset:
+            del os.environ["XDG_RUNTIME_DIR"]
+    return pgserver
 
 
 def _forget_dead_holders(pgdata: Path) -> None:

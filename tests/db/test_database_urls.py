@@ -93,11 +93,12 @@ def test_several_hosts_as_libpq_writes_them() -> None:
 
 
 async def test_the_primary_is_found_among_several_hosts(database_url: str) -> None:
-    # The first host answers nothing (a primary that went away); the second is the database.
+    # The first host answers nothing (a primary that went away); the second is the database, reached
+    # as the test's URL reaches it: a TCP host, or a Unix socket's directory (the embedded PostgreSQL).
     real = make_url(database_url)
-    user = f"{real.username}{':' + real.password if real.password else ''}@" if real.username else ""
-    several = f"postgresql://{user}127.0.0.1:1,{real.host}:{real.port or 5432}/{real.database}"
-    engine = create_engine(f"{several}?target_session_attrs=read-write")
+    reachable = f"{real.query.get('host') or real.host}:{real.port or 5432}"
+    several = real.set(host=None, port=None, query={"host": ("127.0.0.1:1", reachable)})
+    engine = create_engine(f"{several.render_as_string(hide_password=False)}&target_session_attrs=read-write")
     try:
         async with engine.connect() as connection:
             assert await connection.scalar(text("SELECT NOT pg_is_in_recovery()"))

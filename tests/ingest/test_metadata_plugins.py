@@ -13,7 +13,7 @@ from dlm.app import create_app
 from dlm.config import Settings
 from dlm.enums import ItemType
 from dlm.metadata import ERRORS_KEY, Payload, extract
-from tests.conftest import Registry, make_settings
+from tests.conftest import Registry, free_port, make_settings
 
 PRODUCT = """\
 interface: http://schema.skao.int/ska-data-product-meta/0.1
@@ -105,7 +105,12 @@ def test_an_unknown_plugin_stops_dlm_at_startup_with_one_line(database_url: str)
         create_app(Settings(database_url=database_url, metadata_plugins="ska_data_product,nosuch"))
     result = subprocess.run(
         [sys.executable, "-m", "dlm", "serve"],
-        env={"DLM_DATABASE_URL": database_url, "DLM_METADATA_PLUGINS": "nosuch", "PATH": "/usr/bin:/bin"},
+        env={
+            "DLM_DATABASE_URL": database_url,
+            "DLM_METADATA_PLUGINS": "nosuch",
+            "DLM_PORT": str(free_port()),  # never 8000: the reader's own DLM may be serving there
+            "PATH": "/usr/bin:/bin",
+        },
         capture_output=True,
         text=True,
         timeout=60,

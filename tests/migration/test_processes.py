@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import Server
+from tests.conftest import Server, admin_connection
 
 
 async def _call(base: str, method: str, path: str, **params: Any) -> Any:
@@ -124,17 +124,8 @@ async def test_a_copy_cancelled_after_its_worker_died_is_cleaned_up_when_the_lea
 
 
 async def _migration_direct(database_url: str, migration_id: int) -> dict[str, Any]:
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    url = make_url(database_url)
-    connection = await asyncpg.connect(
-        user=url.username, password=url.password, host=url.host, port=url.port, database=url.database
-    )
-    try:
+    async with admin_connection(database_url) as connection:
         return dict(await connection.fetchrow("SELECT * FROM migration WHERE migration_id = $1", migration_id))
-    finally:
-        await connection.close()
 
 
 async def test_two_processes_share_one_queue_and_never_run_a_job_twice(database_url: str, tmp_path: Path) -> None:
