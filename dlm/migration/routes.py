@@ -38,7 +38,8 @@ def _wake_workers(state: State) -> BackgroundTask | None:
     status_code=200,
     description="Queue a verified copy of an item (by uid, oid or item_name) to another storage, at `path` "
     "(default: the source's uri). Returns at once with the new replica's uid (INITIALISED until the copy is "
-    "verified, then READY) and the migration_id to follow the copy with get_migration.",
+    "verified, then READY) and the migration_id to follow the copy with get_migration. DLM addition: asking "
+    "again for a copy already made or under way (same item, destination and path) answers with that copy.",
 )
 async def copy_data_item(
     session: NamedDependency[AsyncSession],

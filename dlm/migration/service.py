@@ -122,7 +122,46 @@ async def _reading_cost(session: AsyncSession, storage: Storage) -> int:
         return max(READING_COST.values()) + 1
 
 
-async def _check_destination(session: AsyncSession, source: Row[Any], destination: Storage, uri: str) -> None:
+async def _existing_copy(
+    session: AsyncSession, source: Row[Any], destination: Storage, uri: str, *, reuse: bool
+) -> dict[str, Any] | None:
+    """With ``reuse``, the answer to a copy that was already made or queued: the same item to the same
+    destination and path, READY there or on its way, by a migration (the lifecycle engine's or an earlier
+    request's). A caller retrying a request whose answer it lost, or asking for what the engine just did,
+    gets that copy instead of an error. Anything else already there is a Conflict."""
+    existing = (
+        await session.execute(
+            select(ITEMS.c.uid, ITEMS.c.uri, ITEMS.c.item_state).where(
+                ITEMS.c.item_name == source.item_name,
+                ITEMS.c.storage_id == destination.storage_id,
+                ITEMS.c.item_state != ItemState.DELETED,
+            )
+        )
+    ).first()
+    if existing is None:
+        return None
+    made_by = await session.scalar(
+        select(Migration.migration_id)
+        .where(
+            Migration.oid == source.oid,
+            Migration.destination_uid == existing.uid,
+            Migration.status.in_([MigrationStatus.SUCCEEDED] if existing.item_state is ItemState.READY else ACTIVE),
+        )
+        .order_by(Migration.migration_id.desc())
+        .limit(1)
+    )
+    if made_by is None or not reuse or payload_key(existing.uri) != payload_key(uri):
+        raise Conflict(
+            f"destination: {destination.storage_name!r} already holds replica {existing.uid} of "
+            f"{source.item_name!r}"
+        )
+    return {"uid": str(existing.uid), "migration_id": made_by}
+
+
+async def _check_destination(
+    session: AsyncSession, source: Row[Any], destination: Storage, uri: str, *, reuse: bool
+) -> dict[str, Any] | None:
+    """Refuse a copy that may not be made; the copy already made or queued if there is one."""
     refuse_new_payloads(destination, "destination")
     if not is_writable(destination):
         raise UnmetPreconditionForOperation(f"destination: storage {destination.storage_name!r} is read-only")
@@ -130,17 +169,8 @@ async def _check_destination(session: AsyncSession, source: Row[Any], destinatio
         raise InvalidQueryParameters(
             f"destination: the item already lives on {destination.storage_name!r}; choose another storage"
         )
-    existing = await session.scalar(
-        select(ITEMS.c.uid).where(
-            ITEMS.c.item_name == source.item_name,
-            ITEMS.c.storage_id == destination.storage_id,
-            ITEMS.c.item_state != ItemState.DELETED,
-        )
-    )
-    if existing is not None:
-        raise Conflict(
-            f"destination: {destination.storage_name!r} already holds replica {existing} of {source.item_name!r}"
-        )
+    if (existing := await _existing_copy(session, source, destination, uri, reuse=reuse)) is not None:
+        return existing
     key = payload_key(uri)
     nesting = (
         await session.execute(
@@ -168,6 +198,7 @@ async def _check_destination(session: AsyncSession, source: Row[Any], destinatio
                 f"path: {uri!r} already exists on {destination.storage_name!r}; DLM will not overwrite "
                 "a payload it does not manage (choose another path)"
             )
+    return None
 
 
 async def copy_item(
@@ -199,7 +230,9 @@ async def copy_item(
     if path:
         check_relative_uri(path, "path")
     uri = path or source.uri
-    await _check_destination(session, source, destination, uri)
+    # A move is not a copy already made: its source must still go.
+    if (existing := await _check_destination(session, source, destination, uri, reuse=not move)) is not None:
+        return existing
     [replica_uid] = await create_items(
         session, [replica_values(source, storage=destination, uri=uri, state=ItemState.INITIALISED)]
     )
@@ -345,7 +378,7 @@ async def retry_migration(session: AsyncSession, migration_id: int) -> dict[str,
     assert destination is not None  # a foreign key
     old_uri = await session.scalar(select(ITEMS.c.uri).where(ITEMS.c.uid == migration.destination_uid))
     uri = old_uri or source.uri
-    await _check_destination(session, source, destination, uri)
+    await _check_destination(session, source, destination, uri, reuse=False)
     [replica_uid] = await create_items(
         session, [replica_values(source, storage=destination, uri=uri, state=ItemState.INITIALISED)]
     )

@@ -376,6 +376,26 @@ async def test_bad_copy_requests_are_refused_and_leave_nothing(registry: Registr
     assert_error(await client.post("/migration/cancel_migration", params={"migration_id": 424242}), 404, "NotFound")
 
 
+async def test_asking_again_for_a_copy_made_or_queued_answers_with_that_copy(
+    slow_client: AsyncTestClient, storage_root: Path, tmp_path: Path
+) -> None:
+    # A caller retrying a request whose answer it lost, or asking for what the replication engine has
+    # just done, gets the copy that exists, not a second one and not an error.
+    registry = Registry(slow_client, storage_root)
+    await registry.storage()
+    await registry.storage("second", root=tmp_path / "second")
+    (registry.root / "big").write_bytes(os.urandom(4 * 1024 * 1024))
+    uid = await registry.register("big", "big")
+    first = await copy(slow_client, uid=uid, destination_name="second")
+    assert await copy(slow_client, item_name="big", destination_name="second") == first, "while it is queued"
+    await wait_for(slow_client, first["migration_id"])
+    assert await copy(slow_client, uid=uid, destination_name="second", path="big") == first, "once it is READY"
+    moved = await slow_client.post("/migration/move_data_item", params={"uid": uid, "destination_name": "second"})
+    assert_error(moved, 409, "Conflict", "already holds")
+    migrations = (await slow_client.get("/migration/query_migrations")).json()
+    assert [row["migration_id"] for row in migrations] == [first["migration_id"]]
+
+
 async def test_stopping_dlm_mid_copy_hands_the_job_back_without_using_an_attempt(
     throttled: Any, storage_root: Path, tmp_path: Path
 ) -> None:
