@@ -1,10 +1,12 @@
 """The operator page in a real headless Chromium against a real `dlm serve`: it loads with nothing but
 DLM on the network, signs in with a token, shows an item with its replicas and history, follows a
-copy to 100 %, and refuses a reader's cancel. Each page's screenshot goes to docs/screenshots."""
+copy to 100 %, and refuses a reader's cancel. Each page's screenshot goes to docs/screenshots with
+DLM_UPDATE_SCREENSHOTS=1."""
 
 import json
 import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,7 +20,13 @@ from selenium.webdriver.support.ui import WebDriverWait
 from tests.conftest import Registry, Server
 from tests.migration.conftest import copy
 
-SCREENSHOTS = Path(__file__).parents[2] / "docs" / "screenshots"
+# docs/screenshots when asked to renew them (DLM_UPDATE_SCREENSHOTS=1); otherwise a test run leaves the
+# checkout as it found it.
+SCREENSHOTS = (
+    Path(__file__).parents[2] / "docs" / "screenshots"
+    if os.environ.get("DLM_UPDATE_SCREENSHOTS")
+    else Path(tempfile.gettempdir()) / f"dlm-screenshots-{os.getpid()}"
+)
 ADMIN_TOKEN = "dlm_" + secrets.token_urlsafe(32)
 MiB = 1024 * 1024
 
