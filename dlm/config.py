@@ -6,6 +6,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 import platformdirs
@@ -118,6 +119,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     s3_endpoints: str | None = None
     # SSH hosts (comma-separated "host" or "host:port") SFTP storages may reach; unset: any.
     sftp_hosts: str | None = None
+    # The group (item_group) of new items: a label for people and queries; an acl, not the group,
+    # decides who reads an item (docs/security.md). SKA-DLM's default.
+    default_group: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] = "SKA"
+    # Private addresses (comma-separated: addresses, CIDR networks or host names, each optionally with
+    # :port) that endpoints a caller names (a delivery's S3 endpoint) and webhooks may reach; public
+    # addresses need no listing. docs/security.md#outbound-connections.
+    outbound_allow: str | None = None
     # Fernet keys (comma-separated, newest first) that encrypt storage configs at rest.
     secret_key: str | None = None
 
@@ -146,8 +154,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
         if self.admin_token is not None and (not self.admin_token.startswith("dlm_") or len(self.admin_token) < 36):
             raise ValueError("DLM_ADMIN_TOKEN must be a DLM API token: 'dlm_' and at least 32 random characters")
         for url in self.webhook_urls:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"DLM_WEBHOOKS: {url!r} must be an http:// or https:// URL")
+            try:
+                port = urlsplit(url).port
+            except ValueError:
+                port = -1
+            if not url.startswith(("http://", "https://")) or port in (-1, 0):
+                raise ValueError(f"DLM_WEBHOOKS: {url!r} must be an http:// or https:// URL with a valid port")
         if self.webhooks and not self.webhook_secret:
             raise ValueError("DLM_WEBHOOK_SECRET is needed to sign what DLM_WEBHOOKS receive")
         if self.amqp_url and not self.amqp_url.startswith(("amqp://", "amqps://")):

@@ -12,11 +12,13 @@ import msgspec
 from sqlalchemy import ARRAY, ColumnElement, Row, String, any_, cast, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dlm.auth.policy import qualified_acl, qualified_subject, require_change
+from dlm.auth.principal import Principal
 from dlm.db.models import DataItem, Storage
 from dlm.enums import STATE_TRANSITIONS, ChecksumMethod, ItemState, ItemType, Phase, combined_phase
 from dlm.errors import InvalidQueryParameters, NotFound, UnmetPreconditionForOperation
 from dlm.parsing import parse_datetime, parse_uuid
-from dlm.transfer.paths import check_relative_uri
+from dlm.transfer.paths import canonical_uri, check_item_name
 
 ITEMS = DataItem.__table__
 # Advisory-lock namespace for item names; names hash into a bounded number of buckets so that a bulk
@@ -126,7 +128,13 @@ def changes_dict(changes: msgspec.Struct) -> dict[str, Any]:
         if isinstance(value, datetime.datetime):
             values[name] = utc(value)
     if "uri" in values and values["uri"] is not None:
-        check_relative_uri(values["uri"], "uri")
+        values["uri"] = canonical_uri(values["uri"], "uri")
+    if values.get("item_name") is not None:
+        check_item_name(values["item_name"], "item_name")
+    if "item_owner" in values:
+        values["item_owner"] = qualified_subject(values["item_owner"], "item_owner")
+    if "acl" in values:
+        values["acl"] = qualified_acl(values["acl"])
     for name in ("item_size", "decompressed_size"):
         if values.get(name) is not None and values[name] < 0:
             raise InvalidQueryParameters(f"{name}: must not be negative")
@@ -217,13 +225,28 @@ async def create_items(session: AsyncSession, rows: list[dict[str, Any]]) -> lis
     return [row["uid"] for row in rows]
 
 
-async def change_items(session: AsyncSession, selector: ColumnElement[bool], values: dict[str, Any]) -> list[Row[Any]]:
-    """Apply ``values`` to every replica ``selector`` matches, enforcing DLM's rules: legal state
-    transitions only, READY needs a payload location, uid_phase follows the storage, oid_phase stays
-    the combined phase of the item's READY replicas. Returns the changed rows."""
+async def change_items(
+    session: AsyncSession,
+    selector: ColumnElement[bool],
+    values: dict[str, Any],
+    *,
+    principal: Principal | None = None,
+) -> list[Row[Any]]:
+    """Apply ``values`` to every replica ``selector`` matches, enforcing DLM's rules: the caller
+    (``principal``; None for DLM's own work) may change each of them, legal state transitions only, READY
+    needs a payload location, uid_phase follows the storage, oid_phase stays the combined phase of the
+    item's READY replicas. Returns the changed rows."""
     current = (
         await session.execute(
-            select(DataItem.uid, DataItem.oid, DataItem.item_state, DataItem.uri, DataItem.storage_id)
+            select(
+                DataItem.uid,
+                DataItem.oid,
+                DataItem.item_name,
+                DataItem.item_owner,
+                DataItem.item_state,
+                DataItem.uri,
+                DataItem.storage_id,
+            )
             .where(selector)
             .order_by(DataItem.uid)
             .with_for_update()
@@ -231,6 +254,8 @@ async def change_items(session: AsyncSession, selector: ColumnElement[bool], val
     ).all()
     if not current:
         raise NotFound("no data_item matches")
+    for row in current:
+        require_change(principal, row.item_owner, f"item {row.item_name!r} (uid {row.uid})")
     values = dict(values)
     if values.get("storage_id") is not None:
         phase = await session.scalar(select(Storage.storage_phase).where(Storage.storage_id == values["storage_id"]))

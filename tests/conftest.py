@@ -281,7 +281,7 @@ class Registry:
         assert response.status_code == 200, response.text
         return response.json()
 
-    async def replica(self, of_uid: str, storage: str, root: Path, uri: str, content: bytes = b"copy\n") -> str:
+    async def replica(self, of_uid: str, storage: str, root: Path, uri: str, content: bytes = b"payload\n") -> str:
         """A further READY replica of ``of_uid``'s item on ``storage``, made the classic way
         (init_data_item with the oid, set_uri, set_state READY)."""
         oid = (await self.item(of_uid))["oid"]

@@ -423,7 +423,7 @@ def test_the_classic_three_step_ingest_and_lifecycle_commands(live: Live) -> Non
     oid = dlm_json(live, "request", "query", "--uid", uid)[0]["oid"]
     dlm(live, "request", "set-expiration", "--oid", oid, "2031-01-01")
     item = dlm_json(live, "request", "set-owner", "--oid", oid, "--user", "alice", "--group", "low-sw")
-    assert (item["item_owner"], item["item_group"]) == ("alice", "low-sw")
+    assert (item["item_owner"], item["item_group"]) == ("oidc:alice", "low-sw")
     dlm(live, "request", "tag", "--oid", oid, '{"campaign": "AA0.5"}')
     assert dlm_json(live, "request", "query", "--uid", uid)[0]["item_tags"] == {"campaign": "AA0.5"}
     dlm(live, "request", "set-expiration", "--uid", uid, "2000-01-01")

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import httpx
 import jwt
 
-from dlm.auth.principal import Principal
+from dlm.auth.principal import OIDC_SUBJECT, Principal
 from dlm.config import Settings
 from dlm.enums import Role
 from dlm.errors import ServiceUnavailable, Unauthorized
@@ -178,7 +178,7 @@ class TokenVerifier:
         subject = claims.get(self.subject_claim) or claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise InvalidToken(f"the token names no subject ({self.subject_claim!r} or 'sub' claim)")
-        return subject
+        return f"{OIDC_SUBJECT}{subject}"
 
     def _role(self, claims: dict[str, Any]) -> Role | None:
         values = _claim_values(claims, self.roles_claim)

@@ -8,9 +8,15 @@ import msgspec
 from dlm.enums import Role
 from dlm.errors import Forbidden
 
+# Where a subject comes from, in front of its name: API tokens and an identity provider's users never
+# share a namespace (a JWT whose subject is a token's name is not that token's holder).
+TOKEN_SUBJECT = "token:"
+OIDC_SUBJECT = "oidc:"
+
 
 class Principal(msgspec.Struct, frozen=True, kw_only=True):
-    # Who: an API token's name, a JWT's subject claim, or "anonymous" in open mode.
+    # Who: "token:<an API token's name>", "oidc:<a JWT's subject claim>", or "anonymous" in open mode.
+    # Recorded as the actor of what they do and as the owner of what they create.
     subject: str
     # What they may do; None when an identity provider vouched for them but named no DLM role.
     role: Role | None
@@ -18,7 +24,7 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     via: Literal["token", "oidc", "open"]
     # When the credential stops being valid, if it does.
     expires: datetime.datetime | None = None
-    # The groups an identity provider says the caller is in (docs/security.md#reading).
+    # The groups an identity provider says the caller is in (docs/security.md#items-who-may-read-and-change-them).
     groups: frozenset[str] = frozenset()
 
     @property

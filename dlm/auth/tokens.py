@@ -13,7 +13,7 @@ from sqlalchemy import Row, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dlm.auth.principal import Principal
+from dlm.auth.principal import TOKEN_SUBJECT, Principal
 from dlm.db.models import ApiToken
 from dlm.enums import Role
 from dlm.errors import InvalidQueryParameters, NotFound, ValueAlreadyInDB
@@ -135,7 +135,7 @@ async def authenticate_token(session: AsyncSession, secret: str) -> Principal | 
     ).first()
     if row is None:
         return None
-    return Principal(subject=row.name, role=row.role, via="token", expires=row.expires)
+    return Principal(subject=f"{TOKEN_SUBJECT}{row.name}", role=row.role, via="token", expires=row.expires)
 
 
 async def any_live_token(session: AsyncSession) -> bool:

@@ -14,14 +14,16 @@ import json
 import logging
 import time
 from typing import Any, Protocol
+from urllib.parse import urlunsplit
 
 import msgspec
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dlm.config import Settings
+from dlm.config import Settings, comma_list
 from dlm.db.engine import transaction
 from dlm.db.models import OutboxEvent
+from dlm.transfer.outbound import OutboundPolicy, default_port, parse_endpoint
 
 log = logging.getLogger("dlm.events")
 
@@ -101,10 +103,11 @@ class WebhookSink:
     ``"<timestamp>.<body>"`` in ``X-DLM-Signature: sha256=<hex>`` (``X-DLM-Timestamp`` carries the
     timestamp, so a receiver can refuse replays)."""
 
-    def __init__(self, url: str, secret: str) -> None:
+    def __init__(self, url: str, secret: str, outbound: OutboundPolicy) -> None:
         self.url = url
         self.name = f"webhook:{url}"
         self.secret = secret.encode()
+        self.outbound = outbound
         self._client: Any = None
 
     async def send(self, event: OutboxEvent) -> None:
@@ -123,10 +126,17 @@ class WebhookSink:
         ).encode()
         timestamp = str(int(time.time()))
         signature = hmac.new(self.secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+        # Sent to the address the policy checked (the name could resolve elsewhere a moment later); the
+        # Host header and TLS name are still the webhook's own.
+        parts = parse_endpoint(self.url, "DLM_WEBHOOKS")
+        [address, *_] = await self.outbound.resolve(parts.hostname or "", default_port(parts))
+        host = f"[{address}]" if address.version == 6 else str(address)
         response = await self._client.post(
-            self.url,
+            urlunsplit(parts._replace(netloc=f"{host}:{default_port(parts)}")),
             content=body,
+            extensions={"sni_hostname": parts.hostname},
             headers={
+                "host": parts.netloc.rpartition("@")[2],
                 "content-type": "application/json",
                 "x-dlm-event": event.event_type,
                 "x-dlm-event-id": str(event.event_id),
@@ -146,11 +156,12 @@ class WebhookSink:
 def make_sinks(settings: Settings) -> list[Sink]:
     """A sink for each of ``settings.event_sinks``, under the same name."""
     sinks: list[Sink] = []
+    outbound = OutboundPolicy(comma_list(settings.outbound_allow))
     for name in settings.event_sinks:
         if name == AmqpSink.name:
             sinks.append(AmqpSink(settings.amqp_url or "", settings.amqp_exchange))
         else:
-            sinks.append(WebhookSink(name.removeprefix("webhook:"), settings.webhook_secret or ""))
+            sinks.append(WebhookSink(name.removeprefix("webhook:"), settings.webhook_secret or "", outbound))
     return sinks
 
 

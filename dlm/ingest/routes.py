@@ -32,6 +32,7 @@ from dlm.parsing import parse_datetime
 )
 async def init_data_item(
     session: NamedDependency[AsyncSession],
+    state: State,
     principal: NamedDependency[Principal],
     item_name: FromQuery[str | None] = None,
     uid_phase: FromQuery[Phase] = Phase.GAS,
@@ -40,7 +41,13 @@ async def init_data_item(
 ) -> Response[str]:
     init = convert_body(data, ItemInit, "json_data", null_means_default=True)
     uid = await service.init_item(
-        session, item_name=item_name, uid_phase=uid_phase, init=init, owner=owner_of_new_items(principal)
+        session,
+        item_name=item_name,
+        uid_phase=uid_phase,
+        init=init,
+        owner=owner_of_new_items(principal),
+        group=state.settings.default_group,
+        principal=principal,
     )
     return json_response(str(uid))
 
@@ -99,7 +106,8 @@ async def register_data_item(
         item_owner=item_owner or None,
     )
     options = {"checksum_max_bytes": state.settings.register_checksum_max_bytes, "extractors": state.extractors}
-    uid = await service.register_item(session, registration, owner=owner_of_new_items(principal), **options)
+    owner = owner_of_new_items(principal)
+    uid = await service.register_item(session, registration, owner=owner, group=state.settings.default_group, **options)
     if register_members:
         await service.register_members(session, uid, **options)
     return json_response(str(uid))
@@ -130,6 +138,7 @@ async def register_data_items(
         checksum_max_bytes=state.settings.register_checksum_max_bytes,
         extractors=state.extractors,
         owner=owner_of_new_items(principal),
+        group=state.settings.default_group,
     )
     return json_response([str(uid) for uid in uids])
 

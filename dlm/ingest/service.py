@@ -14,6 +14,8 @@ import msgspec
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dlm.auth.policy import qualified_subject, require_change
+from dlm.auth.principal import Principal
 from dlm.data_item import (
     Bytes,
     ItemInit,
@@ -38,7 +40,7 @@ from dlm.errors import (
 )
 from dlm.metadata import Extractor, Payload, extract
 from dlm.storage.service import refuse_new_payloads, resolve_storage, storage_backend
-from dlm.transfer.paths import check_relative_uri, payload_key
+from dlm.transfer.paths import canonical_uri, check_item_name, payload_key
 
 MAX_BULK_ITEMS = 100_000
 MAX_BULK_BYTES = 64 * 1024 * 1024
@@ -81,15 +83,25 @@ async def read_registrations(entries: list[Any]) -> list[ItemRegistration]:
 
 
 async def init_item(
-    session: AsyncSession, *, item_name: str | None, uid_phase: Phase, init: ItemInit, owner: str | None = None
+    session: AsyncSession,
+    *,
+    item_name: str | None,
+    uid_phase: Phase,
+    init: ItemInit,
+    owner: str | None = None,
+    group: str | None = None,
+    principal: Principal | None = None,
 ) -> uuid.UUID:
     """Create an INITIALISED replica; its payload is written independently and announced with set_uri.
-    ``owner`` (the caller) owns it unless ``init`` names an item_owner."""
+    ``owner`` (the caller) owns it unless ``init`` names an item_owner. A further replica of an existing
+    item (``init`` names its oid) is a change to that item: ``principal`` must be allowed to make it."""
     values = changes_dict(init)
     if item_name:
-        values["item_name"] = item_name
+        values["item_name"] = check_item_name(item_name)
     if owner and "item_owner" not in values:
         values["item_owner"] = owner
+    if group and "item_group" not in values:
+        values["item_group"] = group
     if not values.get("item_name") and "oid" not in values:
         raise InvalidQueryParameters("item_name: required unless json_data names the item (item_name or oid)")
     state = values.pop("item_state", ItemState.INITIALISED)
@@ -119,8 +131,13 @@ async def init_item(
         # A further replica of an existing item: same oid (the trigger resolves a uid), same name and version.
         oid = await resolve_oid(session, values["oid"], "json_data.oid")
         existing = (
-            await session.execute(select(DataItem.item_name, DataItem.item_version).where(DataItem.oid == oid).limit(1))
+            await session.execute(
+                select(DataItem.item_name, DataItem.item_version, DataItem.item_owner)
+                .where(DataItem.oid == oid)
+                .limit(1)
+            )
         ).one()
+        require_change(principal, existing.item_owner, f"item {existing.item_name!r} (oid {oid})")
         if values.get("item_name", existing.item_name) != existing.item_name:
             raise InvalidQueryParameters(
                 f"item_name: a replica of item {oid} is named {existing.item_name!r}, like all its replicas"
@@ -209,10 +226,16 @@ async def register_item(
     checksum_max_bytes: int = 0,
     extractors: dict[str, Extractor] | None = None,
     owner: str | None = None,
+    group: str | None = None,
 ) -> uuid.UUID:
     """Register an existing payload as a READY replica in one step; returns its uid."""
     registered = await register_items(
-        session, [registration], checksum_max_bytes=checksum_max_bytes, extractors=extractors, owner=owner
+        session,
+        [registration],
+        checksum_max_bytes=checksum_max_bytes,
+        extractors=extractors,
+        owner=owner,
+        group=group,
     )
     return registered[0]
 
@@ -247,7 +270,9 @@ async def register_members(
         )
         for member in members
     ]
-    return await register_items(session, registrations, checksum_max_bytes=checksum_max_bytes, extractors=extractors)
+    return await register_items(
+        session, registrations, checksum_max_bytes=checksum_max_bytes, extractors=extractors, group=item.item_group
+    )
 
 
 async def _first_live_with(
@@ -287,10 +312,11 @@ async def register_items(
     checksum_max_bytes: int = 0,
     extractors: dict[str, Extractor] | None = None,
     owner: str | None = None,
+    group: str | None = None,
 ) -> list[uuid.UUID]:
     """Register many payloads in one transaction: all of them or, on any error, none. Each becomes a new
     logical item (its own oid), READY on its storage, owned by its entry's item_owner, else ``owner``
-    (the caller). Errors name the entry (``items[i]``) at fault."""
+    (the caller), in ``group`` (else the column's default). Errors name the entry (``items[i]``) at fault."""
     if not registrations:
         raise InvalidQueryParameters("items: at least one item is required")
     if len(registrations) > MAX_BULK_ITEMS:
@@ -300,7 +326,8 @@ async def register_items(
 
     for index, entry in enumerate(registrations):
         with _naming(where(index)):
-            check_relative_uri(entry.uri)
+            entry.uri = canonical_uri(entry.uri)
+            check_item_name(entry.item_name)
     storages = await _resolve_storages(session, registrations, where)
     payloads = await _inspect_payloads(session, registrations, storages, where, checksum_max_bytes, extractors or {})
     parents = await _resolve_parents(session, registrations, where)
@@ -347,7 +374,10 @@ async def register_items(
                 "decompressed_size": entry.decompressed_size,
                 "item_checksum": payload.checksum,
                 "checksum_method": ChecksumMethod.CRC32C,
-                "item_owner": entry.item_owner or owner or DEFAULT_OWNER,
+                "item_owner": qualified_subject(entry.item_owner, f"{where(index)}item_owner")
+                if entry.item_owner
+                else owner or DEFAULT_OWNER,
+                "item_group": group or DEFAULT_OWNER,
                 "item_mime_type": guess_mime_type(entry.uri, entry.item_type),
                 "payload_modified": payload.modified,
                 # The caller's metadata comes back as sent (with uid and item_name, as in SKA-DLM); what

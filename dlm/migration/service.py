@@ -28,7 +28,7 @@ from dlm.storage.service import (
 )
 from dlm.transfer.backends import READING_COST, place_of
 from dlm.transfer.base import TransferError
-from dlm.transfer.paths import check_relative_uri, payload_key
+from dlm.transfer.paths import canonical_uri, payload_key
 
 log = logging.getLogger("dlm.migration")
 
@@ -152,8 +152,7 @@ async def _existing_copy(
     )
     if made_by is None or not reuse or payload_key(existing.uri) != payload_key(uri):
         raise Conflict(
-            f"destination: {destination.storage_name!r} already holds replica {existing.uid} of "
-            f"{source.item_name!r}"
+            f"destination: {destination.storage_name!r} already holds replica {existing.uid} of {source.item_name!r}"
         )
     return {"uid": str(existing.uid), "migration_id": made_by}
 
@@ -227,9 +226,7 @@ async def copy_item(
         await pick_source(session, item_name=item_name, oid=oid, uid=uid)  # a missing item is named first
         raise
     source = await pick_source(session, item_name=item_name, oid=oid, uid=uid, near=destination.location_id)
-    if path:
-        check_relative_uri(path, "path")
-    uri = path or source.uri
+    uri = canonical_uri(path, "path") if path else source.uri
     # A move is not a copy already made: its source must still go.
     if (existing := await _check_destination(session, source, destination, uri, reuse=not move)) is not None:
         return existing

@@ -28,6 +28,7 @@ from sqlalchemy import Row, and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from dlm.auth.policy import may_read
 from dlm.auth.principal import Principal
 from dlm.data_item import ITEMS, convert_body
 from dlm.db.engine import transaction
@@ -42,6 +43,7 @@ from dlm.storage.service import is_writable, keyring, refuse_new_payloads, stora
 from dlm.transfer.backends import Place, make_backend, normalise_endpoint
 from dlm.transfer.base import TransferError
 from dlm.transfer.copy import copy_payload
+from dlm.transfer.outbound import OutboundPolicy
 from dlm.transfer.paths import check_relative_uri
 
 log = logging.getLogger("dlm.delivery")
@@ -72,18 +74,18 @@ async def create_delivery(session: AsyncSession, principal: Principal, body: Any
     if (request.items is None) == (request.params is None):
         raise InvalidQueryParameters("body: give items (names, oids or uids) or params (a filter), not both")
     rows = await _select(session, request)
-    unreadable = [row.item_name for row in rows if not retrieve.may_read(principal, row)]
+    unreadable = [row.item_name for row in rows if not may_read(principal, row.item_owner, row.acl)]
     if unreadable:
         raise Forbidden(f"{principal.subject!r} may not read {', '.join(repr(name) for name in unreadable[:5])}")
     if not {"storage_name", "posix"}.isdisjoint(request.destination) and not principal.may(Role.OPERATOR):
         # Those write on DLM's own storages; a reader ships to a bucket of its own.
         raise Forbidden("body.destination: delivering to a storage or a directory of DLM's needs role operator")
-    destination = await _check_destination(session, request.destination, confinement)
-    if "s3" in destination and not keyring(session).sealing:
+    if "s3" in request.destination and not keyring(session).sealing:
         raise UnmetPreconditionForOperation(
             "body.destination.s3: DLM keeps inline credentials only sealed, and has no key to seal them "
             "with: an operator sets DLM_SECRET_KEY (dlm db new-secret-key)"
         )
+    destination = await _check_destination(session, request.destination, confinement)
     try:
         async with (await open_destination(session, destination)).backend as backend:
             await backend.check()
@@ -173,10 +175,16 @@ async def _check_destination(session: AsyncSession, destination: dict[str, Any],
     if not isinstance(target, dict) or not isinstance(target.get("bucket"), str) or not target["bucket"]:
         raise InvalidQueryParameters("body.destination.s3.bucket: required")
     config = {"type": "s3", **{key: value for key, value in target.items() if key not in ("bucket", "prefix")}}
-    configs.validate(config, interface=StorageInterface.S3)
+    try:
+        configs.validate(config, interface=StorageInterface.S3)
+    except InvalidQueryParameters as exc:  # named as the caller wrote it: body.destination.s3.<key>
+        raise InvalidQueryParameters(exc.message.replace("config.", "body.destination.s3.", 1)) from None
     endpoint = config.get("endpoint")
     root = f"{target['bucket']}/{str(target.get('prefix') or '').strip('/')}".rstrip("/")
-    confinement.check_place(Place("s3", normalise_endpoint(str(endpoint)) if endpoint else "aws", root))
+    field = "body.destination.s3.endpoint"
+    confinement.check_place(Place("s3", normalise_endpoint(str(endpoint), field) if endpoint else "aws", root))
+    if endpoint:
+        await outbound(session).check_url(str(endpoint), field)
     return {"s3": {**target, "root": root, "config": config}}
 
 
@@ -198,7 +206,13 @@ async def open_destination(session: AsyncSession, destination: dict[str, Any]) -
     if "posix" in destination:
         return Destination(make_backend(StorageInterface.POSIX, destination["posix"], None))
     target = destination["s3"]
-    return Destination(make_backend(StorageInterface.S3, target["root"], target["config"]))
+    backend = make_backend(StorageInterface.S3, target["root"], target["config"], outbound=outbound(session))
+    return Destination(backend)
+
+
+def outbound(session: AsyncSession) -> OutboundPolicy:
+    """Where endpoints a caller names may be: the process's policy (public addresses only, by default)."""
+    return session.info.get("outbound") or OutboundPolicy()
 
 
 def shown(row: Row[Any] | Delivery, ring: Any) -> dict[str, Any]:

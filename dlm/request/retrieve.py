@@ -1,10 +1,7 @@
 """Give a payload's bytes back: pick the best READY replica the caller may read, stream it (a byte
 range of it, or a container as a tar of its files), and record the retrieval in the item's history.
 
-Who may read (docs/security.md#reading): operators and admins read everything; a reader or ingest
-caller reads an item it owns, an item of one of its groups (``item_group``), an item whose ``acl`` names
-it, one of its groups (``"group:<name>"``) or ``"*"`` under ``"read"``, and an item with no ``acl`` at
-all (the observatory's data is open to its readers unless restricted).
+Who may read is ``dlm.auth.policy.may_read`` (docs/security.md#items).
 """
 
 import datetime
@@ -14,13 +11,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-from sqlalchemy import Row, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dlm.auth.policy import may_read
 from dlm.auth.principal import Principal
 from dlm.data_item import ITEMS, item_selector
 from dlm.db.models import DataItemEvent, Location, Migration, Storage
-from dlm.enums import ItemState, ItemType, MigrationStatus, Role
+from dlm.enums import ItemState, ItemType, MigrationStatus
 from dlm.errors import Forbidden, InvalidQueryParameters, NotFound, ServiceUnavailable, UnmetPreconditionForOperation
 from dlm.observability import metrics
 from dlm.storage.service import latest_config
@@ -58,24 +56,6 @@ class Retrieval(msgspec.Struct, frozen=True):
     last_modified: datetime.datetime | None
 
 
-def may_read(principal: Principal, item: Row[Any] | dict[str, Any]) -> bool:
-    values = item._mapping if isinstance(item, Row) else item
-    if principal.may(Role.OPERATOR):
-        return True
-    if not principal.may(Role.READER):
-        return False
-    if values["item_owner"] == principal.subject or values["item_group"] in principal.groups:
-        return True
-    acl = values.get("acl")
-    if acl is None:
-        return True
-    readers = acl.get("read", []) if isinstance(acl, dict) else []
-    if not isinstance(readers, list):
-        return False
-    names = {"*", principal.subject} | {f"group:{group}" for group in principal.groups}
-    return not names.isdisjoint(reader for reader in readers if isinstance(reader, str))
-
-
 async def prepare(
     session: AsyncSession,
     principal: Principal | None,
@@ -110,7 +90,7 @@ async def prepare(
     newest = rows[0].item_version
     rows = [row for row in rows if row.item_version == newest]
     # An acl is set per replica (or on all of an item's at once): read only replicas that allow it.
-    readable = [row for row in rows if principal is None or may_read(principal, row)]
+    readable = [row for row in rows if principal is None or may_read(principal, row.item_owner, row.acl)]
     if not readable:
         assert principal is not None
         raise Forbidden(f"{principal.subject!r} may not read item {rows[0].item_name!r} (its owner and acl decide)")

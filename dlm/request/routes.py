@@ -49,120 +49,156 @@ async def query_data_item(
 @patch("/update_data_item", operation_id="update_data_item", **permission(Role.INGEST), summary="Update Data Item")
 async def update_data_item(
     session: NamedDependency[AsyncSession],
+    principal: NamedDependency[Principal],
     item_name: FromQuery[str] = "",
     oid: UuidQuery = "",
     uid: UuidQuery = "",
     data: JSONBody[dict[str, Any] | None] = None,
 ) -> Item:
     """Change columns (the JSON body) of the data_items named by uid, oid or item_name; returns the first."""
-    rows = await setters.update_items(session, item_name=item_name, oid=oid, uid=uid, changes=data)
+    rows = await setters.update_items(session, item_name=item_name, oid=oid, uid=uid, changes=data, principal=principal)
     return row_dict(rows[0]._mapping)
 
 
 @patch("/set_uri", operation_id="set_uri", **permission(Role.INGEST), summary="Set Uri")
 async def set_uri(
     session: NamedDependency[AsyncSession],
+    principal: NamedDependency[Principal],
+    state: State,
     uid: UuidQuery,
     uri: FromQuery[str],
     storage_id: UuidQuery,
 ) -> Item:
-    """Set where a data_item's payload is: its storage and its path relative to the storage root."""
-    return row_dict((await setters.set_uri(session, uid=uid, uri=uri, storage_id=storage_id))._mapping)
+    """Set where a data_item's payload is: its storage and its path relative to the storage root. DLM
+    addition: the payload must be there; its size (and crc32c for small files) are recorded, and must be
+    those of the item's other READY replicas."""
+    row = await setters.set_uri(
+        session,
+        uid=uid,
+        uri=uri,
+        storage_id=storage_id,
+        principal=principal,
+        checksum_max_bytes=state.settings.register_checksum_max_bytes,
+    )
+    return row_dict(row._mapping)
 
 
 @patch("/set_metadata", operation_id="set_metadata", **permission(Role.INGEST), summary="Set Metadata")
 async def set_metadata(
-    session: NamedDependency[AsyncSession], uid: UuidQuery, data: JSONBody[dict[str, Any] | None] = None
+    session: NamedDependency[AsyncSession],
+    principal: NamedDependency[Principal],
+    uid: UuidQuery,
+    data: JSONBody[dict[str, Any] | None] = None,
 ) -> Item:
     """Replace the metadata (a JSON object) of a data_item."""
-    return row_dict((await setters.set_metadata(session, uid=uid, metadata=data))._mapping)
+    return row_dict((await setters.set_metadata(session, uid=uid, metadata=data, principal=principal))._mapping)
 
 
 @patch("/set_state", operation_id="set_state", **permission(Role.INGEST), summary="Set State")
 async def set_state(
     session: NamedDependency[AsyncSession],
+    principal: NamedDependency[Principal],
     uid: UuidQuery,
     new_state: Annotated[ItemState, QueryParameter(name="state")],  # `state` is a reserved name in Litestar
 ) -> Item:
     """Move a data_item to another state; only legal transitions are accepted."""
-    return row_dict((await setters.set_state(session, uid=uid, state=new_state))._mapping)
+    return row_dict((await setters.set_state(session, uid=uid, state=new_state, principal=principal))._mapping)
 
 
 @patch(
     "/set_oid_expiration", operation_id="set_oid_expiration", **permission(Role.INGEST), summary="Set Oid Expiration"
 )
 async def set_oid_expiration(
-    session: NamedDependency[AsyncSession], oid: UuidQuery, expiration: FromQuery[str]
+    session: NamedDependency[AsyncSession],
+    principal: NamedDependency[Principal],
+    oid: UuidQuery,
+    expiration: FromQuery[str],
 ) -> Item:
     """Set when the item (all replicas of the oid) expires. ISO 8601; no offset means UTC."""
     moment = parse_datetime(expiration, "expiration")
-    return row_dict((await setters.set_oid_expiration(session, oid=oid, expiration=moment))[0]._mapping)
+    rows = await setters.set_oid_expiration(session, oid=oid, expiration=moment, principal=principal)
+    return row_dict(rows[0]._mapping)
 
 
 @patch(
     "/set_uid_expiration", operation_id="set_uid_expiration", **permission(Role.INGEST), summary="Set Uid Expiration"
 )
 async def set_uid_expiration(
-    session: NamedDependency[AsyncSession], uid: UuidQuery, expiration: FromQuery[str]
+    session: NamedDependency[AsyncSession],
+    principal: NamedDependency[Principal],
+    uid: UuidQuery,
+    expiration: FromQuery[str],
 ) -> Item:
     """Set when one replica expires. ISO 8601; no offset means UTC."""
     moment = parse_datetime(expiration, "expiration")
-    return row_dict((await setters.set_uid_expiration(session, uid=uid, expiration=moment))._mapping)
+    row = await setters.set_uid_expiration(session, uid=uid, expiration=moment, principal=principal)
+    return row_dict(row._mapping)
 
 
 @patch("/set_user", operation_id="set_user", **permission(Role.INGEST), summary="Set User")
 async def set_user(
     session: NamedDependency[AsyncSession],
+    principal: NamedDependency[Principal],
     oid: UuidQuery = "",
     uid: UuidQuery = "",
     user: FromQuery[str] = "SKA",
 ) -> Item:
-    """Set the owner of a replica (uid) or of every replica of an item (oid)."""
-    row = await setters.set_owner_field(session, oid=oid, uid=uid, column="item_owner", value=user)
+    """Set the owner of a replica (uid) or of every replica of an item (oid). DLM addition: below operator,
+    only the item's owner may; a bare name is an identity provider's user (`oidc:<name>`), an API token's
+    holder is `token:<name>`."""
+    row = await setters.set_owner_field(session, oid=oid, uid=uid, column="item_owner", value=user, principal=principal)
     return row_dict(row._mapping)
 
 
 @patch("/set_group", operation_id="set_group", **permission(Role.INGEST), summary="Set Group")
 async def set_group(
     session: NamedDependency[AsyncSession],
+    principal: NamedDependency[Principal],
     oid: UuidQuery = "",
     uid: UuidQuery = "",
     group: FromQuery[str] = "SKA",
 ) -> Item:
     """Set the group of a replica (uid) or of every replica of an item (oid)."""
-    row = await setters.set_owner_field(session, oid=oid, uid=uid, column="item_group", value=group)
+    row = await setters.set_owner_field(
+        session, oid=oid, uid=uid, column="item_group", value=group, principal=principal
+    )
     return row_dict(row._mapping)
 
 
 @patch("/set_acl", operation_id="set_acl", **permission(Role.INGEST), summary="Set Acl")
 async def set_acl(
     session: NamedDependency[AsyncSession],
+    principal: NamedDependency[Principal],
     oid: UuidQuery = "",
     uid: UuidQuery = "",
     acl: FromQuery[str] = "{}",
 ) -> Item:
     """Set the access control list (a JSON object) of a replica (uid) or of every replica of an item (oid)."""
-    row = await setters.set_owner_field(session, oid=oid, uid=uid, column="acl", value=setters.parse_acl(acl))
+    acl_value = setters.parse_acl(acl)
+    row = await setters.set_owner_field(session, oid=oid, uid=uid, column="acl", value=acl_value, principal=principal)
     return row_dict(row._mapping)
 
 
 @patch("/set_phase", operation_id="set_phase", **permission(Role.INGEST), summary="Set Phase")
-async def set_phase(session: NamedDependency[AsyncSession], uid: UuidQuery, phase: FromQuery[str]) -> Item:
+async def set_phase(
+    session: NamedDependency[AsyncSession], principal: NamedDependency[Principal], uid: UuidQuery, phase: FromQuery[str]
+) -> Item:
     """Set the phase the item must reach (its target_phase, on every replica); the replication engine acts
     on it. A replica's own uid_phase always follows its storage."""
-    row = await setters.set_phase(session, uid=uid, phase=parse_enum(Phase, phase, "phase"))
+    row = await setters.set_phase(session, uid=uid, phase=parse_enum(Phase, phase, "phase"), principal=principal)
     return row_dict(row._mapping)
 
 
 @patch("/update_item_tags", operation_id="update_item_tags", **permission(Role.INGEST), summary="Update Item Tags")
 async def update_item_tags(
     session: NamedDependency[AsyncSession],
+    principal: NamedDependency[Principal],
     item_name: FromQuery[str] = "",
     oid: UuidQuery = "",
     data: JSONBody[dict[str, Any] | None] = None,
 ) -> Item:
     """Merge tags (the JSON body) into every replica of the item named by oid or item_name."""
-    row = await setters.update_item_tags(session, item_name=item_name, oid=oid, item_tags=data)
+    row = await setters.update_item_tags(session, item_name=item_name, oid=oid, item_tags=data, principal=principal)
     return row_dict(row._mapping)
 
 

@@ -1,5 +1,6 @@
 """The request manager's changes to items: SKA-DLM's set_* and update functions, each a thin layer over
-``dlm.data_item.change_items`` so that every one of them obeys the same rules and leaves the same trace."""
+``dlm.data_item.change_items`` so that every one of them obeys the same rules (the owner rule of
+``dlm.auth.policy`` among them) and leaves the same trace."""
 
 import datetime
 from typing import Any
@@ -7,11 +8,13 @@ from typing import Any
 from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dlm.auth.principal import Principal
 from dlm.data_item import ItemChanges, change_items, changes_dict, convert_body, get_item, item_selector
 from dlm.db.models import DataItem, PhaseChange
-from dlm.enums import ItemState, Phase
-from dlm.errors import InvalidQueryParameters, NotFound
+from dlm.enums import ChecksumMethod, ItemState, ItemType, Phase
+from dlm.errors import InvalidQueryParameters, NotFound, UnmetPreconditionForOperation
 from dlm.parsing import parse_json_object, parse_uuid, require_one
+from dlm.storage.service import resolve_storage, storage_backend
 
 
 async def update_items(
@@ -21,59 +24,124 @@ async def update_items(
     oid: str = "",
     uid: str = "",
     changes: dict[str, Any] | None,
+    principal: Principal | None = None,
 ) -> list[Row[Any]]:
     """Change columns of the replicas named by uid, oid or item_name (all of them for an oid or a name)."""
     values = changes_dict(convert_body(changes, ItemChanges, "post_data"))
     if not values:
         raise InvalidQueryParameters("post_data: give at least one column to change")
-    return await change_items(session, item_selector(item_name=item_name, oid=oid, uid=uid), values)
+    selector = item_selector(item_name=item_name, oid=oid, uid=uid)
+    return await change_items(session, selector, values, principal=principal)
 
 
-async def set_uri(session: AsyncSession, *, uid: str, uri: str, storage_id: str) -> Row[Any]:
-    """Say where a replica's payload is: its storage and its path relative to the storage root."""
+async def set_uri(
+    session: AsyncSession,
+    *,
+    uid: str,
+    uri: str,
+    storage_id: str,
+    principal: Principal | None = None,
+    checksum_max_bytes: int = 0,
+) -> Row[Any]:
+    """Say where a replica's payload is: its storage and its path relative to the storage root. The
+    payload must be there; its size (and crc32c, up to ``checksum_max_bytes``) are recorded anew, and
+    must be those of the item's other READY replicas, if it has any: a replica is the item's bytes."""
     changes = changes_dict(ItemChanges(uri=uri, storage_id=parse_uuid(storage_id, "storage_id")))
-    return (await change_items(session, item_selector(uid=uid), changes))[0]
+    replica = await get_item(session, uid)
+    storage = await resolve_storage(session, storage_id=storage_id)
+    async with await storage_backend(session, storage) as backend:
+        info = await backend.stat(changes["uri"])
+        if info is None:
+            raise UnmetPreconditionForOperation(
+                f"uri: no payload at {changes['uri']!r} on storage {storage.storage_name!r}"
+            )
+        if info.is_container != (replica.item_type is ItemType.CONTAINER):
+            kind = "a directory" if info.is_container else "a file"
+            raise UnmetPreconditionForOperation(
+                f"uri: the payload at {changes['uri']!r} is {kind}, and the item is a {replica.item_type.value}"
+            )
+        checksum = None
+        if info.size is not None and info.size <= checksum_max_bytes and not info.is_container:
+            checksum = await backend.checksum(changes["uri"], ChecksumMethod.CRC32C)
+    others = (
+        await session.execute(
+            select(DataItem.item_size, DataItem.item_checksum, DataItem.checksum_method).where(
+                DataItem.oid == replica.oid, DataItem.uid != replica.uid, DataItem.item_state == ItemState.READY
+            )
+        )
+    ).all()
+    if info.size is not None and any(other.item_size not in (None, info.size) for other in others):
+        raise UnmetPreconditionForOperation(
+            f"uri: the payload at {changes['uri']!r} has {info.size} bytes, not those of the item's READY "
+            "replicas: it is not a replica of this item"
+        )
+    if checksum is not None and any(
+        other.checksum_method is ChecksumMethod.CRC32C and other.item_checksum not in (None, checksum)
+        for other in others
+    ):
+        raise UnmetPreconditionForOperation(
+            f"uri: the payload at {changes['uri']!r} differs from the item's READY replicas (crc32c {checksum})"
+        )
+    changes.update(item_size=info.size, item_checksum=checksum, checksum_method=ChecksumMethod.CRC32C)
+    return (await change_items(session, item_selector(uid=uid), changes, principal=principal))[0]
 
 
-async def set_state(session: AsyncSession, *, uid: str, state: ItemState) -> Row[Any]:
-    return (await change_items(session, item_selector(uid=uid), {"item_state": state}))[0]
+async def set_state(
+    session: AsyncSession, *, uid: str, state: ItemState, principal: Principal | None = None
+) -> Row[Any]:
+    return (await change_items(session, item_selector(uid=uid), {"item_state": state}, principal=principal))[0]
 
 
-async def set_metadata(session: AsyncSession, *, uid: str, metadata: dict[str, Any] | None) -> Row[Any]:
-    return (await change_items(session, item_selector(uid=uid), {"metadata": metadata}))[0]
+async def set_metadata(
+    session: AsyncSession, *, uid: str, metadata: dict[str, Any] | None, principal: Principal | None = None
+) -> Row[Any]:
+    return (await change_items(session, item_selector(uid=uid), {"metadata": metadata}, principal=principal))[0]
 
 
-async def set_uid_expiration(session: AsyncSession, *, uid: str, expiration: datetime.datetime) -> Row[Any]:
-    return (await change_items(session, item_selector(uid=uid), {"uid_expiration": expiration}))[0]
+async def set_uid_expiration(
+    session: AsyncSession, *, uid: str, expiration: datetime.datetime, principal: Principal | None = None
+) -> Row[Any]:
+    selector = item_selector(uid=uid)
+    return (await change_items(session, selector, {"uid_expiration": expiration}, principal=principal))[0]
 
 
-async def set_oid_expiration(session: AsyncSession, *, oid: str, expiration: datetime.datetime) -> list[Row[Any]]:
+async def set_oid_expiration(
+    session: AsyncSession, *, oid: str, expiration: datetime.datetime, principal: Principal | None = None
+) -> list[Row[Any]]:
     if not oid:
         raise InvalidQueryParameters("oid: required")
-    return await change_items(session, item_selector(oid=oid), {"oid_expiration": expiration})
+    return await change_items(session, item_selector(oid=oid), {"oid_expiration": expiration}, principal=principal)
 
 
-async def set_owner_field(session: AsyncSession, *, oid: str, uid: str, column: str, value: Any) -> Row[Any]:
+async def set_owner_field(
+    session: AsyncSession, *, oid: str, uid: str, column: str, value: Any, principal: Principal | None = None
+) -> Row[Any]:
     """set_user / set_group / set_acl: one column of the replica (uid) or of all replicas of an item (oid)."""
     require_one({"oid": oid, "uid": uid})
-    return (await change_items(session, item_selector(oid=oid, uid=uid), {column: value}))[0]
+    values = changes_dict(ItemChanges(**{column: value}))
+    return (await change_items(session, item_selector(oid=oid, uid=uid), values, principal=principal))[0]
 
 
 def parse_acl(acl: str) -> dict[str, Any]:
     return parse_json_object(acl, "acl")
 
 
-async def set_phase(session: AsyncSession, *, uid: str, phase: Phase) -> Row[Any]:
+async def set_phase(session: AsyncSession, *, uid: str, phase: Phase, principal: Principal | None = None) -> Row[Any]:
     """Ask for an item to reach ``phase``: it becomes the target_phase of all its replicas, and a
     phase-change request is recorded for the lifecycle engines to act on."""
     item = await get_item(session, uid)
+    await change_items(session, DataItem.oid == item.oid, {"target_phase": phase}, principal=principal)
     session.add(PhaseChange(oid=item.oid, final_phase=phase))
-    await change_items(session, DataItem.oid == item.oid, {"target_phase": phase})
     return (await session.execute(select(DataItem.__table__).where(DataItem.uid == item.uid))).one()
 
 
 async def update_item_tags(
-    session: AsyncSession, *, item_name: str = "", oid: str = "", item_tags: dict[str, Any] | None
+    session: AsyncSession,
+    *,
+    item_name: str = "",
+    oid: str = "",
+    item_tags: dict[str, Any] | None,
+    principal: Principal | None = None,
 ) -> Row[Any]:
     """Merge ``item_tags`` into the tags of every replica of the item (a null value removes a tag)."""
     if not item_tags:
@@ -86,5 +154,5 @@ async def update_item_tags(
     for row in rows:
         merged = {**(row.item_tags or {}), **item_tags}
         merged = {key: value for key, value in merged.items() if value is not None}
-        changed += await change_items(session, DataItem.uid == row.uid, {"item_tags": merged})
+        changed += await change_items(session, DataItem.uid == row.uid, {"item_tags": merged}, principal=principal)
     return min(changed, key=lambda row: row.uid_creation)

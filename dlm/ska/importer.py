@@ -26,12 +26,14 @@ from sqlalchemy import Table, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dlm.auth.policy import qualified_acl, qualified_subject
 from dlm.data_item import ITEMS
 from dlm.db.models import Location, LocationFacility, Migration, Storage, StorageConfig
 from dlm.enums import ChecksumMethod, ConfigType, ItemType, MigrationStatus
 from dlm.errors import DLMError, InvalidQueryParameters
 from dlm.storage import configs
 from dlm.storage.service import keyring
+from dlm.transfer.paths import canonical_uri
 
 BATCH = 2000
 # Lines of detail kept per reason; the counts are always complete.
@@ -247,6 +249,17 @@ class SkaImport:
         for key in ("item_tags", "acl", "metadata"):
             if isinstance(row.get(key), str):  # json columns arrive as text
                 row[key] = msgspec.json.decode(row[key])
+        # SKA-DLM's owners are its identity provider's user names; uris are stored canonical.
+        try:
+            if row.get("item_owner"):
+                row["item_owner"] = qualified_subject(row["item_owner"], "item_owner")
+            if isinstance(row.get("acl"), dict):
+                row["acl"] = qualified_acl(row["acl"])
+            if row.get("uri") and row.get("storage_id") is not None:
+                row["uri"] = canonical_uri(row["uri"])
+        except DLMError as exc:
+            self.report.note("replica not imported: DLM refuses what it says", f"{uid}: {exc}")
+            return None
         if row.get("item_type") not in ItemType.__members__.values():
             self.report.note("item_type DLM does not know: imported as unknown", f"{uid} ({row.get('item_type')!r})")
             row["item_type"] = ItemType.UNKNOWN
@@ -279,6 +292,8 @@ class SkaImport:
                 self.report.note("migration between storages that were not imported", str(ska_id))
                 continue
             row = _row(source, Migration.__table__, skip=("migration_id",))
+            if row.get("user") and row["user"] != "anonymous":
+                row["user"] = qualified_subject(row["user"], "user")
             for key in ("source_storage_id", "destination_storage_id"):
                 row[key] = self.storages.get(row[key], row[key])
             status = source["job_status"]

@@ -10,7 +10,7 @@ Two spellings are accepted, as SKA-DLM clients send either: the flat remote
 
 import json
 from typing import Any
-from urllib.parse import urlparse, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
@@ -19,6 +19,7 @@ from dlm.enums import ConfigType, StorageInterface
 from dlm.errors import InvalidQueryParameters, UnmetPreconditionForOperation
 from dlm.transfer.backends import flat_config
 from dlm.transfer.obscured import NotObscured, reveal
+from dlm.transfer.outbound import parse_endpoint
 
 REDACTED = "***"
 # What get_storage_config shows of each remote type: fields known to hold no secret. Anything else (a
@@ -103,12 +104,19 @@ def redact(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _without_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{REDACTED}@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """A URL as shown: credentials in its user part or its query string (``?X-Amz-Signature=``,
+    ``?access_key=``) are not where it points, and are redacted."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return REDACTED  # never stored (validation refuses it), so nothing worth showing
+    if parts.username is not None or parts.password is not None:
+        netloc = f"{REDACTED}@{parts.hostname or ''}" + (f":{port}" if port else "")
+        parts = parts._replace(netloc=netloc)
+    if parts.query:
+        parts = parts._replace(query=REDACTED)
+    return urlunsplit(parts)
 
 
 def validate(
@@ -151,9 +159,7 @@ def _truthy(value: Any) -> bool:
 def _validate_s3(flat: dict[str, Any]) -> None:
     endpoint = flat.get("endpoint")
     if endpoint not in (None, ""):
-        parsed = urlparse(str(endpoint))
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise InvalidQueryParameters(f"config.endpoint: {endpoint!r} must be an http:// or https:// URL")
+        parse_endpoint(str(endpoint), "config.endpoint")
     if not _truthy(flat.get("env_auth", False)):
         for key in ("access_key_id", "secret_access_key"):
             if not isinstance(flat.get(key), str) or not flat[key]:

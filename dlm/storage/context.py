@@ -1,11 +1,12 @@
 """What every database session of a DLM process carries: the keys that open storage configs, the
-sinks its events are written for, and where storages may be."""
+sinks its events are written for, where storages may be, and where caller-named endpoints may be."""
 
 from typing import Any
 
-from dlm.config import Settings
+from dlm.config import Settings, comma_list
 from dlm.storage.configs import Keyring
 from dlm.storage.seed import storage_confinement
+from dlm.transfer.outbound import OutboundPolicy
 
 
 def session_info(settings: Settings) -> dict[str, Any]:
@@ -13,4 +14,5 @@ def session_info(settings: Settings) -> dict[str, Any]:
         "keyring": Keyring.from_text(settings.secret_key),
         "event_sinks": ",".join(settings.event_sinks),
         "confinement": storage_confinement(settings),
+        "outbound": OutboundPolicy(comma_list(settings.outbound_allow)),
     }

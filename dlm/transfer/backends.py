@@ -10,16 +10,17 @@ mostly agree, with two shapes SKA-DLM deployments use:
 
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit
 
 import msgspec
 
 from dlm.enums import StorageInterface
 from dlm.errors import InvalidQueryParameters, UnmetPreconditionForOperation
+from dlm.transfer.outbound import default_port, parse_endpoint
 from dlm.transfer.posix import PosixBackend
 from dlm.transfer.remotes import S3Settings, SftpSettings, split_root
 
 if TYPE_CHECKING:
+    from dlm.transfer.outbound import OutboundPolicy
     from dlm.transfer.s3 import S3Backend
     from dlm.transfer.sftp import SftpBackend
 
@@ -71,12 +72,12 @@ def place_of(interface: StorageInterface, root_directory: str, config: dict[str,
 AWS = "aws"
 
 
-def normalise_endpoint(endpoint: str) -> str:
+def normalise_endpoint(endpoint: str, field: str = "config.endpoint") -> str:
     """``https://S3.example.org/`` → ``https://s3.example.org:443``; "aws" stays "aws"."""
     if endpoint.strip().lower() == AWS:
         return AWS
-    parts = urlsplit(endpoint.strip())
-    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower(), 0)
+    parts = parse_endpoint(endpoint, field)
+    port = default_port(parts)
     # Credentials in an endpoint URL (user:pass@) are not part of where it points.
     return f"{parts.scheme.lower()}://{(parts.hostname or '').lower()}:{port}"
 
@@ -97,10 +98,16 @@ def sftp_settings(flat: dict[str, Any]) -> SftpSettings:
 
 
 def make_backend(
-    interface: StorageInterface, root_directory: str, config: dict[str, Any] | None, name: str = ""
+    interface: StorageInterface,
+    root_directory: str,
+    config: dict[str, Any] | None,
+    name: str = "",
+    *,
+    outbound: "OutboundPolicy | None" = None,
 ) -> "PosixBackend | S3Backend | SftpBackend":
     """The backend for a storage, as an async context manager (``async with make_backend(...) as b``).
-    ``config`` is the storage's rclone-style config, already validated when it was stored."""
+    ``config`` is the storage's rclone-style config, already validated when it was stored. ``outbound``:
+    where it may connect, for an endpoint a caller named rather than an admin's storage."""
     try:
         place = place_of(interface, root_directory, config)
     except UnmetPreconditionForOperation as exc:
@@ -114,4 +121,4 @@ def make_backend(
         return SftpBackend(place.root, sftp_settings(flat_config(config)))
     from dlm.transfer.s3 import S3Backend
 
-    return S3Backend(root_directory, S3Settings.from_rclone(flat_config(config)))
+    return S3Backend(root_directory, S3Settings.from_rclone(flat_config(config)), outbound=outbound)

@@ -1,10 +1,15 @@
 """Payload URIs are paths below a storage's root; none may ever point outside it.
 
-``obs/x`` and ``/obs/x`` name the same payload (SKA-DLM writes the second); each is stored as given.
+A URI is stored in its canonical form (``canonical_uri``): ``./obs//x/`` is stored as ``obs/x``, the
+path every backend reads and writes for it, so that two spellings can never pass for two payloads.
+``obs/x`` and ``/obs/x`` name the same payload too (SKA-DLM writes the second, and keeps it): the
+leading "/" is kept as given, and ``payload_key`` (what the unique index compares) drops it.
 """
 
 import os
+import re
 import stat
+import unicodedata
 from pathlib import Path, PurePosixPath
 
 from dlm.errors import InvalidQueryParameters
@@ -36,9 +41,41 @@ def check_relative_uri(uri: str, field: str = "uri") -> PurePosixPath:
     return path
 
 
+# Characters no item name may hold: C0/C1 controls (a CR or LF splits HTTP headers and log lines) and
+# the Unicode line and paragraph separators.
+_NOT_IN_NAMES = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def check_item_name(name: str, field: str = "item_name") -> str:
+    """An item name DLM accepts: it becomes a file name in deliveries, a tar member and a download's
+    file name, so it may not climb out of a directory ('..' between slashes) nor hold control characters,
+    and it is in Unicode NFC (so that one name is one string; DLM refuses other forms rather than change
+    a name behind its owner's back). A leading "/" is fine (SKA-DLM's tests name items so)."""
+    if not name:
+        raise InvalidQueryParameters(f"{field}: must not be empty")
+    if (bad := _NOT_IN_NAMES.search(name)) is not None:
+        raise InvalidQueryParameters(f"{field}: must not contain control characters ({bad.group()!r})")
+    if ".." in name.split("/"):
+        raise InvalidQueryParameters(f"{field}: {name!r} must not contain a '..' path segment")
+    if len(name.encode()) > MAX_URI_BYTES:
+        raise InvalidQueryParameters(f"{field}: longer than {MAX_URI_BYTES} bytes")
+    if not unicodedata.is_normalized("NFC", name):
+        raise InvalidQueryParameters(
+            f"{field}: {name!r} is not in Unicode NFC; send {unicodedata.normalize('NFC', name)!r}"
+        )
+    return name
+
+
+def canonical_uri(uri: str, field: str = "uri") -> str:
+    """``uri`` as DLM stores it: checked (``check_relative_uri``), without "." or empty components or a
+    trailing "/", keeping a leading "/" if it has one."""
+    return ("/" if uri.startswith("/") else "") + check_relative_uri(uri, field).as_posix()
+
+
 def payload_key(uri: str) -> str:
-    """What identifies a payload on its storage, however the uri was written (see the module)."""
-    return uri.lstrip("/")
+    """What identifies a payload on its storage, however the uri was written: the database's unique
+    index on ``ltrim(uri, '/')`` compares this, the canonical form without its leading "/"."""
+    return PurePosixPath(uri.lstrip("/")).as_posix()
 
 
 def check_deletable_uri(uri: str | None, field: str) -> None:

@@ -10,11 +10,14 @@ import asyncio
 import contextlib
 import math
 import os
+import re
+import socket
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 import aioboto3
 import aiohttp
+import aiohttp.abc
 import botocore.exceptions
 from aiobotocore.config import AioConfig
 
@@ -33,6 +36,7 @@ from dlm.transfer.base import (
     translated,
 )
 from dlm.transfer.batches import OneAtATime, write_all_or_none
+from dlm.transfer.outbound import OutboundPolicy
 from dlm.transfer.paths import check_relative_uri
 from dlm.transfer.remotes import S3Settings, split_root
 
@@ -44,14 +48,43 @@ _MISSING = {"404", "NoSuchKey", "NotFound"}
 _TAKEN = {"412", "PreconditionFailed", "ConditionalRequestConflict"}
 _LIBRARY_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, aiohttp.ClientError, OSError)
 _TRANSIENT = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
+# What an S3 error code looks like ("AccessDenied", "403"): anything else is not quoted back.
+_S3_CODE = re.compile(r"[A-Za-z0-9.]{1,64}")
 # A batch lists the directory it goes to unless that holds this many objects per file of the batch.
 _LISTING_PER_FILE = 10
 
 
+class CheckedResolver(aiohttp.abc.AbstractResolver):
+    """Hands the connector only the addresses an ``OutboundPolicy`` permits: the client of an endpoint a
+    caller named connects where the check looked (dlm.transfer.outbound)."""
+
+    def __init__(self, policy: OutboundPolicy) -> None:
+        self.policy = policy
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[Any]:
+        addresses = await self.policy.resolve(host, port)
+        return [
+            {
+                "hostname": host,
+                "host": str(address),
+                "port": port,
+                "family": socket.AF_INET6 if address.version == 6 else socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+            for address in addresses
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
 class S3Backend(OneAtATime):
-    def __init__(self, root_directory: str, settings: S3Settings) -> None:
+    def __init__(self, root_directory: str, settings: S3Settings, *, outbound: OutboundPolicy | None = None) -> None:
         self.bucket, self.prefix = split_root(root_directory)
         self.settings = settings
+        # For an endpoint a caller named (not an admin's storage): where it may connect.
+        self.outbound = outbound
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
         # URIs whose last write S3 confirmed by its ETag (see stored_as_sent).
@@ -77,6 +110,7 @@ class S3Backend(OneAtATime):
             read_timeout=120,
             # Room for the files of a container copied side by side (copy.FILES_AT_ONCE) and a spare.
             max_pool_connections=16,
+            connector_args={"resolver": CheckedResolver(self.outbound)} if self.outbound else None,
         )
         self._client = await self._stack.enter_async_context(
             session.client(
@@ -105,9 +139,14 @@ class S3Backend(OneAtATime):
                 return PayloadExists(f"{uri!r} exists already; DLM never overwrites a payload")
             if code in _TRANSIENT:
                 return StorageUnreachable(f"{where}: {code}")
+            if self.outbound is not None and not _S3_CODE.fullmatch(code):
+                return StorageRefused(f"{where}: refused (not an answer S3 gives)")
             return StorageRefused(f"{where}: {code or exc}")
         if isinstance(exc, botocore.exceptions.NoCredentialsError):
             return StorageRefused(f"{where}: no credentials in the storage config")
+        if self.outbound is not None:
+            # A caller named this endpoint: say that it failed, never what answered there.
+            return StorageUnreachable(f"{where}: unreachable ({type(exc).__name__})")
         return StorageUnreachable(f"{where}: {exc}")
 
     def _translated(self, uri: str) -> Any:

@@ -18,10 +18,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dlm.app import create_app
 from dlm.config import Settings
-from tests.auth.conftest import bearer
+from dlm.enums import Role
+from tests.auth.conftest import bearer, make_token
 from tests.conftest import Registry, assert_error
 
 ISSUER = "https://keycloak.example.org/realms/ska"
@@ -106,7 +108,7 @@ async def test_a_providers_token_names_the_caller_and_their_role(oidc: AsyncTest
     response = await _whoami(oidc, token)
     assert response.status_code == 200, response.text
     assert response.json() == {
-        "subject": "alice",
+        "subject": "oidc:alice",
         "role": "admin",
         "via": "oidc",
         "expires": None,
@@ -115,18 +117,23 @@ async def test_a_providers_token_names_the_caller_and_their_role(oidc: AsyncTest
     pipeline = await _whoami(oidc, provider.token(preferred_username="pipe-7", groups=["ska-pipelines"]))
     assert pipeline.json()["role"] == "ingest"
     fallback = await _whoami(oidc, provider.token(groups=["ska-scientists"]))
-    assert fallback.json()["subject"] == "u-123", "sub when the preferred claim is missing"
+    assert fallback.json()["subject"] == "oidc:u-123", "sub when the preferred claim is missing"
 
 
-async def test_groups_from_the_provider_open_items_of_their_group(
+async def test_groups_from_the_provider_open_items_their_acl_names(
     oidc: AsyncTestClient, provider: Provider, tmp_path: Path
 ) -> None:
-    """item_group and "group:<name>" in an acl mean the provider's groups (Keycloak's "/" dropped)."""
+    """ "group:<name>" in an acl means the provider's group (Keycloak's "/" dropped); an acl restricts the
+    members of the item's own group too (item_group grants nothing past it)."""
     admin = bearer(provider.token(preferred_username="ops", groups=["dlm-admins"]))
     registry = Registry(oidc, tmp_path / "store")
     oidc.headers.update(admin)
     await registry.storage()
-    for name, group, acl in (("theirs", "/radio", '{"read": []}'), ("shared", "SKA", '{"read": ["group:optical"]}')):
+    for name, group, acl in (
+        ("theirs", "/radio", '{"read": ["group:radio"]}'),
+        ("shared", "SKA", '{"read": ["group:optical"]}'),
+        ("private", "radio", '{"read": []}'),
+    ):
         uid = await registry.register(name)
         oid = (await registry.item(uid))["oid"]
         await oidc.patch("/request/set_group", params={"oid": oid, "group": group.lstrip("/")})
@@ -139,6 +146,7 @@ async def test_groups_from_the_provider_open_items_of_their_group(
         (optical, "theirs", 403),
         (optical, "shared", 200),
         (radio, "shared", 403),
+        (radio, "private", 403),
     ):
         response = await oidc.get("/request/retrieve", params={"item_name": name}, headers=who)
         assert response.status_code == status, (name, response.text)
@@ -147,7 +155,7 @@ async def test_groups_from_the_provider_open_items_of_their_group(
 async def test_a_token_with_no_mapped_role_may_do_nothing(oidc: AsyncTestClient, provider: Provider) -> None:
     token = provider.token(preferred_username="bob", groups=["unrelated"])
     response = await oidc.get("/request/query_data_item", headers=bearer(token))
-    assert_error(response, 403, "Forbidden", "'bob' has no DLM role")
+    assert_error(response, 403, "Forbidden", "'oidc:bob' has no DLM role")
 
 
 def _forgeries(provider: Provider) -> dict[str, str]:
@@ -222,7 +230,7 @@ async def test_an_elliptic_curve_key_works_too(settings: Settings, tmp_path: Pat
     async with AsyncTestClient(create_app(_oidc_settings(settings, auth_jwks_file=str(jwks)))) as client:
         good = await _whoami(client, jwt.encode(claims, key, algorithm="ES256", headers={"kid": "ec1"}))
         symmetric = await _whoami(client, jwt.encode(claims, "s" * 32, algorithm="HS256", headers={"kid": "hmac"}))
-    assert good.json()["subject"] == "ec-user"
+    assert good.json()["subject"] == "oidc:ec-user"
     assert_error(symmetric, 401, "Unauthorized", "HS256")
 
 
@@ -299,3 +307,25 @@ def test_half_an_oidc_configuration_stops_dlm_at_startup() -> None:
 
     with pytest.raises(InvalidSettings, match="DLM_AUTH_ISSUER"):
         Settings.from_env({"DLM_AUTH_JWKS_URL": "https://idp.example.org/certs"})
+
+
+async def test_a_providers_user_named_like_an_api_token_is_not_its_holder(
+    oidc: AsyncTestClient, provider: Provider, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    """API token names and identity provider subjects are two namespaces (`token:…`, `oidc:…`)."""
+    secret = await make_token(sessionmaker, "t-ingest", Role.INGEST)
+    admin = bearer(provider.token(preferred_username="ops", groups=["dlm-admins"]))
+    registry = Registry(oidc, tmp_path / "store")
+    oidc.headers.update(admin)
+    await registry.storage()
+    oidc.headers.update(bearer(secret))
+    uid = await registry.register("tokens-own")
+    assert (await oidc.patch("/request/set_acl", params={"uid": uid, "acl": '{"read": []}'})).status_code == 200
+    impostor = bearer(provider.token(preferred_username="t-ingest", groups=["ska-pipelines"]))
+    assert (await _whoami(oidc, provider.token(preferred_username="t-ingest", groups=["ska-scientists"]))).json()[
+        "subject"
+    ] == "oidc:t-ingest"
+    read = await oidc.get("/request/retrieve", params={"uid": uid}, headers=impostor)
+    assert_error(read, 403, "Forbidden", "oidc:t-ingest")
+    changed = await oidc.patch("/request/set_acl", params={"uid": uid, "acl": '{"read": ["*"]}'}, headers=impostor)
+    assert_error(changed, 403, "Forbidden", "oidc:t-ingest", "token:t-ingest")

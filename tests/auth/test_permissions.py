@@ -116,19 +116,20 @@ async def test_the_caller_is_the_actor_the_owner_and_the_migrations_user(
     assert registered.status_code == 200, registered.text
     uid = registered.json()
     item = await registry.item(uid)
-    assert item["item_owner"] == "ingest-user"
+    assert item["item_owner"] == "token:ingest-user"
     registry.payload("theirs.dat")
     on_behalf = await closed.post(
         "/ingest/register_data_item",
         params={"item_name": "theirs", "uri": "theirs.dat", "storage_name": "disk", "item_owner": "alice"},
         headers=ingest,
     )
-    assert (await registry.item(on_behalf.json()))["item_owner"] == "alice", "an ingest service names the owner"
+    owner = (await registry.item(on_behalf.json()))["item_owner"]
+    assert owner == "oidc:alice", "an ingest service names the owner, a user of the identity provider"
     initialised = await closed.post("/ingest/init_data_item", params={"item_name": "later"}, headers=ingest)
-    assert (await registry.item(initialised.json()))["item_owner"] == "ingest-user"
+    assert (await registry.item(initialised.json()))["item_owner"] == "token:ingest-user"
 
     history = (await closed.get("/request/query_item_history", params={"uid": uid}, headers=reader)).json()
-    assert {event["actor"] for event in history} == {"ingest-user"}
+    assert {event["actor"] for event in history} == {"token:ingest-user"}
 
     queued = await closed.post(
         "/migration/copy_data_item", params={"uid": uid, "destination_name": "archive"}, headers=operator
@@ -136,7 +137,7 @@ async def test_the_caller_is_the_actor_the_owner_and_the_migrations_user(
     assert queued.status_code == 200, queued.text
     migration_id = queued.json()["migration_id"]
     [migration] = (await closed.get("/migration/get_migration", params={"migration_id": migration_id})).json()
-    assert migration["user"] == "operator-user"
+    assert migration["user"] == "token:operator-user"
     assert (await closed.get("/migration/query_migrations", headers=reader)).json() == [], "not the reader's own"
     assert (
         await closed.get("/migration/get_migration", params={"migration_id": migration_id}, headers=reader)

@@ -34,18 +34,18 @@ async def test_an_admin_makes_lists_and_revokes_tokens(
     assert secret not in stored and secret[4:] not in stored, "only a hash is kept"
 
     me = await closed.get("/auth/whoami", headers=bearer(secret))
-    assert me.json() == {"subject": "pipe-7", "role": "ingest", "via": "token", "expires": None, "groups": []}
+    assert me.json() == {"subject": "token:pipe-7", "role": "ingest", "via": "token", "expires": None, "groups": []}
 
     listed = (await closed.get("/auth/list_tokens", headers=admin)).json()
     pipe = next(row for row in listed if row["name"] == "pipe-7")
     assert set(pipe) == {"name", "role", "created", "created_by", "expires", "revoked", "revoked_by", "last_used"}
-    assert (pipe["role"], pipe["created_by"]) == ("ingest", "admin-user")
+    assert (pipe["role"], pipe["created_by"]) == ("ingest", "token:admin-user")
     assert pipe["last_used"] is not None
 
     again = await closed.post("/auth/create_token", params={"name": "pipe-7", "role": "reader"}, headers=admin)
     assert_error(again, 422, "ValueAlreadyInDB", "pipe-7")
     revoked = await closed.post("/auth/revoke_token", params={"name": "pipe-7"}, headers=admin)
-    assert revoked.json()["revoked_by"] == "admin-user"
+    assert revoked.json()["revoked_by"] == "token:admin-user"
     assert_error(await closed.get("/auth/whoami", headers=bearer(secret)), 401, "Unauthorized", "revoked")
     assert [row["name"] for row in (await closed.get("/auth/list_tokens", headers=admin)).json()].count("pipe-7") == 0
     every = (await closed.get("/auth/list_tokens", params={"include_revoked": "true"}, headers=admin)).json()
@@ -102,7 +102,7 @@ async def test_the_first_admin_token_comes_from_the_command_line_with_no_server(
     async with AsyncTestClient(create_app(settings)) as client:  # DLM_AUTH=auto: a token exists, so it is closed
         assert_error(await client.get("/request/query_data_item"), 401, "Unauthorized")
         me = await client.get("/auth/whoami", headers=bearer(secret))
-        assert me.json()["subject"] == "ops"
+        assert me.json()["subject"] == "token:ops"
 
     duplicate = _dlm("token", "create", "ops", "--role", "reader", database_url=database_url, tmp_path=tmp_path)
     assert duplicate.returncode == 1 and duplicate.stderr.startswith("dlm: error:") and "ops" in duplicate.stderr
@@ -124,7 +124,7 @@ async def test_open_until_a_token_exists_and_the_deployments_admin_token(
     assert not prepared.open, "an admin token closes DLM"
     async with AsyncTestClient(create_app(deployed)) as client:
         assert_error(await client.get("/auth/whoami"), 401, "Unauthorized")
-        assert (await client.get("/auth/whoami", headers=bearer(secret))).json()["subject"] == "admin"
+        assert (await client.get("/auth/whoami", headers=bearer(secret))).json()["subject"] == "token:admin"
 
     rotated = msgspec.structs.replace(settings, admin_token="dlm_" + "b" * 43)
     await prepare(rotated)

@@ -1,5 +1,6 @@
 import json
 import uuid
+from typing import Any
 
 import pytest
 import sqlalchemy.exc
@@ -224,3 +225,79 @@ async def test_revision_0007_moves_what_plugins_wrote_out_of_the_callers_metadat
     assert rows["old"].extracted_metadata == {"ska_data_product": {"execution_block": "eb-1"}}
     assert rows["old"].payload_modified.isoformat() == "2026-01-02T03:04:05+00:00"
     assert (rows["theirs"].metadata, rows["theirs"].extracted_metadata) == (theirs, None)
+
+
+async def _storage_for_revision_tests(connection: Any) -> None:
+    await connection.execute(text("INSERT INTO location (location_name, location_type) VALUES ('l', 'local-dev')"))
+    await connection.execute(
+        text(
+            "INSERT INTO storage (storage_name, root_directory, storage_type, storage_interface, location_id) "
+            "SELECT 'disk', '/data', 'filesystem', 'posix', location_id FROM location"
+        )
+    )
+
+
+async def test_revision_0012_qualifies_owners_and_makes_uris_canonical(database_url: str, engine: AsyncEngine) -> None:
+    await engine.dispose()
+    await schema.downgrade(database_url, "0011")
+    rows = [
+        ("piped", "pipe-7", "./runs//a.dat/", '{"read": ["alice", "pipe-7", "group:low", "*"]}'),
+        ("theirs", "alice", "/b.dat", None),
+        ("nobodys", "SKA", "c.dat", None),
+    ]
+    async with engine.begin() as connection:
+        await _storage_for_revision_tests(connection)
+        await connection.execute(
+            text("INSERT INTO api_token (name, role, token_hash, created_by) VALUES ('pipe-7', 'ingest', 'h', 'test')")
+        )
+        for name, owner, uri, acl in rows:
+            await connection.execute(
+                text(
+                    "INSERT INTO data_item (item_name, item_owner, uri, acl, storage_id, item_state) "
+                    "SELECT :name, :owner, :uri, CAST(:acl AS jsonb), storage_id, 'READY' FROM storage"
+                ),
+                {"name": name, "owner": owner, "uri": uri, "acl": acl},
+            )
+    await engine.dispose()
+    await schema.upgrade(database_url)
+    async with engine.begin() as connection:
+        found = {
+            row.item_name: row
+            for row in await connection.execute(text("SELECT uid, item_name, item_owner, uri, acl FROM data_item"))
+        }
+        assert (found["piped"].item_owner, found["piped"].uri) == ("token:pipe-7", "runs/a.dat")
+        assert found["piped"].acl == {"read": ["oidc:alice", "token:pipe-7", "group:low", "*"]}
+        assert (found["theirs"].item_owner, found["theirs"].uri) == ("oidc:alice", "/b.dat")
+        assert (found["nobodys"].item_owner, found["nobodys"].uri) == ("SKA", "c.dat")
+        # From now on, a change of owner, group or acl is in the item's history.
+        await connection.execute(text("UPDATE data_item SET item_group = 'ops', acl = NULL WHERE item_name = 'piped'"))
+        events = (
+            await connection.execute(
+                text("SELECT event, old_value, new_value FROM data_item_event WHERE uid = :uid ORDER BY event_id"),
+                {"uid": found["piped"].uid},
+            )
+        ).all()
+    assert [tuple(event) for event in events][-2:] == [
+        ("item_group", "SKA", "ops"),
+        ("acl", '{"read": ["oidc:alice", "token:pipe-7", "group:low", "*"]}', None),
+    ]
+
+
+async def test_revision_0012_names_the_live_aliases_of_a_payload(database_url: str, engine: AsyncEngine) -> None:
+    await engine.dispose()
+    await schema.downgrade(database_url, "0011")
+    async with engine.begin() as connection:
+        await _storage_for_revision_tests(connection)
+        for name, uri in (("secret", "secret.dat"), ("steal", "./secret.dat")):
+            await connection.execute(
+                text(
+                    "INSERT INTO data_item (item_name, uri, storage_id, item_state) "
+                    "SELECT :name, :uri, storage_id, 'READY' FROM storage"
+                ),
+                {"name": name, "uri": uri},
+            )
+    await engine.dispose()
+    with pytest.raises(ValueError) as raised:
+        await schema.upgrade(database_url)
+    for fragment in ("'steal'", "'./secret.dat'", "alias of 'secret'", "'disk'", "DELETED"):
+        assert fragment in str(raised.value), fragment

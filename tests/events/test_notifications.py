@@ -209,6 +209,20 @@ async def test_webhooks_receive_signed_events_and_failures_are_retried(
     hooked = msgspec.structs.replace(settings, webhooks=receiver, webhook_secret=SECRET, events_interval_seconds=0)
     async with AsyncTestClient(create_app(hooked)) as client:
         await Registry(client, storage_root).storage()
+    # The receiver is on loopback: a webhook reaches only public addresses unless DLM_OUTBOUND_ALLOW lists it.
+    unlisted = Relay(hooked)
+    try:
+        refused = await unlisted.run_once(sessionmaker)
+    finally:
+        await unlisted.close()
+    assert (refused.delivered, refused.retrying, Receiver.calls) == (0, 1, [])
+    async with sessionmaker() as session:
+        [pending] = await session.scalars(select(OutboxEvent))
+        assert "unreachable" in pending.last_error and "DLM_OUTBOUND_ALLOW" in pending.last_error
+    async with sessionmaker() as session, session.begin():
+        for event in await session.scalars(select(OutboxEvent)):
+            event.next_attempt_at, event.attempts = event.created_at, 0
+    hooked = msgspec.structs.replace(hooked, outbound_allow="127.0.0.1")
     relay = Relay(hooked)
     try:
         first = await relay.run_once(sessionmaker)
@@ -228,6 +242,7 @@ async def test_webhooks_receive_signed_events_and_failures_are_retried(
     assert event["event_type"] == headers["x-dlm-event"] and str(event["event_id"]) == headers["x-dlm-event-id"]
     assert event["event_type"] == "dlm.storage.event" and event["payload"]["event"] == "storage_created"
     assert len(Receiver.calls) == 2 and Receiver.calls[0][1] == body, "the retry sent the same event"
+    assert headers["host"] == receiver.split("/")[2], "sent to the address checked, under the webhook's own name"
 
 
 async def test_events_committed_before_a_kill_9_are_published_after_it(

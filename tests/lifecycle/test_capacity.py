@@ -24,7 +24,7 @@ async def _full_storage(registry: Registry, tmp_path: Path, *, spare: bool) -> d
         uids[name] = response.json()
         await registry.client.patch("/request/update_data_item", params={"uid": uids[name]}, json={"last_access": used})
         if spare:
-            await registry.replica(uids[name], "vault", tmp_path / "vault", name, b"y" * 400)
+            await registry.replica(uids[name], "vault", tmp_path / "vault", name, b"x" * 400)
     return uids
 
 

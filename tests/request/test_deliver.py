@@ -7,9 +7,11 @@ import tarfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aioboto3
 import msgspec
+import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -59,6 +61,8 @@ async def setup_items(registry: Registry) -> None:
 
 
 SECRET_KEY = "Zt0i3SQwJf8e2o0o3u0qH0cF1m0b7Zq2P7n1t5dYc1A="
+# The tests' S3 server (moto) listens on loopback, which a delivery's endpoint may reach only when listed.
+MOTO = "127.0.0.1"
 
 
 async def test_items_are_shipped_to_a_bucket_with_a_manifest(
@@ -68,7 +72,9 @@ async def test_items_are_shipped_to_a_bucket_with_a_manifest(
     s3_bucket: str,
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
-    sealing = msgspec.structs.replace(settings, secret_key=SECRET_KEY, deliveries_interval_seconds=0.2)
+    sealing = msgspec.structs.replace(
+        settings, secret_key=SECRET_KEY, deliveries_interval_seconds=0.2, outbound_allow=MOTO
+    )
     async with AsyncTestClient(create_app(sealing)) as client:
         registry = Registry(client, storage_root)
         await registry.storage()
@@ -177,7 +183,7 @@ async def test_a_reader_ships_only_what_it_may_read_and_only_to_its_own_bucket(
     s3_config: dict[str, Any],
     s3_bucket: str,
 ) -> None:
-    closed = msgspec.structs.replace(settings, auth="required", secret_key=SECRET_KEY)
+    closed = msgspec.structs.replace(settings, auth="required", secret_key=SECRET_KEY, outbound_allow=MOTO)
     admin = await make_token(sessionmaker, "ops", Role.ADMIN)
     alice = await make_token(sessionmaker, "alice", Role.READER)
     target = {key: s3_config[key] for key in ("endpoint", "access_key_id", "secret_access_key")}
@@ -213,3 +219,69 @@ async def test_a_reader_ships_only_what_it_may_read_and_only_to_its_own_bucket(
             401,
             "Unauthorized",
         )
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "fragment"),
+    [
+        ("http://127.0.0.1:{port}", "unreachable"),  # the S3 server beside DLM: loopback
+        ("http://localhost:{port}", "unreachable"),
+        ("http://169.254.169.254", "unreachable"),  # the cloud metadata service: link-local
+        ("http://10.1.2.3:5432", "unreachable"),  # a private network's PostgreSQL
+        ("http://[::1]:{port}", "unreachable"),
+        ("http://[::ffff:127.0.0.1]:{port}", "unreachable"),
+        ("http://127.0.0.1:abc", "not a URL"),
+        ("http://127.0.0.1:99999", "not a URL"),
+        ("http://127.0.0.1:-1", "not a URL"),
+        ("http://[::1", "not a URL"),
+        ("http://127.0.0.1:0", "port 0"),
+        ("ftp://127.0.0.1/", "http://"),
+    ],
+)
+async def test_a_delivery_endpoint_must_be_public_unless_allowed(
+    settings: Settings, storage_root: Path, s3_config: dict[str, Any], s3_bucket: str, endpoint: str, fragment: str
+) -> None:
+    port = urlsplit(s3_config["endpoint"]).port
+    target = {"endpoint": endpoint.format(port=port), "access_key_id": "a", "secret_access_key": "b"}
+    sealing = msgspec.structs.replace(settings, secret_key=SECRET_KEY)
+    async with AsyncTestClient(create_app(sealing)) as client:
+        registry = Registry(client, storage_root)
+        await registry.storage()
+        await setup_items(registry)
+        refused = await client.post(
+            "/request/deliver", json={"items": ["obs-1"], "destination": {"s3": {"bucket": s3_bucket, **target}}}
+        )
+        assert_error(refused, 422, "InvalidQueryParameters", "body.destination.s3.endpoint", fragment)
+        assert "<" not in refused.json()["message"], "nothing the endpoint said is quoted back"
+        assert (await client.get("/request/get_delivery", params={"delivery_id": 1})).status_code == 404
+
+
+async def test_a_listed_private_endpoint_is_reached_at_the_address_checked(
+    settings: Settings, storage_root: Path, s3_config: dict[str, Any], s3_bucket: str
+) -> None:
+    port = urlsplit(s3_config["endpoint"]).port
+    allowed = msgspec.structs.replace(
+        settings, secret_key=SECRET_KEY, outbound_allow=f"127.0.0.0/8:{port}", deliveries_interval_seconds=0.2
+    )
+    target = {key: s3_config[key] for key in ("access_key_id", "secret_access_key")}
+    async with AsyncTestClient(create_app(allowed)) as client:
+        registry = Registry(client, storage_root)
+        await registry.storage()
+        await setup_items(registry)
+        other_port = await client.post(
+            "/request/deliver",
+            json={
+                "items": ["obs-1"],
+                "destination": {"s3": {"bucket": s3_bucket, "endpoint": "http://127.0.0.1:5432", **target}},
+            },
+        )
+        assert_error(other_port, 422, "InvalidQueryParameters", "unreachable"), "the listing names the port"
+        queued = await client.post(
+            "/request/deliver",
+            json={
+                "items": ["obs-1"],
+                "destination": {"s3": {"bucket": s3_bucket, "endpoint": f"http://127.0.0.1:{port}", **target}},
+            },
+        )
+        assert queued.status_code == 200, queued.text
+        assert (await finished(client, queued.json()["delivery_id"]))["status"] == "SUCCEEDED"

@@ -6,7 +6,7 @@ async def test_history_traces_every_change_with_actor_and_time(registry: Registr
     client = registry.client
     await client.patch("/request/set_uid_expiration", params={"uid": uid, "expiration": "2030-01-01"})
     await client.patch("/request/set_state", params={"uid": uid, "state": "EXPIRED"})
-    await client.patch("/request/set_user", params={"uid": uid, "user": "someone"})  # not a traced column
+    await client.patch("/request/set_user", params={"uid": uid, "user": "someone"})
 
     events = (await client.get("/request/query_item_history", params={"uid": uid})).json()
     assert [event["event"] for event in events] == [
@@ -20,10 +20,12 @@ async def test_history_traces_every_change_with_actor_and_time(registry: Registr
         "uid_expiration",
         "item_state",
         "oid_phase",
+        "item_owner",
     ]
-    assert (events[-2]["old_value"], events[-2]["new_value"]) == ("READY", "EXPIRED")
-    assert (events[-1]["old_value"], events[-1]["new_value"]) == ("GAS", "PLASMA"), "no READY replica is left"
-    assert events[-3]["new_value"] == "2030-01-01T00:00:00.000000+00:00"
+    assert (events[-3]["old_value"], events[-3]["new_value"]) == ("READY", "EXPIRED")
+    assert (events[-2]["old_value"], events[-2]["new_value"]) == ("GAS", "PLASMA"), "no READY replica is left"
+    assert events[-4]["new_value"] == "2030-01-01T00:00:00.000000+00:00"
+    assert (events[-1]["old_value"], events[-1]["new_value"]) == ("SKA", "oidc:someone"), "a change of owner"
     assert {event["actor"] for event in events} == {"anonymous"}, "open mode: nobody in particular"
     assert all(event["event_time"].endswith("+00:00") for event in events)
     ids = [event["event_id"] for event in events]

@@ -157,11 +157,16 @@ async def test_who_may_read_is_the_role_the_owner_and_the_acl(
         open_uid = await registry.register("open")
         private = await registry.register("private")
         oid = (await registry.item(private))["oid"]
+        # A bare name is an identity provider's user: not the holder of the API token named so.
         acl = await client.patch("/request/set_acl", params={"oid": oid, "acl": '{"read": ["alice"]}'})
+        assert acl.status_code == 200, acl.text
+        refused = await client.get("/request/retrieve", params={"item_name": "private"}, headers=bearer(alice))
+        assert_error(refused, 403, "Forbidden", "token:alice")
+        acl = await client.patch("/request/set_acl", params={"oid": oid, "acl": '{"read": ["token:alice"]}'})
         assert acl.status_code == 200, acl.text
         for token, name, status in ((alice, "private", 200), (bob, "private", 403), (bob, "open", 200)):
             response = await client.get("/request/retrieve", params={"item_name": name}, headers=bearer(token))
             assert response.status_code == status, (name, response.text)
         events = (await client.get("/request/query_item_history", params={"uid": private})).json()
-        assert [event["actor"] for event in events if event["event"] == "retrieved"] == ["alice"]
+        assert [event["actor"] for event in events if event["event"] == "retrieved"] == ["token:alice"]
         assert open_uid

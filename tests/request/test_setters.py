@@ -147,11 +147,12 @@ async def test_owner_group_acl(registry: Registry) -> None:
     client = registry.client
     assert (await client.patch("/request/set_user", params={"uid": uid, "user": "pipeline"})).json()[
         "item_owner"
-    ] == "pipeline"
+    ] == "oidc:pipeline", "a bare name is an identity provider's user"
     oid = (await registry.item(uid))["oid"]
     assert (await client.patch("/request/set_group", params={"oid": oid, "group": "ops"})).json()["item_group"] == "ops"
-    response = await client.patch("/request/set_acl", params={"uid": uid, "acl": '{"read": ["ops"]}'})
-    assert response.json()["acl"] == {"read": ["ops"]}
+    acl = '{"read": ["ops", "token:pipe-7", "group:low", "*"]}'
+    response = await client.patch("/request/set_acl", params={"uid": uid, "acl": acl})
+    assert response.json()["acl"] == {"read": ["oidc:ops", "token:pipe-7", "group:low", "*"]}
     assert_error(
         await client.patch("/request/set_acl", params={"uid": uid, "acl": "{read"}),
         422,

@@ -139,6 +139,8 @@ async def fill(source: asyncpg.Connection, data: Path) -> None:
     await source.execute(
         "UPDATE dlm.data_item SET uid_creation = uid_creation + interval '1 hour' WHERE uid = $1", TWIN
     )
+    # SKA-DLM's owners are its identity provider's user names.
+    await source.execute("UPDATE dlm.data_item SET item_owner = 'alice' WHERE uid = $1", VIS)
     await source.executemany(
         "INSERT INTO dlm.migration (job_id, oid, url, source_storage_id, destination_storage_id, job_status,"
         " job_stats, complete, completion_date) VALUES ($1, $2, 'http://rclone:5572', $3, $4, $5, $6, $7, $8)",
@@ -230,6 +232,7 @@ async def test_an_ska_dlm_database_imports_once_keeping_ids_and_reporting_the_re
                 "/eb-1/vis.dat",
             )
             assert vis["metadata"] == {"execution_block": "eb-1", "uid": str(VIS)}
+            assert vis["item_owner"] == "oidc:alice"
             assert vis["uid_expiration"].startswith("2030-01-01T00:00:00")
             [member] = (await client.get("/request/query_data_item", params={"uid": str(MEMBER)})).json()
             assert member["parents"] == str(BOX)

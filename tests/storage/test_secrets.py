@@ -94,6 +94,7 @@ def test_a_malformed_secret_key_stops_dlm_at_startup(settings: Settings) -> None
         ),
         ({"type": "sftp", "host": "h", "privateKey": "p", "pass": "obscured"}, ["privateKey", "pass"]),
         ({"type": "s3", "endpoint": "http://user:hunter2@s3.example.org:9000/"}, []),
+        ({"type": "s3", "endpoint": "https://s3.example.org/?X-Amz-Signature=hunter2&access_key=k"}, []),
         ({"type": "webdav", "url": "https://u:p@dav.example.org", "bearer_token": "t"}, ["bearer_token"]),
         ({"type": "s3", "headers": ["Authorization: secret"], "region": "af-south-1"}, ["headers"]),
         ({"name": "n", "type": "s3", "parameters": {"secret_access_key": "s", "region": "r"}}, []),
