@@ -654,6 +654,10 @@ class _Operations:
         """A delivery: status, bytes_done of bytes_total, and at the end its manifest."""
         return self._run(_call("GET", "/request/get_delivery", dict[str, Any], delivery_id=delivery_id))
 
+    def cancel_delivery(self, delivery_id: int) -> Any:
+        """Cancel a PENDING or RUNNING delivery; what it wrote is removed."""
+        return self._run(_call("POST", "/request/cancel_delivery", dict[str, Any], delivery_id=delivery_id))
+
     def migration(self, migration_id: int) -> Any:
         """One migration; NotFound if there is none."""
         call = _call("GET", "/migration/get_migration", Migration, migration_id=migration_id)

@@ -192,3 +192,77 @@ async def test_pool_exhaustion_is_a_busy_503_with_retry_after(database_url: str)
     response = handle_dlm_error(request, raised.value)  # type: ignore[arg-type]
     assert (response.status_code, response.headers["Retry-After"]) == (503, "1")
     assert response.content == {"exec": "ServiceBusy", "message": raised.value.message}
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("../../../outside/pwn", "'..'"),
+        ("a/../b", "'..'"),
+        ("..", "'..'"),
+        ("/my/../../etc", "'..'"),
+        ("line\r\nbreak", "control characters"),
+        ("tab\there", "control characters"),
+        ("bell\x07", "control characters"),
+        ("c1\x85", "control characters"),
+        ("sep\u2028arator", "control characters"),
+        ("e\u0301", "NFC"),
+        ("x" * 1025, "1024 bytes"),
+    ],
+)
+async def test_item_names_that_could_escape_or_split_are_refused(registry: Registry, name: str, fragment: str) -> None:
+    registry.payload("named.dat")
+    client = registry.client
+    single = await client.post(
+        "/ingest/register_data_item", params={"item_name": name, "uri": "named.dat", "storage_name": "disk"}
+    )
+    assert_error(single, 422, "InvalidQueryParameters", "item_name", fragment)
+    entries = [{"item_name": "fine-too", "uri": "named.dat", "storage_name": "disk"}]
+    entries.append({"item_name": name, "uri": "other.dat", "storage_name": "disk"})
+    bulk = await client.post("/ingest/register_data_items", json=entries)
+    assert_error(bulk, 422, "InvalidQueryParameters", "items[1].item_name", fragment)
+    initialised = await client.post("/ingest/init_data_item", params={"item_name": name})
+    assert_error(initialised, 422, "InvalidQueryParameters", "item_name", fragment)
+    uid = await registry.register("fine")
+    renamed = await client.patch("/request/update_data_item", params={"uid": uid}, json={"item_name": name})
+    assert_error(renamed, 422, "InvalidQueryParameters", "item_name", fragment)
+    assert [row["item_name"] for row in await _items(client)] == ["fine"]
+
+
+async def test_a_leading_slash_is_a_valid_item_name(registry: Registry) -> None:
+    uid = await registry.register("/my/ingest/test/item2", "item2")
+    assert (await registry.item(uid))["item_name"] == "/my/ingest/test/item2"
+
+
+@pytest.mark.parametrize("uri", ["./secret.dat", ".//secret.dat", "secret.dat/", "a/../secret.dat", "secret.dat/."])
+async def test_uri_aliases_are_one_payload(registry: Registry, uri: str) -> None:
+    await registry.register("secret", "secret.dat")
+    response = await registry.client.post(
+        "/ingest/register_data_item", params={"item_name": "steal", "uri": uri, "storage_name": "disk"}
+    )
+    assert response.status_code == 422, response.text
+    assert [row["item_name"] for row in await _items(registry.client)] == ["secret"]
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["http://127.0.0.1:abc", "http://127.0.0.1:99999", "http://127.0.0.1:-1", "http://[::1", "http://:80"]
+)
+async def test_endpoints_that_do_not_parse_are_a_422_not_a_500(registry: Registry, endpoint: str) -> None:
+    config = {"type": "s3", "endpoint": endpoint, "access_key_id": "a", "secret_access_key": "b"}
+    storage = await registry.client.post(
+        "/storage/init_storage",
+        params={
+            "storage_name": "s3",
+            "storage_type": "objectstore",
+            "storage_interface": "s3",
+            "root_directory": "bucket",
+            "location_name": "site",
+        },
+        json=config,
+    )
+    assert_error(storage, 422, "InvalidQueryParameters", "config.endpoint")
+    await registry.register("obs")
+    delivered = await registry.client.post(
+        "/request/deliver", json={"items": ["obs"], "destination": {"s3": {"bucket": "b", **config}}}
+    )
+    assert delivered.status_code == 422, delivered.text

@@ -315,6 +315,7 @@ CLI_FOR_OPERATION = {
     "/request/retrieve": "request get",
     "/request/deliver": "request deliver",
     "/request/get_delivery": "request delivery",
+    "/request/cancel_delivery": "request cancel-delivery",
     "/migration/move_data_item": "migration move",
     "/ingest/init_data_item": "ingest init",
     "/ingest/register_data_item": "ingest register",

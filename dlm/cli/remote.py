@@ -360,11 +360,24 @@ def request_deliver(
     queued = client.deliver(target, items=list(names) if names else None, params=params, packaging=packaging)
     if not wait:
         return queued
-    while (current := client.delivery(queued["delivery_id"]))["status"] not in ("SUCCEEDED", "FAILED"):
+    while (current := client.delivery(queued["delivery_id"]))["status"] not in ("SUCCEEDED", "FAILED", "CANCELLED"):
         time.sleep(0.5)
-    if current["status"] == "FAILED":
-        raise CLIError(f"delivery {current['delivery_id']} FAILED: {current['last_error']}")
+    if current["status"] != "SUCCEEDED":
+        raise CLIError(f"delivery {current['delivery_id']} {current['status']}: {current['last_error']}")
     return current["manifest"]
+
+
+@request.command("cancel-delivery")
+@click.argument("delivery_id", type=click.IntRange(min=1))
+@remote(("delivery_id", "status", "last_error"))
+def request_cancel_delivery(client: DLMClient, delivery_id: int) -> Any:
+    """Cancel a delivery that has not finished; a running one removes what it wrote.
+
+    \b
+    Example:
+      dlm request cancel-delivery 7
+    """
+    return client.cancel_delivery(delivery_id)
 
 
 @request.command("delivery")

@@ -19,6 +19,7 @@ import datetime
 import json
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
@@ -34,17 +35,17 @@ from dlm.data_item import ITEMS, convert_body
 from dlm.db.engine import transaction
 from dlm.db.models import Delivery, Storage
 from dlm.enums import ChecksumMethod, ItemState, ItemType, MigrationStatus, Role, StorageInterface
-from dlm.errors import Forbidden, InvalidQueryParameters, NotFound, UnmetPreconditionForOperation
+from dlm.errors import DLMError, Forbidden, InvalidQueryParameters, NotFound, UnmetPreconditionForOperation
 from dlm.parsing import parse_uuid
 from dlm.request import retrieve
 from dlm.request.filters import parse_params
 from dlm.storage import configs
-from dlm.storage.service import is_writable, keyring, refuse_new_payloads, storage_backend
+from dlm.storage.service import check_no_overlap, is_writable, keyring, refuse_new_payloads, storage_backend
 from dlm.transfer.backends import Place, make_backend, normalise_endpoint
 from dlm.transfer.base import TransferError
 from dlm.transfer.copy import copy_payload
 from dlm.transfer.outbound import OutboundPolicy
-from dlm.transfer.paths import check_relative_uri
+from dlm.transfer.paths import check_relative_uri, relative_name
 
 log = logging.getLogger("dlm.delivery")
 
@@ -52,6 +53,8 @@ ACTOR = "delivery"
 MAX_ITEMS = 10_000
 MAX_ATTEMPTS = 3
 LEASE_SECONDS = 60.0
+# How often a running delivery records its progress, renewing its lease and noticing a cancel.
+RECORD_SECONDS = 5.0
 
 
 class DeliveryRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -165,12 +168,23 @@ async def _check_destination(session: AsyncSession, destination: dict[str, Any],
         return {"storage_name": storage.storage_name, "path": path}
     if "posix" in destination:
         directory = str(destination["posix"])
-        if not os.path.isabs(directory):
+        if not os.path.isabs(directory) or "\x00" in directory:
             raise InvalidQueryParameters("body.destination.posix: must be an absolute directory")
-        confinement.check_posix_root(directory)
-        if not Path(directory).is_dir():
-            raise UnmetPreconditionForOperation(f"body.destination.posix: {directory!r} is not a directory here")
-        return {"posix": directory}
+        try:
+            real = confinement.check_posix_root(directory)
+        except InvalidQueryParameters as exc:
+            raise InvalidQueryParameters(exc.message.replace("root_directory", "body.destination.posix", 1)) from None
+        existing = next(parent for parent in (real, *real.parents) if parent.exists())
+        if not existing.is_dir():
+            raise UnmetPreconditionForOperation(f"body.destination.posix: {str(existing)!r} is not a directory")
+        await check_no_overlap(
+            session,
+            Place("local", "", str(real)),
+            field="body.destination.posix",
+            reason="a delivery there would leave files its storage does not know of",
+        )
+        # Kept resolved: where the files go is decided now, not by a symlink someone changes later.
+        return {"posix": str(real)}
     target = destination["s3"]
     if not isinstance(target, dict) or not isinstance(target.get("bucket"), str) or not target["bucket"]:
         raise InvalidQueryParameters("body.destination.s3.bucket: required")
@@ -204,10 +218,40 @@ async def open_destination(session: AsyncSession, destination: dict[str, Any]) -
             raise NotFound(f"storage {destination['storage_name']!r} is gone")
         return Destination(await storage_backend(session, storage), destination["path"].strip("/"))
     if "posix" in destination:
-        return Destination(make_backend(StorageInterface.POSIX, destination["posix"], None))
+        directory = _unchanged_directory(session, destination["posix"])
+        return Destination(make_backend(StorageInterface.POSIX, str(directory), None))
     target = destination["s3"]
     backend = make_backend(StorageInterface.S3, target["root"], target["config"], outbound=outbound(session))
     return Destination(backend)
+
+
+def _unchanged_directory(session: AsyncSession, directory: str) -> Path:
+    """The directory a POSIX delivery was resolved to when it was asked for, created if missing, as long
+    as no component of it has become a symlink since (each is opened with O_NOFOLLOW) and it is still
+    inside the allowed roots: a link re-pointed after the request does not steer the files elsewhere."""
+    confinement = session.info.get("confinement")
+    if confinement is not None:
+        confinement.check_posix_root(directory)
+    path = Path(directory)
+    descriptor = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in path.parts[1:]:
+            try:
+                os.mkdir(part, 0o755, dir_fd=descriptor)
+            except FileExistsError:
+                pass
+            try:
+                inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=descriptor)
+            except OSError:
+                raise UnmetPreconditionForOperation(
+                    f"destination {directory!r}: {part!r} is no longer the directory it was when the delivery was "
+                    "asked for (a symlink or a file now): nothing was written"
+                ) from None
+            os.close(descriptor)
+            descriptor = inner
+    finally:
+        os.close(descriptor)
+    return path
 
 
 def outbound(session: AsyncSession) -> OutboundPolicy:
@@ -238,6 +282,28 @@ async def get_delivery(session: AsyncSession, principal: Principal, delivery_id:
     return shown(delivery, keyring(session))
 
 
+async def cancel_delivery(session: AsyncSession, principal: Principal, delivery_id: int) -> dict[str, Any]:
+    """Cancel a delivery that has not finished: a queued one is never shipped, a running one stops at its
+    next lease renewal and removes what it wrote. Its owner or an operator may."""
+    query = select(Delivery).where(Delivery.delivery_id == delivery_id).with_for_update()
+    if (owner := _owned_by(principal)) is not None:
+        query = query.where(Delivery.user == owner)
+    delivery = await session.scalar(query)
+    if delivery is None:
+        raise NotFound(f"delivery_id {delivery_id} does not exist")
+    if delivery.status not in (MigrationStatus.PENDING, MigrationStatus.RUNNING):
+        raise UnmetPreconditionForOperation(
+            f"delivery_id {delivery_id}: {delivery.status.value}; only PENDING or RUNNING deliveries can be cancelled"
+        )
+    delivery.status = MigrationStatus.CANCELLED
+    delivery.finished = func.now()
+    delivery.last_error = f"cancelled by {principal.subject}"
+    delivery.destination = keyring(session).seal(shown(delivery, keyring(session))["destination"])
+    await session.flush()
+    await session.refresh(delivery)
+    return shown(delivery, keyring(session))
+
+
 class DeliveryReport(msgspec.Struct):
     delivered: list[int] = msgspec.field(default_factory=list)
     failed: list[int] = msgspec.field(default_factory=list)
@@ -255,11 +321,30 @@ async def run_once(sessionmaker: async_sessionmaker[AsyncSession], owner: str = 
         if claimed is None:
             return report
         status = await _ship(sessionmaker, claimed)
-        (report.delivered if status is MigrationStatus.SUCCEEDED else report.failed).append(claimed)
+        if status is MigrationStatus.SUCCEEDED:
+            report.delivered.append(claimed)
+        elif status is not MigrationStatus.CANCELLED:
+            report.failed.append(claimed)
 
 
 async def _claim(session: AsyncSession, owner: str) -> int | None:
     now = func.now()
+    # A delivery whose worker stopped renewing its lease as often as it may be tried is not tried again.
+    await session.execute(
+        update(Delivery)
+        .where(
+            Delivery.status == MigrationStatus.RUNNING,
+            Delivery.lease_expires < now,
+            Delivery.attempts >= MAX_ATTEMPTS,
+        )
+        .values(
+            status=MigrationStatus.FAILED,
+            finished=now,
+            last_error=f"its worker stopped while shipping it {MAX_ATTEMPTS} times (DLM restarted or crashed)",
+            lease_owner=None,
+            lease_expires=None,
+        )
+    )
     due = (
         select(Delivery.delivery_id)
         .where(
@@ -296,8 +381,12 @@ async def _ship(sessionmaker: async_sessionmaker[AsyncSession], delivery_id: int
         try:
             destination = await open_destination(session, keyring(session).open(delivery.destination))
             sources = [await _source(session, item) for item in items]
-        except (NotFound, UnmetPreconditionForOperation) as exc:
+        except DLMError as exc:
             return await _finish_failed(sessionmaker, delivery_id, exc.message, retry=False)
+        except (TransferError, OSError) as exc:
+            reason = getattr(exc, "message", None) or str(exc)
+            retry = bool(getattr(exc, "transient", False)) and attempts < MAX_ATTEMPTS
+            return await _finish_failed(sessionmaker, delivery_id, reason, retry=retry)
     progress = _Progress(sessionmaker, delivery_id)
     written: list[str] = []
     manifest: list[dict[str, Any]] = []
@@ -320,15 +409,24 @@ async def _ship(sessionmaker: async_sessionmaker[AsyncSession], delivery_id: int
             manifest_uri = _join(destination.prefix, f"manifest-{delivery_id}.json")
             await backend.write(manifest_uri, _chunks(listing))
             written.append(manifest_uri)
-    except (TransferError, OSError) as exc:
-        reason = getattr(exc, "message", None) or str(exc)
-        transient = bool(getattr(exc, "transient", False))
+    except DeliveryCancelled:
+        await _undo(destination, written)
+        log.info("delivery %s: cancelled; what it wrote is removed", delivery_id)
+        return MigrationStatus.CANCELLED
+    except Exception as exc:  # noqa: BLE001 - each attempt ends with its reason, never in a loop
+        if isinstance(exc, DLMError | TransferError):
+            reason, transient = exc.message, bool(getattr(exc, "transient", False))
+        elif isinstance(exc, OSError):
+            reason, transient = str(exc), True
+        else:
+            log.exception("delivery %s: unexpected error", delivery_id)
+            reason, transient = f"internal error ({type(exc).__name__}); the server log has the details", True
         await _undo(destination, written)
         return await _finish_failed(sessionmaker, delivery_id, reason, retry=transient and attempts < MAX_ATTEMPTS)
     async with transaction(sessionmaker, actor=ACTOR) as session:
-        await session.execute(
+        finished = await session.scalar(
             update(Delivery)
-            .where(Delivery.delivery_id == delivery_id)
+            .where(Delivery.delivery_id == delivery_id, Delivery.status == MigrationStatus.RUNNING)
             .values(
                 status=MigrationStatus.SUCCEEDED,
                 destination=await _without_secrets(sessionmaker, delivery_id),
@@ -339,7 +437,11 @@ async def _ship(sessionmaker: async_sessionmaker[AsyncSession], delivery_id: int
                 lease_owner=None,
                 lease_expires=None,
             )
+            .returning(Delivery.delivery_id)
         )
+    if finished is None:  # cancelled as its last bytes went
+        await _undo(destination, written)
+        return MigrationStatus.CANCELLED
     return MigrationStatus.SUCCEEDED
 
 
@@ -349,7 +451,7 @@ async def _finish_failed(
     async with transaction(sessionmaker, actor=ACTOR) as session:
         await session.execute(
             update(Delivery)
-            .where(Delivery.delivery_id == delivery_id)
+            .where(Delivery.delivery_id == delivery_id, Delivery.status == MigrationStatus.RUNNING)
             .values(
                 **({} if retry else {"destination": await _without_secrets(sessionmaker, delivery_id)}),
                 status=MigrationStatus.PENDING if retry else MigrationStatus.FAILED,
@@ -373,15 +475,26 @@ async def _without_secrets(sessionmaker: async_sessionmaker[AsyncSession], deliv
         return keyring(session).seal(shown(delivery, keyring(session))["destination"])
 
 
+class DeliveryCancelled(Exception):
+    """The delivery was cancelled while it was being shipped."""
+
+
 class _Progress:
-    """Bytes done, and the lease renewed, as the delivery goes."""
+    """Bytes done, and the lease renewed, as the delivery goes: between items and, for a large one,
+    while its bytes move (a 1 GiB item outlives a lease). A cancel is noticed when the lease is renewed."""
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], delivery_id: int) -> None:
         self.sessionmaker, self.delivery_id = sessionmaker, delivery_id
         self.done = 0
+        self._recorded = time.monotonic()
 
     def add(self, count: int) -> None:
         self.done += count
+
+    async def tick(self) -> None:
+        """Record progress if RECORD_SECONDS have passed since the last record."""
+        if time.monotonic() - self._recorded > RECORD_SECONDS:
+            await self.record()
 
     async def record(self, manifest: list[dict[str, Any]] | None = None) -> None:
         values: dict[str, Any] = {
@@ -391,7 +504,15 @@ class _Progress:
         if manifest is not None:
             values["manifest"] = manifest
         async with transaction(self.sessionmaker, actor=ACTOR) as session:
-            await session.execute(update(Delivery).where(Delivery.delivery_id == self.delivery_id).values(**values))
+            renewed = await session.scalar(
+                update(Delivery)
+                .where(Delivery.delivery_id == self.delivery_id, Delivery.status == MigrationStatus.RUNNING)
+                .values(**values)
+                .returning(Delivery.delivery_id)
+            )
+        self._recorded = time.monotonic()
+        if renewed is None:
+            raise DeliveryCancelled(self.delivery_id)
 
 
 async def _source(session: AsyncSession, item: dict[str, Any]) -> retrieve.Source:
@@ -409,21 +530,23 @@ async def _ship_item(
     name = item["item_name"]
     async with source.backend() as reader:
         if item["item_type"] == ItemType.CONTAINER.value and packaging == "tar-per-container":
-            target = _join(prefix, f"{name}.tar")
+            target = _join(prefix, f"{relative_name(name)}.tar")
 
             async def tar() -> AsyncIterator[bytes]:
                 async for block in retrieve.tar_members(reader, source.uri, retrieve.top_name(name), 0):
                     progress.add(len(block))
+                    await progress.tick()
                     yield block
                 yield retrieve.TAR_END
 
             size = await backend.write(target, tar())
             return _entry(item, source, None, target, size)
-        target = _join(prefix, name)
+        target = _join(prefix, relative_name(name))
         before = progress.done
 
         async def counted(done: int, total: int) -> None:
             progress.done = before + done
+            await progress.tick()
 
         result = await copy_payload(reader, source.uri, backend, target, on_progress=counted)
         return _entry(item, source, result.checksum, target, result.bytes)
@@ -436,6 +559,7 @@ async def _one_tar(
         async with source.backend() as reader:
             async for block in retrieve.tar_members(reader, source.uri, item["item_name"], 0):
                 progress.add(len(block))
+                await progress.tick()
                 yield block
     yield retrieve.TAR_END
 

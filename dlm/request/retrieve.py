@@ -5,8 +5,11 @@ Who may read is ``dlm.auth.policy.may_read`` (docs/security.md#items).
 """
 
 import datetime
+import logging
 import re
 import tarfile
+import urllib.parse
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,6 +27,9 @@ from dlm.observability import metrics
 from dlm.storage.service import latest_config
 from dlm.transfer.backends import READING_COST, make_backend, place_of
 from dlm.transfer.base import CHUNK_SIZE, TransferError
+from dlm.transfer.paths import relative_name
+
+log = logging.getLogger("dlm.retrieve")
 
 RETRIEVED_EVENT = "retrieved"
 # Which kind of storage serves a download first: a local file system, then an object store, then SFTP.
@@ -144,6 +150,42 @@ async def prepare(
     )
 
 
+async def present(session: AsyncSession, retrieval: Retrieval, *, flag: bool = True) -> Retrieval:
+    """``retrieval`` from its first replica whose payload is there, asked before a status line is sent:
+    a READY replica whose file is gone would otherwise answer 200 and a truncated body. A replica found
+    without its payload (or with another size) is flagged for the audit (``flag``: the session may
+    write), which checks it first; with none left the answer is 404 (every payload gone) or 503 (a
+    storage did not answer)."""
+    unreachable = []
+    for index, source in enumerate(retrieval.sources):
+        try:
+            async with source.backend() as backend:
+                info = await backend.stat(source.uri)
+        except TransferError as exc:
+            unreachable.append(f"{source.storage_name}: {exc.message}")
+            continue
+        wrong_size = (
+            info is not None
+            and not retrieval.is_container
+            and retrieval.size is not None
+            and info.size != retrieval.size
+        )
+        if info is not None and not wrong_size:
+            return msgspec.structs.replace(retrieval, sources=retrieval.sources[index:])
+        what = "another size" if wrong_size else "no payload"
+        log.warning(
+            "retrieve: replica %s on %s has %s; the audit checks it next", source.uid, source.storage_name, what
+        )
+        if flag:
+            await session.execute(update(ITEMS).where(ITEMS.c.uid == uuid.UUID(source.uid)).values(last_check=None))
+    if unreachable:
+        raise ServiceUnavailable(f"no replica could be read: {'; '.join(unreachable)}")
+    raise NotFound(
+        f"item {retrieval.item['item_name']!r}: no READY replica has its payload any more (the audit will mark "
+        "them so; an operator may restore them from another copy)"
+    )
+
+
 def parse_range(header: str | None, size: int | None) -> tuple[int, int] | None:
     """``Range: bytes=a-b`` as (offset, length) within ``size``; None to serve the whole payload
     (no header, several ranges, a container). Raises RangeNotSatisfiable for a range outside it."""
@@ -225,14 +267,22 @@ TAR_END = tarfile.NUL * (2 * tarfile.BLOCKSIZE)
 
 
 def top_name(uri: str) -> str:
-    return uri.lstrip("/").rstrip("/").rsplit("/", 1)[-1] or "payload"
+    return relative_name(uri).rsplit("/", 1)[-1]
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with ``filename`` as RFC 6266 has it: an ASCII fallback (no quotes, backslashes or
+    controls) and the name itself percent-encoded in ``filename*``; nothing in a name can end the header."""
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in filename) or "payload"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{urllib.parse.quote(filename, safe='')}"
 
 
 async def tar_members(backend: Any, uri: str, top: str, mtime: float) -> AsyncIterator[bytes]:
     """The tar records of every file at or under ``uri``, named ``top/<path>`` (``top`` for a file);
     the archive's end (TAR_END) is the caller's to add."""
+    top = relative_name(top)
     async for entry in backend.walk(uri):
-        info = tarfile.TarInfo(f"{top}/{entry.path}" if entry.path else top)
+        info = tarfile.TarInfo(f"{top}/{relative_name(entry.path)}" if entry.path else top)
         info.size = entry.size
         info.mtime = int(mtime)
         info.mode = (entry.mode or 0o644) & 0o7777

@@ -315,19 +315,20 @@ async def _retrieval_response(
     """The answer to GET (``body``) or HEAD: the same status and headers; only GET sends the bytes and
     is recorded in the history."""
     prepared = await retrieve.prepare(session, principal, item_name=item_name, oid=oid, uid=uid, near=near)
+    prepared = await retrieve.present(session, prepared, flag=body)
     name = str(prepared.item["item_name"] or prepared.item["uid"]).rstrip("/").rsplit("/", 1)[-1]
     headers = {"etag": prepared.etag, "x-dlm-uid": prepared.sources[0].uid}
     if prepared.last_modified is not None:
         headers["last-modified"] = format_datetime(prepared.last_modified.astimezone(datetime.UTC), usegmt=True)
     if prepared.is_container:
-        headers["content-disposition"] = f'attachment; filename="{name}.tar"'
+        headers["content-disposition"] = retrieve.content_disposition(f"{name}.tar")
         if not body:
             return Response(b"", media_type="application/x-tar", headers=headers)
         await retrieve.record(session, principal, prepared, "the container as a tar")
         return Stream(retrieve.stream_tar(prepared), media_type="application/x-tar", headers=headers)
     size = prepared.size
     headers["accept-ranges"] = "bytes"
-    headers["content-disposition"] = f'attachment; filename="{name}"'
+    headers["content-disposition"] = retrieve.content_disposition(name)
     checksum, method = prepared.item["item_checksum"], prepared.item["checksum_method"]
     if checksum and method and method.value != "none":
         headers["x-dlm-checksum"] = f"{method.value}={checksum}"
@@ -446,6 +447,23 @@ async def deliver(
     return json_response(await delivery.create_delivery(session, principal, data, state.confinement))
 
 
+@post(
+    "/cancel_delivery",
+    operation_id="cancel_delivery",
+    **permission(Role.READER),
+    summary="Cancel Delivery",
+    status_code=200,
+)
+async def cancel_delivery(
+    session: NamedDependency[AsyncSession],
+    principal: NamedDependency[Principal],
+    delivery_id: Annotated[int, QueryParameter(ge=1, le=MAX_BIGINT)],
+) -> dict[str, Any]:
+    """DLM addition. Cancel a PENDING or RUNNING delivery: a queued one is never shipped, a running one stops
+    within seconds (at its next progress record) and removes what it wrote. Below operator, only your own deliveries."""
+    return row_dict(await delivery.cancel_delivery(session, principal, delivery_id))
+
+
 @get("/get_delivery", operation_id="get_delivery", **permission(Role.READER), summary="Get Delivery")
 async def get_delivery(
     session: NamedDependency[AsyncSession],
@@ -465,6 +483,7 @@ router = Router(
         retrieve_payload,
         retrieve_headers,
         deliver,
+        cancel_delivery,
         get_delivery,
         update_data_item,
         set_uri,

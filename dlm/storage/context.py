@@ -15,4 +15,6 @@ def session_info(settings: Settings) -> dict[str, Any]:
         "event_sinks": ",".join(settings.event_sinks),
         "confinement": storage_confinement(settings),
         "outbound": OutboundPolicy(comma_list(settings.outbound_allow)),
+        # Where each local storage's root resolved when this process last checked it for overlap.
+        "opened_roots": {},
     }

@@ -221,6 +221,17 @@ async def update_storage(
         raise UnmetPreconditionForOperation(f"storage {storage.storage_name!r} is retired and cannot change")
     changes: dict[str, Any] = {}
     if available is not None:
+        if available and not storage.storage_available:
+            # Made available: checked as a new storage is (one created unavailable never was). An overlap
+            # found here would have let one storage's deletions take the other's payloads.
+            config = await latest_config(session, storage.storage_id)
+            if (confinement := session.info.get("confinement")) is not None:
+                await check_place(
+                    session, storage.storage_interface, storage.root_directory, config, confinement, storage.storage_id
+                )
+            else:
+                place = place_of(storage.storage_interface, storage.root_directory, config)
+                await check_no_overlap(session, place, storage_id=storage.storage_id)
         changes["storage_available"] = available
     if capacity is not None:
         _check_capacity(capacity)
@@ -307,7 +318,14 @@ async def check_place(
     return place
 
 
-async def check_no_overlap(session: AsyncSession, place: Place, *, storage_id: uuid.UUID | None = None) -> None:
+async def check_no_overlap(
+    session: AsyncSession,
+    place: Place,
+    *,
+    storage_id: uuid.UUID | None = None,
+    field: str = "root_directory",
+    reason: str = "two storages must not share bytes",
+) -> None:
     """Refuse a place whose bytes would be another live storage's too: deleting one's payload would
     delete the other's."""
     query = select(Storage).where(Storage.storage_retired.is_(False))
@@ -323,9 +341,8 @@ async def check_no_overlap(session: AsyncSession, place: Place, *, storage_id: u
         if overlaps(place, other_place):
             where = "" if place.kind == "local" else f" on {place.endpoint}"
             raise UnmetPreconditionForOperation(
-                f"root_directory: {place.root!r} overlaps storage {other.storage_name!r} (rooted at "
-                f"{other_place.root!r}{where}): it is, contains or lies inside that root, and two storages must "
-                "not share bytes"
+                f"{field}: {place.root!r} overlaps storage {other.storage_name!r} (rooted at "
+                f"{other_place.root!r}{where}): it is, contains or lies inside that root, and {reason}"
             )
 
 
@@ -492,11 +509,28 @@ async def storage_backend(session: AsyncSession, storage: Storage) -> "PosixBack
         if place.kind == "local":
             try:
                 confinement.check_posix_root(place.root)
+                await _check_root_unmoved(session, storage, place)
             except DLMError as exc:
                 raise UnmetPreconditionForOperation(
                     f"storage {storage.storage_name!r} cannot be reached: {exc.message}"
                 ) from None
     return make_backend(storage.storage_interface, storage.root_directory, config, storage.storage_name)
+
+
+async def _check_root_unmoved(session: AsyncSession, storage: Storage, place: Place) -> None:
+    """A local root is checked for overlap again whenever it resolves elsewhere than when this process
+    last checked it (a symlinked root re-pointed at another storage's): one realpath per opening, the
+    overlap query only when the answer changed. The record is the process's (``session_info``)."""
+    checked = session.info.get("opened_roots")
+    if checked is None:
+        return
+    real = os.path.realpath(place.root)
+    if checked.get(storage.storage_id) == real:
+        return
+    await check_no_overlap(
+        session, Place("local", "", real), storage_id=storage.storage_id, field=f"root {place.root!r} (resolved)"
+    )
+    checked[storage.storage_id] = real
 
 
 class DiskUsage(NamedTuple):

@@ -66,6 +66,13 @@ def check_item_name(name: str, field: str = "item_name") -> str:
     return name
 
 
+def relative_name(name: str) -> str:
+    """``name`` (an item name, a member's path) as a relative path that stays below wherever it is
+    written or extracted: no leading "/", and no empty, "." or ".." components (names registered before
+    DLM refused '..' lose them here)."""
+    return "/".join(part for part in name.split("/") if part not in ("", ".", "..")) or "payload"
+
+
 def canonical_uri(uri: str, field: str = "uri") -> str:
     """``uri`` as DLM stores it: checked (``check_relative_uri``), without "." or empty components or a
     trailing "/", keeping a leading "/" if it has one."""

@@ -2,7 +2,9 @@
 tracked to a manifest; refused (and nothing recorded) for what the caller may not read or reach."""
 
 import asyncio
+import functools
 import json
+import os
 import tarfile
 import time
 from pathlib import Path
@@ -13,14 +15,18 @@ import aioboto3
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from dlm.app import create_app
 from dlm.config import Settings
+from dlm.db.engine import create_sessionmaker
 from dlm.db.models import Delivery
 from dlm.enums import Role
+from dlm.request import delivery
 from dlm.storage.configs import Keyring
+from dlm.storage.context import session_info
+from dlm.transfer.copy import copy_payload
 from tests.auth.conftest import bearer, make_token
 from tests.conftest import Registry, assert_error, free_port
 
@@ -167,8 +173,9 @@ async def test_bad_deliveries_are_refused_and_record_nothing(
         "UnmetPreconditionForOperation",
         "DLM_SECRET_KEY",
     )
+    (tmp_path / "a-file").write_text("not a directory\n")
     await refused(
-        {"items": ["obs-1"], "destination": {"posix": str(tmp_path / "absent")}},
+        {"items": ["obs-1"], "destination": {"posix": str(tmp_path / "a-file" / "inbox")}},
         422,
         "UnmetPreconditionForOperation",
         "not a directory",
@@ -285,3 +292,178 @@ async def test_a_listed_private_endpoint_is_reached_at_the_address_checked(
         )
         assert queued.status_code == 200, queued.text
         assert (await finished(client, queued.json()["delivery_id"]))["status"] == "SUCCEEDED"
+
+
+def _worker_sessionmaker(engine: AsyncEngine, settings: Settings) -> async_sessionmaker[AsyncSession]:
+    """A delivery worker's sessions, as `dlm worker` makes them (keys, confinement, outbound policy)."""
+    return create_sessionmaker(engine, info=session_info(settings))
+
+
+@pytest.fixture
+def by_hand(settings: Settings) -> Settings:
+    """No delivery worker in the app: the test ships deliveries itself (delivery.run_once)."""
+    return msgspec.structs.replace(settings, deliveries_interval_seconds=0)
+
+
+async def test_a_directory_resolved_when_asked_is_where_files_go_whatever_links_change(
+    by_hand: Settings, storage_root: Path, tmp_path: Path, engine: AsyncEngine
+) -> None:
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    inbox, elsewhere = tmp_path / "inbox", tmp_path / "elsewhere"
+    inbox.mkdir()
+    elsewhere.mkdir()
+    link = tmp_path / "outbox"
+    link.symlink_to(inbox)
+    async with AsyncTestClient(create_app(by_hand)) as client:
+        registry = Registry(client, storage_root)
+        await registry.storage()
+        await setup_items(registry)
+        ids = []
+        for target in (outside, elsewhere):
+            queued = await client.post(
+                "/request/deliver", json={"items": ["obs-1"], "destination": {"posix": str(link / "x")}}
+            )
+            assert queued.status_code == 200, queued.text
+            ids.append(queued.json()["delivery_id"])
+            row = (await client.get("/request/get_delivery", params={"delivery_id": ids[-1]})).json()
+            assert row["destination"] == {"posix": str(inbox / "x")}, "kept resolved"
+            # Afterwards someone re-points a directory on the way: first out of the roots, then inside them.
+            (inbox / "x").rmdir()
+            (inbox / "x").symlink_to(target)
+            report = await delivery.run_once(_worker_sessionmaker(engine, by_hand))
+            assert report.failed == [ids[-1]]
+            (inbox / "x").unlink()
+            (inbox / "x").mkdir()
+        for delivery_id, fragment in zip(ids, ("outside", "no longer the directory"), strict=True):
+            row = (await client.get("/request/get_delivery", params={"delivery_id": delivery_id})).json()
+            assert row["status"] == "FAILED" and fragment in row["last_error"], row
+        assert list(outside.iterdir()) == [] and list(elsewhere.iterdir()) == [], "nothing went where the links led"
+
+
+async def test_a_delivery_directory_is_created_but_never_inside_a_storage(
+    by_hand: Settings, storage_root: Path, tmp_path: Path, engine: AsyncEngine
+) -> None:
+    async with AsyncTestClient(create_app(by_hand)) as client:
+        registry = Registry(client, storage_root)
+        await registry.storage()
+        await setup_items(registry)
+        for where in (storage_root / "sub", storage_root, tmp_path):
+            refused = await client.post(
+                "/request/deliver", json={"items": ["obs-1"], "destination": {"posix": str(where)}}
+            )
+            assert_error(
+                refused, 422, "UnmetPreconditionForOperation", "body.destination.posix", "overlaps storage 'disk'"
+            )
+        fresh = tmp_path / "new" / "inbox"
+        queued = await client.post("/request/deliver", json={"items": ["obs-1"], "destination": {"posix": str(fresh)}})
+        assert queued.status_code == 200, queued.text
+        await delivery.run_once(_worker_sessionmaker(engine, by_hand))
+        assert (fresh / "obs-1").read_bytes() == b"one"
+
+
+async def test_a_delivery_that_cannot_go_on_fails_for_good_and_can_be_cancelled(
+    by_hand: Settings, storage_root: Path, tmp_path: Path, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = _worker_sessionmaker(engine, by_hand)
+    out = tmp_path / "out"
+    out.mkdir()
+    async with AsyncTestClient(create_app(by_hand)) as client:
+        registry = Registry(client, storage_root)
+        await registry.storage()
+        await setup_items(registry)
+
+        async def deliver() -> int:
+            queued = await client.post(
+                "/request/deliver", json={"items": ["obs-1"], "destination": {"posix": str(out)}}
+            )
+            assert queued.status_code == 200, queued.text
+            return queued.json()["delivery_id"]
+
+        # A worker that died three times while shipping: the fourth finds it FAILED, not RUNNING for ever.
+        stuck = await deliver()
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "UPDATE delivery SET status = 'RUNNING', attempts = 3, lease_owner = 'dead', "
+                    "lease_expires = now() - interval '1 second' WHERE delivery_id = :id"
+                ),
+                {"id": stuck},
+            )
+        assert (await delivery.run_once(worker)).delivered == []
+        row = (await client.get("/request/get_delivery", params={"delivery_id": stuck})).json()
+        assert row["status"] == "FAILED" and "stopped while shipping it 3 times" in row["last_error"]
+
+        # Cancelled while queued: never shipped. Cancelled again, or someone else's: refused.
+        queued = await deliver()
+        cancelled = await client.post("/request/cancel_delivery", params={"delivery_id": queued})
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "CANCELLED", cancelled.text
+        assert "cancelled by anonymous" in cancelled.json()["last_error"]
+        again = await client.post("/request/cancel_delivery", params={"delivery_id": queued})
+        assert_error(again, 422, "UnmetPreconditionForOperation", "CANCELLED")
+        assert_error(await client.post("/request/cancel_delivery", params={"delivery_id": 999}), 404, "NotFound")
+        assert (await delivery.run_once(worker)).delivered == []
+        assert list(out.iterdir()) == []
+
+        # Cancelled while its bytes move: it stops at its next progress record and removes what it wrote;
+        # those records also renew its lease while one large item is shipped.
+        registry.payload("big.dat", os.urandom(64 * 1024 * 1024))
+        await registry.register("big", "big.dat")
+        monkeypatch.setattr(delivery, "RECORD_SECONDS", 0.0)
+        # 16 MiB/s: four seconds of shipping, time enough to watch it and cancel it.
+        monkeypatch.setattr(delivery, "copy_payload", functools.partial(copy_payload, max_bytes_per_second=2**24))
+        queued = (
+            await client.post("/request/deliver", json={"items": ["big"], "destination": {"posix": str(out)}})
+        ).json()
+        shipping = asyncio.create_task(delivery.run_once(worker))
+        leases = set()
+        while (
+            row := (await client.get("/request/get_delivery", params={"delivery_id": queued["delivery_id"]})).json()
+        )["bytes_done"] == 0:
+            assert not shipping.done(), row
+            await asyncio.sleep(0.01)
+        leases.add(row["lease_expires"])
+        while len(leases) < 2:
+            await asyncio.sleep(0.01)  # the test client blocks this loop while it asks: let the worker run
+            row = (await client.get("/request/get_delivery", params={"delivery_id": queued["delivery_id"]})).json()
+            leases.add(row["lease_expires"])
+        assert row["bytes_done"] < 64 * 1024 * 1024, "the lease was renewed in the middle of the item"
+        await client.post("/request/cancel_delivery", params={"delivery_id": queued["delivery_id"]})
+        report = await asyncio.wait_for(shipping, 30)
+        assert report.delivered == [] and report.failed == []
+        assert list(out.iterdir()) == [], "what it wrote is gone"
+        row = (await client.get("/request/get_delivery", params={"delivery_id": queued["delivery_id"]})).json()
+        assert row["status"] == "CANCELLED"
+
+
+async def test_names_become_relative_paths_that_stay_inside_the_destination(
+    registry: Registry, tmp_path: Path, engine: AsyncEngine
+) -> None:
+    registry.payload("box/a", b"alpha")
+    registry.payload("old.dat", b"old")
+    await registry.register("/abs/box", "box", item_type="container")
+    legacy = await registry.register("legacy", "old.dat")
+    async with engine.begin() as connection:  # a name DLM refuses now, registered by an older DLM
+        await connection.execute(
+            text("UPDATE data_item SET item_name = '../../../outside/pwn' WHERE uid = :uid"), {"uid": legacy}
+        )
+    for packaging in ("tar", "none"):
+        out = tmp_path / packaging
+        response = await registry.client.post(
+            "/request/deliver",
+            json={
+                "items": ["/abs/box", "../../../outside/pwn"],
+                "destination": {"posix": str(out)},
+                "packaging": packaging,
+            },
+        )
+        assert response.status_code == 200, response.text
+        delivery_id = response.json()["delivery_id"]
+        assert (await finished(registry.client, delivery_id))["status"] == "SUCCEEDED"
+        if packaging == "tar":
+            with tarfile.open(out / f"delivery-{delivery_id}.tar") as tar:
+                assert sorted(member.name for member in tar.getmembers()) == ["abs/box/a", "outside/pwn"]
+        else:
+            assert (out / "abs" / "box" / "a").read_bytes() == b"alpha"
+            assert (out / "outside" / "pwn").read_bytes() == b"old"
+    assert not (tmp_path.parent / "outside").exists()

@@ -104,11 +104,39 @@ async def test_the_best_replica_serves_and_a_missing_one_hands_over(
     (registry.root / "obs").unlink()
     handed_over = await registry.client.get("/request/retrieve", params={"item_name": "obs"})
     assert handed_over.status_code == 200 and handed_over.content == CONTENT
+    assert handed_over.headers["x-dlm-uid"] == copied.json()["uid"], "the missing one is passed over up front"
+    assert (await registry.item(uid))["last_check"] is None, "and flagged for the audit"
     redirected = await registry.client.get(
         "/request/retrieve", params={"uid": copied.json()["uid"], "redirect": "true"}, follow_redirects=False
     )
     # The best replica is still the local one (its row is READY): redirect only applies to S3 ones.
     assert redirected.status_code in (200, 307)
+
+
+async def test_a_ready_replica_whose_file_is_gone_is_a_404_not_a_truncated_200(registry: Registry) -> None:
+    registry.payload("gone", CONTENT)
+    uid = await registry.register("gone", "gone")
+    client = registry.client
+    (registry.root / "gone").unlink()
+    head = await client.head("/request/retrieve", params={"uid": uid})
+    assert head.status_code == 404
+    response = await client.get("/request/retrieve", params={"uid": uid})
+    assert_error(response, 404, "NotFound", "no READY replica has its payload")
+    assert (await registry.item(uid))["last_check"] is None, "flagged: the audit checks it next"
+    assert await history(registry, uid) == [], "nothing was retrieved"
+    registry.payload("gone", CONTENT[:10])
+    shorter = await client.get("/request/retrieve", params={"uid": uid})
+    assert_error(shorter, 404, "NotFound"), "a payload of another size is not the item's"
+
+
+async def test_a_download_is_named_by_rfc_6266_whatever_its_name(registry: Registry) -> None:
+    registry.payload("odd.dat", CONTENT)
+    await registry.register('run "7"; é\\x.dat', "odd.dat")
+    response = await registry.client.get("/request/retrieve", params={"item_name": 'run "7"; é\\x.dat'})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-disposition"] == (
+        "attachment; filename=\"run _7_; __x.dat\"; filename*=UTF-8''run%20%227%22%3B%20%C3%A9%5Cx.dat"
+    )
 
 
 async def test_an_s3_replica_can_be_fetched_from_a_presigned_url(

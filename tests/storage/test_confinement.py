@@ -217,3 +217,46 @@ def test_confinement_resolves_symlinks_before_comparing(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="outside the directories"):
         confinement.check_posix_root(str(allowed / "escape"))
     assert os.path.realpath(allowed / "escape") == "/etc"
+
+
+async def test_a_storage_made_available_later_is_checked_for_overlap_then(registry: Registry, tmp_path: Path) -> None:
+    later = tmp_path / "later"
+    # Its root does not exist yet: DLM waits for it (or a config), unavailable, checking nothing so far.
+    waiting = await registry.client.post("/storage/init_storage", params=_posix("later", later))
+    assert waiting.status_code == 200, waiting.text
+    assert (await registry.client.get("/storage/query_storage", params={"storage_name": "later"})).json()[0][
+        "storage_available"
+    ] is False
+    later.symlink_to(registry.root)  # the root appears: as another storage's
+    made = await registry.client.patch(
+        "/storage/update_storage", params={"storage_name": "later", "storage_available": "true"}
+    )
+    assert_error(made, 422, "UnmetPreconditionForOperation", "overlaps storage 'disk'")
+    later.unlink()
+    later.mkdir()
+    made = await registry.client.patch(
+        "/storage/update_storage", params={"storage_name": "later", "storage_available": "true"}
+    )
+    assert made.status_code == 200 and made.json()["storage_available"] is True, made.text
+
+
+async def test_a_root_re_pointed_at_another_storage_is_refused_when_opened(registry: Registry, tmp_path: Path) -> None:
+    own = tmp_path / "own"
+    own.mkdir()
+    link = tmp_path / "linked-root"
+    link.symlink_to(own)
+    await registry.storage("linked", root=link)
+    registry.payload("first.dat", root=own)
+    first = await registry.register("first", "first.dat", storage="linked")
+    registry.payload("theirs.dat")  # on 'disk'
+    link.unlink()
+    link.symlink_to(registry.root)  # re-pointed at 'disk''s root after the storage was made
+    response = await registry.client.post(
+        "/ingest/register_data_item", params={"item_name": "theirs", "uri": "theirs.dat", "storage_name": "linked"}
+    )
+    assert_error(
+        response, 422, "UnmetPreconditionForOperation", "'linked' cannot be reached", "overlaps storage 'disk'"
+    )
+    deleted = await registry.client.post("/storage/delete_data_item_payload", params={"uid": first, "force": "true"})
+    assert deleted.status_code == 422, deleted.text
+    assert (registry.root / "theirs.dat").exists(), "nothing of 'disk''s was touched"

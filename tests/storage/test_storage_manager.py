@@ -78,9 +78,18 @@ BAD_S3_CONFIGS = [
     ({"type": "ftp-ish"}, "config.type"),
     ({"type": "s3", "secret_access_key": "s"}, "config.access_key_id"),
     ({"type": "s3", "access_key_id": "a", "secret_access_key": "s", "endpoint": "minio:9000"}, "config.endpoint"),
-    ({"type": "s3", "access_key_id": "a", "secret_access_key": "s", "endpoint": "http://127.0.0.1:abc"}, "config.endpoint"),
-    ({"type": "s3", "access_key_id": "a", "secret_access_key": "s", "endpoint": "http://127.0.0.1:99999"}, "config.endpoint"),
-    ({"type": "s3", "access_key_id": "a", "secret_access_key": "s", "endpoint": "http://127.0.0.1:-1"}, "config.endpoint"),
+    (
+        {"type": "s3", "access_key_id": "a", "secret_access_key": "s", "endpoint": "http://127.0.0.1:abc"},
+        "config.endpoint",
+    ),
+    (
+        {"type": "s3", "access_key_id": "a", "secret_access_key": "s", "endpoint": "http://127.0.0.1:99999"},
+        "config.endpoint",
+    ),
+    (
+        {"type": "s3", "access_key_id": "a", "secret_access_key": "s", "endpoint": "http://127.0.0.1:-1"},
+        "config.endpoint",
+    ),
     ({"type": "s3", "access_key_id": "a", "secret_access_key": "s", "endpoint": "http://[::1"}, "config.endpoint"),
     ({"type": "s3", "access_key_id": "a", "secret_access_key": "s", "part_size": 1024}, "config.part_size"),
     ({"type": "s3", "access_key_id": "a", "secret_access_key": "s", "region": {"nested": 1}}, "config.region"),

@@ -6,6 +6,7 @@ DLM_UPDATE_SCREENSHOTS=1."""
 import json
 import os
 import secrets
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -205,3 +206,34 @@ async def test_an_operator_and_a_reader_use_the_page(chromium: Any, database_url
 @pytest.fixture(autouse=True)
 def _fresh_log(chromium: Any) -> None:
     chromium.get_log("performance")
+
+
+async def test_the_pasted_curl_line_names_the_file_and_runs_nothing_else(
+    chromium: Any, database_url: str, tmp_path: Path
+) -> None:
+    server = await Server(database_url, tmp_path / "data", admin_token=ADMIN_TOKEN).ready()
+    try:
+        api = httpx.AsyncClient(base_url=server.base, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
+        async with api:
+            registry = Registry(api, tmp_path / "disk")  # type: ignore[arg-type]
+            await registry.storage("disk", root=tmp_path / "disk")
+            name = "x$(touch${IFS}PWNED)'`touch PWNED2`"
+            uid = await registry.register(name, "payload.dat")
+        sign_in(chromium, server.base, ADMIN_TOKEN, "admin")
+        chromium.get(f"{server.base}/ui#/item?uid={uid}")
+        wait(chromium, lambda d: "curl" in text_of(d, "body"), message="the item page shows the command")
+        line = chromium.execute_script(
+            "return [...document.querySelectorAll('code')].map((e) => e.innerText).find((t) => t.startsWith('curl'))"
+        )
+        pasted = tmp_path / "pasted"
+        pasted.mkdir()
+        # The operator's shell, with curl standing in as a function that reports its arguments.
+        script = f'DLM_TOKEN=t; curl() {{ printf "%s\\n" "$@"; }}\n{line}\n'
+        result = subprocess.run(["bash", "-c", script], cwd=pasted, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        arguments = result.stdout.splitlines()
+        assert arguments[arguments.index("-o") + 1] == name, arguments
+        assert arguments[-1] == f"{server.base}/request/retrieve?oid={uid}", arguments
+        assert list(pasted.iterdir()) == [], "the line ran nothing but curl"
+    finally:
+        server.stop()

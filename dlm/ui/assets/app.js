@@ -389,7 +389,14 @@ function downloader(chosen) {
   return h("div", {}, button,
     h("p", { class: "muted" }, "Large payloads stream better from the command line: ",
       h("code", {}, `dlm request get --oid ${chosen.oid}`), " or ",
-      h("code", {}, `curl -H "Authorization: Bearer $DLM_TOKEN" -o ${name} '${location.origin}${path}'`)));
+      h("code", {}, `curl -H "Authorization: Bearer $DLM_TOKEN" -o ${shellQuoted(name)} ${shellQuoted(location.origin + path)}`)));
+}
+
+// One shell word whatever the text holds: an item's name is its owner's to choose, and an operator
+// pastes this line into a shell ('x$(touch PWNED)' must stay a file name).
+function shellQuoted(text) {
+  const printable = text.replace(/[\u0000-\u001f\u007f-\u009f]/g, "_");
+  return `'${printable.replace(/'/g, "'\\''")}'`;
 }
 
 // Copies: every migration the caller may see, with live progress and, for operators, cancel and retry.
