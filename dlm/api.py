@@ -223,7 +223,8 @@ def handle_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Re
     if exc.status_code == 400:  # malformed body: as much the caller's invalid input as a bad parameter
         return _error(HTTP_422_UNPROCESSABLE_ENTITY, "InvalidQueryParameters", f"body: {exc.detail}")
     name = _HTTP_ERROR_NAMES.get(exc.status_code, "HTTPError")
-    return _error(exc.status_code, name, str(exc.detail))
+    # A 405's Allow header (the methods the route takes) goes out with it, as HTTP requires.
+    return _error(exc.status_code, name, str(exc.detail), dict(exc.headers or {}))
 
 
 def handle_unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:

@@ -32,7 +32,7 @@ from dlm.observability.http import ObservedRequests
 from dlm.request.routes import router as request_router
 from dlm.storage.context import session_info
 from dlm.storage.routes import router as storage_router
-from dlm.ui.routes import OfflineSwagger
+from dlm.ui.routes import OfflineSwagger, PageHeaders
 from dlm.ui.routes import router as ui_router
 
 log = logging.getLogger("dlm")
@@ -54,7 +54,8 @@ async def health_live() -> dict[str, str]:
     tags=["health"],
     description="Prometheus metrics of this process (text exposition format); see docs/operations.md#metrics.",
     media_type=metrics.CONTENT_TYPE,
-    **permission(Role.READER),
+    # Scraped per pod, by IP: DLM_ALLOWED_HOSTS cannot list those.
+    **permission(Role.READER, any_host=True),
 )
 async def metrics_route(state: State) -> Response[bytes]:
     return Response(await metrics.render(state.sessionmaker, state.engine))
@@ -131,7 +132,7 @@ def create_app(settings: Settings) -> Litestar:
             metrics_route,
         ],
         lifespan=[lifespan],
-        middleware=[ObservedRequests(settings.access_log), GateMiddleware(), QueryGuard()],
+        middleware=[ObservedRequests(settings.access_log), PageHeaders(OPENAPI_PATH), GateMiddleware(), QueryGuard()],
         on_startup=[_read_query_parameters],
         before_request=refuse_deep_json,
         dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},

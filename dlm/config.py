@@ -151,8 +151,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
                 "DLM_AUTH_ISSUER and DLM_AUTH_AUDIENCE are needed to accept tokens from an identity provider"
             )
         parse_role_map(self.auth_role_map)  # a malformed map stops DLM at start-up, not at the first login
-        if self.admin_token is not None and (not self.admin_token.startswith("dlm_") or len(self.admin_token) < 36):
-            raise ValueError("DLM_ADMIN_TOKEN must be a DLM API token: 'dlm_' and at least 32 random characters")
+        if self.admin_token is not None and (reason := weak_token(self.admin_token)):
+            raise ValueError(f"DLM_ADMIN_TOKEN {reason}: make one with `dlm_$(openssl rand -hex 32)`")
         for url in self.webhook_urls:
             try:
                 port = urlsplit(url).port
@@ -230,6 +230,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     def default_storage_dir(self) -> Path:
         return Path(self.data_dir) / "storage"
 
+    @property
+    def secret_key_file(self) -> Path:
+        """Where `dlm serve` keeps the key it made when DLM_SECRET_KEY was not set (docs/operations.md#backup)."""
+        return Path(self.data_dir) / SECRET_KEY_FILE
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
         """Settings from ``DLM_CONFIG`` (a TOML file), then ``DLM_*`` variables, then ``overrides``."""
@@ -249,9 +254,31 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
                 values[field.name] = raw
         values.update({key: value for key, value in overrides.items() if value is not None})
         try:
-            return msgspec.convert(values, cls, strict=False)
+            settings = msgspec.convert(values, cls, strict=False)
         except msgspec.ValidationError as exc:
             raise InvalidSettings(_describe_settings_error(str(exc))) from None
+        if settings.secret_key is None and settings.secret_key_file.is_file():
+            # The key `dlm serve` made on its first start: every command on this host opens configs with it.
+            settings = msgspec.structs.replace(settings, secret_key=settings.secret_key_file.read_text().strip())
+        return settings
+
+
+SECRET_KEY_FILE = "secret.key"
+# What the deployment files' placeholder tokens say; a token holding one was never made by anyone.
+_PLACEHOLDERS = ("replace", "change-me", "changeme", "example", "placeholder", "your-", "xxxx")
+
+
+def weak_token(secret: str) -> str | None:
+    """Why ``secret`` may not be a deployment's admin token (a placeholder left in, or too few random
+    characters), or None."""
+    body = secret.removeprefix("dlm_")
+    if not secret.startswith("dlm_") or len(body) < 32:
+        return "must be 'dlm_' and at least 32 random characters"
+    if any(word in body.lower() for word in _PLACEHOLDERS):
+        return "is the deployment files' placeholder, not a secret"
+    if len(set(body)) < 12:
+        return "is not random (too few different characters)"
+    return None
 
 
 def comma_list(text: str | None) -> list[str]:

@@ -4,22 +4,26 @@ then create the locations and storages listed in DLM_LOCATION_CONFIG / DLM_STORA
 DLM_ADMIN_TOKEN as the admin token, and decide whether callers need a token."""
 
 import logging
+import os
 
 import msgspec
+from cryptography.fernet import Fernet
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dlm.auth.startup import decide_open, is_loopback, seed_admin_token
-from dlm.config import Settings
+from dlm.auth.startup import decide_open, is_loopback, retire_admin_token, seed_admin_token
+from dlm.config import SECRET_KEY_FILE, Settings
 from dlm.db import schema
 from dlm.db.embedded import EmbeddedPostgres
 from dlm.db.engine import create_engine, create_sessionmaker, transaction
-from dlm.db.models import Location, Storage
+from dlm.db.models import Location, Storage, StorageConfig
 from dlm.enums import LocationType, Phase, StorageInterface, StorageType
+from dlm.errors import DLMError
 from dlm.storage import seed
+from dlm.storage.configs import Keyring, is_sealed
 from dlm.storage.confinement import Confinement
 from dlm.storage.context import session_info
-from dlm.storage.service import init_location, init_storage
+from dlm.storage.service import init_location, init_storage, reseal_configs
 
 log = logging.getLogger("dlm.serve")
 
@@ -42,6 +46,7 @@ class Prepared(msgspec.Struct, frozen=True):
 async def prepare(settings: Settings) -> Prepared:
     """Settings with a reachable, up-to-date, seeded database, and the embedded server if one was started."""
     embedded = None
+    settings = with_secret_key(settings)
     if settings.database_url is None:
         embedded = EmbeddedPostgres(settings.pgdata_dir)
         settings = msgspec.structs.replace(settings, database_url=embedded.database_url)
@@ -55,11 +60,16 @@ async def prepare(settings: Settings) -> Prepared:
                 await schema.check_schema(engine)
             sessionmaker = create_sessionmaker(engine, info=session_info(settings))
             async with transaction(sessionmaker, actor=ACTOR) as session:
+                await check_secret_key(session, settings)
                 if embedded is not None:
                     await seed_default_storage(session, settings)
                 await seed_listed_storages(session, settings)
                 if await seed_admin_token(session, settings):
                     log.info("DLM_ADMIN_TOKEN is the admin token")
+                elif settings.admin_token is None and await retire_admin_token(session):
+                    log.warning("DLM_ADMIN_TOKEN is no longer set: the admin token it gave was revoked")
+                if await reseal_configs(session, plain_only=True):
+                    log.info("storage configs kept in plain text are now sealed with DLM_SECRET_KEY")
             is_open = await decide_open(settings, sessionmaker)
         finally:
             await engine.dispose()
@@ -74,6 +84,48 @@ async def prepare(settings: Settings) -> Prepared:
             embedded.stop()
         raise
     return Prepared(settings, embedded, is_open)
+
+
+def with_secret_key(settings: Settings) -> Settings:
+    """``settings`` with a key to seal storage secrets: DLM_SECRET_KEY, else the key file in the data
+    directory, made (0600) on the first start that needs one. Said in one line: it must be backed up
+    with the database, and given to every other DLM process of the deployment."""
+    if settings.secret_key:
+        return settings
+    path = settings.secret_key_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another DLM on this data directory made it a moment ago
+        return msgspec.structs.replace(settings, secret_key=path.read_text().strip())
+    key = Fernet.generate_key().decode()
+    with os.fdopen(descriptor, "w") as file:
+        file.write(key + "\n")
+    log.warning(
+        "DLM_SECRET_KEY is not set: storage secrets are sealed with a new key kept in %s; back it up with the "
+        "database (docs/operations.md#backup-and-restore) and give it to every DLM process as DLM_SECRET_KEY",
+        path,
+    )
+    return msgspec.structs.replace(settings, secret_key=key)
+
+
+async def check_secret_key(session: AsyncSession, settings: Settings) -> None:
+    """Refuse to start with keys that cannot open the configs the database holds (a second DLM that made
+    a key of its own, say): it could reach none of its storages."""
+    ring = Keyring.from_text(settings.secret_key)
+    for stored in await session.scalars(
+        select(StorageConfig.config).order_by(StorageConfig.config_id.desc()).limit(50)
+    ):
+        if is_sealed(stored):
+            try:
+                ring.open(stored)
+            except DLMError:
+                raise Refused(
+                    "the database's storage configs are sealed with a key this DLM does not have: set DLM_SECRET_KEY "
+                    f"to the deployment's key (the first DLM keeps the one it made in {SECRET_KEY_FILE} in its data "
+                    "directory)"
+                ) from None
+            return
 
 
 async def seed_default_storage(session: AsyncSession, settings: Settings) -> None:

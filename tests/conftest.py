@@ -43,6 +43,19 @@ def _docker_answers() -> bool:
     return True
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_home_of_the_readers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A `dlm` started by a test without DLM_DATA_DIR would use the reader's own data directory (and
+    leave a database or a key there): every process of the run gets a data home of its own."""
+    previous = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("xdg-data"))
+    yield
+    if previous is None:
+        del os.environ["XDG_DATA_HOME"]
+    else:
+        os.environ["XDG_DATA_HOME"] = previous
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A PostgreSQL server we may create databases on, as an admin URL."""

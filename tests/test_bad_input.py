@@ -1,15 +1,20 @@
 """Input an attacker (or a buggy client) sends gets a clear 4xx naming what is wrong, never a 500, a
 stalled event loop, or a half-written row: each case here once reached a 500 or worse."""
 
+import asyncio
+import contextlib
 import json
+import socket
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.conftest import Registry, assert_error
+from tests.conftest import Registry, Server, assert_error
 
 
 async def _items(client: AsyncTestClient) -> list[dict[str, Any]]:
@@ -266,3 +271,34 @@ async def test_endpoints_that_do_not_parse_are_a_422_not_a_500(registry: Registr
         "/request/deliver", json={"items": ["obs"], "destination": {"s3": {"bucket": "b", **config}}}
     )
     assert delivered.status_code == 422, delivered.text
+
+
+async def test_a_client_that_goes_away_mid_body_is_no_server_error(database_url: str, tmp_path: Path) -> None:
+    server = await Server(database_url, tmp_path / "data").ready()
+    head = "POST /ingest/register_data_items HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    try:
+        for request in (
+            f'{head}Content-Length: 1000\r\n\r\n[{{"item_name":',  # an upload aborted half-way
+            f"{head}Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n",  # a chunked body that does not parse
+        ):
+            with socket.create_connection(("127.0.0.1", server.port)) as connection:
+                connection.sendall(request.encode())
+                connection.settimeout(0.5)
+                with contextlib.suppress(TimeoutError):
+                    connection.recv(4096)
+        async with httpx.AsyncClient(base_url=server.base) as client:
+            traced = await client.request("TRACE", "/request/query_data_item")
+            assert traced.status_code == 405 and "GET" in traced.headers["allow"], "405 says what is allowed"
+            deadline = time.monotonic() + 10
+            while 'route="/ingest/register_data_items",status="499"} 2.0' not in (
+                text := (await client.get("/metrics")).text
+            ):
+                assert time.monotonic() < deadline, [
+                    line for line in text.splitlines() if "register_data_items" in line
+                ]
+                await asyncio.sleep(0.2)
+        assert 'route="/ingest/register_data_items",status="500"' not in text, "no 5xx alert for a client's leaving"
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert log.count("POST /ingest/register_data_items 499") == 2 and "Traceback" not in log, log[-2000:]

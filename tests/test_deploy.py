@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -78,7 +79,8 @@ def test_kubernetes_manifests_probe_real_routes_and_run_real_commands(tmp_path: 
         path.name: list(yaml.safe_load_all(path.read_text())) for path in (ROOT / "deploy/kubernetes").glob("*.yaml")
     }
     kustomization = documents.pop("kustomization.yaml")[0]
-    assert sorted(kustomization["resources"]) == sorted(documents)
+    examples = {name: documents.pop(name) for name in list(documents) if name.endswith(".example.yaml")}
+    assert sorted(kustomization["resources"]) == sorted(documents), "every manifest but the examples is applied"
     app = create_app(Settings(database_url="postgresql://unused@127.0.0.1/unused"))
     routes = {route.path for route in app.routes}
     [deployment] = documents["deployment.yaml"]
@@ -89,9 +91,27 @@ def test_kubernetes_manifests_probe_real_routes_and_run_real_commands(tmp_path: 
     environment = _dlm_env(container["env"])
     assert set(environment) <= SETTINGS, set(environment) - SETTINGS
     [admin_token] = [entry for entry in container["env"] if entry["name"] == "DLM_ADMIN_TOKEN"]
-    secrets = {document["metadata"]["name"]: document for document in documents["secret.yaml"]}
-    reference = admin_token["valueFrom"]["secretKeyRef"]
-    assert reference["key"] in secrets[reference["name"]]["stringData"], "the admin token comes from a Secret"
+    secrets = {document["metadata"]["name"]: document for document in examples["secret.example.yaml"]}
+    for name in ("DLM_ADMIN_TOKEN", "DLM_SECRET_KEY", "DLM_DATABASE_URL"):
+        [entry] = [entry for entry in container["env"] if entry["name"] == name]
+        reference = entry["valueFrom"]["secretKeyRef"]
+        assert reference["key"] in secrets[reference["name"]]["stringData"], f"{name} comes from a Secret"
+    placeholder = secrets[admin_token["valueFrom"]["secretKeyRef"]["name"]]["stringData"]["token"]
+    with pytest.raises(ValueError, match="placeholder"):
+        Settings(admin_token=placeholder)
+    pod = deployment["spec"]["template"]["spec"]
+    for spec in (pod, documents["migrate-job.yaml"][0]["spec"]["template"]["spec"]):
+        assert spec["securityContext"]["runAsNonRoot"] and spec["securityContext"]["seccompProfile"]
+        for each in spec["containers"]:
+            hardened = each["securityContext"]
+            assert hardened["allowPrivilegeEscalation"] is False and hardened["readOnlyRootFilesystem"] is True
+            assert hardened["capabilities"]["drop"] == ["ALL"]
+            assert {"requests", "limits"} <= set(each["resources"]), "resources are declared"
+    [ingress] = documents["ingress.yaml"]
+    [rule] = ingress["spec"]["rules"]
+    [service] = documents["service.yaml"]
+    assert rule["http"]["paths"][0]["backend"]["service"]["name"] == service["metadata"]["name"]
+    assert rule["host"] in environment["DLM_ALLOWED_HOSTS"].split(","), "DLM answers to the Ingress's host"
     [claim] = documents["pvc.yaml"]
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"] or deployment["spec"]["replicas"] == 1, (
         "replicas must share one volume for the POSIX storage"

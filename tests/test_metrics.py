@@ -10,10 +10,13 @@ import pytest
 import yaml
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dlm.app import create_app
 from dlm.config import Settings
+from dlm.enums import Role
 from dlm.observability import metrics
+from tests.auth.conftest import bearer, make_token
 from tests.conftest import Registry, assert_error
 from tests.migration.conftest import copy, wait_for
 
@@ -68,10 +71,21 @@ async def test_metrics_follow_real_work(registry: Registry, tmp_path: Path, monk
     assert "dlm_migration_oldest_due_seconds" in {name for name, _ in after}
 
 
-async def test_metrics_are_for_readers(settings: Settings) -> None:
+async def test_metrics_are_for_readers_and_scraped_per_pod_by_ip(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
     closed = msgspec.structs.replace(settings, auth="required")
+    reader = await make_token(sessionmaker, "prometheus", Role.READER)
     async with AsyncTestClient(create_app(closed)) as client:
         assert_error(await client.get("/metrics"), 401, "Unauthorized")
+        by_ip = await client.get("/metrics", headers={**bearer(reader), "Host": "10.42.0.17:8000"})
+        assert by_ip.status_code == 200 and "dlm_" in by_ip.text, "a pod's IP is no name DLM_ALLOWED_HOSTS lists"
+        assert_error(await client.get("/metrics", headers={"Host": "10.42.0.17:8000"}), 401, "Unauthorized")
+        other = await client.get("/request/query_data_item", headers={**bearer(reader), "Host": "10.42.0.17:8000"})
+        assert_error(other, 403, "Forbidden", "DLM_ALLOWED_HOSTS")
+    opened = msgspec.structs.replace(settings, auth="none")
+    async with AsyncTestClient(create_app(opened)) as client:  # open: loopback only, Host checked
+        assert_error(await client.get("/metrics", headers={"Host": "attacker.example"}), 403, "Forbidden")
 
 
 MONITORING = Path(__file__).parent.parent / "deploy" / "monitoring"

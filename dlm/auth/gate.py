@@ -51,7 +51,7 @@ class Gate:
         if access is None and scope["path"].startswith(self.openapi_path):
             access = "public"  # the API description, served by Litestar's own handlers
         headers = Headers.from_scope(scope)
-        if access != "probe":
+        if access != "probe" and not (handler.opt.get("any_host") and not self.open):
             self._check_host(headers.get("host"))
             if scope["method"] not in SAFE_METHODS:
                 self._check_origin(headers.get("origin"), headers.get("host"))

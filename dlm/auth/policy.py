@@ -66,10 +66,12 @@ class _RoleOperation(Operation):
 _OPERATIONS = {role: type(f"{role.value.title()}Operation", (_RoleOperation,), {"role": role.value}) for role in Role}
 
 
-def permission(role: Role) -> dict[str, Any]:
-    """Route decorator arguments: callers need ``role`` or higher."""
+def permission(role: Role, *, any_host: bool = False) -> dict[str, Any]:
+    """Route decorator arguments: callers need ``role`` or higher. ``any_host``: when DLM is closed, the
+    route answers whatever Host a request names (a scraper addressing each pod by IP); a token is still
+    needed, and an open DLM still checks the Host (DNS rebinding reaches only a loopback DLM)."""
     return {
-        "opt": {"access": role},
+        "opt": {"access": role, "any_host": any_host},
         "security": [{BEARER_SCHEME: []}],
         "responses": ERROR_RESPONSES,
         "operation_class": _OPERATIONS[role],

@@ -3,6 +3,7 @@ admin token."""
 
 import ipaddress
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dlm.auth import tokens
@@ -29,6 +30,22 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+async def retire_admin_token(session: AsyncSession) -> bool:
+    """Revoke the admin token DLM_ADMIN_TOKEN gave, now that the variable is gone; whether there was one.
+    (An `admin` token made with `dlm token create` is left alone.)"""
+    live = await session.scalar(
+        select(tokens.TOKENS.c.token_id).where(
+            tokens.TOKENS.c.name == tokens.ADMIN_TOKEN_NAME,
+            tokens.TOKENS.c.revoked.is_(None),
+            tokens.TOKENS.c.created_by == ADMIN_TOKEN_ACTOR,
+        )
+    )
+    if live is None:
+        return False
+    await tokens.revoke_token(session, name=tokens.ADMIN_TOKEN_NAME, revoked_by=ADMIN_TOKEN_ACTOR)
+    return True
 
 
 async def seed_admin_token(session: AsyncSession, settings: Settings) -> bool:

@@ -258,6 +258,8 @@ class Job:
                     "bytes_per_second": round(result.bytes / seconds),
                     "checksum": result.checksum,
                     "worker": self.owner,
+                    # Said, not silently dropped: a link to a directory inside the container is not followed.
+                    **({"unfollowed_symlinks": list(result.unfollowed)} if result.unfollowed else {}),
                 },
             )
             if job.move:
@@ -266,6 +268,12 @@ class Job:
         metrics.COPY_SECONDS.observe(result.seconds)
         metrics.COPIES.labels(MigrationStatus.SUCCEEDED.value).inc()
         log.info("migration %s: copied %d bytes in %d files", self.migration_id, result.bytes, result.files)
+        if result.unfollowed:
+            log.warning(
+                "migration %s: did not follow symlinked directories %s (their contents were not copied)",
+                self.migration_id,
+                ", ".join(result.unfollowed[:10]),
+            )
         return MigrationStatus.SUCCEEDED
 
     async def _remove_source(self, session: AsyncSession, job: Migration) -> None:

@@ -15,6 +15,8 @@ from dlm.observability import metrics
 from dlm.observability.logs import ACTOR, REQUEST_ID
 
 access = logging.getLogger("dlm.access")
+# What the access log and the metrics say of a request whose client went away before its answer.
+CLIENT_CLOSED = "499"
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -36,6 +38,13 @@ class ObservedRequests(ASGIMiddleware):
         identifier = request_id(scope)
         request_token, actor_token = REQUEST_ID.set(identifier), ACTOR.set(None)
         status: list[int] = []
+        gone: list[bool] = []
+
+        async def watched() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone.append(True)
+            return message
 
         async def observed(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -45,7 +54,7 @@ class ObservedRequests(ASGIMiddleware):
             await send(message)
 
         try:
-            await next_app(scope, receive, observed)
+            await next_app(scope, watched, observed)
         except Exception as exc:
             # Raised by a middleware (a refused token, an unknown parameter): answered further out, with
             # the status the error carries.
@@ -55,6 +64,10 @@ class ObservedRequests(ASGIMiddleware):
             raise
         finally:
             answered = str(status[0]) if status else "500"
+            if gone and answered.startswith("5"):
+                # The client went away mid-request (an aborted upload, a body the server could not parse):
+                # nginx's 499, not an error of DLM's, and no 5xx alert.
+                answered = CLIENT_CLOSED
             metrics.HTTP_REQUESTS.labels(method, route, answered).inc()
             if self.access_log:
                 milliseconds = round((time.perf_counter() - started) * 1000, 1)

@@ -36,6 +36,7 @@ from dlm.errors import (
 )
 from dlm.parsing import parse_uuid
 from dlm.storage import configs
+from dlm.storage.configs import is_sealed
 from dlm.storage.confinement import Confinement, overlaps
 from dlm.transfer.backends import Place, make_backend, place_of
 from dlm.transfer.base import TransferError
@@ -447,15 +448,18 @@ async def _waiting(session: AsyncSession, storage: Storage) -> bool:
     return last == WAITING_FOR_CONFIG
 
 
-async def reseal_configs(session: AsyncSession) -> int:
-    """Seal every stored config with the keyring's newest key (plain ones too); returns how many
-    changed. Run after putting a new key first in DLM_SECRET_KEY, before dropping the old one."""
+async def reseal_configs(session: AsyncSession, *, plain_only: bool = False) -> int:
+    """Seal every stored config with the keyring's newest key (plain ones too; with ``plain_only``, those
+    alone, as `dlm serve` does when it starts); returns how many changed. Run after putting a new key
+    first in DLM_SECRET_KEY, before dropping the old one."""
     ring = keyring(session)
     if not ring.sealing:
         raise UnmetPreconditionForOperation("DLM_SECRET_KEY is not set: there is no key to seal configs with")
     changed = 0
     rows = await session.execute(select(StorageConfig.config_id, StorageConfig.config).with_for_update())
     for config_id, stored in rows.all():
+        if plain_only and is_sealed(stored):
+            continue
         resealed = ring.reseal(stored)
         if resealed != stored:
             await session.execute(

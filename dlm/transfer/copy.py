@@ -41,6 +41,8 @@ class CopyResult(msgspec.Struct, frozen=True):
     # The checksum of a single-file payload (None for a container: its members are verified one by one).
     checksum: str | None
     seconds: float
+    # Symlinks to directories inside a container, not followed: what they lead to was not copied.
+    unfollowed: tuple[str, ...] = ()
 
 
 class Throttle:
@@ -195,7 +197,11 @@ async def copy_payload(
             raise exc.exceptions[0] from None
         raise
     return CopyResult(
-        files=len(entries), bytes=done, checksum=checksums[""] if single else None, seconds=time.monotonic() - started
+        files=len(entries),
+        bytes=done,
+        checksum=checksums[""] if single else None,
+        seconds=time.monotonic() - started,
+        unfollowed=tuple(getattr(source, "unfollowed", ())),
     )
 
 

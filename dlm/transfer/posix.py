@@ -59,6 +59,8 @@ class PosixBackend:
     def __init__(self, root_directory: str) -> None:
         self.root = Path(root_directory)
         self._real_root: Path | None = None
+        # Symlinks to directories the walks met and did not follow (a container's copy says so).
+        self.unfollowed: list[str] = []
 
     async def __aenter__(self) -> "PosixBackend":
         return self
@@ -370,7 +372,12 @@ class PosixBackend:
         def translate(exc: OSError) -> None:
             raise self._error(exc, uri)
 
-        for directory, _, files in os.walk(start, onerror=translate):
+        for directory, directories, files in os.walk(start, onerror=translate):
+            self.unfollowed += [
+                Path(directory, name).relative_to(start).as_posix()
+                for name in sorted(directories)
+                if os.path.islink(os.path.join(directory, name))
+            ]
             for name in sorted(files):
                 if name.endswith(PARTIAL_SUFFIX):
                     continue

@@ -14,8 +14,11 @@ from typing import Any
 from litestar import Request, Response, Router, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
 from litestar.openapi.plugins import OpenAPIRenderPlugin
 from litestar.params import FromPath
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dlm.api import provide_session
@@ -96,6 +99,29 @@ router = Router(
     dependencies={"session": Provide(provide_session)},
     tags=["ui"],
 )
+
+
+class PageHeaders(ASGIMiddleware):
+    """The API browser under ``path`` (Litestar's own handlers) is a page like /ui: the same
+    Content-Security-Policy, no framing by other sites, no sniffing."""
+
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, path: str) -> None:
+        self.path = path.rstrip("/")
+        self.headers = [(name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS.items()]
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        if scope["path"] != self.path and not scope["path"].startswith(self.path + "/"):
+            await next_app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *self.headers]
+            await send(message)
+
+        await next_app(scope, receive, with_headers)
 
 
 class OfflineSwagger(OpenAPIRenderPlugin):

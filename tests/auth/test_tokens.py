@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from dlm.app import create_app
+from dlm.auth import tokens
 from dlm.config import Settings
 from dlm.enums import Role
 from dlm.serve import prepare
@@ -118,7 +119,7 @@ async def test_open_until_a_token_exists_and_the_deployments_admin_token(
         me = await client.get("/auth/whoami")
         assert me.json() == {"subject": "anonymous", "role": "admin", "via": "open", "expires": None, "groups": []}
 
-    secret = "dlm_" + "a" * 43
+    secret, renewed = (tokens.new_secret() for _ in range(2))
     deployed = msgspec.structs.replace(settings, admin_token=secret)
     prepared = await prepare(deployed)
     assert not prepared.open, "an admin token closes DLM"
@@ -126,22 +127,30 @@ async def test_open_until_a_token_exists_and_the_deployments_admin_token(
         assert_error(await client.get("/auth/whoami"), 401, "Unauthorized")
         assert (await client.get("/auth/whoami", headers=bearer(secret))).json()["subject"] == "token:admin"
 
-    rotated = msgspec.structs.replace(settings, admin_token="dlm_" + "b" * 43)
+    rotated = msgspec.structs.replace(settings, admin_token=renewed)
     await prepare(rotated)
     await prepare(rotated)  # a restart changes nothing
     async with AsyncTestClient(create_app(rotated)) as client:
         assert_error(await client.get("/auth/whoami", headers=bearer(secret)), 401, "Unauthorized")
-        tokens = (
-            await client.get("/auth/list_tokens", params={"include_revoked": "true"}, headers=bearer("dlm_" + "b" * 43))
+        listed = (
+            await client.get("/auth/list_tokens", params={"include_revoked": "true"}, headers=bearer(renewed))
         ).json()
-    assert {row["name"] for row in tokens} == {"admin"}
-    assert sorted(row["revoked"] is None for row in tokens) == [False, True], "the old one revoked, the new one live"
+    assert {row["name"] for row in listed} == {"admin"}
+    assert sorted(row["revoked"] is None for row in listed) == [False, True], "the old one revoked, the new one live"
+
+    # DLM_ADMIN_TOKEN taken out of the deployment: the token it gave goes with it.
+    made_by_hand = await make_token(sessionmaker, "ops", Role.ADMIN)
+    await prepare(settings)
+    async with AsyncTestClient(create_app(settings)) as client:
+        assert_error(await client.get("/auth/whoami", headers=bearer(renewed)), 401, "Unauthorized")
+        assert (await client.get("/auth/whoami", headers=bearer(made_by_hand))).status_code == 200, "others stay"
 
 
 def test_an_admin_token_must_look_like_one() -> None:
     from dlm.config import InvalidSettings
 
-    for value in ("changeme", "dlm_short"):
+    placeholder = "dlm_replace-me-with-64-random-hex-characters-from-openssl-rand"  # deploy/kubernetes's
+    for value in ("changeme", "dlm_short", placeholder, "dlm_" + "a" * 64):
         try:
             Settings.from_env({"DLM_ADMIN_TOKEN": value})
         except InvalidSettings as exc:
@@ -153,7 +162,7 @@ def test_an_admin_token_must_look_like_one() -> None:
 async def test_the_cli_speaks_to_a_closed_dlm_with_a_token(database_url: str, tmp_path: Path) -> None:
     from tests.conftest import Server
 
-    admin = "dlm_" + "c" * 43
+    admin = tokens.new_secret()
     server = await Server(database_url, tmp_path / "served", admin_token=admin).ready()
     try:
 

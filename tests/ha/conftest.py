@@ -42,7 +42,16 @@ class Cluster:
         return f"postgresql://postgres@{hosts}/dlm?target_session_attrs=read-write"
 
     def autoctl(self, *arguments: str, name: str | None = None) -> subprocess.Popen[bytes] | str:
-        command = [*self.as_user, "env", f"PATH={POSTGRES_BIN}:{os.environ['PATH']}", "pg_autoctl", *arguments]
+        # pg_autoctl keeps its state under XDG_DATA_HOME: the postgres account's own, not the test run's.
+        command = [
+            *self.as_user,
+            "env",
+            "-u",
+            "XDG_DATA_HOME",
+            f"PATH={POSTGRES_BIN}:{os.environ['PATH']}",
+            "pg_autoctl",
+            *arguments,
+        ]
         if name is None:
             return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
         log = (self.directory / f"{name}.log").open("w")

@@ -100,7 +100,7 @@ async def test_the_plugins_that_run_are_chosen_by_setting(
     assert (set(extracted) if extracted else None) == expected
 
 
-def test_an_unknown_plugin_stops_dlm_at_startup_with_one_line(database_url: str) -> None:
+def test_an_unknown_plugin_stops_dlm_at_startup_with_one_line(database_url: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no plugin named nosuch"):
         create_app(Settings(database_url=database_url, metadata_plugins="ska_data_product,nosuch"))
     result = subprocess.run(
@@ -109,6 +109,7 @@ def test_an_unknown_plugin_stops_dlm_at_startup_with_one_line(database_url: str)
             "DLM_DATABASE_URL": database_url,
             "DLM_METADATA_PLUGINS": "nosuch",
             "DLM_PORT": str(free_port()),  # never 8000: the reader's own DLM may be serving there
+            "DLM_DATA_DIR": str(tmp_path),  # never the reader's own
             "PATH": "/usr/bin:/bin",
         },
         capture_output=True,

@@ -90,3 +90,21 @@ async def test_a_write_never_replaces_an_existing_file(tmp_path: Path) -> None:
             raise AssertionError("overwrote")
         assert (root / "taken.dat").read_text() == "first"
         assert sorted(path.name for path in root.iterdir()) == ["taken.dat"]
+
+
+async def test_a_containers_copy_says_which_symlinked_directories_it_did_not_follow(
+    registry: Registry, tmp_path: Path
+) -> None:
+    elsewhere = registry.root / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "kept-out.dat").write_text("not part of the container\n")
+    registry.payload("run/a.dat", b"a")
+    (registry.root / "run" / "linked").symlink_to(elsewhere)
+    uid = await registry.register("run", "run", item_type="container")
+    await registry.storage("second", root=tmp_path / "second")
+    finished = await wait_for(
+        registry.client, (await copy(registry.client, uid=uid, destination_name="second"))["migration_id"]
+    )
+    assert finished["status"] == "SUCCEEDED", finished
+    assert finished["job_stats"]["unfollowed_symlinks"] == ["linked"]
+    assert sorted(path.name for path in (tmp_path / "second" / "run").iterdir()) == ["a.dat"]

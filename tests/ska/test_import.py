@@ -174,7 +174,11 @@ async def fill(source: asyncpg.Connection, data: Path) -> None:
 def import_ska(settings: Settings, source_url: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "dlm", "db", "import-ska", "--source", source_url],
-        env={"DLM_DATABASE_URL": settings.database_url or "", "PATH": "/usr/bin:/bin"},
+        env={
+            "DLM_DATABASE_URL": settings.database_url or "",
+            "DLM_DATA_DIR": settings.data_dir,
+            "PATH": "/usr/bin:/bin",
+        },
         capture_output=True,
         text=True,
         timeout=120,

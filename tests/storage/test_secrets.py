@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dlm.app import create_app
 from dlm.config import Settings
+from dlm.serve import Refused, prepare
 from dlm.storage.configs import new_key, redact
 from tests.conftest import Registry, assert_error
 from tests.migration.conftest import put_object
@@ -118,3 +119,34 @@ async def test_only_admins_read_configs(registry: Registry, s3_config: dict[str,
     assert response.status_code == 200
     schema = (await registry.client.get("/schema/openapi.json")).json()
     assert schema["paths"]["/storage/get_storage_config"]["get"]["x-dlm-role"] == "admin"
+
+
+async def test_without_a_key_the_first_start_makes_one_and_seals_what_was_plain(
+    settings: Settings,
+    tmp_path: Path,
+    engine: AsyncEngine,
+    s3_config: dict[str, Any],
+    s3_bucket: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with AsyncTestClient(create_app(settings)) as client:  # a DLM of old: no key, configs in the clear
+        await Registry(client, tmp_path / "store").s3_storage("objects", s3_bucket, s3_config)
+    assert s3_config["secret_access_key"] in await _stored_configs(engine)
+
+    with caplog.at_level("WARNING", logger="dlm.serve"):
+        prepared = await prepare(settings)
+    key_file = Path(settings.data_dir) / "secret.key"
+    assert (key_file.stat().st_mode & 0o777) == 0o600 and prepared.settings.secret_key == key_file.read_text().strip()
+    [said] = [record.getMessage() for record in caplog.records if "DLM_SECRET_KEY is not set" in record.getMessage()]
+    assert str(key_file) in said and "back it up" in said
+    at_rest = await _stored_configs(engine)
+    assert "dlm_sealed" in at_rest and s3_config["secret_access_key"] not in at_rest, "sealed at that start"
+    # Every later command on this host opens them with it, unasked.
+    environment = {"DLM_DATA_DIR": settings.data_dir, "DLM_DATABASE_URL": str(settings.database_url)}
+    assert Settings.from_env(environment).secret_key == prepared.settings.secret_key
+    assert (await prepare(settings)).settings.secret_key == prepared.settings.secret_key, "made once"
+
+    # A second DLM on another host, without the deployment's key, makes its own: it could open nothing.
+    elsewhere = msgspec.structs.replace(settings, data_dir=str(tmp_path / "elsewhere"))
+    with pytest.raises(Refused, match="sealed with a key this DLM does not have"):
+        await prepare(elsewhere)

@@ -39,6 +39,8 @@ async def test_the_page_and_its_assets_come_from_dlm_alone(client: AsyncTestClie
         assert served.status_code == 200 and served.content == content, path
     schema_page = await client.get("/schema")
     assert schema_page.status_code == 200
+    assert schema_page.headers["content-security-policy"] == policy, "the API browser is a page like /ui"
+    assert schema_page.headers["x-frame-options"] == "DENY"
     assert external_urls(schema_page.text) == set()
     for reference in re.findall(r'(?:src|href)="([^"]+)"', schema_page.text):
         assert (await client.get(reference)).status_code == 200, reference
