@@ -40,6 +40,7 @@ from dlm.errors import (
 )
 from dlm.metadata import Extractor, Payload, extract
 from dlm.storage.service import refuse_new_payloads, resolve_storage, storage_backend
+from dlm.transfer.base import PayloadInfo
 from dlm.transfer.paths import canonical_uri, check_item_name, payload_key
 
 MAX_BULK_ITEMS = 100_000
@@ -191,32 +192,75 @@ async def _ready_replica(session: AsyncSession, values: dict[str, Any], storage:
         )
     async with await storage_backend(session, storage) as backend:
         info = await backend.stat(uri)
-    if info is None:
-        raise UnmetPreconditionForOperation(f"json_data.uri: no payload at {uri!r} on storage {storage.storage_name!r}")
     item_type = values.get("item_type")
-    if item_type is not None and info.is_container != (ItemType(item_type) is ItemType.CONTAINER):
-        kind = "a directory" if info.is_container else "a file"
-        raise UnmetPreconditionForOperation(f"json_data.item_type: the payload at {uri!r} is {kind}, not a {item_type}")
+    info = check_payload(
+        info,
+        uri=uri,
+        storage_name=storage.storage_name,
+        item_type=ItemType(item_type) if item_type is not None else None,
+        field="json_data.",
+    )
     values.setdefault("item_type", ItemType.CONTAINER if info.is_container else ItemType.FILE)
-    if "oid" in values and info.size is not None:
-        sizes = set(
-            await session.scalars(
-                select(DataItem.item_size).where(
-                    DataItem.oid == values["oid"],
-                    DataItem.item_state == ItemState.READY,
-                    DataItem.item_size.is_not(None),
-                )
-            )
-        )
-        if sizes and info.size not in sizes:
-            raise UnmetPreconditionForOperation(
-                f"json_data.uri: the payload at {uri!r} has {info.size} bytes; the item's READY replicas have "
-                f"{', '.join(str(size) for size in sorted(sizes))}: it is not a replica of that item"
-            )
+    if "oid" in values:
+        await check_same_bytes(session, oid=values["oid"], size=info.size, uri=uri, field="json_data.uri")
     if values.get("item_size") is None and info.size is not None:
         values["item_size"] = info.size
     values["item_state"] = ItemState.READY
     return None
+
+
+def check_payload(
+    info: PayloadInfo | None, *, uri: str, storage_name: str, item_type: ItemType | None, field: str = ""
+) -> PayloadInfo:
+    """The payload a replica is to name: there, and of the item's kind (a directory for a container).
+    ``field`` prefixes the names of the fields at fault (``items[3].``, ``json_data.``)."""
+    if info is None:
+        raise UnmetPreconditionForOperation(f"{field}uri: no payload at {uri!r} on storage {storage_name!r}")
+    if item_type is not None and info.is_container != (item_type is ItemType.CONTAINER):
+        kind = "a directory" if info.is_container else "a file"
+        raise UnmetPreconditionForOperation(
+            f"{field}item_type: the payload at {uri!r} is {kind}, not a {item_type.value}"
+        )
+    return info
+
+
+async def check_same_bytes(
+    session: AsyncSession,
+    *,
+    oid: uuid.UUID,
+    size: int | None,
+    uri: str,
+    field: str,
+    checksum: str | None = None,
+    other_than: uuid.UUID | None = None,
+) -> None:
+    """A further replica of an item holds the item's bytes: the size (and crc32c, when both are known)
+    of its READY replicas (other than ``other_than``)."""
+    others = (
+        await session.execute(
+            select(DataItem.item_size, DataItem.item_checksum, DataItem.checksum_method).where(
+                DataItem.oid == oid,
+                DataItem.item_state == ItemState.READY,
+                *([DataItem.uid != other_than] if other_than else []),
+            )
+        )
+    ).all()
+    sizes = sorted({other.item_size for other in others if other.item_size is not None})
+    if size is not None and sizes and size not in sizes:
+        raise UnmetPreconditionForOperation(
+            f"{field}: the payload at {uri!r} has {size} bytes; the item's READY replicas have "
+            f"{', '.join(str(known) for known in sizes)}: it is not a replica of that item"
+        )
+    checksums = {
+        other.item_checksum
+        for other in others
+        if other.checksum_method is ChecksumMethod.CRC32C and other.item_checksum is not None
+    }
+    if checksum is not None and checksums and checksum not in checksums:
+        raise UnmetPreconditionForOperation(
+            f"{field}: the payload at {uri!r} differs from the item's READY replicas (crc32c {checksum}): it is "
+            "not a replica of that item"
+        )
 
 
 async def register_item(
@@ -477,18 +521,15 @@ async def _inspect_payloads(
             backend_context = await storage_backend(session, storage)
         async with backend_context as backend:
             infos = await backend.stat_many([registrations[index].uri for index in indices])
-            for index, info in zip(indices, infos, strict=True):
+            for index, found in zip(indices, infos, strict=True):
                 entry = registrations[index]
-                if info is None:
-                    raise UnmetPreconditionForOperation(
-                        f"{where(index)}uri: no payload at {entry.uri!r} on storage {storage.storage_name!r}"
-                    )
-                if info.is_container != (entry.item_type is ItemType.CONTAINER):
-                    kind = "a directory" if info.is_container else "a file"
-                    raise UnmetPreconditionForOperation(
-                        f"{where(index)}item_type: the payload at {entry.uri!r} is {kind}, "
-                        f"not a {entry.item_type.value}"
-                    )
+                info = check_payload(
+                    found,
+                    uri=entry.uri,
+                    storage_name=storage.storage_name,
+                    item_type=entry.item_type,
+                    field=where(index),
+                )
                 if info.modified is not None:
                     payloads[index].modified = datetime.datetime.fromtimestamp(info.modified, datetime.UTC)
                 if info.size is not None:

@@ -11,8 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dlm.auth.principal import Principal
 from dlm.data_item import ItemChanges, change_items, changes_dict, convert_body, get_item, item_selector
 from dlm.db.models import DataItem, PhaseChange
-from dlm.enums import ChecksumMethod, ItemState, ItemType, Phase
-from dlm.errors import InvalidQueryParameters, NotFound, UnmetPreconditionForOperation
+from dlm.enums import ChecksumMethod, ItemState, Phase
+from dlm.errors import InvalidQueryParameters, NotFound
+from dlm.ingest.service import check_payload, check_same_bytes
 from dlm.parsing import parse_json_object, parse_uuid, require_one
 from dlm.storage.service import resolve_storage, storage_backend
 
@@ -49,39 +50,17 @@ async def set_uri(
     changes = changes_dict(ItemChanges(uri=uri, storage_id=parse_uuid(storage_id, "storage_id")))
     replica = await get_item(session, uid)
     storage = await resolve_storage(session, storage_id=storage_id)
+    uri = changes["uri"]
     async with await storage_backend(session, storage) as backend:
-        info = await backend.stat(changes["uri"])
-        if info is None:
-            raise UnmetPreconditionForOperation(
-                f"uri: no payload at {changes['uri']!r} on storage {storage.storage_name!r}"
-            )
-        if info.is_container != (replica.item_type is ItemType.CONTAINER):
-            kind = "a directory" if info.is_container else "a file"
-            raise UnmetPreconditionForOperation(
-                f"uri: the payload at {changes['uri']!r} is {kind}, and the item is a {replica.item_type.value}"
-            )
+        info = check_payload(
+            await backend.stat(uri), uri=uri, storage_name=storage.storage_name, item_type=replica.item_type
+        )
         checksum = None
         if info.size is not None and info.size <= checksum_max_bytes and not info.is_container:
-            checksum = await backend.checksum(changes["uri"], ChecksumMethod.CRC32C)
-    others = (
-        await session.execute(
-            select(DataItem.item_size, DataItem.item_checksum, DataItem.checksum_method).where(
-                DataItem.oid == replica.oid, DataItem.uid != replica.uid, DataItem.item_state == ItemState.READY
-            )
-        )
-    ).all()
-    if info.size is not None and any(other.item_size not in (None, info.size) for other in others):
-        raise UnmetPreconditionForOperation(
-            f"uri: the payload at {changes['uri']!r} has {info.size} bytes, not those of the item's READY "
-            "replicas: it is not a replica of this item"
-        )
-    if checksum is not None and any(
-        other.checksum_method is ChecksumMethod.CRC32C and other.item_checksum not in (None, checksum)
-        for other in others
-    ):
-        raise UnmetPreconditionForOperation(
-            f"uri: the payload at {changes['uri']!r} differs from the item's READY replicas (crc32c {checksum})"
-        )
+            checksum = await backend.checksum(uri, ChecksumMethod.CRC32C)
+    await check_same_bytes(
+        session, oid=replica.oid, size=info.size, checksum=checksum, uri=uri, field="uri", other_than=replica.uid
+    )
     changes.update(item_size=info.size, item_checksum=checksum, checksum_method=ChecksumMethod.CRC32C)
     return (await change_items(session, item_selector(uid=uid), changes, principal=principal))[0]
 

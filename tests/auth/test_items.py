@@ -212,7 +212,7 @@ async def test_set_uri_checks_the_payload_and_records_its_size_and_checksum(
     client.headers.update(accounts["owner"])
     replica = (await client.post("/ingest/init_data_item", json={"oid": before["oid"]})).json()
     for name, content, fragments in (
-        ("longer.dat", b"longer payload\n", ("15 bytes", "not a replica of this item")),
+        ("longer.dat", b"longer payload\n", ("15 bytes", "not a replica of that item")),
         ("differs.dat", b"payload\n", ("differs from the item's READY replicas",)),
     ):
         owned.payload(name, content, root=second)
