@@ -17,6 +17,7 @@ import datetime
 import enum
 import http.client
 import json
+import os
 import time
 import urllib.parse
 import uuid
@@ -619,9 +620,11 @@ class _Operations:
         destination_id: str = "",
         path: str = "",
         move: bool = False,
+        force: bool = False,
     ) -> Any:
         """Queue a verified copy (with ``move``, a move: the source replica goes once the copy is
-        READY); returns ``{"uid": new replica, "migration_id": …}`` at once."""
+        READY; ``force``, an admin's, even below the item's target phase); returns ``{"uid": new
+        replica, "migration_id": …}`` at once."""
         return self._run(
             _call(
                 "POST",
@@ -633,6 +636,7 @@ class _Operations:
                 destination_name=destination_name or None,
                 destination_id=destination_id or None,
                 path=path or None,
+                force=force or None,
             )
         )
 
@@ -788,9 +792,15 @@ def _selector(item_name: str, uid: str, oid: str) -> dict[str, Any]:
 
 
 def _attachment_name(disposition: str | None, fallback: str) -> str:
+    """The file name a download's Content-Disposition gives (RFC 6266: ``filename*`` before
+    ``filename``), if it is a plain name; else ``fallback``."""
+    candidates = []
+    if disposition and "filename*=UTF-8''" in disposition:
+        candidates.append(urllib.parse.unquote(disposition.split("filename*=UTF-8''", 1)[1].split(";", 1)[0].strip()))
     if disposition and 'filename="' in disposition:
-        name = disposition.split('filename="', 1)[1].split('"', 1)[0]
-        if name and "/" not in name and name not in (".", ".."):
+        candidates.append(disposition.split('filename="', 1)[1].split('"', 1)[0])
+    for name in candidates:
+        if name and "/" not in name and "\\" not in name and name not in (".", "..") and name.isprintable():
             return name
     return fallback
 
@@ -836,6 +846,15 @@ class _Download(msgspec.Struct):
 
         headers = {key.lower(): value for key, value in headers.items()}
         target = Path(to)
+        if str(to).endswith(("/", os.sep)):  # a directory, as a trailing slash says: made if missing
+            try:
+                target.mkdir(exist_ok=True)
+            except FileNotFoundError:
+                raise ClientError(f"{to}: its parent directory {str(target.parent)!r} does not exist") from None
+            except (FileExistsError, NotADirectoryError):
+                raise ClientError(f"{to}: not a directory") from None
+        elif not target.is_dir() and not target.parent.is_dir():
+            raise ClientError(f"{to}: directory {str(target.parent)!r} does not exist")
         if target.is_dir():
             target = target / _attachment_name(headers.get("content-disposition"), fallback.rsplit("/", 1)[-1])
         plan = cls(target=target, etag=headers.get("etag", ""), checksum=headers.get("x-dlm-checksum"))

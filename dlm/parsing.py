@@ -72,7 +72,15 @@ def parse_expiry(value: str, field: str) -> datetime.datetime:
         return shift(datetime.datetime.now(datetime.UTC), delta, field)
     if text.lstrip("+-")[:1] in ("P", "p"):
         return shift(datetime.datetime.now(datetime.UTC), parse_duration(text, field), field)
-    return parse_datetime(text, field)
+    try:
+        return parse_datetime(text, field)
+    except InvalidQueryParameters as exc:
+        if "ISO 8601" not in exc.message:
+            raise  # a date outside the years DLM stores: that is what to say
+        raise InvalidQueryParameters(
+            f"{field}: {value!r} is neither a duration from now (90d, 12h, 30m, P1Y) nor an ISO 8601 date or "
+            "date-time (2027-01-31)"
+        ) from None
 
 
 def _timedelta(seconds: float, value: str, field: str) -> datetime.timedelta:

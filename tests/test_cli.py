@@ -42,6 +42,14 @@ def test_serve_refuses_a_schema_that_is_behind_with_one_line(empty_database_url:
         (["worker", "expiry", "--once"], {"DLM_DATA_DIR": "/nonexistent/dlm-home"}, "DLM_DATABASE_URL"),
         (["db", "current"], {"DLM_DATABASE_URL": "mysql://x@y/z"}, "PostgreSQL"),
         (["db", "current"], {"DLM_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}, "unreachable"),
+        # An address this machine does not have (TEST-NET-1): the --host is at fault, not the port.
+        (["serve", "--host", "192.0.2.1"], {}, "192.0.2.1 is not an address of this machine: pick --host"),
+        (["token", "create", "t", "--role", "reader", "--expires", "90x"], {}, "neither a duration from now (90d"),
+        (
+            ["serve"],
+            {"DLM_ADMIN_TOKEN": "dlm_replace-me-with-64-random-hex-characters-from-openssl-rand"},
+            "placeholder",
+        ),
     ],
 )
 def test_cli_errors_are_one_readable_line(args: list[str], env: dict[str, str], message: str) -> None:

@@ -255,6 +255,38 @@ def test_cli_errors_are_one_line_naming_the_problem(live: Live) -> None:
     assert "Traceback" not in unreachable.stderr
 
 
+def test_the_first_hours_rough_edges_are_one_line_or_do_what_they_say(live: Live, tmp_path: Path) -> None:
+    """Issue 27's CLI defects: each answers as a reader would expect."""
+    root = live.root / "edges"
+    root.mkdir()
+    (root / "e.dat").write_text("edge\n")
+    dlm(live, "storage", "add-location", "edge-site", "--type", "local-dev")
+    dlm(live, "storage", "add-storage", "edges", "--location", "edge-site", "--root", str(root))
+    uid = dlm(
+        live, "ingest", "register", "edge", "e.dat", "--storage", "edges", "--expires", "2099-12-31"
+    ).stdout.strip()
+    [item] = dlm_json(live, "request", "query", "--uid", uid)
+    assert item["uid_expiration"].startswith("2099-12-31"), "register takes an expiry, as the README's curl does"
+
+    def one_line(*args: str, fragment: str) -> None:
+        result = dlm(live, *args, expect=1)
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith("dlm: error:") and fragment in line and "Traceback" not in result.stderr, line
+
+    one_line("request", "get", "edge", "-o", "/nonexistent/dir/", fragment="'/nonexistent' does not exist")
+    one_line("request", "get", "edge", "-o", "/nonexistent/dir/file", fragment="'/nonexistent/dir' does not exist")
+    new_directory = tmp_path / "newdir"
+    dlm(live, "request", "get", "edge", "-o", f"{new_directory}/")
+    assert (new_directory / "edge").read_text() == "edge\n", "a trailing slash means a directory, made if missing"
+    one_line("request", "where", "--name", "no-such-item", fragment="no item has item_name 'no-such-item'")
+    one_line("request", "history", "--name", "no-such-item", fragment="no-such-item")
+    one_line("request", "expired", "--within", "2days", fragment="--within: '2days'")
+    one_line("migration", "move", "--name", "edge", "--to", "edges", fragment="already lives")
+    outbox = live.root / "outbox-made-for-you" / "inbox"
+    delivered = dlm_json(live, "request", "deliver", "edge", "--to", json.dumps({"posix": str(outbox)}), "--wait")
+    assert delivered[0]["item_name"] == "edge" and (outbox / "edge").read_text() == "edge\n"
+
+
 def test_every_command_has_help_with_examples(live: Live) -> None:
     for args in (
         ("ingest", "register"),

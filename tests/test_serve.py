@@ -60,6 +60,10 @@ def test_a_newcomer_registers_a_file_with_zero_setup(tmp_path: Path) -> None:
     server = _start(data_dir, port)
     base = f"http://127.0.0.1:{port}"
     try:
+        assert server.stderr is not None
+        # Said before it serves, so already there: read up to it.
+        banner = next(line for line in server.stderr if line.startswith("DLM serving on"))
+        assert "operator page at /ui, API docs at /schema" in banner, banner
         (data_dir / "storage" / "hello.txt").write_text("hello, DLM\n")
         response = httpx.post(
             f"{base}/ingest/register_data_item",

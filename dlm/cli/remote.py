@@ -20,6 +20,7 @@ import msgspec
 from dlm.cli.common import CLIError
 from dlm.client import DEFAULT_URL, DLMClient
 from dlm.errors import DLMError
+from dlm.parsing import parse_duration, parse_expiry
 from dlm.transfer.base import TransferError
 
 ITEM_COLUMNS = ("uid", "item_name", "item_version", "item_type", "item_state", "uid_phase", "oid_phase", "uri")
@@ -184,6 +185,11 @@ def ingest() -> None:
 @click.option("--parents", help="oid (or uid) of the container this item belongs to.")
 @click.option("--target-phase", type=click.Choice(["GAS", "LIQUID", "SOLID"]), default="SOLID", show_default=True)
 @click.option("--metadata", help='JSON object, or @file with one: {"scan": 7}.')
+@click.option(
+    "--expires",
+    help="When this replica expires (uid_expiration): a date-time, or a duration from now: 90d, 12h, P1Y. "
+    "Default: 24 hours, after which the expiry engine may remove it once other copies keep the item safe.",
+)
 @remote()
 def ingest_register(
     client: DLMClient,
@@ -195,14 +201,16 @@ def ingest_register(
     parents: str | None,
     target_phase: str,
     metadata: str | None,
+    expires: str | None,
 ) -> str:
     """Register the payload at URI on a storage as a READY item NAME; prints its uid.
 
     \b
     Examples:
       dlm ingest register obs-42 raw/obs-42.ms --storage local --container --with-members
-      dlm ingest register cal.h5 cal/cal.h5 --storage local --metadata '{"scan": 7}'
+      dlm ingest register cal.h5 cal/cal.h5 --storage local --metadata '{"scan": 7}' --expires 2099-12-31
     """
+    expiration = parse_expiry(expires, "--expires").isoformat() if expires else None
     return client.register(
         name,
         uri,
@@ -212,6 +220,7 @@ def ingest_register(
         target_phase=target_phase,
         metadata=_json_object(metadata, "--metadata"),
         register_members=with_members or None,
+        uid_expiration=expiration,
     )
 
 
@@ -298,14 +307,13 @@ def request_query(
 @click.option(
     "-o",
     "--output",
-    type=click.Path(path_type=Path),
-    default=Path("."),
+    default=".",
     show_default=True,
-    help="Where to write: a file, or a directory to put it in.",
+    help="Where to write: a file, or a directory to put it in (a trailing / makes the directory if missing).",
 )
 @click.option("--no-resume", is_flag=True, help="Start again even if an interrupted download is there.")
 @remote()
-def request_get(client: DLMClient, name: str, uid: str, oid: str, output: Path, no_resume: bool) -> str:
+def request_get(client: DLMClient, name: str, uid: str, oid: str, output: str, no_resume: bool) -> str:
     """Download an item's payload (a container as a tar), checking it on arrival.
 
     An interrupted download resumes where it stopped when run again (if the payload has not changed).
@@ -547,6 +555,8 @@ def request_expired(client: DLMClient, offset: str | None) -> list[Any]:
     Example:
       dlm request expired --within P1D
     """
+    if offset is not None:
+        parse_duration(offset, "--within")  # refused here, named as the command line names it
     return client.expired(offset=offset)
 
 
@@ -588,13 +598,18 @@ def request_exists(client: DLMClient, item_name: str, oid: str, uid: str, ready:
 @click.option("--uid", default="")
 @remote(("uid", "item_name", "storage_name", "uri", "uid_phase"))
 def request_where(client: DLMClient, item_name: str, oid: str, uid: str) -> list[Any]:
-    """The READY replicas of an item and the storages holding them.
+    """The READY replicas of an item and the storages holding them (none: the item has no READY replica;
+    an item that does not exist is an error, as for `history`).
 
     \b
     Example:
       dlm request where --name obs-42
     """
-    return client.item_storage(item_name=item_name, oid=oid, uid=uid)
+    replicas = client.item_storage(item_name=item_name, oid=oid, uid=uid)
+    if not replicas and not client.exists(item_name=item_name, oid=oid, uid=uid):
+        named = f"uid {uid}" if uid else f"oid {oid}" if oid else f"item_name {item_name!r}"
+        raise CLIError(f"no item has {named}")
+    return replicas
 
 
 # --- storage ------------------------------------------------------------------------------------
@@ -813,27 +828,38 @@ def migration_copy(
 @click.option("--to", "destination_name", required=True, help="Destination storage.")
 @click.option("--path", default="", help="Destination path (default: the source's uri).")
 @click.option("--wait", is_flag=True, help="Follow the move to its end, with a progress bar.")
+@click.option("--force", is_flag=True, help="(admins) Move even if the item is left below its target phase.")
 @remote()
 def migration_move(
-    client: DLMClient, item_name: str, oid: str, uid: str, destination_name: str, path: str, wait: bool
+    client: DLMClient, item_name: str, oid: str, uid: str, destination_name: str, path: str, wait: bool, force: bool
 ) -> Any:
     """Move a replica to another storage: a verified copy, then the source replica goes.
 
     The item is never without a READY replica: the source is deleted only once the copy is READY, and
-    only as a deletion may (never below the item's resilience, never from a read-only storage).
+    only as a deletion may. A move that would leave the item below its target phase, or whose source
+    is on a read-only storage, is refused before anything is copied.
 
     \b
     Examples:
       dlm migration move --name obs-42 --to archive --wait
     """
-    return _queue(client, item_name, oid, uid, destination_name, path, wait, move=True)
+    return _queue(client, item_name, oid, uid, destination_name, path, wait, move=True, force=force)
 
 
 def _queue(
-    client: DLMClient, item_name: str, oid: str, uid: str, destination_name: str, path: str, wait: bool, *, move: bool
+    client: DLMClient,
+    item_name: str,
+    oid: str,
+    uid: str,
+    destination_name: str,
+    path: str,
+    wait: bool,
+    *,
+    move: bool,
+    force: bool = False,
 ) -> Any:
     queued = client.queue_copy(
-        item_name=item_name, oid=oid, uid=uid, destination_name=destination_name, path=path, move=move
+        item_name=item_name, oid=oid, uid=uid, destination_name=destination_name, path=path, move=move, force=force
     )
     if not wait:
         return queued

@@ -73,7 +73,7 @@ def serve(host: str | None, port: int | None, insecure_no_auth: bool, no_workers
                 "(docs/security.md: create a token to close it)",
                 err=True,
             )
-        click.echo(f"DLM serving on {address} (API docs at /schema)", err=True)
+        click.echo(f"DLM serving on {address} (operator page at /ui, API docs at /schema)", err=True)
         # uvicorn stops gracefully on SIGTERM, then raises the signal again: with the default handler the
         # process would die on the spot, leaving the embedded database running. Leave through `finally`.
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -95,6 +95,10 @@ def _check_port_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+                raise CLIError(
+                    f"{host} is not an address of this machine: pick --host (e.g. 0.0.0.0 for all of them)"
+                ) from None
             reason = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc.strerror})"
             raise CLIError(f"port {port} on {host} {reason}: stop what listens there, or pick --port") from None
 

@@ -80,9 +80,10 @@ def create(name: str, role: str, expires: str | None, url: str | None, token: st
     secret = _over(url, token, lambda client: client.create_token(name, role, expires=expires), locally)
     show({"name": name, "role": role, "token": secret} if as_json else secret, as_json=as_json)
     if not as_json:
+        # Asked of a DLM with a token, that DLM is closed already; otherwise it may have started open.
+        restart = "" if url and token else " A DLM that started open needs a restart to require tokens."
         click.echo(
-            f"dlm: the secret above stands for {name!r} with role {role}; it is shown only now. "
-            "A DLM that started open needs a restart to require tokens.",
+            f"dlm: the secret above stands for {name!r} with role {role}; it is shown only now.{restart}",
             err=True,
         )
 

@@ -301,6 +301,8 @@ class Migration(Base):
     lease_expires: Mapped[datetime.datetime | None] = timestamp()
     # A move: once the copy is READY, the source replica is deleted in the same job.
     move: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    # An admin's forced move: its source goes even if that leaves the item below its target phase.
+    move_force: Mapped[bool] = mapped_column(Boolean, server_default="false")
 
     __table_args__ = (
         Index(

@@ -59,9 +59,9 @@ async def copy_data_item(
 
 
 async def _queue(
-    session: AsyncSession, state: State, principal: Principal, *, move: bool, **target: str
+    session: AsyncSession, state: State, principal: Principal, *, move: bool, force: bool = False, **target: str
 ) -> Response[dict[str, Any]]:
-    result = await service.copy_item(session, **target, user=principal.subject, move=move)
+    result = await service.copy_item(session, **target, user=principal.subject, move=move, force=force)
     return Response(result, background=_wake_workers(state))
 
 
@@ -73,8 +73,10 @@ async def _queue(
     status_code=200,
     description="DLM addition. As copy_data_item, and once the copy is verified and READY the source replica "
     "is deleted in the same job: the item is never without a READY replica, and the source goes only as a "
-    "deletion would (never below the item's resilience, never from a read-only storage; if it may not, the "
-    "copy stands and the migration's last_error says why). Cancel and retry as for copies.",
+    "deletion would: a move that would leave the item below its target phase, or whose source is on a "
+    "read-only storage, is refused before anything is copied (force=true, for admins, moves anyway). Should "
+    "the source still not go at the end, the copy stands and the migration's last_error says why. Cancel and "
+    "retry as for copies.",
 )
 async def move_data_item(
     session: NamedDependency[AsyncSession],
@@ -86,10 +88,13 @@ async def move_data_item(
     destination_name: FromQuery[str] = "",
     destination_id: UuidQuery = "",
     path: FromQuery[str] = "",
+    force: FromQuery[bool] = False,
 ) -> Response[dict[str, Any]]:
+    if force:
+        principal.require(Role.ADMIN, "move_data_item with force=true")
     target = {"item_name": item_name, "oid": oid, "uid": uid, "path": path}
     destination = {"destination_name": destination_name, "destination_id": destination_id}
-    return await _queue(session, state, principal, move=True, **target, **destination)
+    return await _queue(session, state, principal, move=True, force=force, **target, **destination)
 
 
 @get("/query_migrations", operation_id="query_migrations", **permission(Role.READER), summary="Query Migrations")

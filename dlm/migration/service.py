@@ -10,6 +10,7 @@ import logging
 import uuid
 from typing import Any
 
+import msgspec
 from sqlalchemy import Row, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,6 +20,7 @@ from dlm.enums import ItemState, MigrationStatus
 from dlm.errors import Conflict, DLMError, InvalidQueryParameters, NotFound, UnmetPreconditionForOperation
 from dlm.parsing import parse_datetime, parse_uuid, shift
 from dlm.storage.service import (
+    check_resilience,
     is_writable,
     latest_config,
     lock_replicas,
@@ -211,11 +213,13 @@ async def copy_item(
     path: str = "",
     user: str = "SKA",
     move: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Queue a verified copy of an item to another storage; returns the new replica's uid and the
     migration_id to follow it by. ``path`` (relative to the destination root) defaults to the source's uri.
     With ``move``, the source replica is deleted once the copy is READY (as a user's deletion is: never
-    below the item's resilience, never on a read-only storage)."""
+    below the item's resilience unless ``force``, never on a read-only storage); a move whose source
+    could not go is refused before anything is copied."""
     if not (item_name or oid or uid):
         raise InvalidQueryParameters("one of item_name, oid, uid is required")
     if not (destination_name or destination_id):
@@ -230,6 +234,8 @@ async def copy_item(
     # A move is not a copy already made: its source must still go.
     if (existing := await _check_destination(session, source, destination, uri, reuse=not move)) is not None:
         return existing
+    if move:
+        await _check_source_may_go(session, source, destination, force=force)
     [replica_uid] = await create_items(
         session, [replica_values(source, storage=destination, uri=uri, state=ItemState.INITIALISED)]
     )
@@ -243,10 +249,41 @@ async def copy_item(
         bytes_total=source.item_size,
         job_status={"finished": False, "success": False, "error": ""},
         move=move,
+        move_force=move and force,
     )
     session.add(migration)
     await session.flush()
     return {"uid": str(replica_uid), "migration_id": migration.migration_id}
+
+
+async def _check_source_may_go(session: AsyncSession, source: Row[Any], destination: Storage, *, force: bool) -> None:
+    """A move's last step, asked before its first: could the source replica go once the copy is READY
+    (the resilience rule, a read-only storage)? Refused now rather than after copying terabytes."""
+    source_storage = source.Storage
+    if not is_writable(source_storage):
+        raise UnmetPreconditionForOperation(
+            f"source: storage {source_storage.storage_name!r} is read-only, so a move could not remove the "
+            "source replica; copy the item instead"
+        )
+    if force:
+        return
+    replicas = list((await session.execute(select(ITEMS).where(ITEMS.c.oid == source.oid))).all())
+    # The item as it will stand: its replicas and the copy, READY at the destination's phase.
+    planned = [*replicas, _PlannedReplica(uid=None, item_state=ItemState.READY, uid_phase=destination.storage_phase)]
+    try:
+        check_resilience(source, planned, datetime.datetime.now(datetime.UTC))
+    except UnmetPreconditionForOperation:
+        raise UnmetPreconditionForOperation(
+            f"destination: moving {source.item_name!r} to {destination.storage_name!r} ({destination.storage_phase.value}) "
+            f"would leave it below its target_phase {source.target_phase.value} once the source is removed; copy it "
+            "instead, or an admin passes force=true"
+        ) from None
+
+
+class _PlannedReplica(msgspec.Struct, frozen=True):
+    uid: uuid.UUID | None
+    item_state: ItemState
+    uid_phase: Any
 
 
 async def query_migrations(

@@ -286,7 +286,7 @@ class Job:
             return
         try:
             async with session.begin_nested():
-                await delete_replica(session, source, replicas)
+                await delete_replica(session, source, replicas, force=job.move_force)
         except (DLMError, TransferError) as exc:
             reason = f"copied; the source replica stays: {getattr(exc, 'message', exc)}"
             log.warning("migration %s: %s", self.migration_id, reason)

@@ -156,6 +156,10 @@ async def test_force_needs_an_admin_and_a_read_only_storage_keeps_its_payloads(
         "/storage/delete_data_item_payload", params={"uid": uid, "force": "true"}, headers=operator
     )
     assert_error(forced, 403, "Forbidden", "force=true", "admin")
+    forced_move = await closed.post(
+        "/migration/move_data_item", params={"uid": uid, "destination_name": "disk", "force": "true"}, headers=operator
+    )
+    assert_error(forced_move, 403, "Forbidden", "move_data_item with force=true", "admin")
 
     # A read-only storage: made so in the database (no route changes permissions yet).
     async with engine.begin() as connection:

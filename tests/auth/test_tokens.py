@@ -183,8 +183,10 @@ async def test_the_cli_speaks_to_a_closed_dlm_with_a_token(database_url: str, tm
         assert json.loads(cli("whoami", "--json", token=secret).stdout)["role"] == "reader"
         too_low = cli("storage", "add-location", "x", "--type", "local-dev", token=secret)
         assert too_low.returncode == 1 and "needs role admin" in too_low.stderr
+        people = cli("token", "create", "person", "--role", "reader", "--url", server.base, token=admin)
+        assert "shown only now" in people.stderr and "restart" not in people.stderr, "a closed DLM needs none"
         listed = json.loads(cli("token", "list", "--url", server.base, "--json", token=admin).stdout)
-        assert {row["name"] for row in listed} == {"admin", "scientist"}
+        assert {row["name"] for row in listed} == {"admin", "scientist", "person"}
         assert cli("token", "revoke", "scientist", "--url", server.base, token=admin).returncode == 0
         assert cli("whoami", token=secret).returncode == 1
     finally:

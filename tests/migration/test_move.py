@@ -1,7 +1,10 @@
 """Moves: a verified copy, then the source replica goes in the same job; never below the item's
 resilience, never from a read-only storage; a container moves with its members."""
 
+import os
 from pathlib import Path
+
+from litestar.testing import AsyncTestClient
 
 from tests.conftest import Registry, assert_error
 from tests.migration.conftest import wait_for
@@ -39,18 +42,34 @@ async def test_a_container_moves_with_its_members(registry: Registry, tmp_path: 
     assert not (registry.root / "box").exists()
 
 
-async def test_a_source_that_may_not_go_stays_and_the_job_says_why(registry: Registry, tmp_path: Path) -> None:
-    await registry.storage("archive", root=tmp_path / "archive")
+async def test_a_source_that_may_not_go_is_refused_before_copying_or_stays_and_the_job_says_why(
+    slow_client: AsyncTestClient, storage_root: Path, tmp_path: Path
+) -> None:
+    registry = Registry(slow_client, storage_root)
+    await registry.storage()
+    await registry.storage("archive", root=tmp_path / "archive", phase="SOLID")
+    registry.payload("kept", os.urandom(6 * 1024 * 1024))
     uid = await registry.register("kept", "kept")
-    locked = await registry.client.patch(
-        "/storage/update_storage", params={"storage_name": "disk", "storage_permissions": "R"}
-    )
-    assert locked.status_code == 200, locked.text
+
+    async def permissions(value: str) -> None:
+        changed = await slow_client.patch(
+            "/storage/update_storage", params={"storage_name": "disk", "storage_permissions": value}
+        )
+        assert changed.status_code == 200, changed.text
+
+    await permissions("R")
+    refused = await slow_client.post("/migration/move_data_item", params={"uid": uid, "destination_name": "archive"})
+    assert_error(refused, 422, "UnmetPreconditionForOperation", "read-only", "copy the item instead")
+    assert (await slow_client.get("/migration/query_migrations")).json() == [], "nothing was queued"
+
+    # Read-only only once the copy is under way: the copy stands, the source stays, the job says why.
+    await permissions("RW")
     queued = await move(registry, uid=uid, destination_name="archive")
-    done = await wait_for(registry.client, queued["migration_id"])
+    await permissions("R")
+    done = await wait_for(slow_client, queued["migration_id"])
     assert done["status"] == "SUCCEEDED" and "read-only" in done["last_error"]
     assert done["job_status"]["error"].startswith("copied; the source replica stays")
-    assert (await registry.item(uid))["item_state"] == "READY" and (registry.root / "kept").exists()
+    assert (await registry.item(uid))["item_state"] == "READY" and (storage_root / "kept").exists()
     assert (await registry.item(queued["uid"]))["item_state"] == "READY"
 
 
@@ -63,8 +82,10 @@ async def test_bad_moves_are_refused_and_leave_nothing(registry: Registry) -> No
     assert (await registry.client.get("/migration/query_migrations")).json() == []
 
 
-async def test_moving_cannot_take_an_item_below_its_target_phase(registry: Registry, tmp_path: Path) -> None:
-    """An item kept SOLID on the archive, moved to scratch (GAS): the copy is made, the archive's stays."""
+async def test_moving_cannot_take_an_item_below_its_target_phase_unless_an_admin_forces_it(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """An item kept SOLID on the archive, moved to scratch (GAS): refused before anything is copied."""
     await registry.storage("archive", root=tmp_path / "archive", phase="SOLID")
     await registry.storage("scratch", root=tmp_path / "scratch", phase="GAS")
     registry.payload("obs", b"precious", root=tmp_path / "archive")
@@ -72,7 +93,14 @@ async def test_moving_cannot_take_an_item_below_its_target_phase(registry: Regis
         "/ingest/register_data_item", params={"item_name": "obs", "uri": "obs", "storage_name": "archive"}
     )
     archived = response.json()
-    queued = await move(registry, uid=archived, destination_name="scratch")
-    done = await wait_for(registry.client, queued["migration_id"])
-    assert done["status"] == "SUCCEEDED" and "below its target_phase" in done["last_error"]
-    assert (await registry.item(archived))["item_state"] == "READY"
+    refused = await registry.client.post(
+        "/migration/move_data_item", params={"uid": archived, "destination_name": "scratch"}
+    )
+    assert_error(refused, 422, "UnmetPreconditionForOperation", "below its target_phase SOLID", "force=true")
+    assert (await registry.client.get("/migration/query_migrations")).json() == []
+    assert list((tmp_path / "scratch").iterdir()) == [], "nothing copied"
+    forced = await move(registry, uid=archived, destination_name="scratch", force="true")  # open mode: admin
+    done = await wait_for(registry.client, forced["migration_id"])
+    assert (done["status"], done["last_error"]) == ("SUCCEEDED", None)
+    assert (await registry.item(archived))["item_state"] == "DELETED"
+    assert (tmp_path / "scratch" / "obs").read_bytes() == b"precious"
