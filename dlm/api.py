@@ -136,10 +136,10 @@ async def refuse_deep_json(request: Request[Any, Any, Any]) -> None:
             raise InvalidQueryParameters(f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels")
 
 
-def json_response(content: Any) -> Response[Any]:
+def json_response(content: Any, *, background: Any = None) -> Response[Any]:
     """A JSON document, whatever its type: SKA-DLM returns bare JSON strings and booleans too (a handler
     declares the type it returns, e.g. ``Response[str]``, for the OpenAPI document)."""
-    return Response(content=msgspec.json.encode(content), media_type="application/json")
+    return Response(content=msgspec.json.encode(content), media_type="application/json", background=background)
 
 
 async def json_rows(session: AsyncSession, statement: Select[Any]) -> Response[Any]:

@@ -103,7 +103,7 @@ def create_app(settings: Settings) -> Litestar:
             gate.open = await decide_open(settings, app.state.sessionmaker)
             workers = MigrationWorkers(app.state.sessionmaker, settings)
             app.state.migration_workers = workers
-            lifecycle = EngineLoops(app.state.sessionmaker, settings)
+            lifecycle = EngineLoops(app.state.sessionmaker, settings, copies_queued=workers.wake)
             app.state.engine_loops = lifecycle
             workers.start()
             lifecycle.start()

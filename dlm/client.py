@@ -156,10 +156,11 @@ class Migration(msgspec.Struct, kw_only=True):
     lease_owner: str | None = None
     lease_expires: datetime.datetime | None = None
     move: bool | None = None
+    move_force: bool | None = None
 
 
 class Event(msgspec.Struct, kw_only=True):
-    """One entry of an item's history."""
+    """One entry of an item's history (a ``created`` event's other initial values in ``detail``)."""
 
     event_id: int | None = None
     event_time: datetime.datetime | None = None
@@ -169,6 +170,7 @@ class Event(msgspec.Struct, kw_only=True):
     old_value: str | None = None
     new_value: str | None = None
     actor: str | None = None
+    detail: dict[str, Any] | None = None
 
 
 class StorageEvent(msgspec.Struct, kw_only=True):

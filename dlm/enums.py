@@ -43,7 +43,12 @@ def combined_phase(replica_phases: list[Phase]) -> Phase:
     capped at SOLID. An item must have at least one replica to have a phase at all."""
     if not replica_phases:
         raise ValueError("an item with no READY replica has no phase")
-    total = min(sum(phase.weight for phase in replica_phases), Phase.SOLID.weight)
+    return phase_of_total(sum(phase.weight for phase in replica_phases))
+
+
+def phase_of_total(total: int) -> Phase:
+    """The combined phase of READY replicas whose weights add up to ``total`` (0: none, PLASMA)."""
+    total = min(total, Phase.SOLID.weight)
     if total == 3:
         total = Phase.LIQUID.weight
     return next(phase for phase, weight in _PHASE_WEIGHTS.items() if weight == total)

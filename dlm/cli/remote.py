@@ -400,7 +400,7 @@ def request_delivery(client: DLMClient, delivery_id: int) -> Any:
 @click.option("--name", "item_name", default="")
 @click.option("--oid", default="")
 @click.option("--uid", default="")
-@remote(("event_id", "event_time", "uid", "event", "old_value", "new_value", "actor"))
+@remote(("event_id", "event_time", "uid", "event", "old_value", "new_value", "actor", "detail"))
 def request_history(client: DLMClient, item_name: str, oid: str, uid: str) -> list[Any]:
     """The trace of an item: every change, with who made it and when, oldest first.
 

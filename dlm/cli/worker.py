@@ -183,7 +183,8 @@ async def _work_until_stopped(url: str, settings: Any) -> None:
     try:
         await check_schema(engine)
         sessionmaker = create_sessionmaker(engine, info=session_info(settings))
-        copies, lifecycle = MigrationWorkers(sessionmaker, settings), EngineLoops(sessionmaker, settings)
+        copies = MigrationWorkers(sessionmaker, settings)
+        lifecycle = EngineLoops(sessionmaker, settings, copies_queued=copies.wake)
         copies.start()
         lifecycle.start()
         try:

@@ -244,6 +244,8 @@ class DataItemEvent(Base):
     old_value: Mapped[str | None] = mapped_column(Text)
     new_value: Mapped[str | None] = mapped_column(Text)
     actor: Mapped[str] = mapped_column(String)
+    # A ``created`` event's other initial values (storage_id, uri, phases, expiries), as a JSON object.
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
     __table_args__ = (
         Index("ix_data_item_event_uid_event_id", "uid", "event_id"),

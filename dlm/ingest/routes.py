@@ -3,12 +3,22 @@
 from typing import Any
 
 from litestar import Response, Router, post
+from litestar.background_tasks import BackgroundTask
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery, JSONBody
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dlm.api import Authorization, OptionalByteCount, UuidQuery, json_response, owner_of_new_items, provide_session
+
+
+def _replicate_soon(state: State) -> BackgroundTask | None:
+    """New READY items may be below their target phase: this process's replication pass looks at once
+    (after the response, so after the registration committed), not at its next interval."""
+    loops = state.get("engine_loops")
+    return BackgroundTask(loops.nudge, "replication") if loops is not None else None
+
+
 from dlm.auth import Principal
 from dlm.auth.policy import permission
 from dlm.data_item import ItemInit, convert_body
@@ -110,7 +120,7 @@ async def register_data_item(
     uid = await service.register_item(session, registration, owner=owner, group=state.settings.default_group, **options)
     if register_members:
         await service.register_members(session, uid, **options)
-    return json_response(str(uid))
+    return json_response(str(uid), background=_replicate_soon(state))
 
 
 @post(
@@ -140,7 +150,7 @@ async def register_data_items(
         owner=owner_of_new_items(principal),
         group=state.settings.default_group,
     )
-    return json_response([str(uid) for uid in uids])
+    return json_response([str(uid) for uid in uids], background=_replicate_soon(state))
 
 
 router = Router(

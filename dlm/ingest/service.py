@@ -534,8 +534,6 @@ async def _inspect_payloads(
                     payloads[index].modified = datetime.datetime.fromtimestamp(info.modified, datetime.UTC)
                 if info.size is not None:
                     payloads[index].size = info.size
-                    if info.size <= checksum_max_bytes:
-                        payloads[index].checksum = await backend.checksum(entry.uri, ChecksumMethod.CRC32C)
                 if extractors:
                     described = Payload(
                         item_name=entry.item_name,
@@ -546,6 +544,18 @@ async def _inspect_payloads(
                         modified=info.modified,
                     )
                     payloads[index].extracted = await extract(extractors, described, backend)
+            # The checksums of the small files in one go (on POSIX one thread hop, not one a file).
+            cheap = [
+                index
+                for index in indices
+                if payloads[index].size is not None and payloads[index].size <= checksum_max_bytes
+            ]
+            if cheap:
+                found = await backend.checksum_many(
+                    [registrations[index].uri for index in cheap], ChecksumMethod.CRC32C
+                )
+                for index, checksum in zip(cheap, found, strict=True):
+                    payloads[index].checksum = checksum
     return payloads
 
 

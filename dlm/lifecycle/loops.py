@@ -1,6 +1,7 @@
 """Run the lifecycle engines on their intervals inside a DLM process."""
 
 import asyncio
+import contextlib
 import datetime
 import functools
 import logging
@@ -23,6 +24,10 @@ log = logging.getLogger("dlm.lifecycle")
 Pass = Callable[..., Awaitable[Any]]
 
 
+# A nudged engine waits this long before its pass, for the work that came with the nudge to gather (a
+# pipeline registering in many calls): a pass per burst, not per call.
+NUDGE_DELAY = 0.2
+
 # Each engine's interval setting: 0 leaves that engine to other DLM processes.
 INTERVALS = {
     "expiry": "expiry_interval_seconds",
@@ -40,9 +45,10 @@ def without_background_work(settings: Settings) -> Settings:
     return msgspec.structs.replace(settings, migration_workers=0, **dict.fromkeys(INTERVALS.values(), 0))
 
 
-def engines(settings: Settings) -> dict[str, tuple[Pass, float]]:
+def engines(settings: Settings, *, copies_queued: Callable[[], None] | None = None) -> dict[str, tuple[Pass, float]]:
     """Each engine's single pass, with the options the settings give it, and how often it runs
-    (seconds; 0: not in this process). `dlm serve` and `dlm worker` both run the engines from here."""
+    (seconds; 0: not in this process). `dlm serve` and `dlm worker` both run the engines from here.
+    ``copies_queued`` wakes this process's copy workers when a pass has queued copies."""
     audit_pass = functools.partial(
         audit.run_once,
         max_bytes_per_second=settings.audit_max_bytes_per_second,
@@ -55,7 +61,7 @@ def engines(settings: Settings) -> dict[str, tuple[Pass, float]]:
     )
     passes: dict[str, Pass] = {
         "expiry": expiry.run_once,
-        "replication": replication.run_once,
+        "replication": functools.partial(replication.run_once, on_queued=copies_queued),
         "audit": audit_pass,
         "capacity": capacity_pass,
         # Delivering notifications is not a lifecycle engine, but it runs the same way.
@@ -78,16 +84,36 @@ class LastPass(msgspec.Struct, frozen=True):
 
 
 class EngineLoops:
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings) -> None:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        *,
+        copies_queued: Callable[[], None] | None = None,
+    ) -> None:
         self.sessionmaker = sessionmaker
         self.settings = settings
+        self.copies_queued = copies_queued
         self.tasks: list[asyncio.Task[None]] = []
         self.last_passes: dict[str, LastPass] = {}
+        self.nudged = {name: asyncio.Event() for name in INTERVALS}
 
     def start(self) -> None:
-        for name, (run_once, interval) in engines(self.settings).items():
+        for name, (run_once, interval) in engines(self.settings, copies_queued=self.copies_queued).items():
             if interval > 0:
                 self.tasks.append(asyncio.create_task(self._loop(name, run_once, interval), name=f"dlm-{name}"))
+
+    def nudge(self, name: str) -> None:
+        """There is work for ``name`` now (items registered: replication): its next pass starts within
+        NUDGE_DELAY, not at its interval, if this process runs it."""
+        self.nudged[name].set()
+
+    async def _rest(self, name: str, interval: float) -> None:
+        """Until the next pass: the interval, or a nudge and a moment for the work to gather."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.nudged[name].wait(), interval)
+            await asyncio.sleep(NUDGE_DELAY)
+        self.nudged[name].clear()
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -131,7 +157,7 @@ class EngineLoops:
                 ok=not last.startswith("failed"),
                 summary=last,
             )
-            await asyncio.sleep(interval)
+            await self._rest(name, interval)
 
 
 def actions(report: msgspec.Struct) -> int:

@@ -22,25 +22,25 @@ holds nothing any more is retired.
 import datetime
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from sqlalchemy import Row, and_, exists, or_, select, union, update
+from sqlalchemy import Row, and_, any_, exists, or_, select, union, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dlm.data_item import ITEMS
 from dlm.db import tally
 from dlm.db.engine import transaction
 from dlm.db.models import Migration, PhaseChange, Storage
-from dlm.enums import ItemState, MigrationStatus, Phase, combined_phase
+from dlm.enums import ItemState, Phase, combined_phase
 from dlm.errors import DLMError
-from dlm.lifecycle import claim_item, phase_weight
-from dlm.migration.service import copy_item
+from dlm.lifecycle import claim_items, phase_weight
+from dlm.migration.service import ACTIVE, CopyPlan, queue_copies
 from dlm.storage.service import (
     delete_replica,
     file_system_usages,
     finish_retirements,
-    lock_replicas,
 )
 from dlm.transfer.base import TransferError
 
@@ -88,8 +88,13 @@ async def run_once(
     *,
     now: datetime.datetime | None = None,
     dry_run: bool = False,
-    batch_size: int = 200,
+    batch_size: int = 2000,
+    on_queued: Callable[[], None] | None = None,
 ) -> ReplicationReport:
+    """One pass over every item with something to do, ``batch_size`` items per transaction: their
+    replicas read and locked in one statement, the copies they need planned in memory and queued in a
+    few (``queue_copies``). ``on_queued`` is told when copies were queued (this process's workers
+    start at once rather than at their next poll)."""
     now = now or datetime.datetime.now(datetime.UTC)
     report = ReplicationReport(dry_run=dry_run)
     placement: _Placement | None = None
@@ -114,11 +119,13 @@ async def run_once(
         after = oids[-1]
         # Which storages may take copies, and how much room they have, is read once per pass.
         placement = placement or await _Placement.load(sessionmaker)
-        for oid in oids:
-            # One transaction per item: a copy queued is committed even if the next item fails.
-            async with transaction(sessionmaker, actor=ACTOR) as session:
-                if await claim_item(session, LOCK_NAMESPACE, oid):
-                    await _enforce(session, oid, placement, report, retiring)
+        queued_before = len(report.queued)
+        async with transaction(sessionmaker, actor=ACTOR) as session:
+            # Items another process's pass holds are its to plan: claimed without waiting.
+            claimed = await claim_items(session, LOCK_NAMESPACE, oids)
+            await _enforce(session, sorted(claimed), placement, report, retiring)
+        if on_queued is not None and not dry_run and len(report.queued) > queued_before:
+            on_queued()
 
 
 def _next_batch(now: datetime.datetime, after: uuid.UUID, batch_size: int, retiring: set[uuid.UUID]) -> Any:
@@ -152,16 +159,64 @@ def _next_batch(now: datetime.datetime, after: uuid.UUID, batch_size: int, retir
 
 
 async def _enforce(
-    session: AsyncSession, oid: uuid.UUID, placement: "_Placement", report: ReplicationReport, retiring: set[uuid.UUID]
+    session: AsyncSession,
+    oids: list[uuid.UUID],
+    placement: "_Placement",
+    report: ReplicationReport,
+    retiring: set[uuid.UUID],
 ) -> None:
-    busy = await session.scalar(
-        select(Migration.migration_id).where(
-            Migration.oid == oid, Migration.status.in_([MigrationStatus.PENDING, MigrationStatus.RUNNING])
+    """Plan what these items need (their replicas read and locked in one statement), then queue every
+    copy of the batch at once."""
+    busy = set(
+        await session.scalars(
+            select(Migration.oid).where(Migration.oid == any_(oids), Migration.status.in_(ACTIVE)).distinct()
         )
     )
-    if busy is not None:
-        return  # its copy will change the picture; look again next pass
-    replicas = await lock_replicas(session, oid)
+    todo = [oid for oid in oids if oid not in busy]  # one with a copy under way: look again next pass
+    replicas: dict[uuid.UUID, list[Row[Any]]] = {oid: [] for oid in todo}
+    if todo:
+        # Every writer locks an item's replicas in one order (by uid): this batch's, all at once.
+        query = select(*_PLANNED_FROM).where(ITEMS.c.oid == any_(todo)).order_by(ITEMS.c.uid).with_for_update()
+        for row in await session.execute(query):
+            replicas[row.oid].append(row)
+    plans: list[tuple[CopyPlan, Planned]] = []
+    for oid in todo:
+        await _plan(session, oid, replicas[oid], placement, report, retiring, plans)
+    if not plans:
+        return
+    if report.dry_run:
+        report.queued += [planned for _, planned in plans]
+        return
+    results = await queue_copies(session, [plan for plan, _ in plans])
+    for (plan, planned), result in zip(plans, results, strict=True):
+        if isinstance(result, dict):
+            report.queued.append(msgspec.structs.replace(planned, migration_id=result["migration_id"]))
+        else:
+            log.info("replication of %s: %s refused: %s", planned.item_name, planned.destination, result)
+
+
+# What planning (and a removal it makes) reads of a replica: not its metadata, which it has no use for.
+_PLANNED_FROM = [
+    ITEMS.c[name]
+    for name in (
+        "uid", "oid", "item_name", "item_state", "item_type", "storage_id", "uri", "uid_phase",
+        "target_phase", "item_size", "oid_expiration", "parents",
+    )
+]  # fmt: skip
+
+
+async def _plan(
+    session: AsyncSession,
+    oid: uuid.UUID,
+    replicas: list[Row[Any]],
+    placement: "_Placement",
+    report: ReplicationReport,
+    retiring: set[uuid.UUID],
+    plans: list[tuple[CopyPlan, Planned]],
+) -> None:
+    """What one item needs: corrupted replicas removed (and repaired where they were), replicas off
+    retiring storages once it reaches its target without them, and the copies that bring it to its
+    target phase (appended to ``plans``; the pass's room is taken as they are planned)."""
     ready = [row for row in replicas if row.item_state is ItemState.READY]
     if not ready:
         return  # nothing good to copy from: the audit has said so
@@ -188,18 +243,8 @@ async def _enforce(
     size = max((row.item_size or 0) for row in ready)
     source = max(ready, key=lambda row: row.uid_phase.weight)
 
-    async def queue(storage: Storage, path: str = "") -> None:
-        if not report.dry_run:
-            try:
-                async with session.begin_nested():
-                    queued = await copy_item(
-                        session, uid=str(source.uid), destination_id=str(storage.storage_id), path=path
-                    )
-            except (DLMError, TransferError) as exc:
-                log.info("replication of %s: %s refused: %s", name, storage.storage_name, exc)
-                return
-        migration_id = None if report.dry_run else queued["migration_id"]
-        report.queued.append(Planned(oid, name, storage.storage_name, migration_id))
+    def queue(storage: Storage, path: str = "") -> None:
+        plans.append((CopyPlan(source, storage, path), Planned(oid, name, storage.storage_name, None)))
         phases.append(storage.storage_phase)
         live_storages.add(storage.storage_id)
         placement.use(storage, size)
@@ -210,13 +255,14 @@ async def _enforce(
     for corrupted in removed:
         storage = placement.usable(corrupted.storage_id)
         if storage is not None and storage.storage_id not in live_storages:
-            await queue(storage, corrupted.uri)
+            queue(storage, corrupted.uri)
     if _phase_of(phases).weight >= target.weight:
         return
-    for storage in placement.rank(exclude=live_storages, locations=await _locations(session, ready), size=size):
+    locations = {placement.locations.get(row.storage_id) for row in ready}
+    for storage in placement.rank(exclude=live_storages, locations=locations, size=size):
         if _phase_of(phases).weight >= target.weight:
             break
-        await queue(storage)
+        queue(storage)
     if _phase_of(phases).weight < target.weight:
         reached = _phase_of(phases).value
         report.unmet.append(Unmet(oid, name, f"no suitable storage left: reaches {reached}, needs {target.value}"))
@@ -258,18 +304,17 @@ async def _complete_phase_changes(session: AsyncSession, now: datetime.datetime)
     return result.rowcount or 0
 
 
-async def _locations(session: AsyncSession, ready: list[Row[Any]]) -> set[uuid.UUID]:
-    storage_ids = [row.storage_id for row in ready]
-    return set(await session.scalars(select(Storage.location_id).where(Storage.storage_id.in_(storage_ids))))
-
-
 class _Placement:
     """The storages a pass may copy to and the room each has left (loaded once per pass); each copy
     the pass queues takes its size off the room of its storage."""
 
-    def __init__(self, storages: list[Storage], room: dict[uuid.UUID, int | None]) -> None:
+    def __init__(
+        self, storages: list[Storage], room: dict[uuid.UUID, int | None], locations: dict[uuid.UUID, uuid.UUID]
+    ) -> None:
         self.storages = storages
         self.room = room
+        # Every storage's location (those that take no copies too: the sites an item is at already).
+        self.locations = locations
 
     @classmethod
     async def load(cls, sessionmaker: async_sessionmaker[AsyncSession]) -> "_Placement":
@@ -294,7 +339,8 @@ class _Placement:
                 if (disk := disks[storage.storage_id]) is not None:
                     limits.append(disk.free)  # 0 when not mounted: no room
                 room[storage.storage_id] = min(limits) if limits else None
-        return cls(storages, room)
+            locations = dict((await session.execute(select(Storage.storage_id, Storage.location_id))).all())
+        return cls(storages, room, locations)
 
     def usable(self, storage_id: uuid.UUID) -> Storage | None:
         return next((storage for storage in self.storages if storage.storage_id == storage_id), None)

@@ -11,12 +11,12 @@ import uuid
 from typing import Any
 
 import msgspec
-from sqlalchemy import Row, func, select, update
+from sqlalchemy import ARRAY, Row, String, any_, cast, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dlm.data_item import ITEMS, change_items, create_items, item_selector
 from dlm.db.models import Migration, Storage
-from dlm.enums import ItemState, MigrationStatus
+from dlm.enums import ItemState, ItemType, MigrationStatus
 from dlm.errors import Conflict, DLMError, InvalidQueryParameters, NotFound, UnmetPreconditionForOperation
 from dlm.parsing import parse_datetime, parse_uuid, shift
 from dlm.storage.service import (
@@ -254,6 +254,152 @@ async def copy_item(
     session.add(migration)
     await session.flush()
     return {"uid": str(replica_uid), "migration_id": migration.migration_id}
+
+
+class CopyPlan(msgspec.Struct, frozen=True):
+    """One copy a lifecycle engine wants: ``source`` (a READY replica's row) to ``destination`` at
+    ``uri`` (the source's own uri by default)."""
+
+    source: Any
+    destination: Storage
+    uri: str = ""
+
+
+async def queue_copies(
+    session: AsyncSession, plans: list[CopyPlan], *, user: str = "SKA"
+) -> list[dict[str, Any] | str]:
+    """Queue many copies in a few statements, as ``copy_item`` queues one and checking what it checks,
+    set-wise: per destination one lookup of the paths and the directories on their way (an index
+    probe each) and one look at the storage (``stat_many``: one thread hop, one listing); then every
+    replica in one INSERT and every job in another. Returns, per plan, ``{"uid", "migration_id"}`` or
+    why it was refused (the others go ahead). Containers, whose trees need the full check, are queued
+    one by one through ``copy_item``."""
+    results: list[dict[str, Any] | str] = ["" for _ in plans]
+    accepted: list[tuple[int, str]] = []  # (plan index, uri)
+    by_destination: dict[uuid.UUID, list[tuple[int, str]]] = {}
+    for index, plan in enumerate(plans):
+        uri = plan.uri or plan.source.uri
+        try:
+            if plan.source.item_type is ItemType.CONTAINER:
+                async with session.begin_nested():
+                    results[index] = await copy_item(
+                        session, uid=str(plan.source.uid), destination_id=str(plan.destination.storage_id),
+                        path=plan.uri, user=user,
+                    )  # fmt: skip
+                continue
+            refuse_new_payloads(plan.destination, "destination")
+            if not is_writable(plan.destination):
+                raise UnmetPreconditionForOperation(
+                    f"destination: storage {plan.destination.storage_name!r} is read-only"
+                )
+            if plan.destination.storage_id == plan.source.storage_id:
+                raise InvalidQueryParameters("destination: the item already lives there")
+        except (DLMError, TransferError) as exc:
+            results[index] = exc.message
+            continue
+        by_destination.setdefault(plan.destination.storage_id, []).append((index, uri))
+    for storage_id, wanted in by_destination.items():
+        destination = plans[wanted[0][0]].destination
+        keys = {index: payload_key(uri) for index, uri in wanted}
+        # The path itself and the directories on its way: none may be another live replica's payload
+        # (a member may go back into its own container's READY replica: a repair).
+        probes = {key for key in keys.values()} | {parent for key in keys.values() for parent in _parents(key)}
+        held = {
+            row.key: row
+            for row in await session.execute(
+                select(
+                    func.ltrim(ITEMS.c.uri, "/").label("key"), ITEMS.c.oid, ITEMS.c.item_state, ITEMS.c.item_name
+                ).where(
+                    ITEMS.c.storage_id == storage_id,
+                    ITEMS.c.item_state != ItemState.DELETED,
+                    func.ltrim(ITEMS.c.uri, "/") == any_(cast(sorted(probes), ARRAY(String))),  # one parameter
+                )
+            )
+        }
+        seen: set[str] = set()
+        candidates = []
+        for index, uri in wanted:
+            key, source = keys[index], plans[index].source
+            clash = next(
+                (
+                    held[probe]
+                    for probe in (key, *_parents(key))
+                    if probe in held
+                    and not (held[probe].oid == source.parents and held[probe].item_state is ItemState.READY)
+                ),
+                None,
+            )
+            if clash is not None or key in seen:
+                results[index] = (
+                    f"path: {uri!r} on {destination.storage_name!r} is taken or lies inside another payload"
+                )
+                continue
+            seen.add(key)
+            candidates.append((index, uri))
+        if not candidates:
+            continue
+        try:
+            async with await storage_backend(session, destination) as backend:
+                found = await backend.stat_many([uri for _, uri in candidates])
+        except (DLMError, TransferError) as exc:
+            for index, _ in candidates:
+                results[index] = getattr(exc, "message", str(exc))
+            continue
+        for (index, uri), info in zip(candidates, found, strict=True):
+            if info is not None:
+                results[index] = (
+                    f"path: {uri!r} already exists on {destination.storage_name!r}; DLM will not overwrite a "
+                    "payload it does not manage"
+                )
+            else:
+                accepted.append((index, uri))
+    if not accepted:
+        return results
+    # The new replicas and their jobs made by PostgreSQL from the sources' rows: one JSON parameter of
+    # (new uid, source, where) whatever their number, no row built in Python.
+    planned = [
+        {
+            "uid": uuid.uuid4(),
+            "source": plans[index].source.uid,
+            "storage_id": plans[index].destination.storage_id,
+            "uri": uri,
+            "uid_phase": plans[index].destination.storage_phase,
+        }
+        for index, uri in accepted
+    ]
+    document = msgspec.json.encode(planned).decode()
+    await session.execute(text(_REPLICAS_OF), {"plan": document})
+    queued = (await session.execute(text(_JOBS_FOR), {"plan": document, "user": user})).all()
+    by_replica = {row.destination_uid: row.migration_id for row in queued}
+    for (index, _), row in zip(accepted, planned, strict=True):
+        results[index] = {"uid": str(row["uid"]), "migration_id": by_replica[row["uid"]]}
+    return results
+
+
+_PLAN = (
+    "jsonb_to_recordset(CAST(:plan AS jsonb)) AS p(uid uuid, source uuid, storage_id uuid, uri text, uid_phase text)"
+)
+# What ``replica_values`` gives a new replica: the item's columns from its source, its own place.
+_REPLICAS_OF = f"""
+    INSERT INTO data_item (uid, storage_id, uri, item_state, uid_phase, oid_phase, {", ".join(_ITEM_COLUMNS)})
+    SELECT p.uid, p.storage_id, p.uri, 'INITIALISED', CAST(p.uid_phase AS phase_type), s.oid_phase,
+           {", ".join(f"s.{column}" for column in _ITEM_COLUMNS)}
+    FROM {_PLAN} JOIN data_item AS s ON s.uid = p.source
+"""
+_JOBS_FOR = f"""
+    INSERT INTO migration (oid, source_uid, destination_uid, source_storage_id, destination_storage_id, "user",
+                           bytes_total, job_status)
+    SELECT s.oid, s.uid, p.uid, s.storage_id, p.storage_id, CAST(:user AS text), s.item_size,
+           CAST('{{"finished": false, "success": false, "error": ""}}' AS jsonb)
+    FROM {_PLAN} JOIN data_item AS s ON s.uid = p.source
+    RETURNING destination_uid, migration_id
+"""
+
+
+def _parents(key: str) -> list[str]:
+    """The directories a payload key lies in: ``a/b/c`` -> ``a``, ``a/b``."""
+    parts = key.split("/")[:-1]
+    return ["/".join(parts[: count + 1]) for count in range(len(parts))]
 
 
 async def _check_source_may_go(session: AsyncSession, source: Row[Any], destination: Storage, *, force: bool) -> None:

@@ -17,12 +17,13 @@ import time
 import uuid
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+import msgspec
+from sqlalchemy import and_, any_, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dlm.checksum import new_hasher
 from dlm.config import Settings
-from dlm.data_item import ITEMS, change_items, create_items, refresh_oid_phase
+from dlm.data_item import ITEMS, change_items, create_items, make_ready, refresh_oid_phase
 from dlm.db.engine import transaction
 from dlm.db.models import Migration, Storage
 from dlm.enums import ChecksumMethod, ItemState, ItemType, MigrationStatus
@@ -31,7 +32,7 @@ from dlm.migration.service import discard_destination, replica_values, set_migra
 from dlm.observability import metrics
 from dlm.storage.service import delete_replica, lock_replicas, storage_backend
 from dlm.transfer.base import PayloadExists, TransferError
-from dlm.transfer.copy import CopyResult, copy_payload
+from dlm.transfer.copy import SMALL_FILE, CopyResult, FileCopied, FilePair, copy_files, copy_payload
 from dlm.transfer.paths import payload_key
 
 log = logging.getLogger("dlm.migration")
@@ -452,18 +453,254 @@ async def clean_up_abandoned(session: AsyncSession) -> int | None:
 
 
 async def run_next(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, owner: str) -> int | None:
-    """Claim and run one due job (or clean up after an abandoned cancelled one); returns its
-    migration_id, or None when there is nothing to do."""
+    """Claim and run one due job, with the due jobs like it when it is a small file's (a batch); or
+    clean up after an abandoned cancelled one. Returns the (first) migration_id, or None when there is
+    nothing to do."""
     async with transaction(sessionmaker, actor=ACTOR) as session:
         if (abandoned := await clean_up_abandoned(session)) is not None:
             return abandoned
     async with transaction(sessionmaker, actor=ACTOR) as session:
         job = await claim(session, owner, settings.migration_lease_seconds)
+        companions = (
+            [] if job is None else await claim_companions(session, owner, settings.migration_lease_seconds, job)
+        )
     if job is None:
         return None
+    if companions:
+        log.info("migrations %s and %d more: one batch, by %s", job.migration_id, len(companions), owner)
+        await Batch(sessionmaker, settings, owner, [job, *companions]).run()
+        return job.migration_id
     log.info("migration %s: attempt %d by %s", job.migration_id, job.attempts, owner)
     await Job(sessionmaker, settings, owner, job).run()
     return job.migration_id
+
+
+# A batch: due copies of single small files between the same two storages, copied together (one read,
+# one write and durability barrier, one verification per file batch) and recorded in one transaction.
+BATCH_JOBS = 1000
+BATCH_JOB_BYTES = 64 * 1024 * 1024
+
+
+async def claim_companions(
+    session: AsyncSession, owner: str, lease_seconds: float, first: Migration
+) -> list[Migration]:
+    """More due copies like ``first`` for one batch (the same storages, a single file up to SMALL_FILE
+    bytes, not a move), up to BATCH_JOBS and BATCH_JOB_BYTES; none when ``first`` is not such a copy."""
+    if first.move or first.bytes_total is None or first.bytes_total > SMALL_FILE:
+        return []
+    if await session.scalar(select(ITEMS.c.item_type).where(ITEMS.c.uid == first.source_uid)) is not ItemType.FILE:
+        return []
+    now = func.now()
+    candidates = (
+        await session.execute(
+            select(Migration.migration_id, Migration.bytes_total)
+            .join(ITEMS, ITEMS.c.uid == Migration.source_uid)
+            .where(
+                Migration.status == MigrationStatus.PENDING,
+                Migration.next_attempt_at <= now,
+                Migration.source_storage_id == first.source_storage_id,
+                Migration.destination_storage_id == first.destination_storage_id,
+                Migration.move.is_(False),
+                Migration.bytes_total <= SMALL_FILE,
+                ITEMS.c.item_type == ItemType.FILE,
+            )
+            .order_by(Migration.next_attempt_at, Migration.migration_id)
+            .limit(BATCH_JOBS - 1)
+            .with_for_update(of=Migration, skip_locked=True)
+        )
+    ).all()
+    chosen, room = [], BATCH_JOB_BYTES - first.bytes_total
+    for candidate in candidates:
+        if candidate.bytes_total > room:
+            break
+        room -= candidate.bytes_total
+        chosen.append(candidate.migration_id)
+    if not chosen:
+        return []
+    claimed = await session.scalars(
+        update(Migration)
+        .where(Migration.migration_id == any_(chosen))
+        .values(
+            status=MigrationStatus.RUNNING,
+            lease_owner=owner,
+            lease_expires=now + datetime.timedelta(seconds=lease_seconds),
+            attempts=Migration.attempts + 1,
+        )
+        .returning(Migration),
+        execution_options={"populate_existing": True},
+    )
+    return list(claimed)
+
+
+class Batch:
+    """Claimed copies of small single files between two storages, run together: each file still
+    verified, each job its own outcome (one refused fails alone, retried or not as its error says),
+    the successes recorded in one transaction (their history and notifications by the triggers)."""
+
+    def __init__(
+        self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, owner: str, jobs: list[Migration]
+    ) -> None:
+        self.sessionmaker, self.settings, self.owner = sessionmaker, settings, owner
+        self.jobs = jobs
+        self.ids = [job.migration_id for job in jobs]
+
+    def _alone(self, job: Migration) -> Job:
+        return Job(self.sessionmaker, self.settings, self.owner, job)
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            await self._release()
+            raise
+
+    async def _run(self) -> None:
+        started = time.monotonic()
+        async with transaction(self.sessionmaker, actor=ACTOR) as session:
+            uids = [job.source_uid for job in self.jobs] + [job.destination_uid for job in self.jobs]
+            columns = ("uid", "item_state", "item_type", "uri", "item_size", "item_checksum", "checksum_method")
+            query = select(*(ITEMS.c[name] for name in columns)).where(ITEMS.c.uid == any_(uids))
+            rows = {row.uid: row for row in await session.execute(query)}
+            source_storage = await session.get(Storage, self.jobs[0].source_storage_id)
+            destination_storage = await session.get(Storage, self.jobs[0].destination_storage_id)
+            assert source_storage is not None and destination_storage is not None
+            source_backend = await storage_backend(session, source_storage)
+            destination_backend = await storage_backend(session, destination_storage)
+        batched, alone = [], []
+        for job in self.jobs:
+            source, target = rows.get(job.source_uid), rows.get(job.destination_uid)
+            ready = source is not None and source.item_state is ItemState.READY and source.item_type is ItemType.FILE
+            if ready and target is not None and target.item_state is ItemState.INITIALISED:
+                batched.append((job, source, target))
+            else:
+                alone.append(job)  # its own path says why it cannot be copied
+        outcomes: list[FileCopied | TransferError] = []
+        if batched:
+            method = batched[0][1].checksum_method
+            same = [entry for entry in batched if entry[1].checksum_method is method]
+            alone += [job for job, source, _ in batched if source.checksum_method is not method]
+            batched = same
+            pairs = [
+                FilePair(
+                    source.uri,
+                    target.uri,
+                    source.item_size or 0,
+                    expected=source.item_checksum if method is not ChecksumMethod.NONE else None,
+                )
+                for _, source, target in batched
+            ]
+            async with source_backend as reader, destination_backend as writer:
+                outcomes = await copy_files(reader, writer, pairs, method=method, on_batch=self._renew)
+        succeeded = [
+            (job, outcome)
+            for (job, _, _), outcome in zip(batched, outcomes, strict=True)
+            if isinstance(outcome, FileCopied)
+        ]
+        await self._succeed(succeeded, time.monotonic() - started)
+        for (job, _, _), outcome in zip(batched, outcomes, strict=True):
+            if isinstance(outcome, PayloadExists):
+                alone.append(job)  # maybe an earlier attempt's complete copy, which its own path adopts
+            elif isinstance(outcome, TransferError):
+                await self._alone(job)._fail(f"{type(outcome).__name__}: {outcome.message}", retry=outcome.transient)
+        for job in alone:
+            await self._alone(job).run()
+
+    async def _renew(self, moved: int) -> None:
+        """Each file batch done: the leases of the whole batch renewed."""
+        async with transaction(self.sessionmaker, actor=ACTOR) as session:
+            await session.execute(
+                update(Migration)
+                .where(
+                    Migration.migration_id == any_(self.ids),
+                    Migration.lease_owner == self.owner,
+                    Migration.status == MigrationStatus.RUNNING,
+                )
+                .values(lease_expires=func.now() + datetime.timedelta(seconds=self.settings.migration_lease_seconds))
+            )
+
+    async def _succeed(self, succeeded: list[tuple[Migration, FileCopied]], seconds: float) -> None:
+        if not succeeded:
+            return
+        async with transaction(self.sessionmaker, actor=ACTOR) as session:
+            oids = sorted({job.oid for job, _ in succeeded})
+            # Every writer locks an item's replicas in one order (by uid): these items' all at once.
+            await session.execute(
+                select(ITEMS.c.uid).where(ITEMS.c.oid == any_(oids)).order_by(ITEMS.c.uid).with_for_update()
+            )
+            ours = set(
+                await session.scalars(
+                    select(Migration.migration_id)
+                    .where(
+                        Migration.migration_id == any_([job.migration_id for job, _ in succeeded]),
+                        Migration.lease_owner == self.owner,
+                        Migration.status == MigrationStatus.RUNNING,
+                    )
+                    .with_for_update()
+                )
+            )
+            done = [
+                {
+                    "id": job.migration_id,
+                    "uid": str(job.destination_uid),
+                    "size": copied.bytes,
+                    "checksum": copied.checksum,
+                }
+                for job, copied in succeeded
+                if job.migration_id in ours
+            ]
+            if done:
+                document = msgspec.json.encode(done).decode()
+                await make_ready(session, done)
+                await session.execute(
+                    text(_JOBS_SUCCEEDED),
+                    {"rows": document, "seconds": round(seconds, 3), "worker": self.owner, "count": len(done)},
+                )
+            for job, _ in succeeded:
+                if job.migration_id not in ours:  # cancelled while it was copied: the cancellation wins
+                    cancelled = await session.get(Migration, job.migration_id)
+                    if cancelled is not None and cancelled.status is MigrationStatus.CANCELLED:
+                        await discard_destination(session, cancelled)
+                        if cancelled.lease_owner == self.owner:
+                            cancelled.lease_owner = cancelled.lease_expires = None
+        moved = sum(entry["size"] for entry in done)
+        metrics.COPIED_BYTES.inc(moved)
+        metrics.COPY_SECONDS.observe(seconds)
+        metrics.COPIES.labels(MigrationStatus.SUCCEEDED.value).inc(len(done))
+        log.info("migrations: %d copied in one batch (%d bytes, %.2f s)", len(done), moved, seconds)
+
+    async def _release(self) -> None:
+        """Shutting down mid-batch: every job still ours goes back to the queue, no attempt counted."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5), transaction(self.sessionmaker, actor=ACTOR) as session:
+                await session.execute(
+                    update(Migration)
+                    .where(
+                        Migration.migration_id == any_(self.ids),
+                        Migration.lease_owner == self.owner,
+                        Migration.status == MigrationStatus.RUNNING,
+                    )
+                    .values(
+                        status=MigrationStatus.PENDING,
+                        attempts=Migration.attempts - 1,
+                        next_attempt_at=func.now(),
+                        lease_owner=None,
+                        lease_expires=None,
+                        bytes_done=0,
+                    )
+                )
+
+
+_JOBS_SUCCEEDED = """
+    UPDATE migration AS m
+    SET status = 'SUCCEEDED', complete = true, completion_date = now(), bytes_done = v.size,
+        bytes_total = v.size, last_error = NULL, lease_owner = NULL, lease_expires = NULL,
+        job_status = CAST('{"finished": true, "success": true, "error": ""}' AS jsonb),
+        job_stats = jsonb_build_object('files', 1, 'bytes', v.size, 'seconds', CAST(:seconds AS float8),
+                                       'checksum', v.checksum, 'worker', CAST(:worker AS text),
+                                       'batch', CAST(:count AS int))
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(id bigint, size bigint, checksum text)
+    WHERE m.migration_id = v.id
+"""
 
 
 class MigrationWorkers:

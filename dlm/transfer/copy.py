@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TypeVar
 
 import msgspec
 
@@ -131,43 +132,17 @@ async def copy_payload(
 
     async def copy_batch(batch: list[Entry]) -> None:
         nonlocal done
-        contents = await source.read_small([member_uri(source_uri, entry) for entry in batch], SMALL_FILE)
-        sent = await asyncio.to_thread(_checksums, contents, method)
-        targets = [member_uri(destination_uri, entry) for entry in batch]
-        writing = asyncio.ensure_future(
-            destination.write_small(
-                [SmallFile(target, content, entry.mode) for target, content, entry in zip(targets, contents, batch)]
-            )
-        )
-        try:
-            await asyncio.shield(writing)
-        finally:
-            if not writing.done():
-                # Cancelled meanwhile: a thread cannot be stopped half-way, so the batch is let finish
-                # (it is small) and its files are then removed with the rest of what the copy wrote.
-                with contextlib.suppress(BaseException):
-                    await writing
-            if writing.done() and not writing.cancelled() and writing.exception() is None:
-                written.extend(targets)
-        writing.result()
-        size = sum(map(len, contents))
-        del contents
+        pairs = [
+            FilePair(member_uri(source_uri, entry), member_uri(destination_uri, entry), entry.size, entry.mode)
+            for entry in batch
+        ]
+        copied = await copy_small(source, destination, pairs, method, written)
+        size = sum(length for _, length in copied)
         done += size
         await throttle.account(size)
         if on_progress:
             await on_progress(done, total)
-        # What the storage confirmed it stored (S3: the ETag of each PUT) needs no reading back.
-        unconfirmed = [index for index, target in enumerate(targets) if not destination.stored_as_sent(target)]
-        read_back = list(sent)
-        if unconfirmed:
-            found = await destination.checksum_many([targets[index] for index in unconfirmed], method)
-            for index, checksum in zip(unconfirmed, found):
-                read_back[index] = checksum
-        for entry, target, checksum, found in zip(batch, targets, sent, read_back):
-            if found != checksum:
-                raise ChecksumMismatch(
-                    f"destination {target!r} reads back with {method.value} {found}, the source sent {checksum}"
-                )
+        for entry, (checksum, _) in zip(batch, copied, strict=True):
             checksums[entry.path] = checksum
 
     async def copy_files(queue: Iterator[Entry]) -> None:
@@ -205,8 +180,120 @@ async def copy_payload(
     )
 
 
-def _batches(entries: list[Entry], batch_bytes: int) -> Iterator[list[Entry]]:
-    batch: list[Entry] = []
+class FilePair(msgspec.Struct, frozen=True):
+    """A small file to copy: where it is, where it goes, its size, its permissions there."""
+
+    source: str
+    destination: str
+    size: int = 0
+    mode: int | None = None
+    # The checksum registered for the source (by the copy's method): a source that rotted since is refused.
+    expected: str | None = None
+
+
+async def copy_small(
+    source: Backend, destination: Backend, pairs: list[FilePair], method: ChecksumMethod, written: list[str]
+) -> list[tuple[str, int]]:
+    """Copy a batch of small files, all or none: read in one go, checksummed, written and made durable
+    together, then verified (read back in one go, unless the storage confirmed what it stored). Returns
+    each file's checksum and size; what was written is added to ``written`` (for the caller to remove
+    should the copy fail, here or later)."""
+    contents = await source.read_small([pair.source for pair in pairs], SMALL_FILE)
+    sent = await asyncio.to_thread(_checksums, contents, method)
+    sizes = [len(content) for content in contents]
+    for pair, checksum in zip(pairs, sent, strict=True):
+        if pair.expected and checksum != pair.expected:
+            raise ChecksumMismatch(
+                f"source {pair.source!r} has {method.value} {checksum}, but {pair.expected} was registered"
+            )
+    targets = [pair.destination for pair in pairs]
+    writing = asyncio.ensure_future(
+        destination.write_small(
+            [SmallFile(pair.destination, content, pair.mode) for pair, content in zip(pairs, contents, strict=True)]
+        )
+    )
+    try:
+        await asyncio.shield(writing)
+    finally:
+        if not writing.done():
+            # Cancelled meanwhile: a thread cannot be stopped half-way, so the batch is let finish (it is
+            # small) and its files are then removed with the rest of what the copy wrote.
+            with contextlib.suppress(BaseException):
+                await writing
+        if writing.done() and not writing.cancelled() and writing.exception() is None:
+            written.extend(targets)
+    writing.result()
+    del contents
+    # What the storage confirmed it stored (S3: the ETag of each PUT) needs no reading back.
+    unconfirmed = [index for index, target in enumerate(targets) if not destination.stored_as_sent(target)]
+    read_back = list(sent)
+    if unconfirmed:
+        found = await destination.checksum_many([targets[index] for index in unconfirmed], method)
+        for index, checksum in zip(unconfirmed, found, strict=True):
+            read_back[index] = checksum
+    for target, checksum, found in zip(targets, sent, read_back, strict=True):
+        if found != checksum:
+            raise ChecksumMismatch(
+                f"destination {target!r} reads back with {method.value} {found}, the source sent {checksum}"
+            )
+    return list(zip(sent, sizes, strict=True))
+
+
+class FileCopied(msgspec.Struct, frozen=True):
+    checksum: str
+    bytes: int
+
+
+async def copy_files(
+    source: Backend,
+    destination: Backend,
+    pairs: list[FilePair],
+    *,
+    method: ChecksumMethod = ChecksumMethod.CRC32C,
+    on_batch: Callable[[int], Awaitable[None]] | None = None,
+) -> list[FileCopied | TransferError]:
+    """Copy many small files, each its own payload (the items of a batch of copies), in batches as a
+    container's members go; each file's outcome is its own: a batch that fails is undone and copied
+    again file by file, so one file refused (taken at the destination, rotted at the source) fails
+    alone. ``on_batch(bytes)`` is awaited after each batch (progress, a lease renewed)."""
+    if method is ChecksumMethod.NONE:
+        method = ChecksumMethod.CRC32C
+    outcomes: list[FileCopied | TransferError] = []
+    for batch in _batches(pairs, BATCH_BYTES):
+        written: list[str] = []
+        try:
+            copied = [FileCopied(*found) for found in await copy_small(source, destination, batch, method, written)]
+        except TransferError:
+            await _delete_all(destination, written)
+            copied = []
+            for pair in batch:  # one by one: which of them is at fault, and the others copied
+                one: list[str] = []
+                try:
+                    [found] = await copy_small(source, destination, [pair], method, one)
+                    copied.append(FileCopied(*found))
+                except TransferError as exc:
+                    await _delete_all(destination, one)
+                    copied.append(exc)
+        except BaseException:
+            await _delete_all(destination, written)
+            raise
+        outcomes += copied
+        if on_batch is not None:
+            await on_batch(sum(outcome.bytes for outcome in copied if isinstance(outcome, FileCopied)))
+    return outcomes
+
+
+async def _delete_all(destination: Backend, uris: list[str]) -> None:
+    for uri in uris:
+        with contextlib.suppress(Exception):
+            await destination.delete(uri)
+
+
+Sized = TypeVar("Sized", Entry, FilePair)
+
+
+def _batches(entries: list[Sized], batch_bytes: int) -> Iterator[list[Sized]]:
+    batch: list[Sized] = []
     size = 0
     for entry in entries:
         if batch and (size + entry.size > batch_bytes or len(batch) >= BATCH_FILES):

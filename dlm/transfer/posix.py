@@ -90,8 +90,8 @@ class PosixBackend:
             return StorageRefused(f"{uri!r}: {reason}")
         return StorageUnreachable(f"{uri!r}: {reason}")
 
-    def _stat(self, uri: str) -> PayloadInfo | None:
-        path = self.local_path(uri)
+    def _stat(self, uri: str, resolver: Resolver | None = None) -> PayloadInfo | None:
+        path = (resolver or self.resolver())(uri)
         try:
             info = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
@@ -106,8 +106,14 @@ class PosixBackend:
         return await asyncio.to_thread(self._stat, uri)
 
     async def stat_many(self, uris: list[str]) -> list[PayloadInfo | None]:
-        """One thread hop for the whole batch: bulk registration stats thousands of small files."""
-        return await asyncio.to_thread(lambda: [self._stat(uri) for uri in uris])
+        """One thread hop for the whole batch, each directory resolved once: bulk registration and a
+        replication pass stat thousands of small files."""
+
+        def stat_each() -> list[PayloadInfo | None]:
+            resolver = self.resolver()
+            return [self._stat(uri, resolver) for uri in uris]
+
+        return await asyncio.to_thread(stat_each)
 
     async def read(
         self, uri: str, chunk_size: int = CHUNK_SIZE, *, offset: int = 0, length: int | None = None

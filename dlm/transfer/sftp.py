@@ -33,7 +33,7 @@ from dlm.transfer.base import (
     TransferError,
     translated,
 )
-from dlm.transfer.batches import OneAtATime
+from dlm.transfer.batches import OneAtATime, side_by_side
 from dlm.transfer.paths import check_relative_uri
 from dlm.transfer.posix import PARTIAL_SUFFIX
 from dlm.transfer.remotes import SftpSettings
@@ -122,7 +122,8 @@ class SftpBackend(OneAtATime):
         return PayloadInfo(size=attrs.size, is_container=False, modified=attrs.mtime)
 
     async def stat_many(self, uris: list[str]) -> list[PayloadInfo | None]:
-        return [await self.stat(uri) for uri in uris]
+        """Several requests in flight on the one SFTP channel, as asyncssh pipelines them."""
+        return await side_by_side(self.stat, uris)
 
     async def read(
         self, uri: str, chunk_size: int = CHUNK_SIZE, *, offset: int = 0, length: int | None = None

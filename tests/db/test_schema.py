@@ -151,7 +151,7 @@ async def test_timestamps_are_utc_whatever_the_server_zone(database_url: str) ->
             await connection.execute(text("SET TIME ZONE 'Australia/Perth'"))
             uid = await connection.scalar(text("INSERT INTO data_item (item_name) VALUES ('tz') RETURNING uid"))
             event_text = await connection.scalar(
-                text("SELECT new_value FROM data_item_event WHERE uid = :u AND event = 'oid_expiration'"),
+                text("SELECT detail->>'oid_expiration' FROM data_item_event WHERE uid = :u AND event = 'created'"),
                 {"u": uid},
             )
         assert event_text == "2099-12-31T23:59:59.000000+00:00"

@@ -12,11 +12,16 @@ from typing import Any
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
+from sqlalchemy import select
 
 from dlm.app import create_app
 from dlm.checksum import new_hasher
 from dlm.config import Settings
+from dlm.data_item import ITEMS
+from dlm.db.engine import transaction
+from dlm.db.models import Storage
 from dlm.enums import ChecksumMethod
+from dlm.migration.service import CopyPlan, queue_copies
 from dlm.migration.worker import run_next
 from tests.conftest import Registry, SshServer, assert_error, free_port, new_bucket
 from tests.migration.conftest import (
@@ -480,3 +485,76 @@ async def test_a_copy_whose_earlier_attempt_wrote_the_payload_adopts_it(
         failed = await migration(client, refused["migration_id"])
         assert failed["status"] == "FAILED" and "exists already" in failed["last_error"]
         assert (tmp_path / "archive" / "other").read_bytes() == b"someone else's bytes"
+
+
+async def test_copies_of_small_files_between_two_storages_run_as_one_batch_each_with_its_own_outcome(
+    settings: Settings, sessionmaker: Any, tmp_path: Path
+) -> None:
+    idle = msgspec.structs.replace(settings, migration_workers=0)
+    async with AsyncTestClient(create_app(idle)) as client:
+        registry = Registry(client, tmp_path / "store")
+        await registry.storage()
+        await registry.storage("archive", root=tmp_path / "archive")
+        names = [f"small-{index}" for index in range(6)]
+        uids = {name: await registry.register(name, name) for name in names}
+        (tmp_path / "store" / "small-3").write_bytes(b"X" * len((tmp_path / "store" / "small-3").read_bytes()))
+        queued = {name: await copy(client, uid=uids[name], destination_name="archive") for name in names}
+
+        assert await run_next(sessionmaker, idle, "test-worker") is not None
+        rows = {name: await migration(client, queued[name]["migration_id"]) for name in names}
+        rotten = rows.pop("small-3")
+        assert rotten["status"] == "FAILED" and "ChecksumMismatch" in rotten["last_error"]
+        assert rotten["attempts"] == 1, "bit rot fails alone and is not retried"
+        assert {row["status"] for row in rows.values()} == {"SUCCEEDED"}
+        assert {row["job_stats"]["batch"] for row in rows.values()} == {5}, "recorded together"
+        for name, row in rows.items():
+            replica = await registry.item(row["destination_uid"])
+            source = await registry.item(uids[name])
+            assert replica["item_state"] == "READY" and replica["item_checksum"] == source["item_checksum"]
+            assert (tmp_path / "archive" / name).read_bytes() == (tmp_path / "store" / name).read_bytes()
+        assert (await registry.item(rotten["destination_uid"]))["item_state"] == "DELETED"
+        assert sorted(path.name for path in (tmp_path / "archive").iterdir()) == sorted(rows)
+        assert await run_next(sessionmaker, idle, "test-worker") is None, "nothing left over"
+
+
+async def test_copies_queued_together_are_checked_as_one_copy_is_and_refused_one_by_one(
+    registry: Registry, sessionmaker: Any, tmp_path: Path
+) -> None:
+    await registry.storage("archive", root=tmp_path / "archive")
+    await registry.storage("shelf", root=tmp_path / "shelf")
+    shelf = await registry.client.patch(
+        "/storage/update_storage", params={"storage_name": "shelf", "storage_permissions": "R"}
+    )
+    assert shelf.status_code == 200, shelf.text
+    names = ["fine", "twin", "taken", "unmanaged", "nested", "same-place", "read-only"]
+    uids = [await registry.register(name, name) for name in names]
+    await registry.register("resident", "taken", storage="archive", do_storage_access_check=False)
+    await registry.register("holder", "box", storage="archive", do_storage_access_check=False)
+    registry.payload("unmanaged", b"not DLM's", root=tmp_path / "archive")
+    async with transaction(sessionmaker, actor="test") as session:
+        sources = {row.item_name: row for row in await session.execute(select(ITEMS).where(ITEMS.c.uid.in_(uids)))}
+        storages = {storage.storage_name: storage for storage in await session.scalars(select(Storage))}
+        archive = storages["archive"]
+        plans = [
+            CopyPlan(sources["fine"], archive),
+            CopyPlan(sources["twin"], archive, "fine"),  # the same path as the plan before it
+            CopyPlan(sources["taken"], archive),
+            CopyPlan(sources["unmanaged"], archive),
+            CopyPlan(sources["nested"], archive, "box/nested"),
+            CopyPlan(sources["same-place"], storages["disk"]),
+            CopyPlan(sources["read-only"], storages["shelf"]),
+        ]
+        results = await queue_copies(session, plans)
+    assert isinstance(results[0], dict) and set(results[0]) == {"uid", "migration_id"}
+    refusals = dict(zip(names[1:], results[1:], strict=True))
+    assert "is taken or lies inside another payload" in refusals["twin"]
+    assert "is taken or lies inside another payload" in refusals["taken"]
+    assert "already exists" in refusals["unmanaged"] and "will not overwrite" in refusals["unmanaged"]
+    assert "lies inside another payload" in refusals["nested"]
+    assert "already lives there" in refusals["same-place"]
+    assert "read-only" in refusals["read-only"]
+    done = await wait_for(registry.client, results[0]["migration_id"])
+    assert done["status"] == "SUCCEEDED"
+    assert (tmp_path / "archive" / "unmanaged").read_bytes() == b"not DLM's"
+    queued = await registry.client.get("/migration/query_migrations")
+    assert [row["migration_id"] for row in queued.json()] == [results[0]["migration_id"]], "nothing else queued"

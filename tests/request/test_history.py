@@ -11,12 +11,6 @@ async def test_history_traces_every_change_with_actor_and_time(registry: Registr
     events = (await client.get("/request/query_item_history", params={"uid": uid})).json()
     assert [event["event"] for event in events] == [
         "created",
-        "storage_id",
-        "uri",
-        "uid_phase",
-        "target_phase",
-        "uid_expiration",
-        "oid_expiration",
         "uid_expiration",
         "item_state",
         "oid_phase",
@@ -26,15 +20,31 @@ async def test_history_traces_every_change_with_actor_and_time(registry: Registr
     assert (events[-2]["old_value"], events[-2]["new_value"]) == ("GAS", "PLASMA"), "no READY replica is left"
     assert events[-4]["new_value"] == "2030-01-01T00:00:00.000000+00:00"
     assert (events[-1]["old_value"], events[-1]["new_value"]) == ("SKA", "oidc:someone"), "a change of owner"
+    # One event for a replica's creation, holding every initial value.
+    created = events[0]
+    assert created["new_value"] == "READY" and created["old_value"] is None
+    assert set(created["detail"]) == {
+        "storage_id",
+        "uri",
+        "uid_phase",
+        "target_phase",
+        "uid_expiration",
+        "oid_expiration",
+    }
+    assert (created["detail"]["uri"], created["detail"]["uid_phase"], created["detail"]["target_phase"]) == (
+        "traced",
+        "GAS",
+        "SOLID",
+    )
     assert {event["actor"] for event in events} == {"anonymous"}, "open mode: nobody in particular"
     assert all(event["event_time"].endswith("+00:00") for event in events)
     ids = [event["event_id"] for event in events]
     assert ids == sorted(ids)
 
     page = (
-        await client.get("/request/query_item_history", params={"uid": uid, "after_event_id": ids[6], "limit": 1})
+        await client.get("/request/query_item_history", params={"uid": uid, "after_event_id": ids[1], "limit": 1})
     ).json()
-    assert [event["event_id"] for event in page] == [ids[7]]
+    assert [event["event_id"] for event in page] == [ids[2]]
 
 
 async def test_history_by_oid_and_name_covers_all_replicas(registry: Registry) -> None:

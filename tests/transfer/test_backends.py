@@ -230,3 +230,21 @@ def test_a_dlm_without_s3_or_sftp_storages_loads_neither_library(tmp_path: Path)
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.split("\n")[:2] == ["[]", "['aioboto3', 'botocore']"], result.stdout
+
+
+async def test_stat_many_answers_as_stat_does_for_files_containers_and_nothing(backend: Any) -> None:
+    for uri, content in [("run/a", b"1"), ("run/b", b"22"), ("run/box/c", b"333"), ("elsewhere", b"4444")]:
+        await backend.write(uri, chunks_of(content))
+    uris = ["run/a", "run/missing", "run/box", "run/b", "elsewhere", "run/box/c"]
+    found = await backend.stat_many(uris)
+    assert [(info.size, info.is_container) if info else None for info in found] == [
+        (1, False),
+        None,
+        (None, True),
+        (2, False),
+        (4, False),
+        (3, False),
+    ]
+    assert [info.size if info else None for info in found] == [
+        info.size if info else None for info in [await backend.stat(uri) for uri in uris]
+    ]

@@ -132,7 +132,9 @@ async def test_an_operator_and_a_reader_use_the_page(chromium: Any, database_url
             history = driver.execute_script(
                 "return [...document.querySelectorAll('#history li')].map((e) => e.dataset.event)"
             )
-            assert history[0] == "created" and "storage_id" in history and "uri" in history, history
+            assert history[0] == "created", history
+            created = text_of(driver, '#history li[data-event="created"]')
+            assert "READY" in created and "uri cube.fits" in created and "on disk" in created, created
 
             # A copy to the archive: its progress bar moves to 100 %.
             migration_id = (await copy(api, uid=uid, destination_name="archive"))["migration_id"]

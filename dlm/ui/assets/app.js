@@ -363,8 +363,20 @@ async function item(query) {
     h("ol", { class: "timeline", id: "history" }, history.map((event) => h("li", { "data-event": event.event },
       when(event.event_time), h("strong", {}, event.event), " ",
       event.old_value !== null ? [h("span", { class: "muted" }, event.old_value), " → "] : "",
-      event.new_value ?? "", h("span", { class: "muted" }, ` · replica ${event.uid.slice(0, 8)} · by ${event.actor}`)))),
+      event.new_value ?? "", createdWith(event.detail),
+      h("span", { class: "muted" }, ` · replica ${event.uid.slice(0, 8)} · by ${event.actor}`)))),
   );
+}
+
+// A replica's creation is one event; its other initial values (where, which phase, until when) beside it.
+function createdWith(detail) {
+  if (!detail) return "";
+  const parts = [];
+  if (detail.uri) parts.push(`uri ${detail.uri}`);
+  if (detail.storage_id) parts.push(`on ${storageName(detail.storage_id)}`);
+  if (detail.uid_phase) parts.push(`${detail.uid_phase} (target ${detail.target_phase})`);
+  if (detail.uid_expiration) parts.push(`expires ${detail.uid_expiration.slice(0, 10)}`);
+  return h("span", { class: "muted" }, ` · ${parts.join(", ")}`);
 }
 
 function downloader(chosen) {
