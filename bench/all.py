@@ -31,6 +31,7 @@ RUNS = [
     ("audit_claim.py", [], ["--rows", "20000"]),
     ("expiry_pass.py", ["--items", "100000"], ["--items", "2000"]),
     ("copy_throughput.py", [], ["--size-mib", "16", "--files", "200"]),
+    ("replication_throughput.py", ["--to", "both"], ["--items", "200", "--to", "both"]),
     ("copy_memory.py", [], ["--size-mib", "64"]),
     ("download.py", [], ["--size-mib", "64", "--files", "50", "--rounds", "1"]),
 ]

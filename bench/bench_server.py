@@ -46,7 +46,8 @@ def peak_rss_mib(pid: int) -> float:
 @contextmanager
 def dlm_serve(database_url: str, work: str, **settings: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`dlm serve` open on loopback, engines off, storages allowed under ``work``; yields its base URL
-    and process. ``settings`` are further DLM_* variables (lower-case names without the prefix)."""
+    and process. ``settings`` are further DLM_* variables (lower-case names without the prefix).
+    With DLM_BENCH_PROFILE set, the server runs under py-spy, which writes its stacks there."""
     port = free_port()
     environment = {key: value for key, value in os.environ.items() if not key.startswith("DLM_")}
     environment.update(
@@ -63,7 +64,11 @@ def dlm_serve(database_url: str, work: str, **settings: str) -> Iterator[tuple[s
         DLM_EXPIRY_INTERVAL_SECONDS="0",
     )
     environment.update({f"DLM_{name.upper()}": value for name, value in settings.items()})
-    server = subprocess.Popen([sys.executable, "-m", "dlm", "serve"], env=environment)
+    command = [sys.executable, "-m", "dlm", "serve"]
+    if profile := os.environ.get("DLM_BENCH_PROFILE"):
+        # Where the server's time goes: py-spy's collapsed stacks, one file per server started.
+        command = ["py-spy", "record", "--rate", "200", "--format", "raw", "--output", f"{profile}.{port}", "--", *command]
+    server = subprocess.Popen(command, env=environment)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_answers(f"{base}/health/live", server)

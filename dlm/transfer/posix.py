@@ -32,6 +32,10 @@ from dlm.transfer.paths import Resolver, check_relative_uri
 
 PARTIAL_SUFFIX = ".dlm-partial"
 _WALK_BATCH = 1000
+# stat_many lists a directory once where it asks about at least this many of its names, unless the
+# listing runs past this many entries per name asked about (then a stat each is cheaper).
+_LISTED_FROM = 8
+_LISTING_PER_NAME = 16
 # Errors that will not go away by trying again: the copy fails at once, with the reason.
 _REFUSED = {
     errno.EACCES,
@@ -111,9 +115,35 @@ class PosixBackend:
 
         def stat_each() -> list[PayloadInfo | None]:
             resolver = self.resolver()
-            return [self._stat(uri, resolver) for uri in uris]
+            by_directory: dict[Path, list[tuple[int, str]]] = {}
+            for index, uri in enumerate(uris):
+                directory, name = resolver.place(uri)
+                by_directory.setdefault(directory, []).append((index, name))
+            found: list[PayloadInfo | None] = [None] * len(uris)
+            for directory, wanted in by_directory.items():
+                present = self._names_in(directory, len(wanted)) if len(wanted) >= _LISTED_FROM else None
+                for index, name in wanted:
+                    if present is None or name in present:
+                        found[index] = self._stat(uris[index], resolver)
+            return found
 
         return await asyncio.to_thread(stat_each)
+
+    def _names_in(self, directory: Path, wanted: int) -> set[str] | None:
+        """The names in a directory, where listing it is cheaper than a stat per wanted name (most of
+        them absent: the destinations of copies being planned); None where it holds far more."""
+        names: set[str] = set()
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    names.add(entry.name)
+                    if len(names) > _LISTING_PER_NAME * wanted:
+                        return None
+        except (FileNotFoundError, NotADirectoryError):
+            return set()
+        except OSError:
+            return None  # each stat says what is wrong
+        return names
 
     async def read(
         self, uri: str, chunk_size: int = CHUNK_SIZE, *, offset: int = 0, length: int | None = None

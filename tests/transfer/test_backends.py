@@ -245,6 +245,13 @@ async def test_stat_many_answers_as_stat_does_for_files_containers_and_nothing(b
         (4, False),
         (3, False),
     ]
+    # Enough names in one directory for a backend to list it rather than ask about each.
+    for index in range(10):
+        await backend.write(f"run/many-{index}", chunks_of(b"x" * index))
+    uris += [f"run/many-{index}" for index in range(10)] + [f"run/none-{index}" for index in range(10)]
+    uris += ["run/many-1/below", "gone/many-1"]
+    found = await backend.stat_many(uris)
+    assert [info.size if info else None for info in found[6:]] == [*range(10), *[None] * 12]
     assert [info.size if info else None for info in found] == [
         info.size if info else None for info in [await backend.stat(uri) for uri in uris]
     ]
