@@ -20,7 +20,7 @@ from litestar.status_codes import (
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy import DateTime, Select, literal_column, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -78,29 +78,57 @@ async def provide_session(
 class QueryGuard(ASGIMiddleware):
     """Refuses query strings no handler should see: parameters the route does not take (a misspelt
     filter must not silently widen a query to everything) and NUL characters (no column can hold them).
-    Which names each route takes comes from the OpenAPI document, read once at start-up."""
+    Which names each route takes comes from the OpenAPI document, read once at start-up. SKA-DLM's
+    routes ignore parameters they do not take, as SKA-DLM did (its clients send some): the answer names
+    them in an X-DLM-Ignored-Parameters header, and the log once per route and name."""
 
     scopes = (ScopeType.HTTP,)
 
+    def __init__(self) -> None:
+        self._logged: set[tuple[str, str]] = set()
+
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         taken: dict[str, frozenset[str]] = scope["litestar_app"].state.query_parameters
-        names = taken.get(scope["route_handler"].operation_id or "")
-        if names is not None:
-            check_query_string(scope["query_string"], names)
-        await next_app(scope, receive, send)
+        handler = scope["route_handler"]
+        names = taken.get(handler.operation_id or "")
+        if names is None:
+            await next_app(scope, receive, send)
+            return
+        ignored = check_query_string(scope["query_string"], names, ignore_unknown=bool(handler.opt.get("ska")))
+        if not ignored:
+            await next_app(scope, receive, send)
+            return
+        for name in ignored:
+            if (handler.operation_id, name) not in self._logged:
+                self._logged.add((handler.operation_id, name))
+                log.info("%s: ignoring query parameter %r, which the route does not take", handler.operation_id, name)
+        header = (b"x-dlm-ignored-parameters", ", ".join(ignored).encode())
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        await next_app(scope, receive, send_with_header)
 
 
-def check_query_string(query_string: bytes, names: frozenset[str]) -> None:
+def check_query_string(query_string: bytes, names: frozenset[str], *, ignore_unknown: bool = False) -> list[str]:
+    """Refuses what no route takes; returns the names ``ignore_unknown`` let through (sorted, once each)."""
     try:
         pairs = urllib.parse.parse_qsl(query_string.decode("ascii"), keep_blank_values=True, errors="strict")
     except (UnicodeDecodeError, ValueError):
         raise InvalidQueryParameters("the query string is not valid percent-encoded UTF-8") from None
+    ignored: set[str] = set()
     for name, value in pairs:
         if name not in names:
+            if ignore_unknown and name and name.isprintable():
+                ignored.add(name)
+                continue
             known = ", ".join(sorted(names)) or "none"
             raise InvalidQueryParameters(f"{name or '(empty name)'}: not a parameter of this route (it takes: {known})")
         if "\x00" in value:
             raise InvalidQueryParameters(f"{name}: must not contain NUL characters")
+    return sorted(ignored)
 
 
 def query_parameters(openapi: Any) -> dict[str, frozenset[str]]:

@@ -19,6 +19,13 @@ ENV_PREFIX = "DLM_"
 # SKA-DLM's environment variables for the same settings (its Helm chart sets them), read when the
 # DLM_ name is not set.
 SKA_ALIASES: dict[str, tuple[str, ...]] = {
+    # SKA-DLM's services each named the one database (its migration, heuristic and outbox services).
+    "database_url": (
+        "DATABASE_URL",
+        "DLM_MIGRATION_DATABASE_URL",
+        "DLM_HEURISTIC_DATABASE_URL",
+        "DLM_OUTBOX_DATABASE_URL",
+    ),
     "location_config": ("LOCATION_CONFIG",),
     "storage_config": ("STORAGE_CONFIG",),
     "ssh_public_key_file": ("SSH_PUBLIC_KEY_PATH",),
@@ -249,7 +256,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
         for field in msgspec.structs.fields(cls):
             raw = environ.get(f"{ENV_PREFIX}{field.name.upper()}")
             if raw is None or raw == "":
-                raw = next((environ[alias] for alias in SKA_ALIASES.get(field.name, ()) if environ.get(alias)), None)
+                raw = _from_ska_names(environ, field.name)
             if raw is not None and raw != "":
                 values[field.name] = raw
         values.update({key: value for key, value in overrides.items() if value is not None})
@@ -261,6 +268,17 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
             # The key `dlm serve` made on its first start: every command on this host opens configs with it.
             settings = msgspec.structs.replace(settings, secret_key=settings.secret_key_file.read_text().strip())
         return settings
+
+
+def _from_ska_names(environ: Mapping[str, str], name: str) -> str | None:
+    """The value SKA-DLM's variables give a setting; refused where they give it different values (one
+    DLM process has one of each, where SKA-DLM's services each had their own)."""
+    given = {alias: environ[alias] for alias in SKA_ALIASES.get(name, ()) if environ.get(alias)}
+    if len(set(given.values())) > 1:
+        raise InvalidSettings(
+            f"{', '.join(given)} differ, and DLM has one {name}: set {ENV_PREFIX}{name.upper()}, or make them agree"
+        )
+    return next(iter(given.values()), None)
 
 
 SECRET_KEY_FILE = "secret.key"

@@ -67,3 +67,16 @@ async def test_dlm_additions_are_documented(served: dict) -> None:
         "/health/ready",
     ):
         assert path in served["paths"], path
+
+
+async def test_exactly_skas_operations_are_marked_as_skas(client: AsyncTestClient) -> None:
+    # What marks a route as SKA-DLM's (permission(..., ska=True)) decides how it treats parameters it
+    # does not take; it must be the contract's routes and no others.
+    marked = {
+        (route.path, method.lower())
+        for route in client.app.routes
+        for handler in getattr(route, "route_handlers", [])
+        if handler.opt.get("ska")
+        for method in handler.http_methods
+    }
+    assert marked == {(path, method) for path, method, _, _ in _expected()}

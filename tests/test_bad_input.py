@@ -49,12 +49,40 @@ async def test_nul_in_a_json_string_is_refused(registry: Registry) -> None:
     assert bulk.status_code == 422, bulk.text
 
 
-async def test_unknown_query_parameters_are_refused_not_ignored(registry: Registry) -> None:
-    await registry.register("one")
-    misspelt = await registry.client.get("/request/query_data_item", params={"itemname": "one"})
-    assert_error(misspelt, 422, "InvalidQueryParameters", "itemname", "item_name")
-    empty = await registry.client.get("/request/query_data_item?=x")
+async def test_unknown_query_parameters_are_refused_on_dlms_routes(registry: Registry) -> None:
+    uid = await registry.register("one")
+    misspelt = await registry.client.get("/request/query_item_history", params={"uid": uid, "aftereventid": "3"})
+    assert_error(misspelt, 422, "InvalidQueryParameters", "aftereventid", "after_event_id")
+    empty = await registry.client.get("/request/query_item_history?=x")
     assert_error(empty, 422, "InvalidQueryParameters", "empty name")
+
+
+async def test_skas_routes_ignore_parameters_they_do_not_take_and_say_so(
+    registry: Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    # SKA-DLM's clients send some (register_data_item?...&metadata=...): FastAPI ignored them.
+    registry.payload("eb")
+    registered = await registry.client.post(
+        "/ingest/register_data_item",
+        params={"item_name": "eb", "uri": "eb", "storage_name": "disk", "metadata": "execution_block"},
+    )
+    assert registered.status_code == 200, registered.text
+    assert registered.headers["x-dlm-ignored-parameters"] == "metadata"
+    with caplog.at_level("INFO", logger="dlm.api"):
+        for _ in range(2):
+            tagged = await registry.client.patch(
+                "/request/update_item_tags",
+                params={"item_name": "eb", "item_tags": "x", "zzz": "1"},
+                json={"a": 1},
+            )
+            assert tagged.status_code == 200, tagged.text
+            assert tagged.headers["x-dlm-ignored-parameters"] == "item_tags, zzz"
+    assert sum("'zzz'" in record.getMessage() for record in caplog.records) == 1, "logged once per route and name"
+    clean = await registry.client.get("/request/query_data_item", params={"item_name": "eb"})
+    assert "x-dlm-ignored-parameters" not in clean.headers
+    assert_error(await registry.client.get("/request/query_data_item?=x"), 422, "InvalidQueryParameters", "empty name")
+    nul = await registry.client.get("/request/query_data_item", params={"item_name": "eb\x00"})
+    assert_error(nul, 422, "InvalidQueryParameters", "NUL")
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,16 @@ def test_db_current_and_upgrade(empty_database_url: str) -> None:
     assert f'"current":"{schema.head_revision()}"' in current.stdout
 
 
+def test_skas_database_variable_with_its_driver_is_the_database_used(empty_database_url: str, tmp_path) -> None:
+    # SKA-DLM's deployments set DATABASE_URL=postgresql+asyncpg://...: never an embedded database instead.
+    ska_url = empty_database_url.replace("postgresql://", "postgresql+asyncpg://", 1)
+    upgraded = dlm("db", "upgrade", DATABASE_URL=ska_url, DLM_DATA_DIR=str(tmp_path))
+    assert upgraded.returncode == 0, upgraded.stderr
+    current = dlm("db", "current", "--json", DLM_DATABASE_URL=empty_database_url)
+    assert f'"current":"{schema.head_revision()}"' in current.stdout
+    assert not (tmp_path / "postgres").exists() and not any(tmp_path.iterdir()), "no embedded database made"
+
+
 def test_serve_refuses_a_schema_that_is_behind_with_one_line(empty_database_url: str) -> None:
     result = dlm("serve", DLM_DATABASE_URL=empty_database_url, DLM_PORT="8799")
     assert result.returncode == 1

@@ -60,3 +60,15 @@ def test_skas_variable_names_are_read_when_dlms_are_not_set() -> None:
         "/dlm/.ssh/id_rsa.pub",
     )
     assert Settings.from_env({**ska, "DLM_STORAGE_CONFIG": "/etc/dlm.toml"}).storage_config == "/etc/dlm.toml"
+
+
+def test_skas_database_variables_name_dlms_database_with_their_driver_suffix() -> None:
+    url = "postgresql+asyncpg://ska_dlm_admin:password@dlm_db:5432/ska_dlm"
+    for name in ("DATABASE_URL", "DLM_MIGRATION_DATABASE_URL", "DLM_OUTBOX_DATABASE_URL"):
+        settings = Settings.from_env({name: url})
+        assert settings.database_url == url and not settings.embedded, name
+    assert Settings.from_env({"DATABASE_URL": url, "DLM_DATABASE_URL": "postgresql://x@y/z"}).database_url == (
+        "postgresql://x@y/z"
+    )
+    with pytest.raises(InvalidSettings, match="DATABASE_URL, DLM_MIGRATION_DATABASE_URL differ.*DLM_DATABASE_URL"):
+        Settings.from_env({"DATABASE_URL": url, "DLM_MIGRATION_DATABASE_URL": "postgresql://other@host/db"})

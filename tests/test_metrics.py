@@ -56,8 +56,8 @@ async def test_metrics_follow_real_work(registry: Registry, tmp_path: Path, monk
     assert value(after, "dlm_http_requests_total", **route) - value(before, "dlm_http_requests_total", **route) == 1
     refused = {"method": "GET", "route": "/request/query_data_item", "status": "422"}
     assert value(after, "dlm_http_requests_total", **refused) >= 1, "by route template and status"
-    unknown = {"method": "GET", "route": "/request/query_data_item", "status": "422"}
-    await registry.client.get("/request/query_data_item", params={"no_such_parameter": "x"})
+    unknown = {"method": "GET", "route": "/request/query_item_history", "status": "422"}
+    await registry.client.get("/request/query_item_history", params={"uid": uid, "no_such_parameter": "x"})
     again = await scrape(registry.client)
     assert (
         value(again, "dlm_http_requests_total", **unknown) == value(after, "dlm_http_requests_total", **unknown) + 1

@@ -66,12 +66,14 @@ class _RoleOperation(Operation):
 _OPERATIONS = {role: type(f"{role.value.title()}Operation", (_RoleOperation,), {"role": role.value}) for role in Role}
 
 
-def permission(role: Role, *, any_host: bool = False) -> dict[str, Any]:
+def permission(role: Role, *, any_host: bool = False, ska: bool = False) -> dict[str, Any]:
     """Route decorator arguments: callers need ``role`` or higher. ``any_host``: when DLM is closed, the
     route answers whatever Host a request names (a scraper addressing each pod by IP); a token is still
-    needed, and an open DLM still checks the Host (DNS rebinding reaches only a loopback DLM)."""
+    needed, and an open DLM still checks the Host (DNS rebinding reaches only a loopback DLM). ``ska``:
+    the route is one of SKA-DLM's (tests/contract), answered as SKA's clients expect it (query
+    parameters it does not take are ignored, as FastAPI ignores them, where DLM's own routes refuse them)."""
     return {
-        "opt": {"access": role, "any_host": any_host},
+        "opt": {"access": role, "any_host": any_host, "ska": ska},
         "security": [{BEARER_SCHEME: []}],
         "responses": ERROR_RESPONSES,
         "operation_class": _OPERATIONS[role],

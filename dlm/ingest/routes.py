@@ -31,7 +31,7 @@ from dlm.parsing import parse_datetime
 @post(
     "/init_data_item",
     operation_id="init_data_item",
-    **permission(Role.INGEST),
+    **permission(Role.INGEST, ska=True),
     summary="Init Data Item",
     description="Create an INITIALISED data_item; finish the ingest with set_uri then set_state(READY). "
     "item_name or json_data (columns of the new item, e.g. item_name, oid for a further replica) is required. "
@@ -65,7 +65,7 @@ async def init_data_item(
 @post(
     "/register_data_item",
     operation_id="register_data_item",
-    **permission(Role.INGEST),
+    **permission(Role.INGEST, ska=True),
     summary="Register Data Item",
     description="Register a payload that already exists on a storage as a READY data_item, in one call: "
     "checks the storage and (unless do_storage_access_check=false) the payload, refuses a second registration "

@@ -33,7 +33,7 @@ def _wake_workers(state: State) -> BackgroundTask | None:
 @post(
     "/copy_data_item",
     operation_id="copy_data_item",
-    **permission(Role.OPERATOR),
+    **permission(Role.OPERATOR, ska=True),
     summary="Copy Data Item",
     status_code=200,
     description="Queue a verified copy of an item (by uid, oid or item_name) to another storage, at `path` "
@@ -97,7 +97,12 @@ async def move_data_item(
     return await _queue(session, state, principal, move=True, force=force, **target, **destination)
 
 
-@get("/query_migrations", operation_id="query_migrations", **permission(Role.READER), summary="Query Migrations")
+@get(
+    "/query_migrations",
+    operation_id="query_migrations",
+    **permission(Role.READER, ska=True),
+    summary="Query Migrations",
+)
 async def query_migrations(
     session: NamedDependency[AsyncSession],
     principal: NamedDependency[Principal],
@@ -115,7 +120,12 @@ async def query_migrations(
     return row_dicts(rows)
 
 
-@get("/get_migration", operation_id="get_migration_record", **permission(Role.READER), summary="Get Migration Record")
+@get(
+    "/get_migration",
+    operation_id="get_migration_record",
+    **permission(Role.READER, ska=True),
+    summary="Get Migration Record",
+)
 async def get_migration(
     session: NamedDependency[AsyncSession], principal: NamedDependency[Principal], migration_id: MigrationId
 ) -> list[dict[str, Any]]:

@@ -32,7 +32,7 @@ PARAMS_DESCRIPTION = (
 )
 
 
-@get("/query_data_item", operation_id="query_data_item", **permission(Role.READER), summary="Query Data Item")
+@get("/query_data_item", operation_id="query_data_item", **permission(Role.READER, ska=True), summary="Query Data Item")
 async def query_data_item(
     session: NamedDependency[AsyncSession],
     item_name: FromQuery[str] = "",
@@ -46,7 +46,12 @@ async def query_data_item(
     return await json_rows(session, statement)
 
 
-@patch("/update_data_item", operation_id="update_data_item", **permission(Role.INGEST), summary="Update Data Item")
+@patch(
+    "/update_data_item",
+    operation_id="update_data_item",
+    **permission(Role.INGEST, ska=True),
+    summary="Update Data Item",
+)
 async def update_data_item(
     session: NamedDependency[AsyncSession],
     principal: NamedDependency[Principal],
@@ -60,7 +65,7 @@ async def update_data_item(
     return row_dict(rows[0]._mapping)
 
 
-@patch("/set_uri", operation_id="set_uri", **permission(Role.INGEST), summary="Set Uri")
+@patch("/set_uri", operation_id="set_uri", **permission(Role.INGEST, ska=True), summary="Set Uri")
 async def set_uri(
     session: NamedDependency[AsyncSession],
     principal: NamedDependency[Principal],
@@ -83,7 +88,7 @@ async def set_uri(
     return row_dict(row._mapping)
 
 
-@patch("/set_metadata", operation_id="set_metadata", **permission(Role.INGEST), summary="Set Metadata")
+@patch("/set_metadata", operation_id="set_metadata", **permission(Role.INGEST, ska=True), summary="Set Metadata")
 async def set_metadata(
     session: NamedDependency[AsyncSession],
     principal: NamedDependency[Principal],
@@ -94,7 +99,7 @@ async def set_metadata(
     return row_dict((await setters.set_metadata(session, uid=uid, metadata=data, principal=principal))._mapping)
 
 
-@patch("/set_state", operation_id="set_state", **permission(Role.INGEST), summary="Set State")
+@patch("/set_state", operation_id="set_state", **permission(Role.INGEST, ska=True), summary="Set State")
 async def set_state(
     session: NamedDependency[AsyncSession],
     principal: NamedDependency[Principal],
@@ -106,7 +111,10 @@ async def set_state(
 
 
 @patch(
-    "/set_oid_expiration", operation_id="set_oid_expiration", **permission(Role.INGEST), summary="Set Oid Expiration"
+    "/set_oid_expiration",
+    operation_id="set_oid_expiration",
+    **permission(Role.INGEST, ska=True),
+    summary="Set Oid Expiration",
 )
 async def set_oid_expiration(
     session: NamedDependency[AsyncSession],
@@ -121,7 +129,10 @@ async def set_oid_expiration(
 
 
 @patch(
-    "/set_uid_expiration", operation_id="set_uid_expiration", **permission(Role.INGEST), summary="Set Uid Expiration"
+    "/set_uid_expiration",
+    operation_id="set_uid_expiration",
+    **permission(Role.INGEST, ska=True),
+    summary="Set Uid Expiration",
 )
 async def set_uid_expiration(
     session: NamedDependency[AsyncSession],
@@ -135,7 +146,7 @@ async def set_uid_expiration(
     return row_dict(row._mapping)
 
 
-@patch("/set_user", operation_id="set_user", **permission(Role.INGEST), summary="Set User")
+@patch("/set_user", operation_id="set_user", **permission(Role.INGEST, ska=True), summary="Set User")
 async def set_user(
     session: NamedDependency[AsyncSession],
     principal: NamedDependency[Principal],
@@ -150,7 +161,7 @@ async def set_user(
     return row_dict(row._mapping)
 
 
-@patch("/set_group", operation_id="set_group", **permission(Role.INGEST), summary="Set Group")
+@patch("/set_group", operation_id="set_group", **permission(Role.INGEST, ska=True), summary="Set Group")
 async def set_group(
     session: NamedDependency[AsyncSession],
     principal: NamedDependency[Principal],
@@ -165,7 +176,7 @@ async def set_group(
     return row_dict(row._mapping)
 
 
-@patch("/set_acl", operation_id="set_acl", **permission(Role.INGEST), summary="Set Acl")
+@patch("/set_acl", operation_id="set_acl", **permission(Role.INGEST, ska=True), summary="Set Acl")
 async def set_acl(
     session: NamedDependency[AsyncSession],
     principal: NamedDependency[Principal],
@@ -179,7 +190,7 @@ async def set_acl(
     return row_dict(row._mapping)
 
 
-@patch("/set_phase", operation_id="set_phase", **permission(Role.INGEST), summary="Set Phase")
+@patch("/set_phase", operation_id="set_phase", **permission(Role.INGEST, ska=True), summary="Set Phase")
 async def set_phase(
     session: NamedDependency[AsyncSession], principal: NamedDependency[Principal], uid: UuidQuery, phase: FromQuery[str]
 ) -> Item:
@@ -189,7 +200,12 @@ async def set_phase(
     return row_dict(row._mapping)
 
 
-@patch("/update_item_tags", operation_id="update_item_tags", **permission(Role.INGEST), summary="Update Item Tags")
+@patch(
+    "/update_item_tags",
+    operation_id="update_item_tags",
+    **permission(Role.INGEST, ska=True),
+    summary="Update Item Tags",
+)
 async def update_item_tags(
     session: NamedDependency[AsyncSession],
     principal: NamedDependency[Principal],
@@ -202,7 +218,7 @@ async def update_item_tags(
     return row_dict(row._mapping)
 
 
-@get("/query_expired", operation_id="query_expired", **permission(Role.READER), summary="Query Expired")
+@get("/query_expired", operation_id="query_expired", **permission(Role.READER, ska=True), summary="Query Expired")
 async def query_expired(
     session: NamedDependency[AsyncSession],
     offset: Annotated[
@@ -214,13 +230,13 @@ async def query_expired(
     return await json_rows(session, service.query_expired(offset=duration))
 
 
-@get("/query_deleted", operation_id="query_deleted", **permission(Role.READER), summary="Query Deleted")
+@get("/query_deleted", operation_id="query_deleted", **permission(Role.READER, ska=True), summary="Query Deleted")
 async def query_deleted(session: NamedDependency[AsyncSession], uid: UuidQuery = "") -> Response[Rows]:
     """Data_items in state DELETED (optionally just the one uid)."""
     return await json_rows(session, service.query_deleted(uid=uid))
 
 
-@get("/query_new", operation_id="query_new", **permission(Role.READER), summary="Query New")
+@get("/query_new", operation_id="query_new", **permission(Role.READER, ska=True), summary="Query New")
 async def query_new(
     session: NamedDependency[AsyncSession], check_date: FromQuery[str], uid: UuidQuery = ""
 ) -> Response[Rows]:
@@ -229,7 +245,7 @@ async def query_new(
     return await json_rows(session, service.query_new(check_date=moment, uid=uid))
 
 
-@get("/query_exists", operation_id="query_exists", **permission(Role.READER), summary="Query Exists")
+@get("/query_exists", operation_id="query_exists", **permission(Role.READER, ska=True), summary="Query Exists")
 async def query_exists(
     session: NamedDependency[AsyncSession],
     item_name: FromQuery[str] = "",
@@ -244,7 +260,7 @@ async def query_exists(
 @get(
     "/query_exist_and_ready",
     operation_id="query_exists_and_ready",
-    **permission(Role.READER),
+    **permission(Role.READER, ska=True),
     summary="Query Exists And Ready",
 )
 async def query_exist_and_ready(
@@ -257,7 +273,12 @@ async def query_exist_and_ready(
     return json_response(await service.item_exists(session, item_name=item_name, oid=oid, uid=uid, ready=True))
 
 
-@get("/query_item_storage", operation_id="query_item_storage", **permission(Role.READER), summary="Query Item Storage")
+@get(
+    "/query_item_storage",
+    operation_id="query_item_storage",
+    **permission(Role.READER, ska=True),
+    summary="Query Item Storage",
+)
 async def query_item_storage(
     session: NamedDependency[AsyncSession],
     item_name: FromQuery[str] = "",

@@ -22,7 +22,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from sqlalchemy import Table, select
+from sqlalchemy import Table, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -283,7 +283,17 @@ class SkaImport:
             )
         }
         imported = already = 0
-        for source in await self._fetch("SELECT * FROM {schema}.migration ORDER BY migration_id"):
+        sources = await self._fetch("SELECT * FROM {schema}.migration ORDER BY migration_id")
+        # SKA-DLM's ids are what its users and logs know a copy by: kept, unless DLM gave one to a copy
+        # of its own (then the copy is renumbered, and its SKA id stays in job_stats.ska_migration_id).
+        taken = set(
+            await self.session.scalars(
+                select(Migration.migration_id).where(
+                    Migration.migration_id.in_([source["migration_id"] for source in sources])
+                )
+            )
+        )
+        for source in sources:
             ska_id = source["migration_id"]
             if ska_id in imported_ids:
                 already += 1
@@ -299,6 +309,7 @@ class SkaImport:
             status = source["job_status"]
             if isinstance(status, str):
                 status = msgspec.json.decode(status)
+            row["job_status"] = status  # asyncpg hands json over as text: stored as the object it is
             succeeded = bool(source["complete"]) and bool((status or {}).get("success"))
             row["status"] = MigrationStatus.SUCCEEDED if succeeded else MigrationStatus.FAILED
             row["complete"] = True
@@ -311,8 +322,26 @@ class SkaImport:
             row["source_uid"] = await self._replica(row["oid"], row["source_storage_id"])
             row["destination_uid"] = await self._replica(row["oid"], row["destination_storage_id"])
             row["bytes_done"] = 0
-            await self.session.execute(insert(Migration.__table__).values(row))
+            if ska_id in taken:
+                self.report.note("migration id already used by a DLM copy: renumbered", str(ska_id))
+            else:
+                row["migration_id"] = ska_id
+            columns = ", ".join(f'"{column}"' for column in row)
+            await self.session.execute(
+                text(
+                    f"INSERT INTO migration ({columns}) OVERRIDING SYSTEM VALUE SELECT {columns} "
+                    "FROM jsonb_populate_record(NULL::migration, CAST(:row AS jsonb))"
+                ),
+                {"row": msgspec.json.encode(row).decode()},
+            )
             imported += 1
+        # DLM's next copies are numbered after SKA-DLM's.
+        await self.session.execute(
+            text(
+                "SELECT setval(pg_get_serial_sequence('migration', 'migration_id'), max(migration_id)) "
+                "FROM migration HAVING max(migration_id) IS NOT NULL"
+            )
+        )
         self.report.count("migration", imported, already)
 
     async def _replica(self, oid: uuid.UUID, storage_id: uuid.UUID) -> uuid.UUID | None:

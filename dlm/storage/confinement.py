@@ -48,21 +48,30 @@ class Confinement(msgspec.Struct, frozen=True, kw_only=True):
     def allowing(self, roots: list[str]) -> "Confinement":
         return msgspec.structs.replace(self, posix_roots=(*self.posix_roots, *(real_path(Path(r)) for r in roots)))
 
-    def check_posix_root(self, root_directory: str) -> Path:
-        """The resolved root, if a POSIX storage may be rooted there."""
+    def _check_not_forbidden(self, root_directory: str) -> Path:
         root = real_path(Path(root_directory))
         for forbidden in self.forbidden:
             if nested(root, forbidden) and (self.embedded or forbidden.exists()):
                 raise InvalidQueryParameters(
                     f"root_directory: {root_directory!r} overlaps DLM's own database directory {str(forbidden)!r}"
                 )
-        if not any(root == allowed or allowed in root.parents for allowed in self.posix_roots):
+        return root
+
+    def check_posix_root(self, root_directory: str) -> Path:
+        """The resolved root, if a POSIX storage may be rooted there."""
+        if self.outside_posix_roots(root_directory):
             allowed = ", ".join(str(path) for path in self.posix_roots)
             raise InvalidQueryParameters(
                 f"root_directory: {root_directory!r} is outside the directories storages may use ({allowed}); "
                 "an operator adds one with DLM_STORAGE_ROOTS"
             )
-        return root
+        return real_path(Path(root_directory))
+
+    def outside_posix_roots(self, root_directory: str) -> bool:
+        """Whether a root lies outside the directories POSIX storages may use here (one over DLM's own
+        database is refused outright)."""
+        root = self._check_not_forbidden(root_directory)
+        return not any(root == allowed or allowed in root.parents for allowed in self.posix_roots)
 
     def check_place(self, place: Place) -> None:
         """Refuse a storage whose bytes would be somewhere this DLM does not let storages be."""

@@ -19,7 +19,7 @@ from dlm.storage import service
 @get(
     "/query_location_facility",
     operation_id="query_location_facility",
-    **permission(Role.READER),
+    **permission(Role.READER, ska=True),
     summary="Query Location Facility",
 )
 async def query_location_facility(session: NamedDependency[AsyncSession]) -> list[str]:
@@ -28,7 +28,11 @@ async def query_location_facility(session: NamedDependency[AsyncSession]) -> lis
 
 
 @post(
-    "/init_location", operation_id="init_location", **permission(Role.ADMIN), summary="Init Location", status_code=200
+    "/init_location",
+    operation_id="init_location",
+    **permission(Role.ADMIN, ska=True),
+    summary="Init Location",
+    status_code=200,
 )
 async def init_location(
     session: NamedDependency[AsyncSession],
@@ -50,7 +54,7 @@ async def init_location(
     return json_response(str(location_id))
 
 
-@get("/query_location", operation_id="query_location", **permission(Role.READER), summary="Query Location")
+@get("/query_location", operation_id="query_location", **permission(Role.READER, ska=True), summary="Query Location")
 async def query_location(
     session: NamedDependency[AsyncSession],
     location_name: FromQuery[str] = "",
@@ -60,7 +64,13 @@ async def query_location(
     return row_dicts(await service.query_locations(session, location_name=location_name, location_id=location_id))
 
 
-@post("/init_storage", operation_id="init_storage", **permission(Role.ADMIN), summary="Init Storage", status_code=200)
+@post(
+    "/init_storage",
+    operation_id="init_storage",
+    **permission(Role.ADMIN, ska=True),
+    summary="Init Storage",
+    status_code=200,
+)
 async def init_storage(
     session: NamedDependency[AsyncSession],
     state: State,
@@ -125,7 +135,7 @@ async def update_storage(
     return row_dict(row._mapping)
 
 
-@get("/query_storage", operation_id="query_storage", **permission(Role.READER), summary="Query Storage")
+@get("/query_storage", operation_id="query_storage", **permission(Role.READER, ska=True), summary="Query Storage")
 async def query_storage(
     session: NamedDependency[AsyncSession], storage_name: FromQuery[str] = "", storage_id: UuidQuery = ""
 ) -> list[dict[str, Any]]:
@@ -136,7 +146,7 @@ async def query_storage(
 @post(
     "/create_storage_config",
     operation_id="create_storage_config",
-    **permission(Role.ADMIN),
+    **permission(Role.ADMIN, ska=True),
     summary="Create Storage Config",
     status_code=200,
 )
@@ -161,7 +171,12 @@ async def create_storage_config(
     return json_response(str(config_id))
 
 
-@get("/get_storage_config", operation_id="get_storage_config", **permission(Role.ADMIN), summary="Get Storage Config")
+@get(
+    "/get_storage_config",
+    operation_id="get_storage_config",
+    **permission(Role.ADMIN, ska=True),
+    summary="Get Storage Config",
+)
 async def get_storage_config(
     session: NamedDependency[AsyncSession],
     storage_id: UuidQuery = "",
@@ -178,7 +193,7 @@ async def get_storage_config(
 @post(
     "/rclone_config",
     operation_id="create_rclone_config",
-    **permission(Role.ADMIN),
+    **permission(Role.ADMIN, ska=True),
     summary="Create Rclone Config",
     status_code=200,
 )
@@ -190,7 +205,12 @@ async def rclone_config(
     return json_response(await service.register_rclone_remote(session, data, confinement=state.confinement))
 
 
-@get("/get_ssh_public_key", operation_id="get_ssh_public_key", **permission(Role.READER), summary="Get Ssh Public Key")
+@get(
+    "/get_ssh_public_key",
+    operation_id="get_ssh_public_key",
+    **permission(Role.READER, ska=True),
+    summary="Get Ssh Public Key",
+)
 async def get_ssh_public_key(state: State) -> Response[str]:
     """The SSH public key DLM presents to SFTP storages (``DLM_SSH_PUBLIC_KEY_FILE``)."""
     return json_response(service.ssh_public_key(state.settings.ssh_public_key_file))

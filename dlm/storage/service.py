@@ -135,14 +135,17 @@ async def init_storage(
         raise InvalidQueryParameters("root_directory: must not be empty")
     # A storage may get its config after it is created (SKA-DLM's order, and its directory watcher's,
     # whose root is on the watcher's host): an sftp storage without one, or a posix one whose root is
-    # not on this host, waits for it, unavailable and out of reach.
+    # not on this host, waits for it, unavailable and out of reach. So does a posix root outside the
+    # directories local storages may use, which may be the same path on the watcher's host (SKA's
+    # compose and chart share /dlm): only a config (SFTP, checked then) or an operator's
+    # DLM_STORAGE_ROOTS makes it usable.
     place = None
     waiting = not storage_config and (
         storage_interface is StorageInterface.SFTP
         or (
             storage_interface is StorageInterface.POSIX
             and os.path.isabs(root_directory)
-            and not os.path.lexists(root_directory)
+            and (not os.path.lexists(root_directory) or confinement.outside_posix_roots(root_directory))
         )
     )
     if not waiting:
@@ -166,7 +169,10 @@ async def init_storage(
         session, storage.storage_id, "storage_created", f"{storage_interface.value} {root_directory}"
     )
     if waiting:
-        await record_storage_event(session, storage.storage_id, WAITING_FOR_CONFIG, "no config says how to reach it")
+        reason = "no config says how to reach it"
+        if os.path.lexists(root_directory):
+            reason += " (its root on this host is outside DLM_STORAGE_ROOTS)"
+        await record_storage_event(session, storage.storage_id, WAITING_FOR_CONFIG, reason)
     if storage_config:
         await _add_config(session, storage.storage_id, storage_config, ConfigType.RCLONE)
     return storage.storage_id

@@ -3,6 +3,8 @@ copied to the archive, then each member registered and announced READY on the ar
 order in which the copy and the announcements land, every member ends with exactly one READY replica on
 each storage, and nothing is copied twice or overwritten."""
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -139,15 +141,32 @@ async def test_an_announced_replica_must_be_there_and_be_the_same_size(registry:
     assert no_storage.status_code == 422 and "json_data.item_state" in no_storage.text
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["elsewhere", "same-path-on-dlms-host"])
 async def test_the_watchers_start_up_registers_its_volume_then_its_sftp_config(
-    registry: Registry, ssh_server: SshServer, tmp_path: Path
+    registry: Registry, ssh_server: SshServer, tmp_path: Path, shared: bool
 ) -> None:
     """ska-dlm-client's start-up: init_storage for its watch directory (a path on the watcher's host,
     not DLM's), then the rclone sftp config that reaches it; then it registers what it finds (no
-    access check) and copies it to the archive."""
+    access check) and copies it to the archive. SKA's compose and chart share /dlm, so the same path
+    may exist on DLM's host too, outside DLM_STORAGE_ROOTS: the storage still waits for its config."""
     client = registry.client
     await archive(registry, ssh_server, tmp_path / "archive")
-    watch = tmp_path / "watcher-host" / "watch_dir"
+    if shared:
+        outside = Path(tempfile.mkdtemp(prefix="dlm-shared-", dir="/var/tmp"))
+        shared_directory = outside
+        watch = outside / "watch_dir"
+        watch.mkdir()
+    else:
+        shared_directory = None
+        watch = tmp_path / "watcher-host" / "watch_dir"
+    try:
+        await _watcher_start_up(client, ssh_server, watch, tmp_path)
+    finally:
+        if shared_directory is not None:
+            shutil.rmtree(shared_directory, ignore_errors=True)
+
+
+async def _watcher_start_up(client: Any, ssh_server: SshServer, watch: Path, tmp_path: Path) -> None:
     key = (await client.get("/storage/get_ssh_public_key")).status_code
     assert key in (200, 404)  # the watcher installs it when DLM has one
     assert (await client.get("/storage/query_storage", params={"storage_name": "dir-watcher"})).json() == []
@@ -166,7 +185,7 @@ async def test_the_watchers_start_up_registers_its_volume_then_its_sftp_config(
     [waiting] = (await client.get("/storage/query_storage", params={"storage_name": "dir-watcher"})).json()
     assert waiting["storage_available"] is False, "nothing can reach it before its config says how"
     assert (await client.get("/storage/get_storage_config", params={"storage_id": created.json()})).json() == []
-    watch.mkdir(parents=True)  # on the watcher's host: here, the SSH server's
+    watch.mkdir(parents=True, exist_ok=True)  # on the watcher's host: here, the SSH server's
     config = {
         "name": "dir-watcher",
         "type": "sftp",

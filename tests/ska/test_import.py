@@ -141,6 +141,8 @@ async def fill(source: asyncpg.Connection, data: Path) -> None:
     )
     # SKA-DLM's owners are its identity provider's user names.
     await source.execute("UPDATE dlm.data_item SET item_owner = 'alice' WHERE uid = $1", VIS)
+    # SKA-DLM's copies are numbered as SKA-DLM numbered them, not from 1.
+    await source.execute("ALTER TABLE dlm.migration ALTER COLUMN migration_id RESTART WITH 101")
     await source.executemany(
         "INSERT INTO dlm.migration (job_id, oid, url, source_storage_id, destination_storage_id, job_status,"
         " job_stats, complete, completion_date) VALUES ($1, $2, 'http://rclone:5572', $3, $4, $5, $6, $7, $8)",
@@ -255,6 +257,15 @@ async def test_an_ska_dlm_database_imports_once_keeping_ids_and_reporting_the_re
                 str(VIS_COPY),
             )
             assert by_job[12]["status"] == "FAILED" and "retry" in by_job[12]["last_error"]
+            assert (by_job[11]["migration_id"], by_job[12]["migration_id"]) == (101, 102), "SKA-DLM's ids kept"
+            assert by_job[11]["job_status"] == {"finished": True, "success": True, "error": ""}, "an object"
+            assert by_job[12]["job_status"]["finished"] is True
+            queued = await client.post(
+                "/migration/copy_data_item",
+                params={"uid": str(VIS), "destination_name": "disk", "path": "later.dat"},
+            )
+            assert queued.status_code == 200, queued.text
+            assert queued.json()["migration_id"] > 102, "DLM's own copies are numbered after SKA-DLM's"
             [archive] = (await client.get("/storage/get_storage_config", params={"storage_name": "dlm-archive"})).json()
             assert archive["type"] == "sftp" and archive["parameters"]["host"] == "ska-dlm-archive"
 
