@@ -38,6 +38,14 @@ def load_settings(**overrides: object) -> Settings:
         raise CLIError(str(exc)) from None
 
 
+def run_blocking(function: Callable[[], Any]) -> Any:
+    """``function()``, its DLM errors as one line."""
+    try:
+        return function()
+    except DLMError as exc:
+        raise CLIError(exc.message) from None
+
+
 def run(coroutine_function: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     try:
         import asyncio  # the server stack's; commands that only talk HTTP never load it

@@ -4,11 +4,20 @@ import errno
 import signal
 import socket
 import sys
+from pathlib import Path
 
 import click
 import msgspec
 
-from dlm.cli.common import CLIError, bound_malloc_arenas, database_url, in_database_transaction, load_settings, run
+from dlm.cli.common import (
+    CLIError,
+    bound_malloc_arenas,
+    database_url,
+    in_database_transaction,
+    load_settings,
+    run,
+    run_blocking,
+)
 
 
 @click.command()
@@ -162,6 +171,81 @@ def current(as_json: bool) -> None:
         click.echo(f"current: {revision or '(none)'}\nhead:    {head}")
     if revision != head:
         sys.exit(3)
+
+
+@db.command()
+@click.argument("target", type=click.Path(dir_okay=False, path_type=Path))
+def backup(target: Path) -> None:
+    """Write DLM's database to TARGET, a new file (pg_dump's custom format).
+
+    Works while DLM runs. The dump holds every item, replica, copy, token and storage config, but not
+    the key that seals the configs (DLM_SECRET_KEY, or secret.key in the data directory): keep that
+    apart. Restore with `dlm db restore`.
+
+    \b
+    Example:
+      dlm db backup /backups/dlm-$(date +%F).dump
+    """
+    from dlm.db.backup import dump
+
+    if target.exists():
+        raise CLIError(f"{target} exists already: name a new file")
+    if not target.parent.is_dir():
+        raise CLIError(f"{target.parent} is not a directory")
+    settings = load_settings()
+    with database_url(settings) as url:
+        size = run_blocking(lambda: dump(url, target, embedded=settings.embedded))
+    click.echo(f"wrote {target} ({size:,} bytes)")
+    if settings.secret_key:
+        key = str(settings.secret_key_file) if settings.secret_key_file.is_file() else "DLM_SECRET_KEY"
+        click.echo(f"its storage configs are sealed with the key in {key}: keep a copy of it apart from the dump")
+
+
+@db.command()
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def restore(source: Path) -> None:
+    """Restore a dump made by `dlm db backup` into an empty database.
+
+    The database is DLM_DATABASE_URL's, or else the embedded one in DLM_DATA_DIR (created if need
+    be): a new machine, or a new database beside the old one. It must hold no DLM tables yet. Give
+    this DLM the backed-up deployment's key (DLM_SECRET_KEY) before it starts.
+
+    \b
+    Example:
+      DLM_SECRET_KEY=... dlm db restore /backups/dlm-2026-12-04.dump
+    """
+    from sqlalchemy import inspect as sa_inspect
+
+    from dlm.db import schema
+    from dlm.db.backup import restore as restore_dump
+    from dlm.db.engine import create_engine
+    from dlm.serve import Refused, check_secret_key
+
+    settings = load_settings()
+
+    async def revision_of(url: str) -> tuple[str | None, bool]:
+        engine = create_engine(url, pool_size=1)
+        try:
+            async with engine.connect() as connection:
+                tables = await connection.run_sync(lambda sync: sa_inspect(sync).get_table_names())
+            return await schema.current_revision(engine), "data_item" in tables
+        finally:
+            await engine.dispose()
+
+    with database_url(settings, create=True) as url:
+        _, has_tables = run(lambda: revision_of(url))
+        if has_tables:
+            raise CLIError("the database already holds DLM's tables: restore into a new, empty database")
+        run_blocking(lambda: restore_dump(url, source, embedded=settings.embedded))
+        revision, _ = run(lambda: revision_of(url))
+    click.echo(f"restored {source} (schema at {revision or '(none)'})")
+    if revision != schema.head_revision():
+        click.echo("the schema is older than this DLM's: run `dlm db upgrade` before `dlm serve`")
+        return
+    try:
+        in_database_transaction(lambda session: check_secret_key(session, settings), actor="dlm db restore")
+    except Refused as exc:
+        click.echo(f"dlm: warning: {exc}", err=True)
 
 
 @db.command("reseal-configs")
