@@ -8,6 +8,9 @@ class ItemState(enum.StrEnum):
     READY = "READY"
     CORRUPTED = "CORRUPTED"
     EXPIRED = "EXPIRED"
+    # Its payload is being deleted: recorded before the payload goes, so that a crash between the two
+    # leaves a row that says so (the next expiry pass finishes it), never a READY row with no bytes.
+    DELETING = "DELETING"
     DELETED = "DELETED"
 
 
@@ -18,6 +21,8 @@ STATE_TRANSITIONS: dict[ItemState, frozenset[ItemState]] = {
     ItemState.READY: frozenset({ItemState.EXPIRED, ItemState.CORRUPTED, ItemState.DELETED}),
     ItemState.EXPIRED: frozenset({ItemState.READY, ItemState.DELETED}),
     ItemState.CORRUPTED: frozenset({ItemState.READY, ItemState.DELETED}),
+    # DLM's own step between a live state and DELETED: nobody sets it, and it only goes on to DELETED.
+    ItemState.DELETING: frozenset({ItemState.DELETED}),
     ItemState.DELETED: frozenset(),
 }
 

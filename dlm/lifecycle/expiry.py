@@ -10,13 +10,14 @@ second process does not wait for but skips, a batch per transaction, each item i
 so one storage's trouble does not undo the rest.
 """
 
+import asyncio
 import datetime
 import logging
 import uuid
 from typing import Any
 
 import msgspec
-from sqlalchemy import Row, case, exists, func, or_, select, true, tuple_, update
+from sqlalchemy import Row, any_, case, exists, func, or_, select, true, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dlm.data_item import ITEMS, refresh_oid_phase
@@ -84,6 +85,11 @@ def _worth_deciding(now: datetime.datetime, replica: Any, already_kept: Any) -> 
 # many rows its statistics guess (they count DELETED rows' old expiries: on a big catalogue the guess
 # is a million, and a guess that size reads the table).
 SWEEPS = (ITEMS.c.uid_expiration, ITEMS.c.oid_expiration)
+# Replicas that are no candidates: gone, or going (a pass finishes those first).
+GONE_OR_GOING = (ItemState.DELETED, ItemState.DELETING)
+# Payload deletions per call to a storage, and how many such calls run at once per storage.
+DELETE_BATCH = 1000
+DELETES_AT_ONCE = 4
 
 
 def _next_candidates(
@@ -98,7 +104,7 @@ def _next_candidates(
         ITEMS.c.item_state,
         ITEMS.c.target_phase,
         expiry.label("due"),
-    ).where(ITEMS.c.item_state != ItemState.DELETED, expiry <= now)
+    ).where(ITEMS.c.item_state.notin_(GONE_OR_GOING), expiry <= now)
     if after is not None:
         candidates = candidates.where(tuple_(expiry, ITEMS.c.uid) > tuple_(*after))
     page = candidates.order_by(expiry, ITEMS.c.uid).limit(batch_size).cte("page").prefix_with("MATERIALIZED")
@@ -128,12 +134,15 @@ async def run_once(
     """One pass over everything expired at ``now`` (default: the present)."""
     now = now or datetime.datetime.now(datetime.UTC)
     report = ExpiryReport(dry_run=dry_run)
+    if not dry_run:
+        await finish_deletions(sessionmaker, report)  # what a pass that crashed had begun
     # Items this pass has dealt with; in a dry run, also the replicas it would have deleted.
     done: set[uuid.UUID] = set()
     gone: set[uuid.UUID] = set()
     for expiry in SWEEPS:
         after: tuple[datetime.datetime, uuid.UUID] | None = None
         while True:
+            going: list[uuid.UUID] = []
             async with transaction(sessionmaker, actor=ACTOR) as session:
                 candidates = (await session.execute(_next_candidates(now, expiry, after, batch_size))).all()
                 if not candidates:
@@ -146,26 +155,30 @@ async def run_once(
                 # An expired item loses everything: no decision per replica, so it goes in bulk.
                 whole = {row.oid for row in batch if row.oid in claimed and row.oid_expiration <= now}
                 if whole:
-                    await _expire_whole_items(session, sorted(whole), report, gone)
+                    going = await _mark_whole_items(session, sorted(whole), report, gone)
                 for oid in claimed:
                     if oid not in whole:
                         await _expire_item(session, oid, now, report, gone)
+            # Marked DELETING and committed: the payloads go now, outside any transaction.
+            if going:
+                await finish_deletions(sessionmaker, report, going)
+                gone.update(going)
             log.debug("expiry pass: %s so far", report.summary())
             if len(candidates) < batch_size:
                 break
     return report
 
 
-async def _expire_whole_items(
+async def _mark_whole_items(
     session: AsyncSession, oids: list[uuid.UUID], report: ExpiryReport, gone: set[uuid.UUID]
-) -> None:
-    """Delete every live replica of these expired items (and the registered members of their containers),
-    a storage at a time: the rows in one statement, then the payloads; a storage that does not answer
-    defers its share to the next pass."""
+) -> list[uuid.UUID]:
+    """Mark DELETING every live replica of these expired items (and the registered members of their
+    containers), in one statement; returns them, for ``finish_deletions`` once this is committed. Those
+    on a read-only storage are kept, those of an item being copied deferred."""
     rows = (
         await session.execute(
             select(ITEMS)
-            .where(ITEMS.c.oid.in_(oids), ITEMS.c.item_state != ItemState.DELETED)
+            .where(ITEMS.c.oid.in_(oids), ITEMS.c.item_state.notin_(GONE_OR_GOING))
             .order_by(ITEMS.c.uid)
             .with_for_update()
         )
@@ -184,7 +197,7 @@ async def _expire_whole_items(
                 select(ITEMS)
                 .where(
                     ITEMS.c.parents.in_([row.oid for row in containers]),
-                    ITEMS.c.item_state != ItemState.DELETED,
+                    ITEMS.c.item_state.notin_(GONE_OR_GOING),
                 )
                 .order_by(ITEMS.c.uid)
                 .with_for_update()
@@ -194,59 +207,123 @@ async def _expire_whole_items(
         rows += [
             row for row in members if (row.parents, row.storage_id) in homes and row.uid not in {r.uid for r in rows}
         ]
-    by_storage: dict[uuid.UUID | None, list[Row[Any]]] = {}
+    marked: list[uuid.UUID] = []
+    read_only = {
+        storage.storage_id: storage.storage_name
+        for storage in await session.scalars(
+            select(Storage).where(Storage.storage_id.in_({row.storage_id for row in rows if row.storage_id}))
+        )
+        if not is_writable(storage)
+    }
     for row in rows:
         if row.oid in busy:
             report.deferred.append(Decision(row.uid, row.item_name, "a copy of the item is in progress"))
+        elif row.storage_id in read_only:
+            reason = f"storage {read_only[row.storage_id]!r} is read-only; an admin may force the deletion"
+            report.kept.append(Decision(row.uid, row.item_name, reason))
         else:
+            marked.append(row.uid)
+    if report.dry_run:
+        report.deleted.extend(marked)
+        gone.update(marked)
+        return []
+    if marked:
+        await session.execute(update(ITEMS).where(ITEMS.c.uid.in_(marked)).values(item_state=ItemState.DELETING))
+    return marked
+
+
+async def finish_deletions(
+    sessionmaker: async_sessionmaker[AsyncSession], report: ExpiryReport, uids: list[uuid.UUID] | None = None
+) -> None:
+    """Delete the payloads of DELETING replicas (these ``uids``, or every one: what a crashed pass
+    began), a storage's in parallel batches, outside any transaction; then mark DELETED those whose
+    payload went, and work out their items' phase. One whose payload could not go stays DELETING,
+    deferred to the next pass."""
+    async with transaction(sessionmaker, actor=ACTOR) as session:
+        query = select(ITEMS.c.uid, ITEMS.c.oid, ITEMS.c.item_name, ITEMS.c.storage_id, ITEMS.c.uri).where(
+            ITEMS.c.item_state == ItemState.DELETING
+        )
+        if uids is not None:
+            query = query.where(ITEMS.c.uid == any_(uids))
+        rows = (await session.execute(query)).all()
+        if not rows:
+            return
+        by_storage: dict[uuid.UUID | None, list[Row[Any]]] = {}
+        for row in rows:
             by_storage.setdefault(row.storage_id, []).append(row)
+        backends: dict[uuid.UUID, Any] = {}
+        unreachable: dict[uuid.UUID, str] = {}
+        for storage_id in by_storage:
+            storage = await session.get(Storage, storage_id) if storage_id else None
+            if storage is not None:
+                try:
+                    backends[storage_id] = await storage_backend(session, storage)
+                except (TransferError, DLMError) as exc:
+                    unreachable[storage_id] = exc.message
+    failed: dict[uuid.UUID, str] = {}
     for storage_id, group in by_storage.items():
-        storage = await session.get(Storage, storage_id) if storage_id else None
-        if storage is not None and not is_writable(storage):
-            reason = f"storage {storage.storage_name!r} is read-only; an admin may force the deletion"
-            report.kept.extend(Decision(row.uid, row.item_name, reason) for row in group)
-            continue
-        if report.dry_run:
-            report.deleted.extend(row.uid for row in group)
-            gone.update(row.uid for row in group)
-            continue
-        # Payloads first, in one batch; then the rows of those that went, in one statement. One that
-        # could not be deleted keeps its row as it was, deferred to the next pass.
-        failed: dict[str, str] = {}
-        if storage is not None:
-            try:
-                async with await storage_backend(session, storage) as backend:
-                    failed = await backend.delete_many([row.uri for row in group if row.uri])
-            except (TransferError, DLMError) as exc:  # the storage cannot be reached at all
-                failed = {row.uri: exc.message for row in group}
-        for row in group:
-            if row.uri in failed:
-                report.deferred.append(Decision(row.uid, row.item_name, failed[row.uri]))
-        if failed:
-            log.warning("expiry: %d replicas deferred: %s", len(failed), next(iter(failed.values())))
-        uids = [row.uid for row in group if row.uri not in failed]
-        if uids:
-            # PLASMA: what the item's phase is once every replica is gone, set in the same row version
-            # (refresh_oid_phase corrects it below for an item that keeps a replica).
-            await session.execute(
-                update(ITEMS)
-                .where(ITEMS.c.uid.in_(uids))
-                .values(item_state=ItemState.DELETED, deleted=True, uid_deletion=func.now(), oid_phase=Phase.PLASMA)
+        if storage_id in unreachable:
+            failed.update({row.uid: unreachable[storage_id] for row in group})
+        elif storage_id in backends:
+            failed.update(await _delete_payloads(backends[storage_id], group))
+    for row in rows:
+        if row.uid in failed:
+            report.deferred.append(Decision(row.uid, row.item_name, failed[row.uid]))
+    if failed:
+        log.warning(
+            "expiry: %d payloads not deleted, their replicas stay DELETING: %s",
+            len(failed),
+            next(iter(failed.values())),
+        )
+    went = [row.uid for row in rows if row.uid not in failed]
+    if not went:
+        return
+    async with transaction(sessionmaker, actor=ACTOR) as session:
+        # PLASMA: what the item's phase is once every replica is gone, set in the same row version.
+        await session.execute(
+            update(ITEMS)
+            .where(ITEMS.c.uid == any_(went), ITEMS.c.item_state == ItemState.DELETING)
+            .values(item_state=ItemState.DELETED, deleted=True, uid_deletion=func.now(), oid_phase=Phase.PLASMA)
+        )
+        oids = sorted({row.oid for row in rows})
+        spared = set(
+            await session.scalars(
+                select(ITEMS.c.oid)
+                .where(ITEMS.c.oid == any_(oids), ITEMS.c.item_state.notin_([ItemState.DELETED]))
+                .distinct()
             )
-        report.deleted.extend(uids)
-        gone.update(uids)
-    if not report.dry_run:
-        # An item none of whose replicas was spared is PLASMA now, on every row the statement above did
-        # not touch too (older deleted replicas); only the others need their phase worked out again.
-        spared = {row.oid for row in rows if row.uid not in gone}
-        finished = {row.oid for row in rows} - spared
+        )
+        finished = [oid for oid in oids if oid not in spared]
         if finished:
+            # Every replica of these items is gone: PLASMA on the older deleted rows too.
             await session.execute(
                 update(ITEMS)
-                .where(ITEMS.c.oid.in_(sorted(finished)), ITEMS.c.oid_phase != Phase.PLASMA)
+                .where(ITEMS.c.oid == any_(finished), ITEMS.c.oid_phase != Phase.PLASMA)
                 .values(oid_phase=Phase.PLASMA)
             )
         await refresh_oid_phase(session, spared)
+    report.deleted.extend(went)
+
+
+async def _delete_payloads(backend: Any, group: list[Row[Any]]) -> dict[uuid.UUID, str]:
+    """One storage's payloads deleted, DELETES_AT_ONCE batches of DELETE_BATCH at a time; returns why
+    each that did not go (by uid). A storage that cannot be reached at all fails the lot."""
+    by_uri = {row.uri: row.uid for row in group if row.uri}
+    uris = list(by_uri)
+    slots = asyncio.Semaphore(DELETES_AT_ONCE)
+
+    async def one_batch(batch: list[str]) -> dict[str, str]:
+        async with slots:
+            return await backend.delete_many(batch)
+
+    try:
+        async with backend:
+            results = await asyncio.gather(
+                *(one_batch(uris[start : start + DELETE_BATCH]) for start in range(0, len(uris), DELETE_BATCH))
+            )
+    except (TransferError, DLMError) as exc:
+        return {uid: exc.message for uid in by_uri.values()}
+    return {by_uri[uri]: reason for result in results for uri, reason in result.items()}
 
 
 async def _expire_item(

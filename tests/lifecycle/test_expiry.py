@@ -107,7 +107,8 @@ async def test_a_payload_that_cannot_be_deleted_keeps_its_row_and_holds_back_no_
     [deferred] = report.deferred
     assert str(deferred.uid) == uids["planted"] and "outside the storage root" in deferred.reason
     assert victim.read_text() == "not DLM's"
-    assert (await registry.item(uids["planted"]))["item_state"] == "READY"
+    # It says its payload is on its way out (the item has expired), and the next pass tries again.
+    assert (await registry.item(uids["planted"]))["item_state"] == "DELETING"
     assert not (registry.root / "first").exists() and not (registry.root / "last").exists()
 
     (registry.root / "planted").unlink()
@@ -207,3 +208,57 @@ async def test_the_worker_command_previews_expiry(registry: Registry, database_u
     )
     assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [bad.stderr.strip()]
     assert "--now" in bad.stderr
+
+
+# An expiry pass in a process of its own that is killed (SIGKILL) half-way through deleting a batch of
+# payloads: after the first half went, before anything else happens.
+_DIES_MID_BATCH = """
+import asyncio, datetime, os, signal, sys
+from dlm.db.engine import create_engine, create_sessionmaker
+from dlm.lifecycle import expiry
+from dlm.transfer.posix import PosixBackend
+
+delete_many = PosixBackend.delete_many
+
+async def half_then_killed(self, uris):
+    await delete_many(self, uris[: len(uris) // 2])
+    os.kill(os.getpid(), signal.SIGKILL)
+
+PosixBackend.delete_many = half_then_killed
+
+async def main():
+    engine = create_engine(sys.argv[1], pool_size=2)
+    await expiry.run_once(create_sessionmaker(engine), now=datetime.datetime.fromisoformat(sys.argv[2]))
+
+asyncio.run(main())
+"""
+
+
+async def test_a_pass_killed_mid_deletion_loses_track_of_no_payload(
+    registry: Registry, sessionmaker: async_sessionmaker[AsyncSession], database_url: str
+) -> None:
+    names = [f"obs-{index:02d}" for index in range(20)]
+    uids = {name: await registry.register(name) for name in names}
+    for uid in uids.values():
+        oid = (await registry.item(uid))["oid"]
+        await registry.client.patch("/request/set_oid_expiration", params={"oid": oid, "expiration": PAST})
+
+    killed = subprocess.run(
+        [sys.executable, "-c", _DIES_MID_BATCH, database_url, NOW.isoformat()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == -9, killed.stderr
+    present = {name for name in names if (registry.root / name).exists()}
+    assert 0 < len(present) < len(names), "killed half-way through the batch"
+    states = {name: (await registry.item(uids[name]))["item_state"] for name in names}
+    # No replica claims a payload that is gone: every row of the batch says its payload is going.
+    assert set(states.values()) == {"DELETING"}, states
+
+    report = await expiry.run_once(sessionmaker, now=NOW)
+    assert {str(uid) for uid in report.deleted} == set(uids.values()) and not report.deferred
+    assert {(await registry.item(uid))["item_state"] for uid in uids.values()} == {"DELETED"}
+    assert not any((registry.root / name).exists() for name in names)
+    history = (await registry.client.get("/request/query_item_history", params={"uid": uids["obs-00"]})).json()
+    assert [row["new_value"] for row in history if row["event"] == "item_state"][-2:] == ["DELETING", "DELETED"]

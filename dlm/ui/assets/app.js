@@ -2,7 +2,7 @@
 // inline script, no other host: every text from the API goes into the page as text, never as HTML.
 "use strict";
 
-const STATES = ["INITIALISED", "READY", "CORRUPTED", "EXPIRED", "DELETED"];
+const STATES = ["INITIALISED", "READY", "CORRUPTED", "EXPIRED", "DELETING", "DELETED"];
 const PHASES = ["PLASMA", "GAS", "LIQUID", "SOLID"];
 const ROLES = ["reader", "ingest", "operator", "admin"];
 const PAGE_SIZE = 50;
