@@ -316,6 +316,8 @@ class Migration(Base):
         Index("ix_migration_leased", "lease_expires", postgresql_where=text("lease_owner IS NOT NULL")),
         # What was copied lately (the operator page's bytes per hour).
         Index("ix_migration_succeeded", "completion_date", postgresql_where=text("status = 'SUCCEEDED'")),
+        # The latest failures (the operator page's backlog groups them by error and storage).
+        Index("ix_migration_failed", "completion_date", postgresql_where=text("status = 'FAILED'")),
     )
 
 

@@ -69,6 +69,18 @@ async def replicas_by_state_and_phase(session: AsyncSession) -> list[tuple[ItemS
     return [(state, phase, int(count)) for state, phase, count in counted]
 
 
+async def replicas_by_storage_and_state(session: AsyncSession) -> list[tuple[uuid.UUID | None, ItemState, int]]:
+    """How many replicas each storage holds in each state (only those with any)."""
+    replicas = func.sum(REPLICA_TALLY.c.replicas)
+    counted = await session.execute(
+        select(REPLICA_TALLY.c.storage_id, REPLICA_TALLY.c.item_state, replicas)
+        .group_by(REPLICA_TALLY.c.storage_id, REPLICA_TALLY.c.item_state)
+        .having(replicas != 0)
+        .order_by(REPLICA_TALLY.c.storage_id, REPLICA_TALLY.c.item_state)
+    )
+    return [(storage_id, state, int(count)) for storage_id, state, count in counted]
+
+
 async def replicas_by_state(session: AsyncSession) -> dict[ItemState, int]:
     counts: dict[ItemState, int] = {}
     for state, _, count in await replicas_by_state_and_phase(session):

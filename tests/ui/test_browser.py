@@ -117,6 +117,10 @@ async def test_an_operator_and_a_reader_use_the_page(chromium: Any, database_url
             )
             disk = text_of(driver, '[data-storage="disk"]')
             assert "18.0 MiB of 1.00 GiB" in disk and "1 replicas" in disk, disk
+            # The backlog counts items (this one is GAS, its target SOLID); the table counts replicas.
+            below = text_of(driver, '[data-backlog="below-target"]')
+            assert below.startswith("1 items below their target phase (1 to SOLID)"), below
+            assert text_of(driver, '#replicas tr[data-storage-id] td[data-state="READY"]') == "1"
 
             # Items: search by name, open the item; one replica and its history.
             driver.get(f"{server.base}/ui#/items")
@@ -155,6 +159,12 @@ async def test_an_operator_and_a_reader_use_the_page(chromium: Any, database_url
             screenshot(driver, "copies")
             driver.get(f"{server.base}/ui#/")
             wait(driver, lambda d: "1 replicas" in text_of(d, '[data-storage="archive"]'), message="the copy counted")
+            wait(
+                driver,
+                lambda d: text_of(d, '[data-backlog="below-target"]').startswith("0 items"),
+                message="the item reached its target phase",
+            )
+            assert len(driver.find_elements(By.CSS_SELECTOR, "#replicas tr[data-storage-id]")) == 2
             assert attribute_of(driver, "svg.chart rect.column:last-of-type", "data-bytes") == str(18 * MiB)
             screenshot(driver, "overview")
 

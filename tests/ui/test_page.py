@@ -4,6 +4,7 @@ and its overview reports real work, limited to what the caller's role may see.""
 import asyncio
 import re
 from pathlib import Path
+from unittest.mock import ANY
 
 import msgspec
 from litestar.testing import AsyncTestClient
@@ -55,6 +56,11 @@ async def test_the_overview_reports_real_work(registry: Registry, tmp_path: Path
     await registry.storage("archive", phase="SOLID", root=tmp_path / "archive", storage_capacity=10_000)
     registry.payload("obs", b"x" * 1000)
     uid = await registry.register("obs", "obs")
+    before = (await registry.client.get("/ui/overview")).json()["backlog"]
+    assert before["below_target"] == {"count": 1, "more": False, "by_target_phase": {"SOLID": 1}, "oldest": ANY}
+    assert before["below_target"]["oldest"] is not None and before["corrupted_replicas"] == 0
+    assert before["replicas_expiring"] == {"count": 1, "more": False}, "uid_expiration: a day after registration"
+    assert before["items_expiring"] == {"count": 0, "more": False}
     queued = await copy(registry.client, uid=uid, destination_name="archive")
     assert (await wait_for(registry.client, queued["migration_id"]))["status"] == "SUCCEEDED"
 
@@ -64,11 +70,27 @@ async def test_the_overview_reports_real_work(registry: Registry, tmp_path: Path
     storages = {storage["storage_name"]: storage for storage in overview["storages"]}
     assert storages["archive"]["used_bytes"] == 1000 and storages["archive"]["capacity_bytes"] == 10_000
     assert storages["archive"]["storage_phase"] == "SOLID" and storages["disk"]["storage_interface"] == "posix"
-    assert {(row["item_state"], row["oid_phase"]): row["count"] for row in overview["items"]} == {("READY", "SOLID"): 2}
+    # Replicas, by storage: the one item has one on each.
+    by_storage = {(row["storage_id"], row["item_state"]): row["count"] for row in overview["replicas"]}
+    assert by_storage == {(storages["disk"]["storage_id"], "READY"): 1, (storages["archive"]["storage_id"], "READY"): 1}
+    backlog = overview["backlog"]
+    assert backlog["below_target"]["count"] == 0 and backlog["failures"] == []
     assert overview["migrations"]["by_status"]["SUCCEEDED"] == 1 and overview["migrations"]["active"] == []
     hours = overview["copied_per_hour"]
     assert len(hours) == 24 and hours[-1]["bytes"] == 1000 and sum(hour["bytes"] for hour in hours) == 1000
     assert {event["event"] for event in overview["storage_events"]} == {"storage_created"}
+
+    # Failed copies, grouped by where they went and why.
+    for name in ("gone-1", "gone-2"):
+        path = registry.payload(name)
+        lost = await registry.register(name, name)
+        path.unlink()
+        failed = await copy(registry.client, uid=lost, destination_name="archive")
+        assert (await wait_for(registry.client, failed["migration_id"]))["status"] == "FAILED"
+    [failures] = (await registry.client.get("/ui/overview")).json()["backlog"]["failures"]
+    assert failures["count"] == 2 and failures["destination_storage_id"] == storages["archive"]["storage_id"]
+    assert failures["error"] == "PayloadMissing" and "no payload at 'gone-" in failures["example"]
+    assert failures["last"] is not None
 
 
 async def test_the_overview_shows_engine_passes_and_only_a_readers_own_copies(

@@ -206,8 +206,9 @@ async function overview() {
     h("h2", {}, "Storages"),
     h("div", { class: "cards" }, data.storages.map(storageCard)),
     h("div", { class: "grid2" },
-      h("section", {}, h("h2", {}, "Items by state and phase"), itemCounts(data.items)),
+      h("section", { id: "backlog" }, h("h2", {}, "Backlog"), backlog(data.backlog)),
       h("section", {}, h("h2", {}, "Copy queue"), copyQueue(data.migrations))),
+    h("section", { id: "replicas" }, h("h2", {}, "Replicas by storage and state"), replicaCounts(data.replicas)),
     h("h2", {}, "Bytes copied per hour, last 24 hours"),
     chart(data.copied_per_hour),
     h("div", { class: "grid2" },
@@ -229,11 +230,36 @@ function storageCard(storage) {
       storage.filesystem_free_bytes !== null ? ` · ${bytes(storage.filesystem_free_bytes)} free on its file system` : ""));
 }
 
-function itemCounts(counts) {
-  const cell = new Map(counts.map((row) => [`${row.item_state}/${row.oid_phase}`, row.count]));
-  const rows = STATES.map((state) => h("tr", {}, h("td", {}, badge(state)),
-    PHASES.map((phase) => h("td", { class: "num" }, cell.get(`${state}/${phase}`) || 0))));
-  return table(["state", ...PHASES.map((phase) => `${phase} `)], rows);
+// Replicas, not items: an item has a replica on each storage that holds it.
+function replicaCounts(counts) {
+  const cell = new Map(counts.map((row) => [`${row.storage_id}/${row.item_state}`, row.count]));
+  const storages = [...new Set(counts.map((row) => row.storage_id))];
+  const rows = storages.map((id) => h("tr", { "data-storage-id": id || "" }, h("td", {}, id ? storageName(id) : "(no storage)"),
+    STATES.map((state) => h("td", { class: "num", "data-state": state }, cell.get(`${id}/${state}`) || 0))));
+  return table(["storage", ...STATES.map((state) => `${state} `)], rows, "No replica yet.");
+}
+
+function counted(part) {
+  return `${part.count.toLocaleString()}${part.more ? "+" : ""}`;
+}
+
+function backlog(data) {
+  const below = data.below_target;
+  const targets = Object.entries(below.by_target_phase).map(([phase, count]) => `${count} to ${phase}`).join(", ");
+  const line = (key, ...content) => h("li", { "data-backlog": key }, ...content);
+  return h("div", {},
+    h("ul", { class: "plain" },
+      line("below-target", h("strong", {}, counted(below)), " items below their target phase",
+        targets ? ` (${targets})` : "", below.oldest ? [", the oldest registered ", when(below.oldest)] : ""),
+      line("items-expiring", h("strong", {}, counted(data.items_expiring)), " items expire in the next 24 hours"),
+      line("replicas-expiring", h("strong", {}, counted(data.replicas_expiring)),
+        " replicas reach their own expiry in the next 24 hours (kept where their item needs them)"),
+      line("corrupted", h("strong", {}, data.corrupted_replicas.toLocaleString()), " corrupted replicas")),
+    table(["failed copies", "to", "error", "last"], data.failures.map((failure) => h("tr", {},
+      h("td", { class: "num" }, failure.count),
+      h("td", {}, failure.destination_storage_id ? storageName(failure.destination_storage_id) : ""),
+      h("td", { title: failure.example }, failure.error), h("td", {}, failure.last ? when(failure.last) : ""))),
+    "No copy has failed lately."));
 }
 
 function copyQueue(migrations) {
