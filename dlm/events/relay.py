@@ -79,6 +79,8 @@ class AmqpSink:
                 message_id=str(event.event_id),
                 headers={
                     "event_id": event.event_id,
+                    # SKA-DLM's relay names the row so; its consumers may read either.
+                    "outbox_id": str(event.event_id),
                     "event_type": event.event_type,
                     "created_at": event.created_at.isoformat(),
                 },

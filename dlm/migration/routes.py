@@ -9,7 +9,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dlm.api import MAX_BIGINT, Authorization, OptionalUuidQuery, UuidQuery, provide_session
+from dlm.api import MAX_BIGINT, Authorization, OptionalUuidQuery, UuidQuery, owner_of_new_items, provide_session
 from dlm.auth import Principal
 from dlm.auth.policy import permission
 from dlm.enums import Role
@@ -61,7 +61,9 @@ async def copy_data_item(
 async def _queue(
     session: AsyncSession, state: State, principal: Principal, *, move: bool, force: bool = False, **target: str
 ) -> Response[dict[str, Any]]:
-    result = await service.copy_item(session, **target, user=principal.subject, move=move, force=force)
+    # In open mode nobody in particular queues it: the copy keeps SKA-DLM's default user.
+    queued_by = {"user": owner} if (owner := owner_of_new_items(principal)) else {}
+    result = await service.copy_item(session, **target, **queued_by, move=move, force=force)
     return Response(result, background=_wake_workers(state))
 
 

@@ -114,6 +114,7 @@ async def test_every_copy_is_published_as_ska_dlm_publishes_it(
     assert message.content_type == "application/json"
     assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
     assert message.headers["event_type"] == "dlm.migration.update" and message.message_id
+    assert message.headers["outbox_id"] == message.message_id, "SKA-DLM's relay's header, for its consumers"
 
 
 async def test_a_failed_copy_is_published_complete_and_unsuccessful(

@@ -120,6 +120,7 @@ async def test_a_copy_in_every_direction_becomes_a_verified_ready_replica(
 
     done = await wait_for(registry.client, queued["migration_id"])
     assert done["status"] == "SUCCEEDED", done
+    assert done["user"] == "SKA", "in open mode a copy keeps SKA-DLM's default user"
     assert (done["bytes_done"], done["bytes_total"], done["attempts"], done["complete"]) == (
         len(content),
         len(content),
