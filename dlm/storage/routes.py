@@ -184,7 +184,8 @@ async def get_storage_config(
     config_type: FromQuery[ConfigType] = ConfigType.RCLONE,
 ) -> list[dict[str, Any]]:
     """A storage's configs, newest first, showing only the fields known not to be secret (endpoints
-    without credentials, regions, hosts, ...); everything else is ``***``."""
+    without credentials, regions, hosts, ...); everything else is ``***``. With neither storage_name
+    nor storage_id, every storage's (up to 1000), as in SKA-DLM."""
     return await service.get_storage_configs(
         session, storage_id=storage_id, storage_name=storage_name, config_type=config_type
     )

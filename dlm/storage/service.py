@@ -478,14 +478,22 @@ async def reseal_configs(session: AsyncSession, *, plain_only: bool = False) -> 
 async def get_storage_configs(
     session: AsyncSession, *, storage_id: str = "", storage_name: str = "", config_type: ConfigType = ConfigType.RCLONE
 ) -> list[dict[str, Any]]:
-    """The storage's configs of this type, newest first, showing only fields known not to be secret."""
-    storage = await resolve_storage(session, storage_name=storage_name, storage_id=storage_id)
-    found = await session.scalars(
+    """The storage's configs of this type, newest first, showing only fields known not to be secret;
+    with neither name nor id, every storage's (the newest ALL_CONFIGS, as SKA-DLM lists them)."""
+    query = (
         select(StorageConfig.config)
-        .where(StorageConfig.storage_id == storage.storage_id, StorageConfig.config_type == config_type)
+        .where(StorageConfig.config_type == config_type)
         .order_by(StorageConfig.config_date.desc(), StorageConfig.config_id)
     )
-    return [configs.redact(keyring(session).open(config)) for config in found]
+    if storage_name or storage_id:
+        storage = await resolve_storage(session, storage_name=storage_name, storage_id=storage_id)
+        query = query.where(StorageConfig.storage_id == storage.storage_id)
+    else:
+        query = query.limit(ALL_CONFIGS)
+    return [configs.redact(keyring(session).open(config)) for config in await session.scalars(query)]
+
+
+ALL_CONFIGS = 1000
 
 
 async def register_rclone_remote(session: AsyncSession, config: Any, *, confinement: Confinement) -> bool:

@@ -140,6 +140,13 @@ async def test_configs_are_stored_newest_first_and_never_shown_with_secrets(
     assert by_id.json() == listed.json()
     unknown = await registry.client.get("/storage/get_storage_config", params={"storage_name": "nope"})
     assert_error(unknown, 404, "NotFound", "nope")
+    # Neither name nor id: every storage's configs, newest first, as SKA-DLM lists them.
+    await registry.s3_storage("others", "other-bucket", s3_config, check=False)
+    everything = await registry.client.get("/storage/get_storage_config")
+    assert everything.status_code == 200, everything.text
+    assert len(everything.json()) == 3 and everything.json()[1:] == listed.json()
+    for secret in ("rotated-secret", "tok-123", s3_config["secret_access_key"]):
+        assert secret not in everything.text
 
 
 async def test_rclone_config_stores_a_remote_named_after_its_storage(
