@@ -129,6 +129,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     # The group (item_group) of new items: a label for people and queries; an acl, not the group,
     # decides who reads an item (docs/security.md). SKA-DLM's default.
     default_group: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] = "SKA"
+    # "unconditional": deleting a payload (delete_data_item_payload) and expiry remove a replica even
+    # when its item, not itself expired, then falls below its target_phase, as SKA-DLM did. "safe"
+    # (DLM's default) keeps it unless an admin forces it. docs/ska-dlm-migration.md#deletion.
+    ska_deletion: Literal["safe", "unconditional"] = "safe"
     # Private addresses (comma-separated: addresses, CIDR networks or host names, each optionally with
     # :port) that endpoints a caller names (a delivery's S3 endpoint) and webhooks may reach; public
     # addresses need no listing. docs/security.md#outbound-connections.

@@ -148,7 +148,9 @@ async def run_once(
                 if not candidates:
                     break
                 after = (candidates[-1].due, candidates[-1].uid)
-                batch = [row for row in candidates if row.worth_deciding]
+                # Under SKA-DLM's rule a replica kept before is not kept now: each is decided again.
+                unconditional = bool(session.info.get("unconditional_deletion"))
+                batch = [row for row in candidates if row.worth_deciding or unconditional]
                 oids = [oid for oid in dict.fromkeys(row.oid for row in batch) if oid not in done]
                 claimed = await claim_items(session, LOCK_NAMESPACE, oids)  # the others are another process's
                 done.update(claimed)
@@ -336,13 +338,16 @@ async def _expire_item(
         replica = next((row for row in live if row.uid == candidate.uid), None)
         if replica is None or (replica.uid_expiration > now and replica.oid_expiration > now):
             continue
+        unconditional = bool(session.info.get("unconditional_deletion"))  # DLM_SKA_DELETION
         try:
-            check_resilience(replica, live, now)
+            if not unconditional:
+                check_resilience(replica, live, now)
             if report.dry_run:
                 removed = [replica.uid]
             else:
                 async with session.begin_nested():
-                    removed = [row.uid for row in await delete_replica(session, replica, live, now=now)]
+                    deleted = await delete_replica(session, replica, live, force=unconditional, now=now)
+                    removed = [row.uid for row in deleted]
             report.deleted.extend(removed)
             gone.update(removed)
         except UnmetPreconditionForOperation as exc:

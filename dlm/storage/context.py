@@ -15,6 +15,8 @@ def session_info(settings: Settings) -> dict[str, Any]:
         "event_sinks": ",".join(settings.event_sinks),
         "confinement": storage_confinement(settings),
         "outbound": OutboundPolicy(comma_list(settings.outbound_allow)),
+        # SKA-DLM's deletion rule: an item's last replicas go when asked or expired (DLM_SKA_DELETION).
+        "unconditional_deletion": settings.ska_deletion == "unconditional",
         # Where each local storage's root resolved when this process last checked it for overlap.
         "opened_roots": {},
     }

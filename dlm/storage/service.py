@@ -661,7 +661,8 @@ async def delete_payload(
     replica = next(row for row in replicas if row.uid == item.uid)
     if replica.item_state is ItemState.DELETED:
         raise UnmetPreconditionForOperation(f"uid {replica.uid}: already DELETED")
-    return await delete_replica(session, replica, replicas, force=force, override_read_only=force, now=now)
+    unconditional = force or bool(session.info.get("unconditional_deletion"))
+    return await delete_replica(session, replica, replicas, force=unconditional, override_read_only=force, now=now)
 
 
 async def lock_replicas(session: AsyncSession, oid: uuid.UUID) -> list[Row[Any]]:

@@ -10,9 +10,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+import msgspec
+from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from dlm.app import create_app
+from dlm.config import Settings
+from dlm.db.engine import create_sessionmaker
 from dlm.lifecycle import expiry
+from dlm.storage.context import session_info
 from tests.conftest import Registry, in_two_processes
 
 NOW = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
@@ -262,3 +268,27 @@ async def test_a_pass_killed_mid_deletion_loses_track_of_no_payload(
     assert not any((registry.root / name).exists() for name in names)
     history = (await registry.client.get("/request/query_item_history", params={"uid": uids["obs-00"]})).json()
     assert [row["new_value"] for row in history if row["event"] == "item_state"][-2:] == ["DELETING", "DELETED"]
+
+
+async def test_under_skas_deletion_rule_the_last_replica_goes_when_expired_or_deleted(
+    registry: Registry, engine: AsyncEngine, settings: Settings
+) -> None:
+    """DLM_SKA_DELETION=unconditional: SKA-DLM's test_expired_by_storage_daemon and
+    test_delete_item_payload, whose items' only replica goes although the item wants it."""
+    needed = await registry.register("needed", target_phase="GAS")
+    await _expire_uid(registry, needed)
+    safe = await expiry.run_once(create_sessionmaker(engine, info=session_info(settings)), now=NOW)
+    assert safe.deleted == [] and len(safe.kept) == 1, "DLM's default keeps it"
+
+    ska = msgspec.structs.replace(settings, ska_deletion="unconditional")
+    report = await expiry.run_once(create_sessionmaker(engine, info=session_info(ska)), now=NOW)
+    assert [str(uid) for uid in report.deleted] == [needed] and not report.kept, "decided again, and gone"
+    assert (await registry.item(needed))["item_state"] == "DELETED" and not (registry.root / "needed").exists()
+
+    only = await registry.register("only")
+    refused = await registry.client.post("/storage/delete_data_item_payload", params={"uid": only})
+    assert refused.status_code == 422 and "target_phase" in refused.text
+    async with AsyncTestClient(create_app(ska)) as client:
+        deleted = await client.post("/storage/delete_data_item_payload", params={"uid": only})
+        assert deleted.status_code == 200, deleted.text
+    assert (await registry.item(only))["item_state"] == "DELETED" and not (registry.root / "only").exists()
