@@ -133,6 +133,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     # when its item, not itself expired, then falls below its target_phase, as SKA-DLM did. "safe"
     # (DLM's default) keeps it unless an admin forces it. docs/ska-dlm-migration.md#deletion.
     ska_deletion: Literal["safe", "unconditional"] = "safe"
+    # The schema where SKA-DLM kept its tables and other systems write (SKA's ODA trigger inserts into
+    # dlm.data_item): DLM keeps a view of each of those tables there. "": none. dlm.db.ska_views.
+    ska_schema: Annotated[str, msgspec.Meta(pattern=r"^([A-Za-z_][A-Za-z0-9_]{0,62})?$")] = "dlm"
     # Private addresses (comma-separated: addresses, CIDR networks or host names, each optionally with
     # :port) that endpoints a caller names (a delivery's S3 endpoint) and webhooks may reach; public
     # addresses need no listing. docs/security.md#outbound-connections.

@@ -53,7 +53,7 @@ async def prepare(settings: Settings) -> Prepared:
     try:
         assert settings.database_url is not None
         if embedded is not None:
-            await schema.upgrade(settings.database_url)
+            await schema.upgrade(settings.database_url, ska_schema=settings.ska_schema)
         engine = create_engine(settings.database_url, pool_size=1)
         try:
             if embedded is None:

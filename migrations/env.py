@@ -7,6 +7,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 from dlm.config import Settings
+from dlm.db import ska_views
 from dlm.db.engine import database_target
 from dlm.db.models import Base
 
@@ -22,8 +23,12 @@ def _database_target() -> tuple[str, dict]:
 
 def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=Base.metadata, compare_type=True)
+    schema = config.get_main_option("ska_schema", ska_views.DEFAULT_SCHEMA) or ""
     with context.begin_transaction():
+        # SKA's schema of views is remade around the revisions, from the tables they leave.
+        ska_views.drop(connection, schema)
         context.run_migrations()
+        ska_views.create(connection, schema)
 
 
 async def _run_online() -> None:

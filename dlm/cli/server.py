@@ -132,8 +132,9 @@ def upgrade(revision: str) -> None:
     """
     from dlm.db import schema
 
-    with database_url(load_settings(), create=True) as url:
-        run(lambda: schema.upgrade(url, revision))
+    settings = load_settings()
+    with database_url(settings, create=True) as url:
+        run(lambda: schema.upgrade(url, revision, ska_schema=settings.ska_schema))
     click.echo(f"schema at {revision}")
 
 
@@ -143,8 +144,9 @@ def downgrade(revision: str) -> None:
     """Take the schema back to REVISION (`base` removes DLM's tables and their data)."""
     from dlm.db import schema
 
-    with database_url(load_settings()) as url:
-        run(lambda: schema.downgrade(url, revision))
+    settings = load_settings()
+    with database_url(settings) as url:
+        run(lambda: schema.downgrade(url, revision, ska_schema=settings.ska_schema))
     click.echo(f"schema at {revision}")
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import dlm
+from dlm.db.ska_views import DEFAULT_SCHEMA
 from dlm.errors import SchemaOutOfDate
 
 
@@ -24,11 +25,12 @@ def migrations_dir() -> Path:
     raise FileNotFoundError("DLM's Alembic migrations are missing from this installation")
 
 
-def alembic_config(database_url: str) -> Config:
+def alembic_config(database_url: str, ska_schema: str = DEFAULT_SCHEMA) -> Config:
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     # ConfigParser interpolation would choke on a '%' in a password.
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    config.set_main_option("ska_schema", ska_schema)  # dlm.db.ska_views: "" for none
     return config
 
 
@@ -44,13 +46,13 @@ def head_revision() -> str:
     return head
 
 
-async def upgrade(database_url: str, revision: str = "head") -> None:
+async def upgrade(database_url: str, revision: str = "head", *, ska_schema: str = DEFAULT_SCHEMA) -> None:
     # Alembic's env.py runs its own event loop, so it gets a thread of its own.
-    await asyncio.to_thread(command.upgrade, alembic_config(database_url), revision)
+    await asyncio.to_thread(command.upgrade, alembic_config(database_url, ska_schema), revision)
 
 
-async def downgrade(database_url: str, revision: str) -> None:
-    await asyncio.to_thread(command.downgrade, alembic_config(database_url), revision)
+async def downgrade(database_url: str, revision: str, *, ska_schema: str = DEFAULT_SCHEMA) -> None:
+    await asyncio.to_thread(command.downgrade, alembic_config(database_url, ska_schema), revision)
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
