@@ -205,10 +205,19 @@ def _error(status: int, name: str, message: str, headers: dict[str, str] | None 
     return Response({"exec": name, "message": message}, status_code=status, headers=headers)
 
 
+# How SKA-DLM answered what DLM answers otherwise, on SKA-DLM's routes: its clients turn a 422 whose
+# exec is InvalidQueryParameters, and a 409 whose exec is DatabaseOperationError, into their own
+# exceptions, and anything else into a bare HTTP error. (DLM's status, DLM's message.)
+_AS_SKA_ANSWERED = {"NotFound": (422, "InvalidQueryParameters"), "Conflict": (409, "DatabaseOperationError")}
+
+
 def handle_dlm_error(request: Request[Any, Any, Any], exc: DLMError) -> Response[dict[str, str]]:
     if exc.status_code >= 500:
         log.warning("%s %s: %s: %s", request.method, request.url.path, exc.name, exc.message)
-    return _error(exc.status_code, exc.name, exc.message, exc.headers)
+    status, name = exc.status_code, exc.name
+    if name in _AS_SKA_ANSWERED and request.route_handler.opt.get("ska"):
+        status, name = _AS_SKA_ANSWERED[name]
+    return _error(status, name, exc.message, exc.headers)
 
 
 def handle_transfer_error(request: Request[Any, Any, Any], exc: TransferError) -> Response[dict[str, str]]:

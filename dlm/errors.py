@@ -43,6 +43,13 @@ class NotFound(DLMError):
     status_code = 404
 
 
+class DatabaseOperationError(DLMError):
+    """A value names a row that does not exist (a foreign key), answered as SKA-DLM's database
+    answered it: its clients expect a 409 with this name (an unknown location_facility)."""
+
+    status_code = 409
+
+
 class Conflict(DLMError):
     """A concurrent change got there first; the caller may retry."""
 

@@ -234,11 +234,11 @@ def test_a_url_that_is_not_dlm_is_one_line(live: Live, tmp_path: Path) -> None:
 
 def test_cli_errors_are_one_line_naming_the_problem(live: Live) -> None:
     cases = [
-        (("ingest", "register", "x", "x", "--storage", "no-such-storage"), "NotFound", "no-such-storage"),
+        (("ingest", "register", "x", "x", "--storage", "no-such-storage"), "InvalidQueryParameters", "no-such-storage"),
         (("ingest", "register", "x", "x", "--storage", "s", "--metadata", "{oops"), "--metadata", "JSON"),
         (("migration", "show", "987654"), "NotFound", "987654"),
-        (("migration", "copy", "--name", "nothing-by-this-name", "--to", "nowhere"), "NotFound", "nothing-by"),
-        (("storage", "config", "no-such-storage"), "NotFound", "no-such-storage"),
+        (("migration", "copy", "--name", "nothing-by-this-name", "--to", "nowhere"), "InvalidQueryParameters", "nothing-by"),
+        (("storage", "config", "no-such-storage"), "InvalidQueryParameters", "no-such-storage"),
     ]
     for args, name, fragment in cases:
         result = dlm(live, *args, expect=1)

@@ -7,7 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dlm.db.engine import create_read_sessionmaker, reading
 from dlm.db.models import DataItem
-from tests.conftest import admin_connection, assert_error
+from tests.conftest import Registry, admin_connection, assert_error
 
 
 async def test_health(client: AsyncTestClient) -> None:
@@ -100,3 +100,21 @@ async def test_a_get_that_writes_must_say_so(client: AsyncTestClient) -> None:
         if handler.opt.get("writes")
     ]
     assert writers == ["/request/retrieve"], "only the retrieval writes (its history entry) on a GET"
+
+
+async def test_skas_routes_answer_missing_things_as_ska_dlm_did(registry: Registry) -> None:
+    # SKA-DLM's clients turn a 422 InvalidQueryParameters into their exception (SKA's
+    # test_update_item_tags_exception); a 404 would be a bare HTTP error to them.
+    missing = await registry.client.patch(
+        "/request/update_item_tags", params={"item_name": "/my/ingest/test/missing"}, json={"a": "SKA"}
+    )
+    assert_error(missing, 422, "InvalidQueryParameters", "/my/ingest/test/missing")
+    # DLM's own routes keep saying what it is.
+    history = await registry.client.get("/request/query_item_history", params={"item_name": "/nowhere"})
+    assert_error(history, 404, "NotFound", "/nowhere")
+    registry.payload("twice")
+    await registry.register("twice")
+    again = await registry.client.post(
+        "/ingest/register_data_item", params={"item_name": "twice", "uri": "twice", "storage_name": "disk"}
+    )
+    assert_error(again, 422, "ValueAlreadyInDB", "Item is already registered on storage 'disk'", "twice")

@@ -381,9 +381,10 @@ async def register_items(
     await lock_item_names(session, names)
     if found := await _first_live_with(session, "item_name", names, storage_ids, where):
         index, taken = found
+        # "Item is already registered on storage": SKA-DLM's words, which its clients' tests match.
         raise ValueAlreadyInDB(
-            f"{where(index)}item_name: {taken.item_name!r} is already registered on storage "
-            f"{storages[index].storage_name!r}"
+            f"{where(index)}item_name: Item is already registered on storage {storages[index].storage_name!r}: "
+            f"{taken.item_name!r}"
         )
     # A payload backs one live replica only: deleting either would take the other's bytes. The unique
     # index says so too; this says which entry and which item.

@@ -28,6 +28,7 @@ from dlm.enums import (
 )
 from dlm.errors import (
     Conflict,
+    DatabaseOperationError,
     DLMError,
     InvalidQueryParameters,
     NotFound,
@@ -70,7 +71,10 @@ async def init_location(
     if location_facility:
         known = await query_location_facilities(session)
         if location_facility not in known:
-            raise InvalidQueryParameters(f"location_facility: {location_facility!r} is not one of {', '.join(known)}")
+            raise DatabaseOperationError(
+                f"location_facility: {location_facility!r} is not one of {', '.join(known)} (the foreign key "
+                "to location_facility)"
+            )
     location = Location(
         location_name=location_name,
         location_type=location_type,

@@ -102,8 +102,8 @@ async def test_bad_init_input(registry: Registry) -> None:
     )
     assert_error(
         await client.post("/ingest/init_data_item", json={"oid": "00000000-0000-0000-0000-000000000009"}),
-        404,
-        "NotFound",
+        422,
+        "InvalidQueryParameters",
         "oid",
     )
     assert_error(

@@ -162,7 +162,7 @@ async def test_children_point_at_their_container(registry: Registry) -> None:
             "parents": "00000000-0000-0000-0000-000000000001",
         },
     )
-    assert_error(response, 404, "NotFound", "parents")
+    assert_error(response, 422, "InvalidQueryParameters", "parents")
 
 
 async def test_a_container_can_register_its_members_in_the_same_call(registry: Registry) -> None:
@@ -227,9 +227,9 @@ async def test_a_symlink_out_of_the_root_is_refused(registry: Registry, tmp_path
         ({"do_storage_access_check": "perhaps"}, 422, "InvalidQueryParameters", "do_storage_access_check"),
         ({"uid_expiration": "next tuesday"}, 422, "InvalidQueryParameters", "uid_expiration"),
         ({"oid_expiration": "2030-13-01"}, 422, "InvalidQueryParameters", "oid_expiration"),
-        ({"storage_name": "nope"}, 404, "NotFound", "nope"),
+        ({"storage_name": "nope"}, 422, "InvalidQueryParameters", "nope"),
         ({"storage_name": "", "storage_id": "not-a-uuid"}, 422, "InvalidQueryParameters", "storage_id"),
-        ({"storage_name": "", "storage_id": "00000000-0000-0000-0000-000000000000"}, 404, "NotFound", "storage"),
+        ({"storage_name": "", "storage_id": "00000000-0000-0000-0000-000000000000"}, 422, "InvalidQueryParameters", "storage"),
         ({"storage_name": ""}, 422, "InvalidQueryParameters", "storage_name"),
         ({"item_name": ""}, 422, "InvalidQueryParameters", "item_name"),
         ({"parents": "x"}, 422, "InvalidQueryParameters", "parents"),

@@ -359,20 +359,20 @@ async def test_bad_copy_requests_are_refused_and_leave_nothing(registry: Registr
 
     await refused(422, "InvalidQueryParameters", "item_name", destination_name="second")
     await refused(422, "InvalidQueryParameters", "destination_name", uid=uid)
-    await refused(404, "NotFound", "nope", item_name="nope", destination_name="second")
-    await refused(404, "NotFound", "moon", uid=uid, destination_name="moon")
+    await refused(422, "InvalidQueryParameters", "nope", item_name="nope", destination_name="second")
+    await refused(422, "InvalidQueryParameters", "moon", uid=uid, destination_name="moon")
     await refused(422, "InvalidQueryParameters", "uid", uid="not-a-uuid", destination_name="second")
     await refused(422, "InvalidQueryParameters", "already lives", uid=uid, destination_name="disk")
     await refused(422, "InvalidQueryParameters", "path", uid=uid, destination_name="second", path="../escape")
     await refused(422, "InvalidQueryParameters", "path", uid=uid, destination_name="second", path="/../etc/passwd")
-    await refused(409, "Conflict", "taken", uid=uid, destination_name="second", path="taken")
+    await refused(409, "DatabaseOperationError", "taken", uid=uid, destination_name="second", path="taken")
 
     first = await copy(client, uid=uid, destination_name="second")
     await wait_for(client, first["migration_id"])
-    await refused(409, "Conflict", "already holds", uid=uid, destination_name="second", path="elsewhere")
+    await refused(409, "DatabaseOperationError", "already holds", uid=uid, destination_name="second", path="elsewhere")
 
     pending = await client.post("/ingest/init_data_item", params={"item_name": "unfinished"})
-    await refused(404, "NotFound", "no replica with a payload", uid=pending.json(), destination_name="second")
+    await refused(422, "InvalidQueryParameters", "no replica with a payload", uid=pending.json(), destination_name="second")
 
     migrations = (await client.get("/migration/query_migrations")).json()
     assert [row["migration_id"] for row in migrations] == [first["migration_id"]]

@@ -52,7 +52,7 @@ async def test_set_state_input_errors(registry: Registry) -> None:
     )
     assert_error(await client.patch("/request/set_state", params={"uid": uid}), 422, "InvalidQueryParameters", "state")
     assert_error(
-        await client.patch("/request/set_state", params={"uid": NO_SUCH_UID, "state": "READY"}), 404, "NotFound"
+        await client.patch("/request/set_state", params={"uid": NO_SUCH_UID, "state": "READY"}), 422, "InvalidQueryParameters"
     )
     assert_error(
         await client.patch("/request/set_state", params={"uid": "123", "state": "READY"}),
@@ -68,8 +68,8 @@ async def test_set_uri_checks_storage_and_path(registry: Registry) -> None:
     client = registry.client
     assert_error(
         await client.patch("/request/set_uri", params={"uid": uid, "uri": "x", "storage_id": NO_SUCH_UID}),
-        404,
-        "NotFound",
+        422,
+        "InvalidQueryParameters",
         "storage",
     )
     assert_error(
@@ -80,8 +80,8 @@ async def test_set_uri_checks_storage_and_path(registry: Registry) -> None:
     )
     assert_error(
         await client.patch("/request/set_uri", params={"uid": NO_SUCH_UID, "uri": "x", "storage_id": storage_id}),
-        404,
-        "NotFound",
+        422,
+        "InvalidQueryParameters",
     )
     assert_error(
         await client.patch("/request/set_uri", params={"uid": uid, "uri": "x"}),
@@ -137,8 +137,8 @@ async def test_metadata_and_expirations(registry: Registry) -> None:
     )
     assert_error(
         await client.patch("/request/set_oid_expiration", params={"oid": NO_SUCH_UID, "expiration": "2040-01-01"}),
-        404,
-        "NotFound",
+        422,
+        "InvalidQueryParameters",
     )
 
 
@@ -193,7 +193,7 @@ async def test_update_item_tags_merges(registry: Registry) -> None:
         "item_tags",
     )
     assert_error(
-        await client.patch("/request/update_item_tags", params={"item_name": "nobody"}, json={"a": 1}), 404, "NotFound"
+        await client.patch("/request/update_item_tags", params={"item_name": "nobody"}, json={"a": 1}), 422, "InvalidQueryParameters"
     )
 
 
@@ -221,8 +221,8 @@ async def test_update_data_item(registry: Registry) -> None:
         assert fragment in response.json()["message"], (change, response.text)
     assert_error(
         await client.patch("/request/update_data_item", params={"item_name": "nobody"}, json={"item_level": 1}),
-        404,
-        "NotFound",
+        422,
+        "InvalidQueryParameters",
     )
     assert_error(
         await client.patch("/request/update_data_item", json={"item_level": 1}),

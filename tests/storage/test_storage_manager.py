@@ -38,7 +38,8 @@ async def test_locations_and_facilities(client: AsyncTestClient) -> None:
         "/storage/init_location",
         params={"location_name": "x", "location_type": "low-operations", "location_facility": "Atlantis"},
     )
-    assert_error(bad_facility, 422, "InvalidQueryParameters", "location_facility")
+    # As SKA-DLM answers it (its test_location_init_with_invalid_facility): a foreign key, 409.
+    assert_error(bad_facility, 409, "DatabaseOperationError", "location_facility", "foreign key", "Atlantis")
 
 
 async def test_storage_creation_errors(registry: Registry, tmp_path: Path) -> None:
@@ -65,7 +66,7 @@ async def test_storage_creation_errors(registry: Registry, tmp_path: Path) -> No
     events = (await client.get("/storage/query_storage_events", params={"storage_name": "absent"})).json()
     assert "waiting_for_config" in [event["event"] for event in events]
     nowhere = await client.post("/storage/init_storage", params={**base, "storage_name": "b", "location_name": "moon"})
-    assert_error(nowhere, 404, "NotFound", "moon")
+    assert_error(nowhere, 422, "InvalidQueryParameters", "moon")
     wrong_config = await client.post(
         "/storage/init_storage", params={**base, "storage_name": "b"}, json={"type": "s3", "provider": "Other"}
     )
@@ -139,7 +140,7 @@ async def test_configs_are_stored_newest_first_and_never_shown_with_secrets(
     by_id = await registry.client.get("/storage/get_storage_config", params={"storage_id": storage_id})
     assert by_id.json() == listed.json()
     unknown = await registry.client.get("/storage/get_storage_config", params={"storage_name": "nope"})
-    assert_error(unknown, 404, "NotFound", "nope")
+    assert_error(unknown, 422, "InvalidQueryParameters", "nope")
     # Neither name nor id: every storage's configs, newest first, as SKA-DLM lists them.
     await registry.s3_storage("others", "other-bucket", s3_config, check=False)
     everything = await registry.client.get("/storage/get_storage_config")
@@ -165,7 +166,7 @@ async def test_rclone_config_stores_a_remote_named_after_its_storage(
     nameless = await registry.client.post("/storage/rclone_config", json={"type": "s3", "parameters": parameters})
     assert_error(nameless, 422, "InvalidQueryParameters", "config.name")
     unknown = await registry.client.post("/storage/rclone_config", json={**remote, "name": "elsewhere"})
-    assert_error(unknown, 404, "NotFound", "elsewhere")
+    assert_error(unknown, 422, "InvalidQueryParameters", "elsewhere")
 
 
 async def test_ssh_public_key(database_url: str, tmp_path: Path) -> None:
@@ -173,7 +174,7 @@ async def test_ssh_public_key(database_url: str, tmp_path: Path) -> None:
 
     settings = make_settings(database_url, tmp_path)
     async with AsyncTestClient(create_app(settings)) as client:
-        assert_error(await client.get("/storage/get_ssh_public_key"), 404, "NotFound", "DLM_SSH_PUBLIC_KEY_FILE")
+        assert_error(await client.get("/storage/get_ssh_public_key"), 422, "InvalidQueryParameters", "DLM_SSH_PUBLIC_KEY_FILE")
     key = tmp_path / "id_ed25519.pub"
     key.write_text("ssh-ed25519 AAAAC3Nza dlm@observatory\n")
     settings = make_settings(database_url, tmp_path, ssh_public_key_file=str(key))

@@ -233,10 +233,11 @@ async def test_the_pasted_curl_line_names_the_file_and_runs_nothing_else(
             uid = await registry.register(name, "payload.dat")
         sign_in(chromium, server.base, ADMIN_TOKEN, "admin")
         chromium.get(f"{server.base}/ui#/item?uid={uid}")
-        wait(chromium, lambda d: "curl" in text_of(d, "body"), message="the item page shows the command")
-        line = chromium.execute_script(
+        # The command itself, not just the word (the page before the item's may say curl too).
+        find_line = (
             "return [...document.querySelectorAll('code')].map((e) => e.innerText).find((t) => t.startsWith('curl'))"
         )
+        line = wait(chromium, lambda d: d.execute_script(find_line), message="the item page shows the command")
         pasted = tmp_path / "pasted"
         pasted.mkdir()
         # The operator's shell, with curl standing in as a function that reports its arguments.
