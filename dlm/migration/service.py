@@ -194,12 +194,24 @@ async def _check_destination(
             "travel with its copy (choose another path)"
         )
     async with await storage_backend(session, destination) as backend:
-        if await backend.stat(uri) is not None:
+        found = await backend.stat(uri)
+        if found is None:
+            return None
+        if found.is_container and source.item_type is ItemType.CONTAINER:
+            # A container goes into an empty directory as rclone's copy does (SKA copies to a directory
+            # made for it); one holding files DLM does not manage is not merged into: the replica would
+            # then own them, and deleting it would take them too.
+            foreign = await anext(aiter(backend.walk(uri)), None)
+            if foreign is None:
+                return None
             raise Conflict(
-                f"path: {uri!r} already exists on {destination.storage_name!r}; DLM will not overwrite "
-                "a payload it does not manage (choose another path)"
+                f"path: {uri!r} on {destination.storage_name!r} is a directory holding files DLM does not "
+                f"manage ({foreign.path!r}); a container is copied into an empty directory or a new path"
             )
-    return None
+        raise Conflict(
+            f"path: {uri!r} already exists on {destination.storage_name!r}; DLM will not overwrite "
+            "a payload it does not manage (choose another path)"
+        )
 
 
 async def copy_item(

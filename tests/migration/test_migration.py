@@ -559,3 +559,29 @@ async def test_copies_queued_together_are_checked_as_one_copy_is_and_refused_one
     assert (tmp_path / "archive" / "unmanaged").read_bytes() == b"not DLM's"
     queued = await registry.client.get("/migration/query_migrations")
     assert [row["migration_id"] for row in queued.json()] == [results[0]["migration_id"]], "nothing else queued"
+
+
+async def test_a_container_goes_into_an_empty_directory_made_for_it_but_not_into_anothers_files(
+    registry: Registry, tmp_path: Path
+) -> None:
+    # SKA's test_copy_container copies a container to a directory its set-up made (rclone merges).
+    await registry.storage("archive", root=tmp_path / "archive")
+    for uri, content in {"run/a.ms": b"a" * 10, "run/sub/b.ms": b"b" * 20}.items():
+        registry.payload(uri, content)
+    uid = await registry.register("run", item_type="container")
+    (tmp_path / "archive" / "MyDisk2").mkdir()
+    queued = await copy(registry.client, uid=uid, destination_name="archive", path="MyDisk2/")
+    done = await wait_for(registry.client, queued["migration_id"])
+    assert done["status"] == "SUCCEEDED" and done["job_stats"]["bytes"] == 30, done
+    assert (tmp_path / "archive" / "MyDisk2" / "sub" / "b.ms").read_bytes() == b"b" * 20
+    assert (await registry.item(queued["uid"]))["item_state"] == "READY"
+
+    registry.payload("run2/c.ms", b"c")
+    other = await registry.register("run2", item_type="container")
+    (tmp_path / "archive" / "occupied").mkdir()
+    (tmp_path / "archive" / "occupied" / "theirs.txt").write_text("someone else's")
+    occupied = await registry.client.post(
+        "/migration/copy_data_item", params={"uid": other, "destination_name": "archive", "path": "occupied"}
+    )
+    assert_error(occupied, 409, "DatabaseOperationError", "theirs.txt", "empty directory")
+    assert sorted(path.name for path in (tmp_path / "archive" / "occupied").iterdir()) == ["theirs.txt"]
