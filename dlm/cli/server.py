@@ -270,12 +270,15 @@ def reseal_configs() -> None:
 @db.command("import-ska")
 @click.option("--source", "source_url", required=True, help="The SKA-DLM database, postgresql://user@host/db.")
 @click.option("--source-schema", default="dlm", show_default=True, help="The schema of SKA-DLM's tables.")
-def import_ska(source_url: str, source_schema: str) -> None:
+@click.option("--dry-run", is_flag=True, help="Say what would be imported and updated; write nothing.")
+def import_ska(source_url: str, source_schema: str, dry_run: bool) -> None:
     """Copy an SKA-DLM database's locations, storages, configs, data items and migrations into DLM.
 
-    Ids, versions, states, phases, expirations and metadata are kept. Running it again imports only
-    what is new; what cannot come over is listed with the reason. One transaction: all or nothing.
-    The source is only read.
+    Ids, versions, states, phases, expirations and metadata are kept. Running it again (a rehearsal,
+    then the cut-over) imports what is new and brings over what changed in SKA-DLM since the last
+    run (tags, metadata, states, expiries, owners) where DLM left it alone; rows changed on both
+    sides stay as DLM has them and are listed. What cannot come over is listed with the reason. One
+    transaction: all or nothing. The source is only read.
 
     \b
     Example:
@@ -284,7 +287,7 @@ def import_ska(source_url: str, source_schema: str) -> None:
     from dlm.ska.importer import import_ska as run_import
 
     report = in_database_transaction(
-        lambda session: run_import(session, source_url, source_schema), actor="dlm db import-ska"
+        lambda session: run_import(session, source_url, source_schema, dry_run=dry_run), actor="dlm db import-ska"
     )
     click.echo(report.summary())
 

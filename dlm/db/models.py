@@ -355,6 +355,18 @@ class PhaseChange(Base):
     completed: Mapped[datetime.datetime | None] = timestamp()
 
 
+class SkaImportRow(Base):
+    """A replica `dlm db import-ska` brought over: digests of its synced columns as SKA-DLM had them
+    and as DLM stored them at its last import, so that a later run can tell who changed it since."""
+
+    __tablename__ = "ska_import_row"
+
+    uid: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    source_digest: Mapped[str] = mapped_column(String)
+    imported_digest: Mapped[str] = mapped_column(String)
+    imported_at: Mapped[datetime.datetime] = timestamp(server_default=UTC_NOW)
+
+
 class ApiToken(Base):
     """A DLM API token for a pipeline, a service or a person: only a hash of its secret is kept.
     Its name is the subject its holder acts as."""

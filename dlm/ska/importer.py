@@ -16,19 +16,20 @@ Configs are stored sealed when DLM_SECRET_KEY is set; ones DLM would refuse are 
 
 import datetime
 import enum
+import hashlib
 import re
 import uuid
 from typing import Any
 
 import asyncpg
 import msgspec
-from sqlalchemy import Table, select, text
+from sqlalchemy import Table, any_, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dlm.auth.policy import qualified_acl, qualified_subject
 from dlm.data_item import ITEMS
-from dlm.db.models import Location, LocationFacility, Migration, Storage, StorageConfig
+from dlm.db.models import Location, LocationFacility, Migration, SkaImportRow, Storage, StorageConfig
 from dlm.enums import ChecksumMethod, ConfigType, ItemType, MigrationStatus
 from dlm.errors import DLMError, InvalidQueryParameters
 from dlm.storage import configs
@@ -48,6 +49,10 @@ class ImportReport(msgspec.Struct):
     # Per reason something could not come over (or came over changed): how many, and a few examples.
     not_imported: dict[str, int] = msgspec.field(default_factory=dict)
     examples: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    # Replicas imported before whose SKA-DLM row changed since: brought over (DLM had left them alone).
+    updated: list[str] = msgspec.field(default_factory=list)
+    # A dry run: what it says was not done (the transaction is rolled back).
+    dry_run: bool = False
 
     def note(self, reason: str, example: str) -> None:
         self.not_imported[reason] = self.not_imported.get(reason, 0) + 1
@@ -60,13 +65,46 @@ class ImportReport(msgspec.Struct):
         self.already[table] = self.already.get(table, 0) + already
 
     def summary(self) -> str:
+        verb = "would be imported" if self.dry_run else "imported"
         lines = [
-            f"{table}: {self.imported.get(table, 0)} imported, {self.already.get(table, 0)} already in DLM"
+            f"{table}: {self.imported.get(table, 0)} {verb}, {self.already.get(table, 0)} already in DLM"
             for table in ("location_facility", "location", "storage", "storage_config", "data_item", "migration")
         ]
+        if self.updated:
+            shown = ", ".join(self.updated[:EXAMPLES]) + (" …" if len(self.updated) > EXAMPLES else "")
+            lines.append(
+                f"data_item: {len(self.updated)} {'would be ' if self.dry_run else ''}updated from SKA-DLM "
+                f"(changed there since the last import): {shown}"
+            )
+        if self.dry_run:
+            lines.append("dry run: nothing was written")
         for reason, count in self.not_imported.items():
             lines.append(f"{count} × {reason}: {', '.join(self.examples[reason])}{' …' if count > EXAMPLES else ''}")
         return "\n".join(lines)
+
+
+# The columns a later import brings over when SKA-DLM changed them (and DLM did not): what people
+# and pipelines change on a registered replica. Where it lives (storage, uri), its identity and what
+# DLM's engines keep (phases) are not: those an import only sets once.
+SYNCED = (
+    "item_name", "item_tags", "item_value", "item_format", "item_encoding", "item_mime_type", "item_level",
+    "item_state", "uid_expiration", "oid_expiration", "target_phase", "item_owner", "item_group", "acl",
+    "metadata",
+)  # fmt: skip
+
+
+def _digest(row: Any) -> str:
+    """A digest of a replica's synced columns, the same for SKA-DLM's row (as the import converts it)
+    and DLM's (as stored): JSON values compared by content, timestamps in UTC."""
+    values = {}
+    for name in SYNCED:
+        value = row.get(name)
+        if isinstance(value, datetime.datetime):
+            value = _utc(value).astimezone(datetime.UTC).isoformat()
+        elif isinstance(value, enum.Enum):
+            value = value.value
+        values[name] = value
+    return hashlib.sha256(msgspec.json.encode(values, order="sorted")).hexdigest()
 
 
 def _utc(value: Any) -> Any:
@@ -236,7 +274,69 @@ class SkaImport:
                         "replica not imported: its name or payload is already another live replica's on its storage",
                         f"{row['uid']} ({row.get('item_name')!r}, uri {row.get('uri')!r})",
                     )
+            by_uid = {row["uid"]: row for row in rows}
+            await self._remember(by_uid, inserted)
+            await self._sync([by_uid[uid] for uid in sorted(existing)])
             self.report.count("data_item", len(inserted), len(existing))
+
+    async def _stored_digests(self, uids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """Digests of DLM's rows, as stored now."""
+        columns = [ITEMS.c.uid, *(ITEMS.c[name] for name in SYNCED)]
+        rows = await self.session.execute(select(*columns).where(ITEMS.c.uid == any_(uids)))
+        return {row.uid: _digest(row._mapping) for row in rows}
+
+    async def _remember(self, by_uid: dict[uuid.UUID, dict[str, Any]], uids: set[uuid.UUID]) -> None:
+        """What these replicas were, on both sides, as of this import."""
+        if not uids:
+            return
+        stored = await self._stored_digests(sorted(uids))
+        values = [
+            {"uid": uid, "source_digest": _digest(by_uid[uid]), "imported_digest": stored[uid]}
+            for uid in sorted(uids)
+            if uid in stored
+        ]
+        statement = insert(SkaImportRow).values(values)
+        await self.session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[SkaImportRow.uid],
+                set_={
+                    "source_digest": statement.excluded.source_digest,
+                    "imported_digest": statement.excluded.imported_digest,
+                    "imported_at": func.now(),
+                },
+            )
+        )
+
+    async def _sync(self, rows: list[dict[str, Any]]) -> None:
+        """Replicas imported before: each changed in SKA-DLM since (its digest moved) comes over where DLM
+        left it as imported; where DLM changed it too, it stays as DLM has it and is reported. One
+        imported by a DLM that kept no digests gets them now (nothing to compare with yet)."""
+        if not rows:
+            return
+        uids = [row["uid"] for row in rows]
+        last = {
+            entry.uid: entry
+            for entry in await self.session.scalars(select(SkaImportRow).where(SkaImportRow.uid == any_(uids)))
+        }
+        stored = await self._stored_digests(uids)
+        baseline, changed = set(), []
+        for row in rows:
+            uid = row["uid"]
+            if uid not in last:
+                baseline.add(uid)
+            elif _digest(row) != last[uid].source_digest:
+                if stored.get(uid) == last[uid].imported_digest:
+                    changed.append(row)
+                else:
+                    self.report.note(
+                        "changed in SKA-DLM and in DLM since the last import: left as DLM has it", str(uid)
+                    )
+        for row in changed:
+            await self.session.execute(
+                update(ITEMS).where(ITEMS.c.uid == row["uid"]).values({name: row.get(name) for name in SYNCED})
+            )
+            self.report.updated.append(str(row["uid"]))
+        await self._remember({row["uid"]: row for row in rows}, baseline | {row["uid"] for row in changed})
 
     def _item(self, source: asyncpg.Record) -> dict[str, Any] | None:
         row = _row(source, ITEMS)
@@ -366,9 +466,12 @@ class SkaImport:
                 self.report.examples[reason] = [f"{count} row(s)"]
 
 
-async def import_ska(session: AsyncSession, source_url: str, schema: str = "dlm") -> ImportReport:
+async def import_ska(
+    session: AsyncSession, source_url: str, schema: str = "dlm", *, dry_run: bool = False
+) -> ImportReport:
     """Import the SKA-DLM database at ``source_url`` (schema ``schema``) into DLM's, in the session's
-    transaction: all of it, or on an error nothing."""
+    transaction: all of it, or on an error nothing; with ``dry_run``, nothing (rolled back), reporting
+    what it would have done."""
     url = re.sub(r"^postgresql\+\w+://", "postgresql://", source_url)
     try:
         source = await asyncpg.connect(url, timeout=30)
@@ -378,6 +481,10 @@ async def import_ska(session: AsyncSession, source_url: str, schema: str = "dlm"
         if not await source.fetchval("SELECT to_regclass($1) IS NOT NULL", f'"{schema}".data_item'):
             raise InvalidQueryParameters(f"--source: no SKA-DLM tables in schema {schema!r} there")
         async with source.transaction(readonly=True, isolation="repeatable_read"):
-            return await SkaImport(session, source, schema).run()
+            report = await SkaImport(session, source, schema).run()
+        if dry_run:
+            await session.rollback()
+            report.dry_run = True
+        return report
     finally:
         await source.close()

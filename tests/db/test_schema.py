@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dlm.app import create_app
 from dlm.config import Settings
-from dlm.db import schema
+from dlm.db import schema, ska_views
 from dlm.db.engine import create_engine
 from dlm.db.models import Base
 from dlm.errors import SchemaOutOfDate
@@ -49,6 +49,7 @@ async def test_downgrade_to_base_then_upgrade_restores_the_schema(database_url: 
         "delivery",
         "replica_tally",
         "migration_tally",
+        "ska_import_row",
     }
     assert await _tables(engine) == expected
     await engine.dispose()
@@ -60,6 +61,7 @@ async def test_downgrade_to_base_then_upgrade_restores_the_schema(database_url: 
         "delivery",
         "replica_tally",
         "migration_tally",
+        "ska_import_row",
     }, "each revision takes back its own"
     await engine.dispose()
     await schema.downgrade(database_url, "base")
@@ -301,3 +303,28 @@ async def test_revision_0012_names_the_live_aliases_of_a_payload(database_url: s
         await schema.upgrade(database_url)
     for fragment in ("'steal'", "'./secret.dat'", "alias of 'secret'", "'disk'", "DELETED"):
         assert fragment in str(raised.value), fragment
+
+
+async def test_skas_schema_holds_a_view_of_each_of_its_tables_after_any_upgrade(database_url: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            views = set(await connection.scalars(text("SELECT viewname FROM pg_views WHERE schemaname = 'dlm'")))
+        assert views == set(ska_views.SKA_TABLES)
+    finally:
+        await engine.dispose()
+    await schema.downgrade(database_url, "0001")
+    await schema.upgrade(database_url)  # the views made again from the tables as the revisions left them
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            columns = set(
+                await connection.scalars(
+                    text(
+                        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'dlm' AND table_name = 'data_item'"
+                    )
+                )
+            )
+        assert {"payload_modified", "extracted_metadata", "item_owner"} <= columns, "columns of later revisions"
+    finally:
+        await engine.dispose()

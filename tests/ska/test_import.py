@@ -173,9 +173,9 @@ async def fill(source: asyncpg.Connection, data: Path) -> None:
     await source.execute("INSERT INTO dlm.outbox (event_type, payload) VALUES ('dlm.migration.update', '{}')")
 
 
-def import_ska(settings: Settings, source_url: str) -> subprocess.CompletedProcess[str]:
+def import_ska(settings: Settings, source_url: str, *options: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "dlm", "db", "import-ska", "--source", source_url],
+        [sys.executable, "-m", "dlm", "db", "import-ska", "--source", source_url, *options],
         env={
             "DLM_DATABASE_URL": settings.database_url or "",
             "DLM_DATA_DIR": settings.data_dir,
@@ -290,3 +290,54 @@ async def test_a_source_that_is_not_ska_dlm_is_refused_in_one_line(postgres_url:
     assert result.returncode != 0
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("dlm: error:") and "no SKA-DLM tables in schema 'dlm'" in line
+
+
+async def test_a_second_import_brings_over_what_changed_in_ska_dlm_and_reports_what_changed_on_both_sides(
+    postgres_url: str, settings: Settings, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    async with scratch_database(postgres_url, "ska") as source_url:
+        source = await asyncpg.connect(source_url)
+        try:
+            await source.execute(SKA_SCHEMA)
+            await fill(source, data)
+            first = import_ska(settings, source_url)
+            assert first.returncode == 0, first.stderr
+            # After the rehearsal, SKA-DLM keeps working: tags on one item, on another too...
+            await source.execute('UPDATE dlm.data_item SET item_tags = \'{"quality": "good"}\' WHERE uid = $1', VIS)
+            await source.execute('UPDATE dlm.data_item SET item_tags = \'{"from": "ska"}\' WHERE uid = $1', MEMBER)
+            async with AsyncTestClient(create_app(settings)) as client:
+                # ...which DLM's users changed meanwhile as well.
+                [member] = (await client.get("/request/query_data_item", params={"uid": str(MEMBER)})).json()
+                tagged = await client.patch(
+                    "/request/update_item_tags", params={"oid": member["oid"]}, json={"from": "dlm"}
+                )
+                assert tagged.status_code == 200, tagged.text
+
+                rehearsal = import_ska(settings, source_url, "--dry-run")
+                assert rehearsal.returncode == 0, rehearsal.stderr
+                assert f"data_item: 1 would be updated from SKA-DLM (changed there since the last import): {VIS}" in (
+                    rehearsal.stdout
+                ), rehearsal.stdout
+                assert "dry run: nothing was written" in rehearsal.stdout
+                [vis] = (await client.get("/request/query_data_item", params={"uid": str(VIS)})).json()
+                assert vis["item_tags"] is None, "a dry run writes nothing"
+
+                cut_over = import_ska(settings, source_url)
+                assert cut_over.returncode == 0, cut_over.stderr
+                assert f"data_item: 1 updated from SKA-DLM (changed there since the last import): {VIS}" in (
+                    cut_over.stdout
+                ), cut_over.stdout
+                assert f"1 × changed in SKA-DLM and in DLM since the last import: left as DLM has it: {MEMBER}" in (
+                    cut_over.stdout
+                ), cut_over.stdout
+                [vis] = (await client.get("/request/query_data_item", params={"uid": str(VIS)})).json()
+                assert vis["item_tags"] == {"quality": "good"}
+                [member] = (await client.get("/request/query_data_item", params={"uid": str(MEMBER)})).json()
+                assert member["item_tags"] == {"from": "dlm"}
+
+                again = import_ska(settings, source_url)
+                assert "updated from SKA-DLM" not in again.stdout, "nothing changed since"
+        finally:
+            await source.close()
