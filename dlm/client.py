@@ -73,6 +73,7 @@ class Item(msgspec.Struct, kw_only=True):
     uid_expiration: datetime.datetime | None = None
     oid_expiration: datetime.datetime | None = None
     uid_deletion: datetime.datetime | None = None
+    oid_deletion: datetime.datetime | None = None
     expired: bool | None = None
     deleted: bool | None = None
     last_access: datetime.datetime | None = None
@@ -157,6 +158,8 @@ class Migration(msgspec.Struct, kw_only=True):
     lease_expires: datetime.datetime | None = None
     move: bool | None = None
     move_force: bool | None = None
+    url: str | None = None
+    command: str | None = None
 
 
 class Event(msgspec.Struct, kw_only=True):

@@ -237,7 +237,11 @@ def test_cli_errors_are_one_line_naming_the_problem(live: Live) -> None:
         (("ingest", "register", "x", "x", "--storage", "no-such-storage"), "InvalidQueryParameters", "no-such-storage"),
         (("ingest", "register", "x", "x", "--storage", "s", "--metadata", "{oops"), "--metadata", "JSON"),
         (("migration", "show", "987654"), "NotFound", "987654"),
-        (("migration", "copy", "--name", "nothing-by-this-name", "--to", "nowhere"), "InvalidQueryParameters", "nothing-by"),
+        (
+            ("migration", "copy", "--name", "nothing-by-this-name", "--to", "nowhere"),
+            "InvalidQueryParameters",
+            "nothing-by",
+        ),
         (("storage", "config", "no-such-storage"), "InvalidQueryParameters", "no-such-storage"),
     ]
     for args, name, fragment in cases:

@@ -158,6 +158,8 @@ class DataItem(Base):
     uid_expiration: Mapped[datetime.datetime] = timestamp(server_default=text("now() + interval '24 hours'"))
     oid_expiration: Mapped[datetime.datetime] = timestamp(server_default=text("'2099-12-31 23:59:59+00'"))
     uid_deletion: Mapped[datetime.datetime | None] = timestamp()
+    # When the item's last replica was deleted (on every row of the item; SKA-DLM's column).
+    oid_deletion: Mapped[datetime.datetime | None] = timestamp()
     expired: Mapped[bool] = mapped_column(Boolean, server_default="false")
     deleted: Mapped[bool] = mapped_column(Boolean, server_default="false")
     last_access: Mapped[datetime.datetime | None] = timestamp()
@@ -305,6 +307,10 @@ class Migration(Base):
     move: Mapped[bool] = mapped_column(Boolean, server_default="false")
     # An admin's forced move: its source goes even if that leaves the item below its target phase.
     move_force: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    # SKA-DLM's: its rclone daemon (DLM has none: empty) and the command, in rclone's terms (set by
+    # a trigger: operations/copyfile, sync/copy, operations/movefile, sync/move).
+    url: Mapped[str | None] = mapped_column(String)
+    command: Mapped[str | None] = mapped_column(String)
 
     __table_args__ = (
         Index(

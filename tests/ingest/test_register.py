@@ -229,7 +229,12 @@ async def test_a_symlink_out_of_the_root_is_refused(registry: Registry, tmp_path
         ({"oid_expiration": "2030-13-01"}, 422, "InvalidQueryParameters", "oid_expiration"),
         ({"storage_name": "nope"}, 422, "InvalidQueryParameters", "nope"),
         ({"storage_name": "", "storage_id": "not-a-uuid"}, 422, "InvalidQueryParameters", "storage_id"),
-        ({"storage_name": "", "storage_id": "00000000-0000-0000-0000-000000000000"}, 422, "InvalidQueryParameters", "storage"),
+        (
+            {"storage_name": "", "storage_id": "00000000-0000-0000-0000-000000000000"},
+            422,
+            "InvalidQueryParameters",
+            "storage",
+        ),
         ({"storage_name": ""}, 422, "InvalidQueryParameters", "storage_name"),
         ({"item_name": ""}, 422, "InvalidQueryParameters", "item_name"),
         ({"parents": "x"}, 422, "InvalidQueryParameters", "parents"),

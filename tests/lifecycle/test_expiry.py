@@ -93,6 +93,9 @@ async def test_an_expired_item_loses_every_replica(
         assert (await registry.item(replica))["item_state"] == "DELETED"
     assert not (registry.root / "done-with").exists() and not (tmp_path / "vault" / "done-with").exists()
     assert (await registry.item(uid))["oid_phase"] == "PLASMA"
+    # SKA-DLM's oid_deletion: when the item's last replica went, on every row of it.
+    deletions = {(await registry.item(replica))["oid_deletion"] for replica in (uid, other)}
+    assert len(deletions) == 1 and None not in deletions
 
 
 async def test_a_payload_that_cannot_be_deleted_keeps_its_row_and_holds_back_no_other(

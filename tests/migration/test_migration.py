@@ -121,6 +121,7 @@ async def test_a_copy_in_every_direction_becomes_a_verified_ready_replica(
     done = await wait_for(registry.client, queued["migration_id"])
     assert done["status"] == "SUCCEEDED", done
     assert done["user"] == "SKA", "in open mode a copy keeps SKA-DLM's default user"
+    assert (done["command"], done["url"]) == ("operations/copyfile", None), "what DLM did, in rclone's terms"
     assert (done["bytes_done"], done["bytes_total"], done["attempts"], done["complete"]) == (
         len(content),
         len(content),
@@ -372,7 +373,9 @@ async def test_bad_copy_requests_are_refused_and_leave_nothing(registry: Registr
     await refused(409, "DatabaseOperationError", "already holds", uid=uid, destination_name="second", path="elsewhere")
 
     pending = await client.post("/ingest/init_data_item", params={"item_name": "unfinished"})
-    await refused(422, "InvalidQueryParameters", "no replica with a payload", uid=pending.json(), destination_name="second")
+    await refused(
+        422, "InvalidQueryParameters", "no replica with a payload", uid=pending.json(), destination_name="second"
+    )
 
     migrations = (await client.get("/migration/query_migrations")).json()
     assert [row["migration_id"] for row in migrations] == [first["migration_id"]]
@@ -573,6 +576,7 @@ async def test_a_container_goes_into_an_empty_directory_made_for_it_but_not_into
     queued = await copy(registry.client, uid=uid, destination_name="archive", path="MyDisk2/")
     done = await wait_for(registry.client, queued["migration_id"])
     assert done["status"] == "SUCCEEDED" and done["job_stats"]["bytes"] == 30, done
+    assert done["command"] == "sync/copy"
     assert (tmp_path / "archive" / "MyDisk2" / "sub" / "b.ms").read_bytes() == b"b" * 20
     assert (await registry.item(queued["uid"]))["item_state"] == "READY"
 

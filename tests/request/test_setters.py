@@ -52,7 +52,9 @@ async def test_set_state_input_errors(registry: Registry) -> None:
     )
     assert_error(await client.patch("/request/set_state", params={"uid": uid}), 422, "InvalidQueryParameters", "state")
     assert_error(
-        await client.patch("/request/set_state", params={"uid": NO_SUCH_UID, "state": "READY"}), 422, "InvalidQueryParameters"
+        await client.patch("/request/set_state", params={"uid": NO_SUCH_UID, "state": "READY"}),
+        422,
+        "InvalidQueryParameters",
     )
     assert_error(
         await client.patch("/request/set_state", params={"uid": "123", "state": "READY"}),
@@ -193,7 +195,9 @@ async def test_update_item_tags_merges(registry: Registry) -> None:
         "item_tags",
     )
     assert_error(
-        await client.patch("/request/update_item_tags", params={"item_name": "nobody"}, json={"a": 1}), 422, "InvalidQueryParameters"
+        await client.patch("/request/update_item_tags", params={"item_name": "nobody"}, json={"a": 1}),
+        422,
+        "InvalidQueryParameters",
     )
 
 

@@ -174,7 +174,9 @@ async def test_ssh_public_key(database_url: str, tmp_path: Path) -> None:
 
     settings = make_settings(database_url, tmp_path)
     async with AsyncTestClient(create_app(settings)) as client:
-        assert_error(await client.get("/storage/get_ssh_public_key"), 422, "InvalidQueryParameters", "DLM_SSH_PUBLIC_KEY_FILE")
+        assert_error(
+            await client.get("/storage/get_ssh_public_key"), 422, "InvalidQueryParameters", "DLM_SSH_PUBLIC_KEY_FILE"
+        )
     key = tmp_path / "id_ed25519.pub"
     key.write_text("ssh-ed25519 AAAAC3Nza dlm@observatory\n")
     settings = make_settings(database_url, tmp_path, ssh_public_key_file=str(key))
