@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dlm.api import MAX_BIGINT, Authorization, OptionalUuidQuery, UuidQuery, owner_of_new_items, provide_session
 from dlm.auth import Principal
 from dlm.auth.policy import permission
-from dlm.enums import Role
+from dlm.enums import MigrationStatus, Role
 from dlm.migration import service
 from dlm.rows import row_dict, row_dicts
 
@@ -112,12 +112,25 @@ async def query_migrations(
     end_date: FromQuery[str | None] = None,
     storage_id: OptionalUuidQuery = None,
     authorization: Authorization = None,
+    status: FromQuery[MigrationStatus | None] = None,
+    item_name: FromQuery[str] = "",
+    offset: Annotated[int, QueryParameter(ge=0, le=MAX_BIGINT)] = 0,
+    limit: Annotated[int, QueryParameter(ge=1, le=service.MAX_ROWS)] = service.MAX_ROWS,
 ) -> list[dict[str, Any]]:
     """Migrations created on or after start_date, completed by end_date (YYYY-MM-DD or YYYYMMDD, or a
-    full ISO 8601 time), from or to storage_id; newest first, at most 1000. Below the operator role,
-    only the caller's own."""
+    full ISO 8601 time), from or to storage_id; newest first, at most 1000. DLM additions: status,
+    item_name (the item's copies), and paging with offset and limit. Below the operator role, only
+    the caller's own."""
     rows = await service.query_migrations(
-        session, start_date=start_date, end_date=end_date, storage_id=storage_id, user=_only_own(principal)
+        session,
+        start_date=start_date,
+        end_date=end_date,
+        storage_id=storage_id,
+        user=_only_own(principal),
+        status=status,
+        item_name=item_name,
+        offset=offset,
+        limit=limit,
     )
     return row_dicts(rows)
 

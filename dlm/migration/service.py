@@ -451,12 +451,23 @@ async def query_migrations(
     end_date: str | None = None,
     storage_id: str | None = None,
     user: str | None = None,
+    status: MigrationStatus | None = None,
+    item_name: str = "",
+    offset: int = 0,
+    limit: int = MAX_ROWS,
 ) -> list[Row[Any]]:
     """Migrations created on or after ``start_date``, completed on or before ``end_date``, from or to
-    ``storage_id``, queued by ``user``; newest first."""
-    query = select(Migration.__table__).order_by(Migration.migration_id.desc()).limit(MAX_ROWS)
+    ``storage_id``, queued by ``user``, in ``status``, of the item named ``item_name``; newest first,
+    ``limit`` of them after the first ``offset``."""
+    query = (
+        select(Migration.__table__).order_by(Migration.migration_id.desc()).offset(offset).limit(min(limit, MAX_ROWS))
+    )
     if user is not None:
         query = query.where(Migration.user == user)
+    if status is not None:
+        query = query.where(Migration.status == status)
+    if item_name:
+        query = query.where(Migration.oid.in_(select(ITEMS.c.oid).where(ITEMS.c.item_name == item_name)))
     if start_date:
         query = query.where(Migration.date >= parse_datetime(start_date, "start_date"))
     if end_date:

@@ -346,6 +346,14 @@ async def test_query_migrations_filters_by_storage_and_date(registry: Registry, 
         "storage_id",
     )
     assert (await registry.client.get("/migration/get_migration", params={"migration_id": 999999})).json() == []
+    # DLM's additions: by status and item, and paged.
+    assert await ids(status="SUCCEEDED") == both and await ids(status="FAILED") == []
+    assert await ids(item_name="a") == [first["migration_id"]] and await ids(item_name="nothing") == []
+    assert await ids(limit=1) == [other["migration_id"]]
+    assert await ids(limit=1, offset=1) == [first["migration_id"]] and await ids(offset=2) == []
+    for bad in ({"status": "DONE"}, {"offset": "-1"}, {"limit": "0"}, {"limit": "1001"}):
+        response = await registry.client.get("/migration/query_migrations", params=bad)
+        assert_error(response, 422, "InvalidQueryParameters", next(iter(bad)))
 
 
 async def test_bad_copy_requests_are_refused_and_leave_nothing(registry: Registry, tmp_path: Path) -> None:

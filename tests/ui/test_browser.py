@@ -40,17 +40,19 @@ def wait(driver: Any, condition: Any, seconds: float = 20, message: str = "") ->
     except TimeoutException:
         errors = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         raise AssertionError(
-            f"{message or condition}; page said: {driver.find_element(By.TAG_NAME, 'body').text!r}; "
-            f"console errors: {errors}"
+            f"{message or condition}; page said: {text_of(driver, 'body')!r}; console errors: {errors}"
         ) from None
 
 
 # Read through the page's DOM in one step: the views re-render while they refresh, so a WebDriver
 # element reference may go stale between finding and reading it.
 def text_of(driver: Any, selector: str) -> str:
-    return driver.execute_script(
-        "const e = document.querySelector(arguments[0]); return e ? e.innerText : ''", selector
-    )
+    try:
+        return driver.execute_script(
+            "const e = document.querySelector(arguments[0]); return e ? e.innerText : ''", selector
+        )
+    except StaleElementReferenceException:  # asked while the page swapped its view: nothing there yet
+        return ""
 
 
 def attribute_of(driver: Any, selector: str, name: str) -> str | None:
@@ -157,6 +159,16 @@ async def test_an_operator_and_a_reader_use_the_page(chromium: Any, database_url
             assert seen == sorted(seen), f"the bar went backwards: {seen}"
             wait(driver, lambda d: "SUCCEEDED" in text_of(d, f'tr[data-migration="{migration_id}"] .status'))
             screenshot(driver, "copies")
+            # Filtered by status and by item, through the page's form.
+            driver.execute_script("location.hash = '#/migrations?status=FAILED'")
+            wait(driver, lambda d: "No copy matches." in text_of(d, "main"), message="no failed copy")
+            driver.execute_script("location.hash = '#/migrations'")
+            wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-migration="{migration_id}"]'))
+            form = wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#copy-search input[name=item]"))
+            form.send_keys("obs-42/cube.fits")
+            driver.find_element(By.CSS_SELECTOR, "#copy-search button").click()
+            wait(driver, lambda d: "item=obs-42" in d.current_url, message="the filter goes into the address")
+            wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-migration="{migration_id}"]'))
             driver.get(f"{server.base}/ui#/")
             wait(driver, lambda d: "1 replicas" in text_of(d, '[data-storage="archive"]'), message="the copy counted")
             wait(

@@ -4,6 +4,7 @@
 
 const STATES = ["INITIALISED", "READY", "CORRUPTED", "EXPIRED", "DELETING", "DELETED"];
 const PHASES = ["PLASMA", "GAS", "LIQUID", "SOLID"];
+const MIGRATION_STATUSES = ["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"];
 const ROLES = ["reader", "ingest", "operator", "admin"];
 const PAGE_SIZE = 50;
 const TOKEN_KEY = "dlm-token";
@@ -322,22 +323,12 @@ async function items(query) {
   if (query.get("storage")) filters.storage_id = `eq.${query.get("storage")}`;
   const rows = await api("GET", "/request/query_data_item", { params: JSON.stringify(filters) });
   const more = rows.length > PAGE_SIZE;
-  const choice = (name, options, labels = options) => h("select", { name },
-    h("option", { value: "" }, "any"),
-    options.map((option, index) => h("option", { value: option, selected: query.get(name) === option }, labels[index])));
   const storages = [...session.storages.values()];
-  const form = h("form", { class: "search", id: "item-search", onsubmit: (event) => {
-    event.preventDefault();
-    const values = new URLSearchParams(new FormData(event.target));
-    for (const [name, value] of [...values]) if (!value) values.delete(name);
-    location.hash = `#/items?${values}`;
-  } },
-  h("label", {}, "name contains", h("input", { name: "name", value: query.get("name") || "", size: 28 })),
-  h("label", {}, "state", choice("state", STATES)),
-  h("label", {}, "phase", choice("phase", PHASES)),
-  h("label", {}, "storage", choice("storage", storages.map((s) => s.storage_id), storages.map((s) => s.storage_name))),
-  h("button", { type: "submit" }, "Search"));
-  const pageLink = (to) => { const next = new URLSearchParams(query); next.set("page", to); return `#/items?${next}`; };
+  const form = searchForm("item-search", "items", query,
+    h("label", {}, "name contains", h("input", { name: "name", value: query.get("name") || "", size: 28 })),
+    h("label", {}, "state", choice(query, "state", STATES)),
+    h("label", {}, "phase", choice(query, "phase", PHASES)),
+    h("label", {}, "storage", choice(query, "storage", storages.map((s) => s.storage_id), storages.map((s) => s.storage_name))));
   show(
     h("h1", {}, "Items"),
     form,
@@ -348,11 +339,32 @@ async function items(query) {
         h("td", {}, badge(row.item_state)), h("td", {}, row.oid_phase),
         h("td", {}, storageName(row.storage_id)), h("td", { class: "num" }, bytes(row.item_size)),
         h("td", {}, when(row.uid_creation)))), "No item matches."),
-    h("div", { class: "pager" },
-      page > 0 ? h("a", { href: pageLink(page - 1) }, "‹ newer") : null,
-      h("span", { class: "muted" }, `page ${page + 1}`),
-      more ? h("a", { href: pageLink(page + 1) }, "older ›") : null),
+    pager("items", query, page, more),
   );
+}
+
+// A search form whose fields become the view's query (empty ones left out), and its pages.
+function choice(query, name, options, labels = options) {
+  return h("select", { name },
+    h("option", { value: "" }, "any"),
+    options.map((option, index) => h("option", { value: option, selected: query.get(name) === option }, labels[index])));
+}
+
+function searchForm(id, view, query, ...fields) {
+  return h("form", { class: "search", id, onsubmit: (event) => {
+    event.preventDefault();
+    const values = new URLSearchParams(new FormData(event.target));
+    for (const [name, value] of [...values]) if (!value) values.delete(name);
+    location.hash = `#/${view}?${values}`;
+  } }, ...fields, h("button", { type: "submit" }, "Search"));
+}
+
+function pager(view, query, page, more) {
+  const link = (to) => { const next = new URLSearchParams(query); next.set("page", to); return `#/${view}?${next}`; };
+  return h("div", { class: "pager" },
+    page > 0 ? h("a", { href: link(page - 1) }, "‹ newer") : null,
+    h("span", { class: "muted" }, `page ${page + 1}`),
+    more ? h("a", { href: link(page + 1), "data-page": "older" }, "older ›") : null);
 }
 
 // One item: its facts, every replica, its history as a timeline, and its payload.
@@ -438,9 +450,16 @@ function shellQuoted(text) {
 }
 
 // Copies: every migration the caller may see, with live progress and, for operators, cancel and retry.
-async function migrations() {
+// Copies: by status, storage and item, a page at a time; live while any on the page is under way.
+async function migrations(query) {
   if (!session.storages.size) await loadStorages();
-  const rows = await api("GET", "/migration/query_migrations");
+  const page = Math.max(0, Number(query.get("page") || 0));
+  const filters = { limit: PAGE_SIZE + 1, offset: page * PAGE_SIZE };
+  for (const [name, key] of [["status", "status"], ["storage", "storage_id"], ["item", "item_name"]]) {
+    if (query.get(name)) filters[key] = query.get(name);
+  }
+  const rows = await api("GET", "/migration/query_migrations", filters);
+  const more = rows.length > PAGE_SIZE;
   const active = rows.some((row) => row.status === "PENDING" || row.status === "RUNNING");
   const operator = may("operator");
   const action = (label, path, copy, style) => h("button", {
@@ -448,22 +467,30 @@ async function migrations() {
     disabled: !operator, title: operator ? null : "needs the operator role",
     onclick: () => act(label, path, copy.migration_id),
   }, label);
+  const storages = [...session.storages.values()];
   show(
     h("h1", {}, "Copies"),
     operator ? null : h("p", { class: "muted" }, "Cancelling and retrying copies needs the operator role."),
-    table(["copy", "item", "from", "to", "status", "progress", "attempts ", "last error", ""], rows.slice(0, 200).map((copy) =>
+    searchForm("copy-search", "migrations", query,
+      h("label", {}, "status", choice(query, "status", MIGRATION_STATUSES)),
+      h("label", {}, "storage", choice(query, "storage", storages.map((s) => s.storage_id), storages.map((s) => s.storage_name))),
+      h("label", {}, "item name", h("input", { name: "item", value: query.get("item") || "", size: 28 }))),
+    table(["copy", "item", "from", "to", "status", "progress", "attempts ", "queued", "finished", "last error", ""],
+      rows.slice(0, PAGE_SIZE).map((copy) =>
       h("tr", { "data-migration": copy.migration_id },
         h("td", {}, `#${copy.migration_id}${copy.move ? " (move)" : ""}`),
         h("td", {}, h("a", { href: `#/item?oid=${copy.oid}` }, copy.oid.slice(0, 8))),
         h("td", {}, storageName(copy.source_storage_id)), h("td", {}, storageName(copy.destination_storage_id)),
         h("td", { class: "status" }, badge(copy.status)), h("td", {}, progress(copy)),
-        h("td", { class: "num" }, copy.attempts), h("td", { class: "error" }, copy.last_error || ""),
+        h("td", { class: "num" }, copy.attempts), h("td", {}, when(copy.date)),
+        h("td", {}, copy.completion_date ? when(copy.completion_date) : ""), h("td", { class: "error" }, copy.last_error || ""),
         h("td", {},
           ["PENDING", "RUNNING"].includes(copy.status) ? action("Cancel", "/migration/cancel_migration", copy, "danger") : null,
           ["FAILED", "CANCELLED"].includes(copy.status) ? action("Retry", "/migration/retry_migration", copy, "secondary") : null))),
-    operator ? "No copies yet." : "No copies of yours (a reader sees the copies they queued)."),
+    operator ? "No copy matches." : "No copies of yours match (a reader sees the copies they queued)."),
+    pager("migrations", query, page, more),
   );
-  refreshIn(active ? 1 : 10, migrations);
+  refreshIn(active ? 1 : 10, () => migrations(query));
 }
 
 function progress(copy) {
@@ -480,7 +507,7 @@ async function act(label, path, migrationId) {
   } catch (error) {
     toast(`${label} of copy #${migrationId} refused: ${error.message}`);
   }
-  await migrations().catch(failed);
+  await route();
 }
 
 // --- routing ---------------------------------------------------------------------------------------
