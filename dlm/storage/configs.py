@@ -68,6 +68,8 @@ _PUBLIC_FIELDS = {
     "http": {"url", "no_slash", "no_head"},
     "webdav": {"url", "vendor", "user"},
 }
+# Parts of one upload in flight at most: each holds a part (8 MiB by default) in memory.
+MAX_UPLOAD_CONCURRENCY = 32
 RCLONE_TYPES = frozenset(
     {"local", "alias", "s3", "sftp", "http", "webdav", "swift", "azureblob", "gcs", "b2", "ftp", "crypt", "union"}
 )
@@ -172,6 +174,16 @@ def _validate_s3(flat: dict[str, Any]) -> None:
             valid = False
         if not valid:
             raise InvalidQueryParameters("config.part_size: must be a number of bytes, at least 5 MiB")
+    concurrency = flat.get("upload_concurrency")
+    if concurrency is not None:
+        try:
+            valid = 1 <= int(concurrency) <= MAX_UPLOAD_CONCURRENCY
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise InvalidQueryParameters(
+                f"config.upload_concurrency: must be a number of parts from 1 to {MAX_UPLOAD_CONCURRENCY}"
+            )
 
 
 def _validate_sftp(flat: dict[str, Any]) -> None:

@@ -29,6 +29,9 @@ class S3Settings(msgspec.Struct, kw_only=True, frozen=True):
     env_auth: bool = False
     force_path_style: bool = True
     part_size: int = DEFAULT_PART_SIZE
+    # Parts of one large upload sent at once (rclone's --s3-upload-concurrency, same default): memory
+    # holds this many parts plus the one being filled.
+    upload_concurrency: int = 4
 
     @classmethod
     def from_rclone(cls, config: dict[str, Any]) -> "S3Settings":

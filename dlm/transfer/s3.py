@@ -254,13 +254,32 @@ class S3Backend(OneAtATime):
             else:
                 raise PayloadExists(f"{uri!r} exists already; DLM never overwrites a payload")
         part_size = self.part_size(size_hint)
-        # The part being filled: handed to the client as it is once full (no slice, no bytes() copy of
-        # a part on the event loop), then a new one is started. At most one part is held per copy.
+        # The part being filled: handed over as it is once full (no slice, no bytes() copy of a part on
+        # the event loop), then a new one is started. Full parts go up upload_concurrency at a time
+        # (each held until S3 has it): the copy holds at most that many parts plus the one filling.
         buffer = bytearray()
         written = 0
         upload_id: str | None = None
-        parts: list[dict[str, Any]] = []
-        digests: list[bytes] = []  # each part's MD5, for the multipart ETag
+        sent: dict[int, tuple[str, bytes]] = {}  # part number: its ETag and MD5 (the multipart ETag's)
+        slots = asyncio.Semaphore(max(1, self.settings.upload_concurrency))
+        sending: set[asyncio.Task[None]] = set()
+        numbered = 0
+
+        async def send(number: int, body: bytearray) -> None:
+            try:
+                sent[number] = await self._upload_part(key, upload_id, number, body)  # type: ignore[arg-type]
+            finally:
+                slots.release()
+
+        async def start(body: bytearray) -> None:
+            nonlocal numbered
+            await slots.acquire()
+            for task in [task for task in sending if task.done()]:
+                sending.discard(task)
+                task.result()  # a part that failed stops the upload now, not at its end
+            numbered += 1
+            sending.add(asyncio.ensure_future(send(numbered, body)))
+
         self._confirmed.discard(uri)
         with self._translated(uri):
             if size_hint is None or size_hint >= part_size:
@@ -277,7 +296,7 @@ class S3Backend(OneAtATime):
                         if upload_id is None:
                             created = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
                             upload_id = created["UploadId"]
-                        await self._upload_part(key, upload_id, parts, digests, buffer)
+                        await start(buffer)
                         buffer = bytearray()
                     buffer += rest
                 if upload_id is None:
@@ -285,14 +304,20 @@ class S3Backend(OneAtATime):
                     self._note_etag(uri, response, await asyncio.to_thread(checksum_of, buffer, ChecksumMethod.MD5))
                     return written
                 if buffer:
-                    await self._upload_part(key, upload_id, parts, digests, buffer)
+                    await start(buffer)
+                await asyncio.gather(*sending)
+                parts = [{"ETag": sent[number][0], "PartNumber": number} for number in sorted(sent)]
                 response = await self._client.complete_multipart_upload(
                     Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, IfNoneMatch="*"
                 )
                 # A multipart ETag is the MD5 of the parts' MD5s, then "-" and how many parts.
-                whole = checksum_of(b"".join(digests), ChecksumMethod.MD5)
+                whole = checksum_of(b"".join(sent[number][1] for number in sorted(sent)), ChecksumMethod.MD5)
                 self._note_etag(uri, response, f"{whole}-{len(parts)}")
             except BaseException:
+                for task in sending:
+                    task.cancel()
+                with contextlib.suppress(BaseException):
+                    await asyncio.gather(*sending, return_exceptions=True)
                 if upload_id is not None:
                     with contextlib.suppress(Exception):
                         await self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
@@ -332,15 +357,13 @@ class S3Backend(OneAtATime):
 
         await write_all_or_none(self, files, put)
 
-    async def _upload_part(
-        self, key: str, upload_id: str, parts: list[dict[str, Any]], digests: list[bytes], body: bytearray
-    ) -> None:
-        number = len(parts) + 1
-        digests.append(bytes.fromhex(await asyncio.to_thread(checksum_of, body, ChecksumMethod.MD5)))
+    async def _upload_part(self, key: str, upload_id: str, number: int, body: bytearray) -> tuple[str, bytes]:
+        """Part ``number`` sent; its ETag and MD5."""
+        digest = bytes.fromhex(await asyncio.to_thread(checksum_of, body, ChecksumMethod.MD5))
         response = await self._client.upload_part(
             Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
         )
-        parts.append({"ETag": response["ETag"], "PartNumber": number})
+        return response["ETag"], digest
 
     def _note_etag(self, uri: str, response: dict[str, Any], sent: str) -> None:
         """Remember ``uri`` as confirmed when S3's ETag of what it stored is the one the bytes sent make."""

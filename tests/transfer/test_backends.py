@@ -1,6 +1,7 @@
 """Every backend against real storage: a temporary directory, moto's S3 server over HTTP, and
 OpenSSH's sshd on loopback."""
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from dlm.checksum import new_hasher
 from dlm.enums import ChecksumMethod, StorageInterface
 from dlm.errors import InvalidQueryParameters
+from dlm.storage.configs import validate
 from dlm.transfer import s3 as s3_module
 from dlm.transfer.backends import make_backend
 from dlm.transfer.base import PayloadChanged, PayloadExists, PayloadMissing, SmallFile, StorageRefused
@@ -148,6 +150,48 @@ async def test_s3_large_payloads_go_up_in_parts(s3_bucket: str, s3_config: dict[
         head = await s3._client.head_object(Bucket=s3_bucket, Key="big")
         assert head["ETag"].strip('"').endswith("-3")  # a multipart upload of three 5 MiB parts
         assert await read_all(s3, "big") == part * 12
+
+
+async def test_s3_parts_go_up_several_at_once_and_one_failing_leaves_nothing(
+    s3_bucket: str, s3_config: dict[str, Any]
+) -> None:
+    settings = S3Settings.from_rclone({**s3_config, "part_size": str(MIN_PART_SIZE), "upload_concurrency": "3"})
+    pieces = [os.urandom(1024 * 1024) for _ in range(26)]  # six parts: five whole, one short
+    async with S3Backend(s3_bucket, settings) as s3:
+        upload_part = s3._upload_part
+        in_flight, most = 0, 0
+
+        async def counted(*args: Any) -> Any:
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            try:
+                await asyncio.sleep(0.05)  # long enough for the next parts to start
+                return await upload_part(*args)
+            finally:
+                in_flight -= 1
+
+        s3._upload_part = counted  # type: ignore[method-assign]
+        assert await s3.write("many", chunks_of(*pieces), size_hint=26 * 1024 * 1024) == 26 * 1024 * 1024
+        assert most == 3, "three parts at once, never more"
+        assert await read_all(s3, "many") == b"".join(pieces)
+        assert s3.stored_as_sent("many"), "the multipart ETag of parts sent out of order still matches"
+
+        async def third_fails(key: str, upload_id: str, number: int, body: bytearray) -> Any:
+            if number == 3:
+                raise StorageRefused("the third part was refused")
+            return await upload_part(key, upload_id, number, body)
+
+        s3._upload_part = third_fails  # type: ignore[method-assign]
+        with pytest.raises(StorageRefused):
+            await s3.write("broken", chunks_of(*pieces), size_hint=26 * 1024 * 1024)
+        assert await s3.stat("broken") is None
+        uploads = await s3._client.list_multipart_uploads(Bucket=s3_bucket, Prefix="broken")
+        assert not uploads.get("Uploads"), "the upload was aborted, its parts not left billed"
+    refused = S3Settings.from_rclone({**s3_config, "upload_concurrency": "0"})
+    assert refused.upload_concurrency == 0  # the storage's config is checked where it is stored:
+    with pytest.raises(InvalidQueryParameters, match="upload_concurrency"):
+        validate({**s3_config, "upload_concurrency": "0"}, interface=StorageInterface.S3)
 
 
 async def test_s3_unreachable_endpoint_is_transient(s3_bucket: str) -> None:
