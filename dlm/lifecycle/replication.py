@@ -36,7 +36,7 @@ from dlm.db.models import Migration, PhaseChange, Storage
 from dlm.enums import ItemState, Phase, combined_phase
 from dlm.errors import DLMError
 from dlm.lifecycle import claim_items, phase_weight
-from dlm.migration.service import ACTIVE, CopyPlan, queue_copies
+from dlm.migration.service import ACTIVE, COPY_PLANNING_LOCK, CopyPlan, queue_copies
 from dlm.storage.service import (
     delete_replica,
     file_system_usages,
@@ -47,7 +47,7 @@ from dlm.transfer.base import TransferError
 log = logging.getLogger("dlm.lifecycle.replication")
 
 ACTOR = "replication"
-LOCK_NAMESPACE = 0x5245504C  # "REPL"
+LOCK_NAMESPACE = COPY_PLANNING_LOCK  # copy_item takes it too
 
 
 class Planned(msgspec.Struct, frozen=True):
