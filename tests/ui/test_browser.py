@@ -46,6 +46,16 @@ def wait(driver: Any, condition: Any, seconds: float = 20, message: str = "") ->
 
 # Read through the page's DOM in one step: the views re-render while they refresh, so a WebDriver
 # element reference may go stale between finding and reading it.
+def click(driver: Any, by: str, value: str, message: str = "") -> None:
+    """Click what is found, again if the page swapped its view between finding and clicking."""
+
+    def clicked(d: Any) -> bool:
+        d.find_element(by, value).click()
+        return True
+
+    wait(driver, clicked, message=message or f"click {value}")
+
+
 def text_of(driver: Any, selector: str) -> str:
     try:
         return driver.execute_script(
@@ -128,12 +138,12 @@ async def test_an_operator_and_a_reader_use_the_page(chromium: Any, database_url
             driver.get(f"{server.base}/ui#/items")
             search = wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#item-search input[name=name]"))
             search.send_keys("cube")
-            driver.find_element(By.CSS_SELECTOR, "#item-search button").click()
+            click(driver, By.CSS_SELECTOR, "#item-search button")
             wait(
                 driver, lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-uid="{uid}"]'), message="the item is found"
             )
             screenshot(driver, "items")
-            driver.find_element(By.LINK_TEXT, "obs-42/cube.fits").click()
+            click(driver, By.LINK_TEXT, "obs-42/cube.fits")
             wait(driver, lambda d: "Replicas (1)" in d.page_source, message="the item page shows one replica")
             history = driver.execute_script(
                 "return [...document.querySelectorAll('#history li')].map((e) => e.dataset.event)"
@@ -166,7 +176,7 @@ async def test_an_operator_and_a_reader_use_the_page(chromium: Any, database_url
             wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-migration="{migration_id}"]'))
             form = wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#copy-search input[name=item]"))
             form.send_keys("obs-42/cube.fits")
-            driver.find_element(By.CSS_SELECTOR, "#copy-search button").click()
+            click(driver, By.CSS_SELECTOR, "#copy-search button")
             wait(driver, lambda d: "item=obs-42" in d.current_url, message="the filter goes into the address")
             wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-migration="{migration_id}"]'))
             driver.get(f"{server.base}/ui#/")
@@ -212,7 +222,7 @@ async def test_an_operator_and_a_reader_use_the_page(chromium: Any, database_url
             # A reader: no cancel button, and cancelling through the page is refused by DLM.
             second = (await copy(api, uid=uid, destination_name="scratch"))["migration_id"]
             driver.get(f"{server.base}/ui#/")
-            driver.find_element(By.ID, "sign-out").click()
+            click(driver, By.ID, "sign-out")
             sign_in(driver, server.base, tokens["rita"], "rita")
             driver.get(f"{server.base}/ui#/migrations")
             wait(driver, lambda d: "needs the operator role" in d.page_source, message="the reader is told")
