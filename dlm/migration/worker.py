@@ -544,6 +544,14 @@ class Batch:
         self.jobs = jobs
         self.ids = [job.migration_id for job in jobs]
 
+    def _ours(self, ids: list[int]) -> Any:
+        """These jobs, where this worker still runs them (not cancelled, not taken over)."""
+        return and_(
+            Migration.migration_id == any_(ids),
+            Migration.lease_owner == self.owner,
+            Migration.status == MigrationStatus.RUNNING,
+        )
+
     def _alone(self, job: Migration) -> Job:
         return Job(self.sessionmaker, self.settings, self.owner, job)
 
@@ -610,11 +618,7 @@ class Batch:
         async with transaction(self.sessionmaker, actor=ACTOR) as session:
             await session.execute(
                 update(Migration)
-                .where(
-                    Migration.migration_id == any_(self.ids),
-                    Migration.lease_owner == self.owner,
-                    Migration.status == MigrationStatus.RUNNING,
-                )
+                .where(self._ours(self.ids))
                 .values(lease_expires=func.now() + datetime.timedelta(seconds=self.settings.migration_lease_seconds))
             )
 
@@ -630,11 +634,7 @@ class Batch:
             ours = set(
                 await session.scalars(
                     select(Migration.migration_id)
-                    .where(
-                        Migration.migration_id == any_([job.migration_id for job, _ in succeeded]),
-                        Migration.lease_owner == self.owner,
-                        Migration.status == MigrationStatus.RUNNING,
-                    )
+                    .where(self._ours([job.migration_id for job, _ in succeeded]))
                     .with_for_update()
                 )
             )
@@ -674,11 +674,7 @@ class Batch:
             async with asyncio.timeout(5), transaction(self.sessionmaker, actor=ACTOR) as session:
                 await session.execute(
                     update(Migration)
-                    .where(
-                        Migration.migration_id == any_(self.ids),
-                        Migration.lease_owner == self.owner,
-                        Migration.status == MigrationStatus.RUNNING,
-                    )
+                    .where(self._ours(self.ids))
                     .values(
                         status=MigrationStatus.PENDING,
                         attempts=Migration.attempts - 1,
