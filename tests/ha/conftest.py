@@ -81,8 +81,14 @@ class Cluster:
             await self._query(self.ports["node_1"], "dlm", "CHECKPOINT")
             return await self.states()
 
+        await self.until_healthy(replicating)
+
+    async def until_healthy(self, probe=None) -> None:  # noqa: ANN001
+        """Until the monitor hears from a primary and a secondary: synchronous replication is on again.
+        Between a failover and this, the new primary runs alone (wait_primary) and acknowledges commits
+        before any standby has them; with two data nodes, a second failure then can lose them."""
         await self._wait(
-            replicating, "a primary and a secondary", lambda s: sorted(s.values()) == ["primary", "secondary"]
+            probe or self.states, "a primary and a secondary", lambda s: sorted(s.values()) == ["primary", "secondary"]
         )
 
     async def states(self) -> dict[str, str]:
