@@ -27,6 +27,11 @@ _TOKEN_CACHE_SIZE = 10_000
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
+# What SKA-DLM's clients send when no token is configured (``f"Bearer {TOKEN}"`` with TOKEN None):
+# no credential at all, not a wrong one.
+UNSET_TOKENS = frozenset({"Bearer None", "Bearer null"})
+
+
 class Gate:
     """Admits requests for one DLM process."""
 
@@ -83,6 +88,8 @@ class Gate:
             raise Forbidden(f"Origin {origin!r} may not change anything here (only pages served by this DLM may)")
 
     async def _authenticate(self, authorization: str | None) -> Principal:
+        if authorization is not None and authorization.strip() in UNSET_TOKENS:
+            authorization = None
         if authorization is None:
             if self.open:
                 return ANONYMOUS

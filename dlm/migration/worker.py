@@ -379,6 +379,11 @@ class Job:
                 job_status={"finished": True, "success": False, "error": reason},
             )
             await discard_destination(session, job, remove_payload=remove_payload)
+            if self.settings.ska_deletion == "unconditional" and job.destination_uid is not None:
+                # SKA-DLM's migration manager removed a failed copy's replica row; its clients look for it gone.
+                await session.execute(
+                    ITEMS.delete().where(ITEMS.c.uid == job.destination_uid, ITEMS.c.item_state == ItemState.DELETED)
+                )
         metrics.COPIES.labels(MigrationStatus.FAILED.value).inc()
         return MigrationStatus.FAILED
 

@@ -47,6 +47,20 @@ async def test_a_foreign_origin_cannot_change_anything(open_client: AsyncTestCli
     assert "access-control-allow-origin" not in reading.headers
 
 
+async def test_skas_clients_without_a_token_send_bearer_none(open_client: AsyncTestClient, settings: Settings) -> None:
+    """SKA-DLM's clients send ``Bearer None`` when no token is configured: open, that is no token; any
+    other credential DLM cannot verify is still refused, and closed, ``None`` is no token either."""
+    for header in ("Bearer None", "Bearer null"):
+        response = await open_client.get("/request/query_data_item", headers={"Authorization": header})
+        assert response.status_code == 200, (header, response.text)
+    wrong = await open_client.get("/request/query_data_item", headers={"Authorization": "Bearer dlm_" + "0" * 64})
+    assert_error(wrong, 401, "Unauthorized")
+    closed = msgspec.structs.replace(settings, auth="required")
+    async with AsyncTestClient(create_app(closed)) as client:
+        refused = await client.get("/request/query_data_item", headers={"Authorization": "Bearer None"})
+        assert_error(refused, 401, "Unauthorized", "needs a bearer token")
+
+
 async def test_an_unknown_host_is_refused_but_probes_answer(open_client: AsyncTestClient) -> None:
     rebound = await open_client.get("/request/query_data_item", headers={"Host": "attacker.example:8000"})
     assert_error(rebound, 403, "Forbidden", "attacker.example", "DLM_ALLOWED_HOSTS")

@@ -82,3 +82,44 @@ async def test_skas_oda_trigger_makes_items_dlm_serves(database_url: str, settin
         ready = await client.patch("/request/set_state", params={"uid": item["uid"], "state": "READY"})
         assert ready.status_code == 200, ready.text
         assert (ready.json()["uid_phase"], ready.json()["oid_phase"]) == ("SOLID", "SOLID")
+
+
+async def test_skas_types_and_column_names_write_into_dlms_tables(database_url: str) -> None:
+    """What SKA's SQLAlchemy models write (its ska_dlm.dlm_db.models): values cast to its types in schema
+    dlm, location_facility's key as ``id``, a phase change's ``requested_phase``, item_type as text."""
+    connection = await asyncpg.connect(**_asyncpg_dsn(database_url))
+    try:
+        await connection.execute("INSERT INTO dlm.location_facility (id) VALUES ('Test Facility')")
+        location = await connection.fetchval(
+            "INSERT INTO dlm.location (location_name, location_type, location_country, location_facility) "
+            "VALUES ('perth', 'local-dev'::dlm.location_type, 'AU'::dlm.location_country, 'Test Facility') "
+            "RETURNING location_id"
+        )
+        assert (
+            await connection.fetchval(
+                "SELECT facility_name FROM public.location_facility JOIN public.location "
+                "ON location_facility = facility_name WHERE location_id = $1",
+                location,
+            )
+            == "Test Facility"
+        )
+        item = await connection.fetchrow(
+            "INSERT INTO dlm.data_item (item_name, item_type, item_mime_type) "
+            "VALUES ('eb-1', 'container'::varchar, 'application/fits'::dlm.mime_type) RETURNING uid, item_type"
+        )
+        assert item["item_type"] == "container"
+        await connection.execute(
+            "INSERT INTO dlm.phase_change (oid, requested_phase) VALUES ($1, 'SOLID'::dlm.phase_type)", item["uid"]
+        )
+        assert await connection.fetchval("SELECT final_phase FROM public.phase_change WHERE oid = $1", item["uid"]) == (
+            "SOLID"
+        )
+        # A value DLM's type does not have is refused, naming it, not stored.
+        try:
+            await connection.execute("SELECT 'blake2b'::dlm.checksum_method")
+        except asyncpg.InvalidTextRepresentationError as exc:
+            assert "blake2b" in str(exc)
+        else:
+            raise AssertionError("an unknown checksum method was accepted")
+    finally:
+        await connection.close()
