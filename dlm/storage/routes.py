@@ -86,8 +86,15 @@ async def init_storage(
     data: JSONBody[dict[str, Any] | None] = None,
 ) -> Response[str]:
     """Create a storage volume at a location (location_id or location_name); the optional body is its
-    configuration in rclone's remote format. DLM checks it can reach the storage now (an S3 bucket must
-    exist; check=false skips this). Returns the storage_id."""
+    configuration in rclone's remote format, or (SKA-DLM's other form, when it has a storage_name) the
+    storage's whole row, whose values then stand for the query's. DLM checks it can reach the storage
+    now (an S3 bucket must exist; check=false skips this). Returns the storage_id."""
+    if data is not None and "storage_name" in data:
+        row = service.ska_storage_row(data)
+        storage_name, storage_type, storage_interface = row.storage_name, row.storage_type, row.storage_interface
+        root_directory, location_name = row.root_directory, row.location_name
+        location_id = str(row.location_id) if row.location_id else None
+        storage_capacity, storage_phase, data = row.storage_capacity, row.storage_phase, None
     storage_id = await service.init_storage(
         session,
         confinement=state.confinement,

@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import msgspec
 from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -108,6 +109,30 @@ async def resolve_location(session: AsyncSession, *, location_name: str = "", lo
     if found is None:
         raise NotFound(f"location {location_name or location_id!r} does not exist")
     return found
+
+
+class SkaStorageRow(msgspec.Struct):
+    """A storage as SKA-DLM's init_storage took it in its body (all of the row, no config)."""
+
+    storage_name: str
+    storage_type: StorageType
+    storage_interface: StorageInterface
+    root_directory: str
+    location_id: uuid.UUID | None = None
+    location_name: str = ""
+    storage_capacity: int = -1
+    storage_phase: Phase = Phase.GAS
+
+
+def ska_storage_row(body: dict[str, Any]) -> SkaStorageRow:
+    """The storage ``body`` describes, or a 422 naming what is wrong in it."""
+    try:
+        row = msgspec.convert(body, SkaStorageRow, strict=False)
+    except msgspec.ValidationError as exc:
+        raise InvalidQueryParameters(f"body: {exc}") from exc
+    if row.location_id is None and not row.location_name:
+        raise InvalidQueryParameters("body: one of location_id, location_name is required")
+    return row
 
 
 async def init_storage(

@@ -74,6 +74,45 @@ async def test_storage_creation_errors(registry: Registry, tmp_path: Path) -> No
     assert [row["storage_name"] for row in (await client.get("/storage/query_storage")).json()] == ["absent", "disk"]
 
 
+async def test_init_storage_takes_skas_json_row(registry: Registry, tmp_path: Path) -> None:
+    """SKA-DLM's init_storage also took the whole storage row as its body; its values stand for the
+    query's (which SKA's route required all the same)."""
+    client = registry.client
+    (tmp_path / "tape").mkdir()
+    [site] = (await client.get("/storage/query_location", params={"location_name": "site"})).json()
+    query = {
+        "storage_name": "ignored",
+        "storage_type": "filesystem",
+        "storage_interface": "posix",
+        "root_directory": "/",
+    }
+    row = {
+        "storage_name": "archive", "storage_type": "filesystem", "storage_interface": "posix",
+        "root_directory": str(tmp_path / "tape"), "location_id": site["location_id"],
+        "storage_capacity": 1000, "storage_phase": "SOLID",
+    }  # fmt: skip
+    made = await client.post("/storage/init_storage", params=query, json=row)
+    assert made.status_code == 200, made.text
+    [storage] = (await client.get("/storage/query_storage", params={"storage_id": made.json()})).json()
+    assert (storage["storage_name"], storage["root_directory"], storage["storage_phase"]) == (
+        "archive",
+        str(tmp_path / "tape"),
+        "SOLID",
+    )
+    assert storage["storage_capacity"] == 1000 and storage["location_id"] == site["location_id"]
+    for broken, field in (
+        ({**row, "storage_name": "x", "storage_type": "floppy"}, "storage_type"),
+        (
+            {key: value for key, value in row.items() if key != "root_directory"} | {"storage_name": "y"},
+            "root_directory",
+        ),
+        ({key: value for key, value in row.items() if key != "location_id"} | {"storage_name": "z"}, "location"),
+    ):
+        refused = await client.post("/storage/init_storage", params=query, json=broken)
+        assert_error(refused, 422, "InvalidQueryParameters", "body", field)
+    assert {row["storage_name"] for row in (await client.get("/storage/query_storage")).json()} == {"disk", "archive"}
+
+
 BAD_S3_CONFIGS = [
     ({}, "config"),
     ({"type": "ftp-ish"}, "config.type"),
