@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 import msgspec
-from sqlalchemy import ARRAY, Row, String, any_, cast, func, select, text, update
+from sqlalchemy import ARRAY, Row, Select, String, any_, cast, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dlm.data_item import ITEMS, change_items, create_items, item_selector
@@ -452,6 +452,12 @@ class _PlannedReplica(msgspec.Struct, frozen=True):
     uid_phase: Any
 
 
+def with_item_names(query: Select[Any]) -> Select[Any]:
+    """``query`` over copies, with the name of each copy's item beside it (its source replica's)."""
+    name = select(ITEMS.c.item_name).where(ITEMS.c.uid == Migration.source_uid).scalar_subquery()
+    return query.add_columns(name.label("item_name"))
+
+
 async def query_migrations(
     session: AsyncSession,
     *,
@@ -486,7 +492,7 @@ async def query_migrations(
     if storage_id:
         storage = parse_uuid(storage_id, "storage_id")
         query = query.where((Migration.source_storage_id == storage) | (Migration.destination_storage_id == storage))
-    return list((await session.execute(query)).all())
+    return list((await session.execute(with_item_names(query))).all())
 
 
 async def get_migration(session: AsyncSession, migration_id: int, *, user: str | None = None) -> list[Row[Any]]:

@@ -282,6 +282,34 @@ async def get_delivery(session: AsyncSession, principal: Principal, delivery_id:
     return shown(delivery, keyring(session))
 
 
+# A page of deliveries at most; offset pages further.
+MAX_DELIVERIES = 1000
+
+
+async def query_deliveries(
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    status: MigrationStatus | None = None,
+    offset: int = 0,
+    limit: int = MAX_DELIVERIES,
+) -> list[dict[str, Any]]:
+    """Deliveries, newest first (below the operator role only the caller's own), each with how many
+    items it ships instead of the list and without its manifest: get_delivery has both."""
+    query = select(Delivery).order_by(Delivery.delivery_id.desc()).offset(offset).limit(min(limit, MAX_DELIVERIES))
+    if (owner := _owned_by(principal)) is not None:
+        query = query.where(Delivery.user == owner)
+    if status is not None:
+        query = query.where(Delivery.status == status)
+    found = []
+    for delivery in await session.scalars(query):
+        row = shown(delivery, keyring(session))
+        row["item_count"] = len(row.pop("items") or [])
+        del row["manifest"]
+        found.append(row)
+    return found
+
+
 async def cancel_delivery(session: AsyncSession, principal: Principal, delivery_id: int) -> dict[str, Any]:
     """Cancel a delivery that has not finished: a queued one is never shipped, a running one stops at its
     next lease renewal and removes what it wrote. Its owner or an operator may."""

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dlm.api import MAX_BIGINT, EventId, UuidQuery, json_response, json_rows, provide_session
 from dlm.auth.policy import permission
 from dlm.auth.principal import Principal
-from dlm.enums import ItemState, Phase, Role
+from dlm.enums import ItemState, MigrationStatus, Phase, Role
 from dlm.parsing import parse_datetime, parse_duration, parse_enum
 from dlm.request import delivery, retrieve, service, setters
 from dlm.request.filters import MAX_PAGE_SIZE
@@ -497,6 +497,20 @@ async def get_delivery(
     return row_dict(await delivery.get_delivery(session, principal, delivery_id))
 
 
+@get("/query_deliveries", operation_id="query_deliveries", **permission(Role.READER), summary="Query Deliveries")
+async def query_deliveries(
+    session: NamedDependency[AsyncSession],
+    principal: NamedDependency[Principal],
+    status: FromQuery[MigrationStatus | None] = None,
+    offset: Annotated[int, QueryParameter(ge=0, le=MAX_BIGINT)] = 0,
+    limit: Annotated[int, QueryParameter(ge=1, le=delivery.MAX_DELIVERIES)] = delivery.MAX_DELIVERIES,
+) -> list[dict[str, Any]]:
+    """DLM addition. Deliveries, newest first, optionally in one status, a page (limit, offset) at a time:
+    each with its item_count and progress, not its items or manifest (get_delivery). Below the operator
+    role, only the caller's own."""
+    return await delivery.query_deliveries(session, principal, status=status, offset=offset, limit=limit)
+
+
 router = Router(
     path="/request",
     route_handlers=[
@@ -506,6 +520,7 @@ router = Router(
         deliver,
         cancel_delivery,
         get_delivery,
+        query_deliveries,
         update_data_item,
         set_uri,
         set_metadata,

@@ -14,6 +14,7 @@ from dlm.data_item import ITEMS
 from dlm.db import tally
 from dlm.db.models import Migration, Storage, StorageEvent
 from dlm.enums import ItemState, MigrationStatus
+from dlm.migration.service import with_item_names
 from dlm.rows import row_dicts
 from dlm.storage.service import storage_usage
 
@@ -162,7 +163,7 @@ async def _migrations(session: AsyncSession, user: str | None) -> dict[str, Any]
     return {
         "by_status": {status.value: by_status.get(status, 0) for status in MigrationStatus},
         "oldest_due": oldest_due.isoformat() if oldest_due else None,
-        "active": row_dicts(await session.execute(active)),
+        "active": row_dicts(await session.execute(with_item_names(active))),
     }
 
 

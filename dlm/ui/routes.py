@@ -17,16 +17,17 @@ from litestar.di import NamedDependency, Provide
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.openapi.plugins import OpenAPIRenderPlugin
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dlm.api import provide_session
+from dlm.api import UuidQuery, provide_session
 from dlm.auth import Principal
 from dlm.auth.policy import PUBLIC, permission
 from dlm.enums import Role
 from dlm.errors import NotFound
 from dlm.ui.overview import overview
+from dlm.ui.storage_page import storage_page
 
 ASSETS_PATH = "/ui/assets"
 # Only this server's own scripts, styles and API; no inline script, no framing by other sites.
@@ -93,9 +94,19 @@ async def overview_route(
     return await overview(session, last_passes=last_passes, user=user)
 
 
+@get("/storage", operation_id="ui_storage", summary="Operator Storage Page", **permission(Role.READER))
+async def storage_route(
+    session: NamedDependency[AsyncSession], storage_name: FromQuery[str] = "", storage_id: UuidQuery = ""
+) -> dict[str, Any]:
+    """DLM addition. What the operator page shows of one storage (storage_name or storage_id): its row and
+    fill, bytes held at the end of each of the last 30 days, replicas by state, copies under way into
+    and out of it, its latest copies (with item names) and its events."""
+    return await storage_page(session, storage_name=storage_name, storage_id=storage_id)
+
+
 router = Router(
     path="/ui",
-    route_handlers=[page, asset, overview_route],
+    route_handlers=[page, asset, overview_route, storage_route],
     dependencies={"session": Provide(provide_session)},
     tags=["ui"],
 )

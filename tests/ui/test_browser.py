@@ -272,3 +272,93 @@ async def test_the_pasted_curl_line_names_the_file_and_runs_nothing_else(
         assert list(pasted.iterdir()) == [], "the line ran nothing but curl"
     finally:
         server.stop()
+
+
+BACKLOG = 3000
+
+
+async def test_storage_deliveries_and_tokens_pages_over_a_backlog_of_thousands(
+    chromium: Any, database_url: str, tmp_path: Path
+) -> None:
+    """Thousands of items below their target phase (no copy worker runs), as an admin sees them: the
+    overview's counts, a storage's page, the deliveries and the tokens."""
+    server = await Server(database_url, tmp_path / "data", admin_token=ADMIN_TOKEN, migration_workers=0).ready()
+    try:
+        api = httpx.AsyncClient(base_url=server.base, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=60)
+        async with api:
+            registry = Registry(api, tmp_path / "disk")  # type: ignore[arg-type]
+            await registry.storage("disk", phase="GAS", root=tmp_path / "disk", storage_capacity=1024 * MiB)
+            await registry.storage("archive", phase="SOLID", root=tmp_path / "archive")
+            (tmp_path / "disk" / "obs").mkdir(parents=True)
+            for index in range(BACKLOG):
+                (tmp_path / "disk" / "obs" / f"{index:05d}").write_bytes(b"x" * 100)
+            entries = [
+                {"item_name": f"obs/{i:05d}", "uri": f"obs/{i:05d}", "storage_name": "disk"} for i in range(BACKLOG)
+            ]
+            registered = await api.post("/ingest/register_data_items", json=entries)
+            assert registered.status_code == 200, registered.text
+            out = tmp_path / "out"
+            delivered = await api.post(
+                "/request/deliver",
+                json={"items": ["obs/00000", "obs/00001", "obs/00002"], "destination": {"posix": str(out)}},
+            )
+            assert delivered.status_code == 200, delivered.text
+
+            driver = chromium
+            sign_in(driver, server.base, ADMIN_TOKEN, "admin")
+            # The overview counts the backlog up to a bound, and every replica from the tallies.
+            wait(
+                driver,
+                lambda d: text_of(d, '[data-backlog="below-target"]').startswith("1,000+ items below their target"),
+                message="the backlog is counted",
+            )
+            assert text_of(driver, '#replicas tr[data-storage-id] td[data-state="READY"]') == str(BACKLOG)
+
+            # A storage's page, from the overview's card: what it holds, day by day, and by state.
+            click(driver, By.LINK_TEXT, "disk")
+            wait(driver, lambda d: "3,000 replicas" in text_of(d, "#storage-facts"), message="the disk page")
+            assert text_of(driver, '#storage-replicas td[data-state="READY"]') == "3,000"
+            assert attribute_of(driver, "svg.chart rect.column:last-of-type", "data-bytes") == str(100 * BACKLOG)
+            assert "1.00 GiB" in text_of(driver, "#capacity")
+            screenshot(driver, "storage")
+            # No capacity set: the page says what that means and lets an admin set one.
+            driver.execute_script("location.hash = '#/storage?name=archive'")
+            field = wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#set-capacity input[name=capacity]"))
+            assert "none set" in text_of(driver, "#capacity") and "dlm storage update" in text_of(driver, "#capacity")
+            field.send_keys("5000000")
+            click(driver, By.CSS_SELECTOR, "#set-capacity button")
+            wait(driver, lambda d: text_of(d, "#capacity") == "4.77 MiB", message="the capacity is set")
+            [archive] = (await api.get("/storage/query_storage", params={"storage_name": "archive"})).json()
+            assert archive["storage_capacity"] == 5000000
+
+            # Deliveries: the one above, finished, with its three items.
+            driver.execute_script("location.hash = '#/deliveries'")
+            row = f'tr[data-delivery="{delivered.json()["delivery_id"]}"]'
+            wait(driver, lambda d: "SUCCEEDED" in text_of(d, f"{row} .status"), seconds=60, message="the delivery")
+            assert "3" in text_of(driver, f"{row} td.num") and str(out) in text_of(driver, row)
+            screenshot(driver, "deliveries")
+
+            # Tokens: a new one's secret shown once and working; revoked, refused.
+            driver.execute_script("location.hash = '#/tokens'")
+            name = wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#create-token input[name=name]"))
+            name.send_keys("bot")
+            driver.find_element(By.CSS_SELECTOR, "#create-token select[name=role] option[value=reader]").click()
+            click(driver, By.CSS_SELECTOR, "#create-token button")
+            secret = wait(driver, lambda d: text_of(d, "#new-secret code"), message="the secret is shown")
+            assert secret.startswith("dlm_"), secret
+            wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-token="bot"]'), message="bot listed")
+            screenshot(driver, "tokens")
+            whoami = await api.get("/auth/whoami", headers={"Authorization": f"Bearer {secret}"})
+            assert whoami.status_code == 200 and whoami.json()["role"] == "reader", whoami.text
+            click(driver, By.CSS_SELECTOR, 'tr[data-token="bot"] button[data-action=revoke]')
+            wait(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, 'tr[data-token="bot"]'), message="bot revoked")
+            refused = await api.get("/auth/whoami", headers={"Authorization": f"Bearer {secret}"})
+            assert refused.status_code == 401
+
+            # A reader has no tokens page to go to.
+            reader = (await api.post("/auth/create_token", params={"name": "rita", "role": "reader"})).json()
+            click(driver, By.ID, "sign-out")
+            sign_in(driver, server.base, reader, "rita")
+            assert driver.execute_script("return document.querySelector('nav a[data-page=tokens]').hidden") is True
+    finally:
+        server.stop()

@@ -3,11 +3,13 @@ and its overview reports real work, limited to what the caller's role may see.""
 
 import asyncio
 import re
+import uuid
 from pathlib import Path
 from unittest.mock import ANY
 
 import msgspec
 from litestar.testing import AsyncTestClient
+from sqlalchemy import text
 
 from dlm.app import create_app
 from dlm.config import Settings
@@ -125,3 +127,85 @@ async def test_the_overview_shows_engine_passes_and_only_a_readers_own_copies(
         client.headers.pop("Authorization")
         assert_error(await client.get("/ui/overview"), 401, "Unauthorized")
         assert (await client.get("/ui")).status_code == 200, "the page itself holds nothing; it asks for a token"
+
+
+async def test_a_storage_page_shows_its_fill_over_time_replicas_and_copies(
+    registry: Registry, tmp_path: Path, sessionmaker
+) -> None:
+    """The fill per day comes from DLM's own rows: what is held now, less what came since, plus what went."""
+    await registry.storage("archive", phase="SOLID", root=tmp_path / "archive")
+    old = await registry.register("old", registry.payload("old", b"o" * 300) and "old")
+    gone = await registry.register("gone", registry.payload("gone", b"g" * 50) and "gone")
+    await registry.register("new", registry.payload("new", b"n" * 20) and "new")
+    async with sessionmaker() as session, session.begin():
+        # "old" and "gone" were registered five days ago; "gone" was deleted two days ago.
+        await session.execute(
+            text("UPDATE data_item SET uid_creation = now() - interval '5 days' WHERE uid = ANY(:uids)"),
+            {"uids": [uuid.UUID(old), uuid.UUID(gone)]},
+        )
+    deleted = await registry.client.post("/storage/delete_data_item_payload", params={"uid": gone, "force": True})
+    assert deleted.status_code == 200, deleted.text
+    async with sessionmaker() as session, session.begin():
+        await session.execute(
+            text("UPDATE data_item SET uid_deletion = now() - interval '2 days' WHERE uid = :uid"),
+            {"uid": uuid.UUID(gone)},
+        )
+    queued = await copy(registry.client, uid=old, destination_name="archive")
+    assert (await wait_for(registry.client, queued["migration_id"]))["status"] == "SUCCEEDED"
+
+    response = await registry.client.get("/ui/storage", params={"storage_name": "disk"})
+    assert response.status_code == 200, response.text
+    page = response.json()
+    assert page["storage"]["storage_name"] == "disk" and page["storage"]["used_bytes"] == 320
+    fill = [day["bytes"] for day in page["fill"]]
+    assert len(fill) == 30
+    assert fill[-1] == 320, "today: what is there now"
+    assert fill[-2] == 300 and fill[-3] == 300, "before today's registration, after the deletion"
+    assert fill[-4] == 350 and fill[-5] == 350, "while 'gone' was there"
+    assert fill[-7] == 0, "before either"
+    assert page["replicas"] == {"READY": 2, "DELETED": 1}
+    assert page["copies_under_way"] == {"in": {"PENDING": 0, "RUNNING": 0}, "out": {"PENDING": 0, "RUNNING": 0}}
+    [latest] = page["latest_copies"]
+    assert latest["item_name"] == "old" and latest["status"] == "SUCCEEDED"
+    assert {event["event"] for event in page["events"]} == {"storage_created"}
+    archive = (await registry.client.get("/ui/storage", params={"storage_name": "archive"})).json()
+    assert archive["fill"][-1]["bytes"] == 300 and archive["latest_copies"][0]["migration_id"] == latest["migration_id"]
+    assert_error(await registry.client.get("/ui/storage", params={"storage_name": "nosuch"}), 404, "NotFound", "nosuch")
+    # Copies carry their item's name wherever they are listed.
+    [listed] = (await registry.client.get("/migration/query_migrations")).json()
+    assert listed["item_name"] == "old"
+
+
+async def test_deliveries_are_listed_newest_first_each_callers_own(
+    settings: Settings, sessionmaker, tmp_path: Path
+) -> None:
+    closed = msgspec.structs.replace(settings, auth="required")
+    async with AsyncTestClient(create_app(closed)) as client:
+        admin = bearer(await make_token(sessionmaker, "ada", Role.ADMIN))
+        reader = bearer(await make_token(sessionmaker, "rita", Role.READER))
+        client.headers.update(admin)
+        registry = Registry(client, tmp_path / "store")
+        await registry.storage()
+        await registry.register("obs-1", registry.payload("obs-1", b"abc") and "obs-1")
+        out = tmp_path / "out"
+        out.mkdir()
+        made = []
+        for _ in range(2):
+            response = await client.post(
+                "/request/deliver", json={"items": ["obs-1"], "destination": {"posix": str(out / str(len(made)))}}
+            )
+            assert response.status_code == 200, response.text
+            made.append(response.json()["delivery_id"])
+        listed = (await client.get("/request/query_deliveries")).json()
+        assert [row["delivery_id"] for row in listed] == made[::-1]
+        assert listed[0]["item_count"] == 1 and listed[0]["bytes_total"] == 3 and listed[0]["user"] == "token:ada"
+        assert "manifest" not in listed[0] and "items" not in listed[0]
+        paged = (await client.get("/request/query_deliveries", params={"limit": 1, "offset": 1})).json()
+        assert [row["delivery_id"] for row in paged] == made[:1]
+        assert (await client.get("/request/query_deliveries", headers=reader)).json() == [], "not the reader's"
+        assert_error(
+            await client.get("/request/query_deliveries", params={"status": "LOST"}),
+            422,
+            "InvalidQueryParameters",
+            "status",
+        )

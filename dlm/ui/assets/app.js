@@ -225,7 +225,7 @@ function storageCard(storage) {
   const share = capacity ? percent(used, capacity) : 0;
   const of = capacity ? ` of ${bytes(capacity)}${storage.capacity_bytes === null ? " (file system)" : ""}` : " (no capacity known)";
   return h("div", { class: "card", "data-storage": storage.storage_name },
-    h("h3", {}, storage.storage_name, badge(storage.storage_phase)),
+    h("h3", {}, h("a", { href: storageLink(storage.storage_name) }, storage.storage_name), badge(storage.storage_phase)),
     bar(share, `${bytes(used)}${of} · ${storage.objects} replicas`, { high: share >= 90, name: `${storage.storage_name} used` }),
     h("div", { class: "bar-label" }, storage.storage_interface,
       storage.filesystem_free_bytes !== null ? ` · ${bytes(storage.filesystem_free_bytes)} free on its file system` : ""));
@@ -235,7 +235,8 @@ function storageCard(storage) {
 function replicaCounts(counts) {
   const cell = new Map(counts.map((row) => [`${row.storage_id}/${row.item_state}`, row.count]));
   const storages = [...new Set(counts.map((row) => row.storage_id))];
-  const rows = storages.map((id) => h("tr", { "data-storage-id": id || "" }, h("td", {}, id ? storageName(id) : "(no storage)"),
+  const rows = storages.map((id) => h("tr", { "data-storage-id": id || "" },
+    h("td", {}, id ? h("a", { href: storageLink(storageName(id)) }, storageName(id)) : "(no storage)"),
     STATES.map((state) => h("td", { class: "num", "data-state": state }, cell.get(`${id}/${state}`) || 0))));
   return table(["storage", ...STATES.map((state) => `${state} `)], rows, "No replica yet.");
 }
@@ -270,31 +271,37 @@ function copyQueue(migrations) {
     h("p", { class: "muted" }, migrations.oldest_due ? ["oldest copy waiting since ", when(migrations.oldest_due)] : "no copy is waiting for a worker"),
     table(["copy", "item", "to", "progress"], migrations.active.map((copy) => h("tr", {},
       h("td", {}, h("a", { href: "#/migrations" }, `#${copy.migration_id}`)),
-      h("td", {}, h("a", { href: `#/item?oid=${copy.oid}` }, copy.oid.slice(0, 8))),
+      h("td", {}, itemLink(copy)),
       h("td", {}, storageName(copy.destination_storage_id)),
       h("td", {}, progress(copy)))), "No copy under way."));
 }
 
 function chart(hours) {
+  return columns(hours.map((hour) => ({ at: hour.hour, bytes: hour.bytes })), {
+    what: "bytes copied per hour", empty: "nothing copied", every: 4,
+    tick: (at) => new Date(at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }),
+    title: (at) => new Date(at).toLocaleString(),
+  });
+}
+
+// Columns of bytes over time: points are {at, bytes}, oldest first.
+function columns(points, { what, empty, every, tick, title }) {
   const width = 960, height = 180, left = 60, bottom = 22, top = 12;
-  const most = Math.max(1, ...hours.map((hour) => hour.bytes));
-  const step = (width - left - 8) / hours.length;
+  const most = Math.max(1, ...points.map((point) => point.bytes));
+  const step = (width - left - 8) / points.length;
   const scale = (height - top - bottom) / most;
   const drawing = svg("svg", { class: "chart", viewBox: `0 0 ${width} ${height}`, role: "img",
-    "aria-label": `bytes copied per hour; most in one hour: ${bytes(most)}` });
+    "aria-label": `${what}; most: ${bytes(most)}` });
   drawing.append(svg("line", { x1: left, x2: width - 4, y1: height - bottom, y2: height - bottom }));
-  drawing.append(svg("text", { x: 4, y: top + 8 }, hours.some((hour) => hour.bytes) ? bytes(most) : "nothing copied"));
+  drawing.append(svg("text", { x: 4, y: top + 8 }, points.some((point) => point.bytes) ? bytes(most) : empty));
   drawing.append(svg("text", { x: 4, y: height - bottom }, "0"));
-  hours.forEach((hour, index) => {
-    const tall = hour.bytes * scale;
+  points.forEach((point, index) => {
+    const tall = point.bytes * scale;
     const column = svg("rect", { class: "column", x: left + index * step + 1, y: height - bottom - tall,
-      width: Math.max(1, step - 2), height: tall, "data-bytes": hour.bytes });
-    column.append(svg("title", {}, `${new Date(hour.hour).toLocaleString()}: ${bytes(hour.bytes)}`));
+      width: Math.max(1, step - 2), height: tall, "data-bytes": point.bytes });
+    column.append(svg("title", {}, `${title(point.at)}: ${bytes(point.bytes)}`));
     drawing.append(column);
-    if (index % 4 === 0) {
-      drawing.append(svg("text", { x: left + index * step, y: height - 6 },
-        new Date(hour.hour).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })));
-    }
+    if (index % every === 0) drawing.append(svg("text", { x: left + index * step, y: height - 6 }, tick(point.at)));
   });
   return drawing;
 }
@@ -479,7 +486,7 @@ async function migrations(query) {
       rows.slice(0, PAGE_SIZE).map((copy) =>
       h("tr", { "data-migration": copy.migration_id },
         h("td", {}, `#${copy.migration_id}${copy.move ? " (move)" : ""}`),
-        h("td", {}, h("a", { href: `#/item?oid=${copy.oid}` }, copy.oid.slice(0, 8))),
+        h("td", {}, itemLink(copy)),
         h("td", {}, storageName(copy.source_storage_id)), h("td", {}, storageName(copy.destination_storage_id)),
         h("td", { class: "status" }, badge(copy.status)), h("td", {}, progress(copy)),
         h("td", { class: "num" }, copy.attempts), h("td", {}, when(copy.date)),
@@ -491,6 +498,15 @@ async function migrations(query) {
     pager("migrations", query, page, more),
   );
   refreshIn(active ? 1 : 10, () => migrations(query));
+}
+
+// A copy's item by name (the id's start when its source replica is gone), linked to the item's page.
+function itemLink(copy) {
+  return h("a", { href: `#/item?oid=${copy.oid}`, title: copy.oid }, copy.item_name || copy.oid.slice(0, 8));
+}
+
+function storageLink(name) {
+  return `#/storage?name=${encodeURIComponent(name)}`;
 }
 
 function progress(copy) {
@@ -510,9 +526,169 @@ async function act(label, path, migrationId) {
   await route();
 }
 
+// One storage: how full it is and was, its replicas, the copies into and out of it, its events.
+async function storage(query) {
+  await loadStorages();
+  const data = await api("GET", "/ui/storage", { storage_name: query.get("name") || "" });
+  const facts = data.storage;
+  const capacity = facts.capacity_bytes ?? facts.filesystem_total_bytes;
+  const share = capacity ? percent(facts.used_bytes, capacity) : 0;
+  show(
+    h("h1", {}, facts.storage_name, " ", badge(facts.storage_phase)),
+    h("dl", { class: "facts", id: "storage-facts" },
+      h("dt", {}, "interface"), h("dd", {}, `${facts.storage_interface} (${facts.storage_type})`),
+      h("dt", {}, "root"), h("dd", { class: "mono" }, facts.root_directory),
+      h("dt", {}, "state"), h("dd", {}, facts.storage_retired ? "retired" : facts.storage_available ? "available" : "unavailable",
+        facts.storage_permissions === "RO" ? ", read-only" : ""),
+      h("dt", {}, "holds"), h("dd", {}, `${bytes(facts.used_bytes)} in ${facts.objects.toLocaleString()} replicas`),
+      h("dt", {}, "capacity"), h("dd", { id: "capacity" }, capacityFacts(facts))),
+    capacity ? bar(share, `${share} % used`, { high: share >= 90, name: `${facts.storage_name} used` }) : null,
+    h("h2", {}, `Held over the last ${data.fill.length} days`),
+    columns(data.fill.map((day) => ({ at: day.day, bytes: day.bytes })), {
+      what: `bytes DLM held on ${facts.storage_name} at the end of each day`, empty: "nothing held", every: 5,
+      tick: (at) => at.slice(5), title: (at) => at,
+    }),
+    h("div", { class: "grid2" },
+      h("section", { id: "storage-replicas" }, h("h2", {}, "Replicas by state"),
+        table(STATES.map((state) => `${state} `), [h("tr", {}, STATES.map((state) =>
+          h("td", { class: "num", "data-state": state }, (data.replicas[state] || 0).toLocaleString())))])),
+      h("section", { id: "under-way" }, h("h2", {}, "Copies under way"),
+        table(["", "PENDING ", "RUNNING "], ["in", "out"].map((way) => h("tr", { "data-way": way },
+          h("td", {}, way === "in" ? "into it" : "out of it"),
+          h("td", { class: "num" }, data.copies_under_way[way].PENDING),
+          h("td", { class: "num" }, data.copies_under_way[way].RUNNING)))))),
+    h("h2", {}, "Latest copies"),
+    table(["copy", "item", "from", "to", "status", "finished", "last error"], data.latest_copies.map((copy) =>
+      h("tr", { "data-migration": copy.migration_id },
+        h("td", {}, h("a", { href: `#/migrations?storage=${facts.storage_id}` }, `#${copy.migration_id}`)),
+        h("td", {}, itemLink(copy)), h("td", {}, storageName(copy.source_storage_id)),
+        h("td", {}, storageName(copy.destination_storage_id)), h("td", {}, badge(copy.status)),
+        h("td", {}, copy.completion_date ? when(copy.completion_date) : ""),
+        h("td", { class: "error" }, copy.last_error || ""))), "No copy to or from this storage yet."),
+    h("h2", {}, "Events"),
+    table(["when", "event", "detail", "by"], data.events.map((event) => h("tr", {},
+      h("td", {}, when(event.event_time)), h("td", {}, event.event), h("td", {}, event.detail || ""),
+      h("td", {}, event.actor))), "No events."),
+  );
+  refreshIn(30, () => storage(query));
+}
+
+// S3 reports no size, so DLM knows a capacity only when it is given one: say so, and how (admins here).
+function capacityFacts(facts) {
+  if (facts.capacity_bytes !== null) return bytes(facts.capacity_bytes);
+  const why = h("span", { class: "muted" },
+    facts.filesystem_total_bytes !== null
+      ? `none set: DLM may fill its file system (${bytes(facts.filesystem_total_bytes)}). `
+      : facts.storage_interface === "s3"
+        ? "no capacity known: an S3 bucket reports no size, so DLM counts only what it holds there. "
+        : "no capacity known: DLM cannot see this storage's file system from here. ",
+    "Set one so that the capacity engine and this page warn before it fills: ",
+    h("code", {}, `dlm storage update ${shellQuoted(facts.storage_name)} --capacity BYTES`));
+  if (!may("admin")) return why;
+  const field = h("input", { name: "capacity", type: "number", min: 0, placeholder: "bytes", size: 18, required: true });
+  const form = h("form", { class: "search", id: "set-capacity", onsubmit: async (event) => {
+    event.preventDefault();
+    try {
+      await api("PATCH", "/storage/update_storage", { storage_id: facts.storage_id, storage_capacity: field.value });
+      toast(`Capacity of ${facts.storage_name} set`, true);
+      await route();
+    } catch (error) {
+      toast(`Capacity refused: ${error.message}`);
+    }
+  } }, h("label", {}, "capacity", field), h("button", { type: "submit" }, "Set capacity"));
+  return h("div", {}, why, form);
+}
+
+// Deliveries: what was shipped where, a page at a time; the owner (or an operator) may cancel one under way.
+async function deliveries(query) {
+  const page = Math.max(0, Number(query.get("page") || 0));
+  const rows = await api("GET", "/request/query_deliveries",
+    { status: query.get("status") || "", limit: PAGE_SIZE + 1, offset: page * PAGE_SIZE });
+  const active = rows.some((row) => row.status === "PENDING" || row.status === "RUNNING");
+  show(
+    h("h1", {}, "Deliveries"),
+    searchForm("delivery-search", "deliveries", query, h("label", {}, "status", choice(query, "status", MIGRATION_STATUSES))),
+    table(["delivery", "by", "items ", "to", "packaging", "status", "progress", "requested", "finished", "last error", ""],
+      rows.slice(0, PAGE_SIZE).map((delivery) => h("tr", { "data-delivery": delivery.delivery_id },
+        h("td", {}, `#${delivery.delivery_id}`), h("td", {}, delivery.user),
+        h("td", { class: "num" }, delivery.item_count), h("td", { class: "mono" }, destinationText(delivery.destination)),
+        h("td", {}, delivery.packaging), h("td", { class: "status" }, badge(delivery.status)),
+        h("td", {}, bar(percent(delivery.bytes_done, delivery.bytes_total),
+          `${bytes(delivery.bytes_done)} of ${bytes(delivery.bytes_total)}`, { name: `delivery ${delivery.delivery_id}` })),
+        h("td", {}, when(delivery.created)), h("td", {}, delivery.finished ? when(delivery.finished) : ""),
+        h("td", { class: "error" }, delivery.last_error || ""),
+        h("td", {}, ["PENDING", "RUNNING"].includes(delivery.status)
+          ? h("button", { type: "button", class: "danger", "data-action": "cancel", onclick: async () => {
+            try {
+              await api("POST", "/request/cancel_delivery", { delivery_id: delivery.delivery_id });
+              toast(`Delivery #${delivery.delivery_id} cancelled`, true);
+            } catch (error) {
+              toast(`Cancel of delivery #${delivery.delivery_id} refused: ${error.message}`);
+            }
+            await route();
+          } }, "Cancel") : null))),
+      may("operator") ? "No delivery matches." : "No deliveries of yours match (a reader sees the deliveries they asked for)."),
+    pager("deliveries", query, page, rows.length > PAGE_SIZE),
+  );
+  refreshIn(active ? 2 : 15, () => deliveries(query));
+}
+
+function destinationText(destination) {
+  if (destination.s3) return `s3://${destination.s3.bucket}/${destination.s3.prefix || ""}`;
+  if (destination.storage_name) return `${destination.storage_name}:${destination.path || ""}`;
+  if (destination.posix) return destination.posix;
+  return JSON.stringify(destination);
+}
+
+// API tokens, for admins: who holds which role until when; a new one's secret is shown once, here.
+async function tokens() {
+  if (!may("admin")) {
+    show(h("h1", {}, "Tokens"), h("p", { class: "muted" }, "Managing API tokens needs the admin role."));
+    return;
+  }
+  const name = h("input", { name: "name", required: true, size: 24 });
+  const role = h("select", { name: "role" }, ROLES.map((value) => h("option", { value }, value)));
+  const expires = h("input", { name: "expires", placeholder: "e.g. 90d (empty: never)", size: 18 });
+  const secret = h("div", { id: "new-secret", hidden: true });
+  const form = h("form", { class: "search", id: "create-token", onsubmit: async (event) => {
+    event.preventDefault();
+    try {
+      const made = await api("POST", "/auth/create_token", { name: name.value, role: role.value, expires: expires.value });
+      secret.replaceChildren(
+        h("p", {}, h("strong", {}, `The secret of ${name.value}'s token, shown this once: `), "DLM keeps only its hash."),
+        h("code", { class: "secret" }, made));
+      secret.hidden = false;
+      name.value = expires.value = "";
+      await tokenTable();
+    } catch (error) {
+      toast(`Token refused: ${error.message}`);
+    }
+  } }, h("label", {}, "name", name), h("label", {}, "role", role), h("label", {}, "expires", expires),
+  h("button", { type: "submit" }, "Create token"));
+  const list = h("section", { id: "token-list" });
+  async function tokenTable() {
+    const current = await api("GET", "/auth/list_tokens");
+    list.replaceChildren(table(["name", "role", "created", "by", "expires", "last used", ""], current.map((token) =>
+      h("tr", { "data-token": token.name },
+        h("td", {}, token.name), h("td", {}, token.role), h("td", {}, when(token.created)), h("td", {}, token.created_by),
+        h("td", {}, token.expires ? when(token.expires) : "never"), h("td", {}, token.last_used ? when(token.last_used) : "never"),
+        h("td", {}, h("button", { type: "button", class: "danger", "data-action": "revoke", onclick: async () => {
+          try {
+            await api("POST", "/auth/revoke_token", { name: token.name });
+            toast(`Token ${token.name} revoked`, true);
+          } catch (error) {
+            toast(`Revoking ${token.name} refused: ${error.message}`);
+          }
+          await tokenTable();
+        } }, "Revoke")))), "No API token yet."));
+  }
+  await tokenTable();
+  show(h("h1", {}, "Tokens"), form, secret, list);
+}
+
 // --- routing ---------------------------------------------------------------------------------------
 
-const VIEWS = { "": overview, items, item, migrations };
+const VIEWS = { "": overview, items, item, migrations, storage, deliveries, tokens };
 
 async function route() {
   stopRefreshing();
@@ -526,6 +702,7 @@ async function route() {
   if (!session.who) {
     try { await whoAmI(); } catch (error) { if (!(error instanceof ApiError && error.status === 401)) failed(error); return; }
   }
+  for (const link of document.querySelectorAll("nav a[data-role]")) link.hidden = !may(link.dataset.role);
   try {
     await view(new URLSearchParams(search || ""));
   } catch (error) {
