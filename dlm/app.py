@@ -20,7 +20,7 @@ from dlm.auth.routes import router as auth_router
 from dlm.auth.startup import decide_open
 from dlm.config import Settings
 from dlm.db.engine import create_engine, create_read_sessionmaker, create_sessionmaker
-from dlm.db.schema import check_schema, current_revision, head_revision
+from dlm.db.schema import check_schema, current_revision, head_revision, schema_problem
 from dlm.enums import Role
 from dlm.ingest.routes import router as ingest_router
 from dlm.lifecycle.loops import EngineLoops
@@ -63,16 +63,17 @@ async def metrics_route(state: State) -> Response[bytes]:
 
 @get("/health/ready", operation_id="health_ready", summary="Readiness", tags=["health"], **PROBE)
 async def health_ready(state: State) -> Response[dict[str, str]]:
-    """The database answers and its schema is the one this DLM needs."""
-    head = head_revision()
+    """The database answers and this DLM can serve on its schema (its own head revision, or a newer one
+    that still serves this DLM: expand-then-contract)."""
     try:
+        problem = await schema_problem(state.engine)
         current = await current_revision(state.engine)
     except Exception:  # whatever the database's trouble, this process cannot serve
         log.warning("readiness check: database unreachable", exc_info=True)
         return Response({"status": "unavailable", "database": "unreachable"}, status_code=503)
-    if current != head:
-        return Response({"status": "unavailable", "schema": f"{current}, needs {head}"}, status_code=503)
-    return Response({"status": "ok", "schema": head})
+    if problem is not None:
+        return Response({"status": "unavailable", "schema": problem}, status_code=503)
+    return Response({"status": "ok", "schema": current or head_revision()})
 
 
 def _read_query_parameters(app: Litestar) -> None:

@@ -7,7 +7,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 from dlm.config import Settings
-from dlm.db import ska_views
+from dlm.db import compatibility, ska_views
 from dlm.db.engine import database_target
 from dlm.db.models import Base
 
@@ -29,6 +29,7 @@ def _run(connection: Connection) -> None:
         ska_views.drop(connection, schema)
         context.run_migrations()
         ska_views.create(connection, schema)
+        compatibility.record(connection, context.get_context().get_current_revision())
 
 
 async def _run_online() -> None:

@@ -414,6 +414,7 @@ class Server:
         *,
         environ: dict[str, str] | None = None,
         arguments: tuple[str, ...] = (),
+        cwd: Path | None = None,
         **settings: Any,
     ) -> None:
         self.port = free_port()
@@ -424,7 +425,7 @@ class Server:
         data_dir.mkdir(parents=True, exist_ok=True)
         with self.log.open("w") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "dlm", "serve", *arguments], env=environment, stderr=log
+                [sys.executable, "-m", "dlm", "serve", *arguments], env=environment, stderr=log, cwd=cwd
             )
 
     async def ready(self) -> "Server":

@@ -373,6 +373,16 @@ class SkaImportRow(Base):
     imported_at: Mapped[datetime.datetime] = timestamp(server_default=UTC_NOW)
 
 
+class SchemaCompatibility(Base):
+    """One row: the oldest DLM (named by its head revision) that can serve the schema as it now is.
+    A DLM finding a newer schema than its own serves on if it is that old or newer (expand-then-contract:
+    dlm.db.schema, docs/operations.md#upgrades-without-downtime)."""
+
+    __tablename__ = "schema_compatibility"
+
+    serves_from: Mapped[str] = mapped_column(String, primary_key=True)
+
+
 class ApiToken(Base):
     """A DLM API token for a pipeline, a service or a person: only a hash of its secret is kept.
     Its name is the subject its holder acts as."""

@@ -1,5 +1,6 @@
 """Schema management through Alembic: upgrade, downgrade, and the check that refuses to serve on a
-schema that is not at this DLM's head revision."""
+schema this DLM cannot serve: behind its head revision, or ahead of it past what the newer revisions
+say older DLMs may serve (dlm.db.compatibility)."""
 
 import asyncio
 import functools
@@ -13,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import dlm
+from dlm.db import compatibility
 from dlm.db.ska_views import DEFAULT_SCHEMA
 from dlm.errors import SchemaOutOfDate
 
@@ -64,16 +66,32 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         return result.scalar_one_or_none()
 
 
-async def check_schema(engine: AsyncEngine) -> None:
-    """Raise SchemaOutOfDate unless the database is at the head revision this DLM ships."""
+async def _serves_from(engine: AsyncEngine) -> str | None:
+    async with engine.connect() as connection:
+        if (await connection.execute(text("SELECT to_regclass(:t)"), {"t": compatibility.TABLE})).scalar() is None:
+            return None
+        return (await connection.execute(text(f"SELECT serves_from FROM {compatibility.TABLE}"))).scalar()
+
+
+async def schema_problem(engine: AsyncEngine) -> str | None:
+    """Why this DLM cannot serve on the database's schema, or None when it can: at its own head, or at a
+    newer revision whose recorded ``serves_from`` this DLM's head reaches (dlm.db.compatibility)."""
     current, head = await current_revision(engine), head_revision()
     if current == head:
-        return
+        return None
     if current is None:
-        raise SchemaOutOfDate("the database has no DLM schema; run `dlm db upgrade` first")
+        return "the database has no DLM schema; run `dlm db upgrade` first"
     known = {script.revision for script in _scripts().walk_revisions()}
     if current in known:
-        raise SchemaOutOfDate(f"the database schema is at {current}, this DLM needs {head}; run `dlm db upgrade`")
-    raise SchemaOutOfDate(
-        f"the database schema is at {current}, which this DLM does not know (newer DLM?); it needs {head}"
-    )
+        return f"the database schema is at {current}, this DLM needs {head}; run `dlm db upgrade`"
+    serves_from = await _serves_from(engine) if compatibility.is_after(current, head) else None
+    if serves_from is not None and not compatibility.is_after(serves_from, head):
+        return None
+    needs = f"DLM {serves_from} or newer" if serves_from else head
+    return f"the database schema is at {current}, which this DLM ({head}) does not know: it needs {needs}"
+
+
+async def check_schema(engine: AsyncEngine) -> None:
+    """Raise SchemaOutOfDate unless this DLM can serve on the database's schema (schema_problem)."""
+    if (problem := await schema_problem(engine)) is not None:
+        raise SchemaOutOfDate(problem)

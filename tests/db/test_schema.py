@@ -50,6 +50,7 @@ async def test_downgrade_to_base_then_upgrade_restores_the_schema(database_url: 
         "replica_tally",
         "migration_tally",
         "ska_import_row",
+        "schema_compatibility",
     }
     assert await _tables(engine) == expected
     await engine.dispose()
@@ -62,6 +63,7 @@ async def test_downgrade_to_base_then_upgrade_restores_the_schema(database_url: 
         "replica_tally",
         "migration_tally",
         "ska_import_row",
+        "schema_compatibility",
     }, "each revision takes back its own"
     await engine.dispose()
     await schema.downgrade(database_url, "base")
@@ -95,6 +97,28 @@ async def test_server_refuses_a_schema_that_is_behind(database_url: str, engine:
     async with engine.begin() as connection:
         await connection.execute(text(f"UPDATE alembic_version SET version_num = '{schema.head_revision()}'"))
     await schema.check_schema(engine)
+
+
+async def test_a_newer_schema_is_served_while_it_says_this_dlm_may(engine: AsyncEngine) -> None:
+    """Expand-then-contract: a later DLM's revision records the oldest DLM that can serve on it."""
+    head = schema.head_revision()
+    later = f"{int(head) + 5:04d}"
+    async with engine.begin() as connection:
+        await connection.execute(text(f"UPDATE alembic_version SET version_num = '{later}'"))
+        await connection.execute(text(f"UPDATE schema_compatibility SET serves_from = '{head}'"))
+    await schema.check_schema(engine)  # expanded only: this DLM serves on
+    async with engine.begin() as connection:
+        await connection.execute(text(f"UPDATE schema_compatibility SET serves_from = '{later}'"))
+    with pytest.raises(
+        SchemaOutOfDate, match=rf"at {later}, which this DLM \({head}\) does not know: it needs DLM {later}"
+    ):
+        await schema.check_schema(engine)
+
+
+async def test_upgrades_record_which_dlm_can_serve(engine: AsyncEngine) -> None:
+    async with engine.connect() as connection:
+        recorded = (await connection.execute(text("SELECT serves_from FROM schema_compatibility"))).scalars().all()
+    assert recorded == ["0020"], "revision 0021 only adds a table"
 
 
 async def test_history_is_append_only(engine: AsyncEngine) -> None:
