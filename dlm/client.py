@@ -115,6 +115,18 @@ class Storage(msgspec.Struct, kw_only=True):
     storage_retired: bool | None = None
     storage_retire_date: datetime.datetime | None = None
     storage_date: datetime.datetime | None = None
+    reachable_from: list[str] | None = None
+
+
+class LocationLink(msgspec.Struct, kw_only=True):
+    """Limits on the copies from one location to another, and its traffic now."""
+
+    source_location: str
+    destination_location: str
+    max_transfers: int | None = None
+    max_bytes_per_second: int | None = None
+    running: int = 0
+    queued: int = 0
 
 
 class Location(msgspec.Struct, kw_only=True):
@@ -565,8 +577,10 @@ class _Operations:
         capacity: int | None = None,
         permissions: str | None = None,
         retire: bool | None = None,
+        reachable_from: list[str] | None = None,
     ) -> Any:
-        """(admin) Change a storage; ``retire=True`` starts retiring it (``False`` calls that off)."""
+        """(admin) Change a storage; ``retire=True`` starts retiring it (``False`` calls that off);
+        ``reachable_from``: the locations whose workers reach it (``["*"]``: all; ``[]``: the default)."""
         return self._run(
             _call(
                 "PATCH",
@@ -578,8 +592,37 @@ class _Operations:
                 storage_capacity=capacity,
                 storage_permissions=permissions,
                 retire=retire,
+                reachable_from=None if reachable_from is None else ",".join(reachable_from),
             )
         )
+
+    def set_location_link(
+        self,
+        source_location: str,
+        destination_location: str,
+        *,
+        max_transfers: int | None = None,
+        max_bytes_per_second: int | None = None,
+    ) -> Any:
+        """(admin) Limit the copies from one location to another; neither limit removes the link's."""
+        return self._run(
+            _call(
+                "POST",
+                "/storage/set_location_link",
+                LocationLink,
+                source_location=source_location,
+                destination_location=destination_location,
+                max_transfers=max_transfers,
+                max_bytes_per_second=max_bytes_per_second,
+            )
+        )
+
+    def location_links(self) -> Any:
+        return self._run(_call("GET", "/storage/query_location_links", list[LocationLink]))
+
+    def workers(self) -> Any:
+        """The DLM processes running copy workers now, by location."""
+        return self._run(_call("GET", "/storage/query_workers", list[dict[str, Any]]))
 
     def storages(self, *, storage_name: str = "") -> Any:
         return self._run(_call("GET", "/storage/query_storage", list[Storage], storage_name=storage_name or None))
@@ -662,6 +705,19 @@ class _Operations:
     def delivery(self, delivery_id: int) -> Any:
         """A delivery: status, bytes_done of bytes_total, and at the end its manifest."""
         return self._run(_call("GET", "/request/get_delivery", dict[str, Any], delivery_id=delivery_id))
+
+    def deliveries(self, *, status: str | None = None, offset: int = 0, limit: int | None = None) -> Any:
+        """Deliveries, newest first (below operator, the caller's own), without items or manifests."""
+        return self._run(
+            _call(
+                "GET",
+                "/request/query_deliveries",
+                list[dict[str, Any]],
+                status=status,
+                offset=offset or None,
+                limit=limit,
+            )
+        )
 
     def cancel_delivery(self, delivery_id: int) -> Any:
         """Cancel a PENDING or RUNNING delivery; what it wrote is removed."""

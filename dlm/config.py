@@ -70,6 +70,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     ssh_public_key_file: str | None = None
     # Copies this process runs at once; 0 leaves the migration queue to other DLM processes.
     migration_workers: Annotated[int, msgspec.Meta(ge=0, le=64)] = 2
+    # The location (by name) this process's copy workers run at: they take only the copies whose two
+    # storages they reach from there, their own location's sources first. Unset: any copy (dlm.sites).
+    worker_location: Annotated[str, msgspec.Meta(max_length=255)] | None = None
     # A claimed copy is another process's to take over when its lease runs out without a heartbeat.
     migration_lease_seconds: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     migration_poll_seconds: Annotated[float, msgspec.Meta(gt=0)] = 2.0

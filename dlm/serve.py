@@ -19,6 +19,7 @@ from dlm.db.engine import create_engine, create_sessionmaker, transaction
 from dlm.db.models import Location, Storage, StorageConfig
 from dlm.enums import LocationType, Phase, StorageInterface, StorageType
 from dlm.errors import DLMError
+from dlm.sites.service import find_site
 from dlm.storage import seed
 from dlm.storage.configs import Keyring, is_sealed
 from dlm.storage.confinement import Confinement
@@ -64,6 +65,8 @@ async def prepare(settings: Settings) -> Prepared:
                 if embedded is not None:
                     await seed_default_storage(session, settings)
                 await seed_listed_storages(session, settings)
+                if settings.worker_location and settings.migration_workers:
+                    await find_site(session, settings.worker_location)  # a name that is no location stops here
                 if await seed_admin_token(session, settings):
                     log.info("DLM_ADMIN_TOKEN is the admin token")
                 elif settings.admin_token is None and await retire_admin_token(session):

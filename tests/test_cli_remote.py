@@ -351,6 +351,7 @@ CLI_FOR_OPERATION = {
     "/request/retrieve": "request get",
     "/request/deliver": "request deliver",
     "/request/get_delivery": "request delivery",
+    "/request/query_deliveries": "request deliveries",
     "/request/cancel_delivery": "request cancel-delivery",
     "/migration/move_data_item": "migration move",
     "/ingest/init_data_item": "ingest init",
@@ -388,6 +389,9 @@ CLI_FOR_OPERATION = {
     "/storage/storage_usage": "storage usage",
     "/storage/query_storage_events": "storage events",
     "/storage/delete_data_item_payload": "storage delete-payload",
+    "/storage/set_location_link": "location link",
+    "/storage/query_location_links": "location links",
+    "/storage/query_workers": "location workers",
     "/migration/copy_data_item": "migration copy",
     "/migration/query_migrations": "migration list",
     "/migration/get_migration": "migration show",
@@ -470,3 +474,22 @@ def test_the_classic_three_step_ingest_and_lifecycle_commands(live: Live) -> Non
     assert "UnmetPreconditionForOperation" in refused.stderr and "READY" in refused.stderr
     both = dlm(live, "request", "set-expiration", "--uid", uid, "--oid", oid, "2030-01-01", expect=1)
     assert "exactly one of --uid, --oid" in both.stderr
+
+
+def test_sites_and_deliveries_from_the_command_line(live: Live) -> None:
+    for name in ("perth-cli", "cape-cli"):
+        dlm(live, "storage", "add-location", name, "--type", "local-dev")
+    link = dlm_json(
+        live, "location", "link", "perth-cli", "cape-cli", "--max-transfers", "3", "--max-bandwidth", "100M"
+    )
+    assert (link["max_transfers"], link["max_bytes_per_second"]) == (3, 100 * 1024 * 1024)
+    assert link in dlm_json(live, "location", "links")
+    slow = dlm(live, "location", "link", "perth-cli", "cape-cli", "--max-bandwidth", "fast", expect=1)
+    assert slow.stderr.strip().count("\n") == 0 and "--max-bandwidth" in slow.stderr, slow.stderr
+    nowhere = dlm(live, "location", "link", "perth-cli", "moon", "--max-transfers", "1", expect=1)
+    assert "moon" in nowhere.stderr and nowhere.stderr.strip().count("\n") == 0, nowhere.stderr
+    dlm(live, "location", "link", "perth-cli", "cape-cli")  # no limits: the link's row goes
+    assert [row for row in dlm_json(live, "location", "links") if row["source_location"] == "perth-cli"] == []
+    workers = dlm_json(live, "location", "workers")
+    assert [worker["location"] for worker in workers] == [None], "the live server's workers run anywhere"
+    assert isinstance(dlm_json(live, "request", "deliveries", "--status", "FAILED"), list)

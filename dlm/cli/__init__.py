@@ -30,7 +30,7 @@ main.add_command(server.db)
 main.add_command(worker.worker)
 main.add_command(tokens.token)
 main.add_command(remote.whoami)
-for group in (remote.ingest, remote.request, remote.storage, remote.migration):
+for group in (remote.ingest, remote.request, remote.storage, remote.location, remote.migration):
     main.add_command(group)
 
 

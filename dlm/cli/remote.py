@@ -388,6 +388,21 @@ def request_cancel_delivery(client: DLMClient, delivery_id: int) -> Any:
     return client.cancel_delivery(delivery_id)
 
 
+@request.command("deliveries")
+@click.option("--status", type=click.Choice(["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]))
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many (newest first).")
+@click.option("--limit", type=click.IntRange(1, 1000), help="At most this many (default 1000).")
+@remote(("delivery_id", "user", "status", "item_count", "bytes_done", "bytes_total", "created", "last_error"))
+def request_deliveries(client: DLMClient, status: str | None, offset: int, limit: int | None) -> Any:
+    """Deliveries, newest first (below operator, your own).
+
+    \b
+    Example:
+      dlm request deliveries --status FAILED
+    """
+    return client.deliveries(status=status, offset=offset, limit=limit)
+
+
 @request.command("delivery")
 @click.argument("delivery_id", type=click.IntRange(min=1))
 @remote()
@@ -703,7 +718,14 @@ def storage_add_storage(
 @click.option("--capacity", type=int, help="Bytes DLM may use there (-1: no limit).")
 @click.option("--permissions", type=click.Choice(["R", "RW"]), help="R: DLM neither writes nor deletes there.")
 @click.option("--retire/--keep", default=None, help="Start retiring it (move everything off), or call that off.")
-@remote(("storage_name", "storage_phase", "storage_capacity", "storage_permissions", "storage_available"))
+@click.option(
+    "--reachable-from",
+    help="Locations whose workers reach it directly (comma-separated; '*' for all; '' for the default: "
+    "a POSIX storage its own location, S3 and SFTP any).",
+)
+@remote(
+    ("storage_name", "storage_phase", "storage_capacity", "storage_permissions", "storage_available", "reachable_from")
+)
 def storage_update(
     client: DLMClient,
     name: str,
@@ -712,6 +734,7 @@ def storage_update(
     capacity: int | None,
     permissions: str | None,
     retire: bool | None,
+    reachable_from: str | None,
 ) -> Any:
     """Change a storage (admins). --retire empties it: it takes no new replicas, phase enforcement
     copies what it holds elsewhere and removes it there, and then it is retired for good.
@@ -720,9 +743,16 @@ def storage_update(
     Examples:
       dlm storage update scratch --capacity 10000000000000
       dlm storage update old-disk --retire          # then watch: dlm storage events --name old-disk
+      dlm storage update lustre --reachable-from perth,pawsey
     """
     return client.update_storage(
-        name, available=available, phase=phase, capacity=capacity, permissions=permissions, retire=retire
+        name,
+        available=available,
+        phase=phase,
+        capacity=capacity,
+        permissions=permissions,
+        retire=retire,
+        reachable_from=None if reachable_from is None else [part for part in reachable_from.split(",") if part.strip()],
     )
 
 
@@ -787,6 +817,66 @@ def storage_events(client: DLMClient, storage_name: str, after_event_id: int) ->
 def storage_delete_payload(client: DLMClient, uid: str, force: bool) -> list[Any]:
     """Delete one replica's payload; its row stays, DELETED."""
     return client.delete_payload(uid, force=force)
+
+
+# --- location -----------------------------------------------------------------------------------
+
+
+@click.group()
+def location() -> None:
+    """Sites: the links between locations and the workers at each."""
+
+
+@location.command("link")
+@click.argument("source")
+@click.argument("destination")
+@click.option("--max-transfers", type=click.IntRange(1, 10_000), help="Copies at once from SOURCE to DESTINATION.")
+@click.option("--max-bandwidth", "bandwidth", help="Bytes a second in all, e.g. 100M, 1G (binary units).")
+@remote(("source_location", "destination_location", "max_transfers", "max_bytes_per_second", "running", "queued"))
+def location_link(
+    client: DLMClient, source: str, destination: str, max_transfers: int | None, bandwidth: str | None
+) -> Any:
+    """Limit the copies from location SOURCE to location DESTINATION (admins); with neither option,
+    remove the link's limits.
+
+    \b
+    Examples:
+      dlm location link perth cape-town --max-transfers 4 --max-bandwidth 1G
+      dlm location link perth cape-town              # no limits any more
+    """
+    return client.set_location_link(
+        source, destination, max_transfers=max_transfers, max_bytes_per_second=parse_rate(bandwidth)
+    )
+
+
+@location.command("links")
+@remote(("source_location", "destination_location", "max_transfers", "max_bytes_per_second", "running", "queued"))
+def location_links(client: DLMClient) -> list[Any]:
+    """The links with limits or copies under way: their limits, running transfers and queued copies."""
+    return client.location_links()
+
+
+@location.command("workers")
+@remote(("location", "processes", "copies", "last_seen"))
+def location_workers(client: DLMClient) -> list[Any]:
+    """The DLM processes running copy workers now, by location (none: anywhere)."""
+    return client.workers()
+
+
+def parse_rate(text: str | None) -> int | None:
+    """``100M``, ``1.5G``, ``500000``: bytes a second (binary units); None for None."""
+    if text is None:
+        return None
+    units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    cleaned = text.strip().upper().removesuffix("/S").removesuffix("B").removesuffix("I")
+    number, unit = (cleaned[:-1], cleaned[-1]) if cleaned and cleaned[-1] in units else (cleaned, "")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise CLIError(f"--max-bandwidth: {text!r} is not a rate such as 100M or 1G") from None
+    if value < 1:
+        raise CLIError(f"--max-bandwidth: {text!r} must be at least one byte a second")
+    return int(value)
 
 
 # --- migration ----------------------------------------------------------------------------------

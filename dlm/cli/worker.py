@@ -128,7 +128,12 @@ def events_command(once: bool, as_json: bool) -> None:
     "default: every engine whose interval is not 0.",
 )
 @click.option("--copies", type=click.IntRange(0, 64), help="Copies to run at once (DLM_MIGRATION_WORKERS).")
-def run_command(names: str | None, copies: int | None) -> None:
+@click.option(
+    "--location",
+    help="The location this worker runs at (DLM_WORKER_LOCATION): it takes only the copies whose two storages "
+    "it reaches from there, its own location's sources first.",
+)
+def run_command(names: str | None, copies: int | None, location: str | None) -> None:
     """Run copies and lifecycle engines until stopped (Ctrl-C or SIGTERM), beside any number of
     `dlm serve --no-workers` API processes and other workers: a copy or a pass is claimed in the
     database, so none is done twice. A stopped worker hands its copies back to the queue.
@@ -138,10 +143,13 @@ def run_command(names: str | None, copies: int | None) -> None:
       dlm worker run                                  # every engine, DLM_MIGRATION_WORKERS copies
       dlm worker run --copies 8 --engines replication
       dlm worker run --copies 0 --engines expiry,audit,capacity
+      dlm worker run --location perth                 # copies from and to what Perth reaches
     """
     from dlm.lifecycle.loops import INTERVALS
 
     overrides: dict[str, Any] = {} if copies is None else {"migration_workers": copies}
+    if location is not None:
+        overrides["worker_location"] = location
     if names is not None:
         chosen = {name.strip() for name in names.split(",") if name.strip()}
         if unknown := sorted(chosen - INTERVALS.keys()):
@@ -158,8 +166,10 @@ def run_command(names: str | None, copies: int | None) -> None:
         raise CLIError(f"--engines: {', '.join(idle)} would not run: its interval is 0 (or, for events, no sink)")
     if not running and settings.migration_workers == 0:
         raise CLIError("nothing to run: no copies (--copies 0) and no engine")
+    where = f" at {settings.worker_location}" if settings.worker_location else ""
     click.echo(
-        f"dlm worker: {settings.migration_workers} copies at once; engines: {', '.join(running) or 'none'}", err=True
+        f"dlm worker: {settings.migration_workers} copies at once{where}; engines: {', '.join(running) or 'none'}",
+        err=True,
     )
     with database_url(settings) as url:
         run(lambda: _work_until_stopped(url, settings))
@@ -183,6 +193,16 @@ async def _work_until_stopped(url: str, settings: Any) -> None:
     try:
         await check_schema(engine)
         sessionmaker = create_sessionmaker(engine, info=session_info(settings))
+        if settings.worker_location and settings.migration_workers:
+            from dlm.db.engine import transaction
+            from dlm.errors import DLMError
+            from dlm.sites.service import find_site
+
+            try:
+                async with transaction(sessionmaker, actor="worker") as session:
+                    await find_site(session, settings.worker_location)
+            except DLMError as exc:
+                raise CLIError(f"--location: {exc.message}") from None
         copies = MigrationWorkers(sessionmaker, settings)
         lifecycle = EngineLoops(sessionmaker, settings, copies_queued=copies.wake)
         copies.start()

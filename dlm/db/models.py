@@ -111,6 +111,34 @@ class Storage(Base):
     storage_retired: Mapped[bool] = mapped_column(Boolean, server_default="false")
     storage_retire_date: Mapped[datetime.datetime | None] = timestamp()
     storage_date: Mapped[datetime.datetime] = timestamp(server_default=UTC_NOW)
+    # The locations whose workers reach this storage directly, by name ("*": every location). NULL: a
+    # POSIX storage only from its own location (a mount), S3 and SFTP from anywhere (dlm.sites).
+    reachable_from: Mapped[list[str] | None] = mapped_column(ARRAY(String))
+
+
+class LocationLink(Base):
+    """Limits on the copies from one location to another (dlm.sites): how many at once, and how many
+    bytes a second in all. A pair without a row has no limit."""
+
+    __tablename__ = "location_link"
+
+    source_location_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("location.location_id"), primary_key=True)
+    destination_location_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("location.location_id"), primary_key=True)
+    max_transfers: Mapped[int | None] = mapped_column(Integer)
+    max_bytes_per_second: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class WorkerPresence(Base):
+    """A DLM process running copy workers, where it runs: renewed while it runs, removed when it stops
+    (one not renewed for a while has died). What decides whether a queued copy can be placed."""
+
+    __tablename__ = "worker_presence"
+
+    process: Mapped[str] = mapped_column(String, primary_key=True)
+    location_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    copies: Mapped[int] = mapped_column(Integer)
+    started: Mapped[datetime.datetime] = timestamp(server_default=UTC_NOW)
+    last_seen: Mapped[datetime.datetime] = timestamp(server_default=UTC_NOW)
 
 
 class StorageConfig(Base):

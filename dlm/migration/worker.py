@@ -30,6 +30,8 @@ from dlm.enums import ChecksumMethod, ItemState, ItemType, MigrationStatus
 from dlm.errors import Conflict, DLMError, ServiceUnavailable, UnmetPreconditionForOperation
 from dlm.migration.service import discard_destination, replica_values, set_migration
 from dlm.observability import metrics
+from dlm.sites import service as sites
+from dlm.sites.service import Site
 from dlm.storage.service import delete_replica, lock_replicas, storage_backend
 from dlm.transfer.base import PayloadExists, TransferError
 from dlm.transfer.copy import SMALL_FILE, CopyResult, FileCopied, FilePair, copy_files, copy_payload
@@ -51,20 +53,29 @@ def new_owner(index: int = 0) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{index}:{uuid.uuid4().hex[:6]}"
 
 
-async def claim(session: AsyncSession, owner: str, lease_seconds: float) -> Migration | None:
-    """Take the next job that is due, or whose worker stopped renewing its lease."""
+async def claim(session: AsyncSession, owner: str, lease_seconds: float, site: Site | None = None) -> Migration | None:
+    """Take the next job that is due, or whose worker stopped renewing its lease: at a ``site``, only one
+    whose two storages it reaches, its own location's sources first; never one on a link carrying as
+    many transfers as it may (dlm.sites)."""
     now = func.now()
-    due = (
-        select(Migration.migration_id)
-        .where(
-            or_(
-                and_(Migration.status == MigrationStatus.PENDING, Migration.next_attempt_at <= now),
-                and_(Migration.status == MigrationStatus.RUNNING, Migration.lease_expires < now),
-            )
+    due = select(Migration.migration_id).where(
+        or_(
+            and_(Migration.status == MigrationStatus.PENDING, Migration.next_attempt_at <= now),
+            and_(Migration.status == MigrationStatus.RUNNING, Migration.lease_expires < now),
         )
-        .order_by(Migration.next_attempt_at, Migration.migration_id)
+    )
+    full = await sites.full_links(session)
+    if site is not None or full:
+        due = sites.joined_storages(due)
+        if site is not None:
+            due = due.where(sites.within_reach(site))
+        if full:
+            due = due.where(sites.not_on(full))
+    first = [sites.pushed_first(site)] if site is not None else []
+    due = (
+        due.order_by(*first, Migration.next_attempt_at, Migration.migration_id)
         .limit(1)
-        .with_for_update(skip_locked=True)
+        .with_for_update(of=Migration, skip_locked=True)
         .scalar_subquery()
     )
     statement = (
@@ -144,6 +155,10 @@ class Job:
             assert source_storage is not None and destination_storage is not None
             source_backend = await storage_backend(session, source_storage)
             destination_backend = await storage_backend(session, destination_storage)
+            rate = _slowest(
+                self.settings.transfer_max_bytes_per_second,
+                await sites.link_rate(session, source_storage, destination_storage),
+            )
         expected = source.item_checksum if source.item_type is not ItemType.CONTAINER else None
         async with source_backend as reader, destination_backend as writer:
             if (
@@ -163,7 +178,7 @@ class Job:
                     target.uri,
                     method=source.checksum_method,  # copy_payload uses crc32c for "none"
                     on_progress=self._progress,
-                    max_bytes_per_second=self.settings.transfer_max_bytes_per_second,
+                    max_bytes_per_second=rate,
                     expected_checksum=expected,
                 )
             )
@@ -265,7 +280,9 @@ class Job:
             )
             if job.move:
                 await self._remove_source(session, job)
+            link = await sites.link_of(session, job.source_storage_id, job.destination_storage_id)
         metrics.COPIED_BYTES.inc(result.bytes)
+        metrics.LINK_BYTES.labels(*link).inc(result.bytes)
         metrics.COPY_SECONDS.observe(result.seconds)
         metrics.COPIES.labels(MigrationStatus.SUCCEEDED.value).inc()
         log.info("migration %s: copied %d bytes in %d files", self.migration_id, result.bytes, result.files)
@@ -417,6 +434,11 @@ class Job:
                 )
 
 
+def _slowest(*rates: int) -> int:
+    """The tightest of these limits in bytes a second (0: none)."""
+    return min((rate for rate in rates if rate), default=0)
+
+
 async def _identical_payload(writer: Any, uri: str, source: Any) -> CopyResult | None:
     """The copy, if a file with exactly the source's size and checksum is already at ``uri``."""
     started = time.monotonic()
@@ -457,7 +479,9 @@ async def clean_up_abandoned(session: AsyncSession) -> int | None:
     return job.migration_id
 
 
-async def run_next(sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, owner: str) -> int | None:
+async def run_next(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, owner: str, site: Site | None = None
+) -> int | None:
     """Claim and run one due job, with the due jobs like it when it is a small file's (a batch); or
     clean up after an abandoned cancelled one. Returns the (first) migration_id, or None when there is
     nothing to do."""
@@ -465,7 +489,7 @@ async def run_next(sessionmaker: async_sessionmaker[AsyncSession], settings: Set
         if (abandoned := await clean_up_abandoned(session)) is not None:
             return abandoned
     async with transaction(sessionmaker, actor=ACTOR) as session:
-        job = await claim(session, owner, settings.migration_lease_seconds)
+        job = await claim(session, owner, settings.migration_lease_seconds, site)
         companions = (
             [] if job is None else await claim_companions(session, owner, settings.migration_lease_seconds, job)
         )
@@ -493,6 +517,12 @@ async def claim_companions(
     bytes, not a move), up to BATCH_JOBS and BATCH_JOB_BYTES; none when ``first`` is not such a copy."""
     if first.move or first.bytes_total is None or first.bytes_total > SMALL_FILE:
         return []
+    source, destination = (
+        await session.get(Storage, first.source_storage_id),
+        await session.get(Storage, first.destination_storage_id),
+    )
+    if source is None or destination is None or await sites.link_rate(session, source, destination):
+        return []  # a batch is not throttled: over a link with a bandwidth cap, copies go one by one
     if await session.scalar(select(ITEMS.c.item_type).where(ITEMS.c.uid == first.source_uid)) is not ItemType.FILE:
         return []
     now = func.now()
@@ -667,8 +697,10 @@ class Batch:
                         await discard_destination(session, cancelled)
                         if cancelled.lease_owner == self.owner:
                             cancelled.lease_owner = cancelled.lease_expires = None
+            link = await sites.link_of(session, self.jobs[0].source_storage_id, self.jobs[0].destination_storage_id)
         moved = sum(entry["size"] for entry in done)
         metrics.COPIED_BYTES.inc(moved)
+        metrics.LINK_BYTES.labels(*link).inc(moved)
         metrics.COPY_SECONDS.observe(seconds)
         metrics.COPIES.labels(MigrationStatus.SUCCEEDED.value).inc(len(done))
         log.info("migrations: %d copied in one batch (%d bytes, %.2f s)", len(done), moved, seconds)
@@ -704,18 +736,53 @@ _JOBS_SUCCEEDED = """
 """
 
 
+# How often a process with copy workers says it is running, and looks for copies none can place.
+PRESENCE_SECONDS = 10.0
+
+
 class MigrationWorkers:
-    """``settings.migration_workers`` loops in this process, each running one job at a time."""
+    """``settings.migration_workers`` loops in this process, each running one job at a time, at
+    ``settings.worker_location`` when it is set; and one that keeps the process's presence (where its
+    workers run) and reports the queued copies no running worker can reach."""
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings) -> None:
         self.sessionmaker = sessionmaker
         self.settings = settings
         self.wakeup = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
+        self.process = new_owner()
+        self.site: Site | None = None
+        self.placed = asyncio.Event()  # set once the site is known and announced
 
     def start(self) -> None:
+        if not self.settings.migration_workers:
+            return
+        self.tasks.append(asyncio.create_task(self._presence(), name="dlm-migration-presence"))
         for index in range(self.settings.migration_workers):
             self.tasks.append(asyncio.create_task(self._loop(new_owner(index)), name=f"dlm-migration-{index}"))
+
+    async def _presence(self) -> None:
+        try:
+            while True:
+                try:
+                    async with transaction(self.sessionmaker, actor=ACTOR) as session:
+                        if self.settings.worker_location and self.site is None:
+                            self.site = await sites.find_site(session, self.settings.worker_location)
+                        await sites.announce(session, self.process, self.site, self.settings.migration_workers)
+                    self.placed.set()
+                    async with transaction(self.sessionmaker, actor=ACTOR) as session:
+                        await sites.place_copies(session)
+                except asyncio.CancelledError:
+                    raise
+                except DLMError as exc:
+                    log.warning("migration workers: %s", exc.message)
+                except Exception:
+                    log.exception("migration workers: keeping their presence failed")
+                await asyncio.sleep(PRESENCE_SECONDS)
+        finally:
+            with contextlib.suppress(Exception):
+                async with transaction(self.sessionmaker, actor=ACTOR) as session:
+                    await sites.withdraw(session, self.process)
 
     def wake(self) -> None:
         """A job was queued in this process: look now rather than at the next poll."""
@@ -728,9 +795,10 @@ class MigrationWorkers:
         self.tasks.clear()
 
     async def _loop(self, owner: str) -> None:
+        await self.placed.wait()  # a worker with a location claims only once it knows where it is
         while True:
             try:
-                ran = await run_next(self.sessionmaker, self.settings, owner)
+                ran = await run_next(self.sessionmaker, self.settings, owner, self.site)
             except asyncio.CancelledError:
                 raise
             except Conflict as exc:  # a deadlock or serialisation failure, rolled back: try again

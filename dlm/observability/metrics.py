@@ -19,6 +19,7 @@ from dlm.db import tally
 from dlm.db.engine import transaction
 from dlm.db.models import Migration, Storage
 from dlm.enums import ItemState, MigrationStatus
+from dlm.sites import service as sites
 
 # Litestar adds "; charset=utf-8" to a text type.
 CONTENT_TYPE = "text/plain; version=0.0.4"
@@ -58,6 +59,12 @@ ENGINE_PASS_SECONDS = Histogram(
 )
 ENGINE_PASS_ERRORS = Counter(
     "dlm_engine_pass_errors_total", "Engine passes that failed.", ["engine"], registry=REGISTRY
+)
+LINK_BYTES = Counter(
+    "dlm_link_copied_bytes_total",
+    "Bytes this process copied, by the locations they went from and to.",
+    ["source_location", "destination_location"],
+    registry=REGISTRY,
 )
 ENGINE_ACTIONS = Counter(
     "dlm_engine_actions_total", "What engine passes did (items handled), by engine.", ["engine"], registry=REGISTRY
@@ -127,6 +134,7 @@ class DatabaseGauges(Collector):
                 if limit is not None and limit >= 0:
                     capacity.add_metric([name], float(limit))
             families += [used, replicas, capacity]
+            families += await _site_families(session)
         pool: Any = engine.pool
         checked_out = GaugeMetricFamily("dlm_db_connections_in_use", "Database connections of this process in use.")
         checked_out.add_metric([], float(getattr(pool, "checkedout", lambda: 0)()))
@@ -134,6 +142,34 @@ class DatabaseGauges(Collector):
         self.families = families
         self.read_at = time.monotonic()
         self.engine = engine
+
+
+async def _site_families(session: AsyncSession) -> list[Any]:
+    """Where copy workers run, what each link between locations carries and waits for, and the copies
+    no running worker can reach (dlm.sites)."""
+    workers = GaugeMetricFamily(
+        "dlm_site_workers", "Copy workers running now, by location ('*': workers with none).", labels=["location"]
+    )
+    for row in await sites.query_workers(session):
+        workers.add_metric([row["location"] or "*"], float(row["copies"]))
+    labels = ["source_location", "destination_location"]
+    running = GaugeMetricFamily("dlm_link_transfers", "Transfers under way on a link between locations.", labels=labels)
+    queued = GaugeMetricFamily("dlm_link_queued_copies", "Copies queued for a link between locations.", labels=labels)
+    limit = GaugeMetricFamily(
+        "dlm_link_max_transfers", "A link's limit on transfers at once (links without one left out).", labels=labels
+    )
+    for link in await sites.query_links(session):
+        pair = [link["source_location"], link["destination_location"]]
+        running.add_metric(pair, float(link["running"]))
+        queued.add_metric(pair, float(link["queued"]))
+        if link["max_transfers"] is not None:
+            limit.add_metric(pair, float(link["max_transfers"]))
+    unplaceable = GaugeMetricFamily(
+        "dlm_copies_unplaceable",
+        "Queued copies no running copy worker can reach (both storages from its location).",
+        value=float(await sites.unplaceable_copies(session)),
+    )
+    return [workers, running, queued, limit, unplaceable]
 
 
 DATABASE = DatabaseGauges()

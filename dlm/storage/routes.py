@@ -13,6 +13,7 @@ from dlm.auth import Principal
 from dlm.auth.policy import permission
 from dlm.enums import ConfigType, LocationCountry, LocationType, Phase, Role, StorageInterface, StorageType
 from dlm.rows import row_dict, row_dicts
+from dlm.sites import service as sites
 from dlm.storage import service
 
 
@@ -124,11 +125,14 @@ async def update_storage(
     ] = None,
     storage_permissions: FromQuery[str | None] = None,
     retire: FromQuery[bool | None] = None,
+    reachable_from: FromQuery[str | None] = None,
 ) -> dict[str, Any]:
     """DLM addition. Change a storage: whether it is available, its phase (its replicas' uid_phase
     follows), its capacity, its permissions (R or RW). retire=true starts retiring it: it takes no new
     replicas, phase enforcement copies what it holds elsewhere and removes it there, and once it holds
-    nothing it is retired for good; retire=false calls a retirement in progress off. Returns the storage."""
+    nothing it is retired for good; retire=false calls a retirement in progress off. reachable_from:
+    the locations (comma-separated names; * for all) whose workers reach it directly; empty for the
+    default (POSIX: its own location; S3, SFTP: any). Returns the storage."""
     row = await service.update_storage(
         session,
         storage_name=storage_name,
@@ -138,6 +142,7 @@ async def update_storage(
         capacity=storage_capacity,
         permissions=storage_permissions,
         retire=retire,
+        reachable_from=reachable_from,
     )
     return row_dict(row._mapping)
 
@@ -278,6 +283,51 @@ async def delete_data_item_payload(
     return row_dicts(await service.delete_payload(session, uid=uid, force=force))
 
 
+@post(
+    "/set_location_link",
+    operation_id="set_location_link",
+    **permission(Role.ADMIN),
+    summary="Set Location Link",
+    status_code=200,
+)
+async def set_location_link(
+    session: NamedDependency[AsyncSession],
+    source_location: FromQuery[str],
+    destination_location: FromQuery[str],
+    max_transfers: Annotated[int | None, QueryParameter(ge=1, le=10_000)] = None,
+    max_bytes_per_second: Annotated[int | None, QueryParameter(ge=1, le=MAX_BIGINT)] = None,
+) -> dict[str, Any]:
+    """DLM addition. Limit the copies from one location to another: max_transfers at once (each worker's
+    copy or batch is one), max_bytes_per_second in all (shared evenly by the transfers it allows). Neither
+    given removes the link's limits. Returns the link with its running and queued copies."""
+    return await sites.set_link(
+        session,
+        source_location=source_location,
+        destination_location=destination_location,
+        max_transfers=max_transfers,
+        max_bytes_per_second=max_bytes_per_second,
+    )
+
+
+@get(
+    "/query_location_links",
+    operation_id="query_location_links",
+    **permission(Role.READER),
+    summary="Query Location Links",
+)
+async def query_location_links(session: NamedDependency[AsyncSession]) -> list[dict[str, Any]]:
+    """DLM addition. Each pair of locations with limits or copies under way: max_transfers,
+    max_bytes_per_second, the transfers running on it and the copies queued for it."""
+    return await sites.query_links(session)
+
+
+@get("/query_workers", operation_id="query_workers", **permission(Role.READER), summary="Query Workers")
+async def query_workers(session: NamedDependency[AsyncSession]) -> list[dict[str, Any]]:
+    """DLM addition. The DLM processes running copy workers now, by the location they run at (null:
+    anywhere): how many processes, how many copies at once, when last heard from."""
+    return await sites.query_workers(session)
+
+
 router = Router(
     path="/storage",
     route_handlers=[
@@ -294,6 +344,9 @@ router = Router(
         storage_usage,
         query_storage_events,
         delete_data_item_payload,
+        set_location_link,
+        query_location_links,
+        query_workers,
     ],
     dependencies={"session": Provide(provide_session)},
     tags=["storage"],

@@ -37,6 +37,7 @@ from dlm.errors import (
     ValueAlreadyInDB,
 )
 from dlm.parsing import parse_uuid
+from dlm.sites.service import reachable_from_names
 from dlm.storage import configs
 from dlm.storage.configs import is_sealed
 from dlm.storage.confinement import Confinement, overlaps
@@ -247,6 +248,7 @@ async def update_storage(
     capacity: int | None = None,
     permissions: str | None = None,
     retire: bool | None = None,
+    reachable_from: str | None = None,
 ) -> Row[Any]:
     """Change a storage; returns its row. A new phase becomes its replicas' ``uid_phase`` (and their
     items' phase follows). ``retire`` starts retiring it: it takes no new replicas, phase enforcement
@@ -276,6 +278,8 @@ async def update_storage(
         if permissions.upper() not in PERMISSIONS:
             raise InvalidQueryParameters(f"storage_permissions: {permissions!r} is not one of {', '.join(PERMISSIONS)}")
         changes["storage_permissions"] = permissions.upper()
+    if reachable_from is not None:
+        changes["reachable_from"] = await reachable_from_names(session, reachable_from)
     old_phase = storage.storage_phase
     if phase is not None:
         changes["storage_phase"] = phase

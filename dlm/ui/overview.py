@@ -1,7 +1,8 @@
 """What the operator page's overview shows, read in one transaction: storages and how full they are,
 replicas by storage and state, the backlog (items below their target phase, what expires in the next
 day, corrupted replicas, failed copies by error), the copy queue, bytes copied per hour, recent
-storage events, and what the engines of this process last did. Every count is read from the tallies
+storage events, what the engines of this process last did, and the sites: where copy workers run,
+what each link between locations carries and waits for, the copies no running worker can reach. Every count is read from the tallies
 or from at most COUNTED_UP_TO rows of an index: "1000+" on a big catalogue, never a table scan."""
 
 import datetime
@@ -16,6 +17,7 @@ from dlm.db.models import Migration, Storage, StorageEvent
 from dlm.enums import ItemState, MigrationStatus
 from dlm.migration.service import with_item_names
 from dlm.rows import row_dicts
+from dlm.sites import service as sites
 from dlm.storage.service import storage_usage
 
 RECENT_EVENTS = 20
@@ -37,6 +39,11 @@ async def overview(session: AsyncSession, *, last_passes: dict[str, Any], user: 
         "copied_per_hour": await _copied_per_hour(session),
         "storage_events": await _recent_events(session),
         "engines": {name: last_passes[name] for name in sorted(last_passes)},
+        "sites": {
+            "workers": await sites.query_workers(session),
+            "links": await sites.query_links(session),
+            "unplaceable": await sites.unplaceable_copies(session),
+        },
     }
 
 

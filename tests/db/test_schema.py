@@ -51,6 +51,8 @@ async def test_downgrade_to_base_then_upgrade_restores_the_schema(database_url: 
         "migration_tally",
         "ska_import_row",
         "schema_compatibility",
+        "location_link",
+        "worker_presence",
     }
     assert await _tables(engine) == expected
     await engine.dispose()
@@ -64,6 +66,8 @@ async def test_downgrade_to_base_then_upgrade_restores_the_schema(database_url: 
         "migration_tally",
         "ska_import_row",
         "schema_compatibility",
+        "location_link",
+        "worker_presence",
     }, "each revision takes back its own"
     await engine.dispose()
     await schema.downgrade(database_url, "base")

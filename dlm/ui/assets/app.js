@@ -210,6 +210,7 @@ async function overview() {
       h("section", { id: "backlog" }, h("h2", {}, "Backlog"), backlog(data.backlog)),
       h("section", {}, h("h2", {}, "Copy queue"), copyQueue(data.migrations))),
     h("section", { id: "replicas" }, h("h2", {}, "Replicas by storage and state"), replicaCounts(data.replicas)),
+    h("section", { id: "sites" }, h("h2", {}, "Sites"), sitesView(data.sites)),
     h("h2", {}, "Bytes copied per hour, last 24 hours"),
     chart(data.copied_per_hour),
     h("div", { class: "grid2" },
@@ -239,6 +240,25 @@ function replicaCounts(counts) {
     h("td", {}, id ? h("a", { href: storageLink(storageName(id)) }, storageName(id)) : "(no storage)"),
     STATES.map((state) => h("td", { class: "num", "data-state": state }, cell.get(`${id}/${state}`) || 0))));
   return table(["storage", ...STATES.map((state) => `${state} `)], rows, "No replica yet.");
+}
+
+// Where copy workers run, and the links between locations: limits, transfers under way, copies queued.
+function sitesView(sites) {
+  return h("div", { class: "grid2" },
+    table(["copy workers at", "processes ", "copies at once "], sites.workers.map((row) =>
+      h("tr", { "data-site": row.location || "*" }, h("td", {}, row.location || "anywhere (no location)"),
+        h("td", { class: "num" }, row.processes), h("td", { class: "num" }, row.copies))),
+      "No copy worker is running."),
+    h("div", {},
+      sites.unplaceable ? h("p", { class: "error", id: "unplaceable" },
+        `${sites.unplaceable} queued copies cannot be placed: no running worker reaches both of their storages (see Copies).`) : null,
+      table(["link", "running ", "queued ", "limit"], sites.links.map((link) =>
+        h("tr", { "data-link": `${link.source_location}>${link.destination_location}` },
+          h("td", {}, `${link.source_location} → ${link.destination_location}`),
+          h("td", { class: "num" }, link.running), h("td", { class: "num" }, link.queued),
+          h("td", {}, [link.max_transfers ? `${link.max_transfers} at once` : "",
+            link.max_bytes_per_second ? `${bytes(link.max_bytes_per_second)}/s` : ""].filter(Boolean).join(", ") || "none"))),
+        "No copy between locations, and no link limits.")));
 }
 
 function counted(part) {
