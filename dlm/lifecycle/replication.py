@@ -7,9 +7,17 @@ retired, writable, and not already holding a live replica of the item:
 
 1. one with room for the payload (its capacity minus what DLM holds there, and for POSIX the file
    system's free space);
-2. at a location that holds no replica of the item yet (another site survives a site's loss);
-3. of a higher phase (SOLID before LIQUID before GAS);
-4. with more room; then by name, so that the choice is stable.
+2. one some location's workers reach from a READY replica's storage too (dlm.sites: else no worker
+   could carry the copy);
+3. at a location that holds no replica of the item yet (another site survives a site's loss);
+4. not over a link carrying as many transfers as it may;
+5. of a higher phase (SOLID before LIQUID before GAS);
+6. over the least loaded link from a READY replica, then the nearest (the same location, the same
+   country, elsewhere);
+7. with more room; then by name, so that the choice is stable.
+
+Each copy reads from the READY replica with the best link to its destination (dlm.sites.Links.cost),
+then the safest.
 
 Storages are taken in that order until the combined phase (SPEC §1) reaches the target: exactly the
 missing copies, no more. An item with a copy already queued is left until that copy ends.
@@ -37,6 +45,7 @@ from dlm.enums import ItemState, Phase, combined_phase
 from dlm.errors import DLMError
 from dlm.lifecycle import claim_items, phase_weight
 from dlm.migration.service import ACTIVE, COPY_PLANNING_LOCK, CopyPlan, queue_copies
+from dlm.sites.service import Links
 from dlm.storage.service import (
     delete_replica,
     file_system_usages,
@@ -241,9 +250,10 @@ async def _plan(
         await _leave_retiring(session, leaving, replicas, report)
         return
     size = max((row.item_size or 0) for row in ready)
-    source = max(ready, key=lambda row: row.uid_phase.weight)
+    sources = [placement.every[row.storage_id] for row in ready if row.storage_id in placement.every]
 
     def queue(storage: Storage, path: str = "") -> None:
+        source = placement.best_source(ready, storage)
         plans.append((CopyPlan(source, storage, path), Planned(oid, name, storage.storage_name, None)))
         phases.append(storage.storage_phase)
         live_storages.add(storage.storage_id)
@@ -259,7 +269,7 @@ async def _plan(
     if _phase_of(phases).weight >= target.weight:
         return
     locations = {placement.locations.get(row.storage_id) for row in ready}
-    for storage in placement.rank(exclude=live_storages, locations=locations, size=size):
+    for storage in placement.rank(exclude=live_storages, locations=locations, size=size, sources=sources):
         if _phase_of(phases).weight >= target.weight:
             break
         queue(storage)
@@ -309,12 +319,18 @@ class _Placement:
     the pass queues takes its size off the room of its storage."""
 
     def __init__(
-        self, storages: list[Storage], room: dict[uuid.UUID, int | None], locations: dict[uuid.UUID, uuid.UUID]
+        self,
+        storages: list[Storage],
+        room: dict[uuid.UUID, int | None],
+        every: dict[uuid.UUID, Storage],
+        links: Links,
     ) -> None:
         self.storages = storages
         self.room = room
-        # Every storage's location (those that take no copies too: the sites an item is at already).
-        self.locations = locations
+        # Every storage (those that take no copies too: where an item's replicas are already).
+        self.every = every
+        self.locations = {storage_id: storage.location_id for storage_id, storage in every.items()}
+        self.links = links
 
     @classmethod
     async def load(cls, sessionmaker: async_sessionmaker[AsyncSession]) -> "_Placement":
@@ -339,30 +355,52 @@ class _Placement:
                 if (disk := disks[storage.storage_id]) is not None:
                     limits.append(disk.free)  # 0 when not mounted: no room
                 room[storage.storage_id] = min(limits) if limits else None
-            locations = dict((await session.execute(select(Storage.storage_id, Storage.location_id))).all())
-        return cls(storages, room, locations)
+            every = {storage.storage_id: storage for storage in await session.scalars(select(Storage))}
+            links = await Links.load(session)
+        return cls(storages, room, every, links)
 
     def usable(self, storage_id: uuid.UUID) -> Storage | None:
         return next((storage for storage in self.storages if storage.storage_id == storage_id), None)
 
-    def rank(self, *, exclude: set[uuid.UUID], locations: set[uuid.UUID], size: int) -> list[Storage]:
-        """Storages with room for ``size`` bytes, best first (the policy in the module's docstring)."""
+    def rank(
+        self, *, exclude: set[uuid.UUID], locations: set[uuid.UUID], size: int, sources: list[Storage]
+    ) -> list[Storage]:
+        """Storages with room for ``size`` bytes, best first (the policy in the module's docstring),
+        judged by their links from the best of ``sources``."""
         ranked = []
         for storage in self.storages:
             room = self.room[storage.storage_id]
             if storage.storage_id in exclude or (room is not None and room < size):
                 continue
+            unplaceable, full, load, distance = min(
+                (self.links.cost(source, storage) for source in sources), default=(False, False, 0.0, 0)
+            )
             ranked.append(
                 (
+                    unplaceable,  # one a worker can carry a copy to
                     storage.location_id in locations,  # a new site first
+                    full,  # not over a full link
                     -storage.storage_phase.weight,  # then the safer storage
+                    load,  # over the least loaded link
+                    distance,  # the nearer
                     -(room if room is not None else 2**62),  # then the roomier one
                     storage.storage_name,
                     storage,
                 )
             )
-        ranked.sort(key=lambda entry: entry[:4])
-        return [entry[4] for entry in ranked]
+        ranked.sort(key=lambda entry: entry[:-1])
+        return [entry[-1] for entry in ranked]
+
+    def best_source(self, ready: list[Row[Any]], destination: Storage) -> Row[Any]:
+        """The READY replica to copy to ``destination`` from: the one with the best link to it, then
+        the safest."""
+
+        def cost(row: Row[Any]) -> tuple[Any, ...]:
+            storage = self.every.get(row.storage_id)
+            link = self.links.cost(storage, destination) if storage is not None else (True, True, 1.0, 2)
+            return (*link, -row.uid_phase.weight, str(row.uid))
+
+        return min(ready, key=cost)
 
     def use(self, storage: Storage, size: int) -> None:
         room = self.room[storage.storage_id]

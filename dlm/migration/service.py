@@ -19,6 +19,7 @@ from dlm.db.models import Migration, Storage
 from dlm.enums import ItemState, ItemType, MigrationStatus
 from dlm.errors import Conflict, DLMError, InvalidQueryParameters, NotFound, UnmetPreconditionForOperation
 from dlm.parsing import parse_datetime, parse_uuid, shift
+from dlm.sites.service import Links
 from dlm.storage.service import (
     check_resilience,
     is_writable,
@@ -82,11 +83,13 @@ def replica_values(source: Row[Any], *, storage: Storage, uri: str, state: ItemS
 
 
 async def pick_source(
-    session: AsyncSession, *, item_name: str = "", oid: str = "", uid: str = "", near: uuid.UUID | None = None
+    session: AsyncSession, *, item_name: str = "", oid: str = "", uid: str = "", to: Storage | None = None
 ) -> Row[Any]:
     """The READY replica to copy from: the one named by uid, else the cheapest of the item's (for an
-    item_name, its newest version's) on an available storage: at the ``near`` location first, then a
-    local file system before an object store before SFTP (a uid breaks the tie, so the choice is stable)."""
+    item_name, its newest version's) on an available storage: for a copy ``to`` a storage, by the link
+    to it (one a worker can carry, not over a full link, the least loaded, the nearest: dlm.sites),
+    then a local file system before an object store before SFTP (a uid breaks the tie, so the choice
+    is stable)."""
     query = (
         select(ITEMS, Storage)
         .join(Storage, Storage.storage_id == ITEMS.c.storage_id)
@@ -111,7 +114,11 @@ async def pick_source(
         if (row.item_version, row.item_state, row.Storage.storage_available)
         == (best.item_version, best.item_state, best.Storage.storage_available)
     ]
-    costs = {row.uid: (row.Storage.location_id != near, await _reading_cost(session, row.Storage)) for row in equals}
+    links = await Links.load(session) if to is not None and len(equals) > 1 else None
+    costs = {
+        row.uid: (links.cost(row.Storage, to) if links and to else (), await _reading_cost(session, row.Storage))
+        for row in equals
+    }
     # The replica's columns, and its Storage beside them.
     return min(equals, key=lambda row: (costs[row.uid], row.uid))
 
@@ -241,7 +248,7 @@ async def copy_item(
     except NotFound:
         await pick_source(session, item_name=item_name, oid=oid, uid=uid)  # a missing item is named first
         raise
-    source = await pick_source(session, item_name=item_name, oid=oid, uid=uid, near=destination.location_id)
+    source = await pick_source(session, item_name=item_name, oid=oid, uid=uid, to=destination)
     # Whether this copy is made or queued already is decided by one transaction at a time: a user's
     # request racing the replication engine's pass for the same item waits for it, then finds its copy.
     await session.execute(select(func.pg_advisory_xact_lock(COPY_PLANNING_LOCK, func.hashtext(str(source.oid)))))

@@ -187,6 +187,85 @@ async def link_rate(session: AsyncSession, source: Storage, destination: Storage
     return max(1, link.max_bytes_per_second // max(1, link.max_transfers or 1))
 
 
+# --- choosing sources and destinations by link -----------------------------------------------------
+
+
+class Links:
+    """A snapshot of the locations and the links between them, for ranking copies: where each storage
+    is reached from, each link's transfers and limit, each location's country (its region)."""
+
+    def __init__(
+        self,
+        names: dict[uuid.UUID, str],
+        countries: dict[uuid.UUID, str | None],
+        traffic: dict[tuple[uuid.UUID, uuid.UUID], tuple[int, int | None]],
+        anywhere: bool,
+    ) -> None:
+        self.names, self.countries, self.traffic = names, countries, traffic
+        # A worker with no location runs (or none is known to run): it reaches every storage.
+        self.anywhere = anywhere
+
+    @classmethod
+    async def load(cls, session: AsyncSession) -> "Links":
+        locations = (
+            await session.execute(select(Location.location_id, Location.location_name, Location.location_country))
+        ).all()
+        running = (
+            await session.execute(
+                joined_storages(
+                    select(SOURCE.location_id, DESTINATION.location_id, func.count(distinct(Migration.lease_owner)))
+                )
+                .where(Migration.status == MigrationStatus.RUNNING, Migration.lease_expires > func.now())
+                .group_by(SOURCE.location_id, DESTINATION.location_id)
+            )
+        ).all()
+        limits = (
+            await session.execute(
+                select(
+                    LocationLink.source_location_id, LocationLink.destination_location_id, LocationLink.max_transfers
+                )
+            )
+        ).all()
+        traffic: dict[tuple[uuid.UUID, uuid.UUID], tuple[int, int | None]] = {
+            (source, destination): (int(count), None) for source, destination, count in running
+        }
+        for source, destination, limit in limits:
+            traffic[source, destination] = (traffic.get((source, destination), (0, None))[0], limit)
+        located_only = await session.scalar(
+            select(exists().where(_live()).where(~exists().where(_live(), WorkerPresence.location_id.is_(None))))
+        )
+        return cls(
+            {location_id: name for location_id, name, _ in locations},
+            {location_id: country for location_id, _, country in locations},
+            traffic,
+            anywhere=not located_only,
+        )
+
+    def reach(self, storage: Storage) -> set[uuid.UUID]:
+        """The locations whose workers reach ``storage`` directly."""
+        if storage.reachable_from is None:
+            if storage.storage_interface is StorageInterface.POSIX:
+                return {storage.location_id}
+            return set(self.names)
+        if ANYWHERE in storage.reachable_from:
+            return set(self.names)
+        return {location_id for location_id, name in self.names.items() if name in storage.reachable_from}
+
+    def cost(self, source: Storage, destination: Storage) -> tuple[bool, bool, float, int]:
+        """How dear a copy from ``source`` to ``destination`` is, cheapest first: one some location's
+        workers can carry before one none can; then not over a full link; then over the least loaded
+        link; then by distance (the same location, the same country, elsewhere)."""
+        placeable = self.anywhere or bool(self.reach(source) & self.reach(destination))
+        if source.location_id == destination.location_id:
+            return (not placeable, False, 0.0, 0)
+        running, limit = self.traffic.get((source.location_id, destination.location_id), (0, None))
+        full = limit is not None and running >= limit
+        load = running / limit if limit else running / 1000
+        country = self.countries.get(source.location_id)
+        region = 1 if country is not None and country == self.countries.get(destination.location_id) else 2
+        return (not placeable, full, load, region)
+
+
 # --- presence and placement ------------------------------------------------------------------------
 
 

@@ -51,6 +51,13 @@ async def claimed(sessionmaker: async_sessionmaker[AsyncSession], where: str | N
         return None if job is None else job.migration_id
 
 
+async def workers_at(sessionmaker: async_sessionmaker[AsyncSession], *locations: str) -> None:
+    """Copy workers running at these locations (and none without one), as their processes say."""
+    async with transaction(sessionmaker, actor="test") as session:
+        for name in locations:
+            await sites.announce(session, f"worker-{name}", await site(session, name), 1)
+
+
 async def release(sessionmaker: async_sessionmaker[AsyncSession], migration_id: int) -> None:
     async with transaction(sessionmaker, actor="test") as session:
         job = await session.get(Migration, migration_id)
@@ -206,3 +213,57 @@ async def test_bad_site_settings_are_refused_naming_the_field(registry: Registry
     assert zero.status_code in (400, 422) and "max_transfers" in zero.text, zero.text
     reset = await client.patch("/storage/update_storage", params={"storage_name": "cape-disk", "reachable_from": ""})
     assert reset.status_code == 200 and reset.json()["reachable_from"] is None
+
+
+async def test_a_copy_reads_from_the_replica_a_worker_can_carry_to_its_destination(
+    registry: Registry, two_sites: dict[str, str], sessionmaker: async_sessionmaker[AsyncSession], settings: Any
+) -> None:
+    """Of two READY replicas at Perth, the copy to Cape Town reads from the one Cape Town also reaches
+    (a file system mounted at both sites), not from the Perth-only disk, which no worker could carry."""
+    from dlm.migration.worker import run_next
+
+    await workers_at(sessionmaker, "perth", "cape-town")
+    await registry.client.patch(
+        "/storage/update_storage", params={"storage_name": "perth-archive", "reachable_from": "*"}
+    )
+    to_archive = await copy(registry.client, uid=two_sites["perth-disk"], destination_name="perth-archive")
+    assert await run_next(sessionmaker, settings, "perth-worker", None) == to_archive["migration_id"]
+    item = (await registry.client.get("/request/query_data_item", params={"uid": two_sites["perth-disk"]})).json()[0]
+    queued = await registry.client.post(
+        "/migration/copy_data_item", params={"oid": item["oid"], "destination_name": "cape-disk"}
+    )
+    assert queued.status_code == 200, queued.text
+    job = (
+        await registry.client.get("/migration/get_migration", params={"migration_id": queued.json()["migration_id"]})
+    ).json()[0]
+    storages = {
+        row["storage_id"]: row["storage_name"] for row in (await registry.client.get("/storage/query_storage")).json()
+    }
+    assert storages[job["source_storage_id"]] == "perth-archive"
+
+
+async def test_replication_places_copies_a_worker_can_carry(
+    registry: Registry, tmp_path: Path, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """An item on a Perth disk that must reach SOLID: Cape Town's SOLID archive is another site (which
+    the policy prefers) but no worker reaches both it and the Perth disk; Perth's SOLID archive is
+    carried by Perth's workers. The copy goes there."""
+    from dlm.lifecycle.replication import run_once
+
+    await registry.storage("perth-disk", root=tmp_path / "perth-disk", location="perth")
+    await registry.storage("perth-archive", root=tmp_path / "perth-archive", location="perth", phase="SOLID")
+    await registry.storage("cape-archive", root=tmp_path / "cape-archive", location="cape-town", phase="SOLID")
+    await workers_at(sessionmaker, "perth", "cape-town")
+    (tmp_path / "perth-disk" / "obs").write_bytes(b"o")
+    made = await registry.client.post(
+        "/ingest/register_data_item", params={"item_name": "obs", "uri": "obs", "storage_name": "perth-disk"}
+    )
+    assert made.status_code == 200, made.text
+    report = await run_once(sessionmaker, dry_run=True)
+    assert [planned.destination for planned in report.queued] == ["perth-archive"], report
+    # With Cape Town's archive reached from Perth too, the other site wins again.
+    await registry.client.patch(
+        "/storage/update_storage", params={"storage_name": "cape-archive", "reachable_from": "*"}
+    )
+    report = await run_once(sessionmaker, dry_run=True)
+    assert [planned.destination for planned in report.queued] == ["cape-archive"], report
