@@ -49,6 +49,8 @@ UNPLACEABLE = "unplaceable: "
 LINK_LOCK = 0x4C494E4B  # "LINK"
 # Copies marked (or cleared) unplaceable per pass, at most.
 PLACED_AT_ONCE = 1000
+# The advisory lock of the pass that marks unplaceable copies: one process at a time.
+PLACE_LOCK = 0x504C4143  # "PLAC"
 
 
 class Site:
@@ -296,9 +298,14 @@ def _live() -> ColumnElement[bool]:
 async def place_copies(session: AsyncSession) -> tuple[int, int]:
     """Say which queued copies no running worker can carry (unplaceable, with the reason, in their
     last_error) and take the word back from those one now can. Returns (newly unplaceable, placeable
-    again). Nothing is said while no copy worker runs anywhere: then every copy waits alike."""
+    again). Nothing is said while no copy worker runs anywhere: then every copy waits alike. One
+    process at a time looks (the others leave it to that one), and only where a worker with no
+    location, which reaches everything, does not run."""
+    if not await session.scalar(select(func.pg_try_advisory_xact_lock(PLACE_LOCK))):
+        return 0, 0
     if not await session.scalar(select(exists().where(_live()))):
         return 0, 0
+    anywhere = await session.scalar(select(exists().where(_live(), WorkerPresence.location_id.is_(None))))
     worker_location = aliased(Location)
     carrier = exists().where(
         _live(),
@@ -323,12 +330,16 @@ async def place_copies(session: AsyncSession) -> tuple[int, int]:
         + literal(" (start one with DLM_WORKER_LOCATION at a location that does, or set reachable_from)")
     )
     stranded = (
-        await session.execute(
-            joined_storages(select(Migration.migration_id, reason))
-            .where(waiting, ~carrier, func.coalesce(Migration.last_error, "").not_like(UNPLACEABLE + "%"))
-            .limit(PLACED_AT_ONCE)
-        )
-    ).all()
+        []
+        if anywhere
+        else (
+            await session.execute(
+                joined_storages(select(Migration.migration_id, reason))
+                .where(waiting, ~carrier, func.coalesce(Migration.last_error, "").not_like(UNPLACEABLE + "%"))
+                .limit(PLACED_AT_ONCE)
+            )
+        ).all()
+    )
     for migration_id, why in stranded:
         await session.execute(update(Migration).where(Migration.migration_id == migration_id).values(last_error=why))
     if stranded:
