@@ -39,6 +39,7 @@ from dlm.transfer.batches import OneAtATime, side_by_side, write_all_or_none
 from dlm.transfer.outbound import OutboundPolicy
 from dlm.transfer.paths import check_relative_uri
 from dlm.transfer.remotes import S3Settings, split_root
+from dlm.transfer.window import Window
 
 # S3 refuses parts under 5 MiB (except the last) and uploads of more than 10,000 parts.
 MIN_PART_SIZE = 5 * 1024 * 1024
@@ -255,25 +256,28 @@ class S3Backend(OneAtATime):
                 raise PayloadExists(f"{uri!r} exists already; DLM never overwrites a payload")
         part_size = self.part_size(size_hint)
         # The part being filled: handed over as it is once full (no slice, no bytes() copy of a part on
-        # the event loop), then a new one is started. Full parts go up upload_concurrency at a time
-        # (each held until S3 has it): the copy holds at most that many parts plus the one filling.
+        # the event loop), then a new one is started. Full parts go up several at a time, as many as
+        # fill the link (measured: dlm.transfer.window), at most upload_concurrency (each held until S3
+        # has it): the copy holds at most that many parts plus the one filling.
         buffer = bytearray()
         written = 0
         upload_id: str | None = None
         sent: dict[int, tuple[str, bytes]] = {}  # part number: its ETag and MD5 (the multipart ETag's)
-        slots = asyncio.Semaphore(max(1, self.settings.upload_concurrency))
+        window = Window(self.settings.upload_concurrency)
         sending: set[asyncio.Task[None]] = set()
         numbered = 0
 
         async def send(number: int, body: bytearray) -> None:
+            moved = 0
             try:
                 sent[number] = await self._upload_part(key, upload_id, number, body)  # type: ignore[arg-type]
+                moved = len(body)
             finally:
-                slots.release()
+                window.release(moved)
 
         async def start(body: bytearray) -> None:
             nonlocal numbered
-            await slots.acquire()
+            await window.acquire()
             for task in [task for task in sending if task.done()]:
                 sending.discard(task)
                 task.result()  # a part that failed stops the upload now, not at its end
