@@ -150,18 +150,26 @@ async def _site_families(session: AsyncSession) -> list[Any]:
     workers = GaugeMetricFamily(
         "dlm_site_workers", "Copy workers running now, by location ('*': workers with none).", labels=["location"]
     )
+    queued = GaugeMetricFamily(
+        "dlm_site_queued_copies", "Copies waiting whose source is at a location.", labels=["location"]
+    )
     for row in await sites.query_workers(session):
-        workers.add_metric([row["location"] or "*"], float(row["copies"]))
+        if row["processes"]:
+            workers.add_metric([row["location"] or "*"], float(row["copies"]))
+        if row["location"] is not None:
+            queued.add_metric([row["location"]], float(row["queued"]))
     labels = ["source_location", "destination_location"]
     running = GaugeMetricFamily("dlm_link_transfers", "Transfers under way on a link between locations.", labels=labels)
-    queued = GaugeMetricFamily("dlm_link_queued_copies", "Copies queued for a link between locations.", labels=labels)
+    link_queued = GaugeMetricFamily(
+        "dlm_link_queued_copies", "Copies queued for a link between locations.", labels=labels
+    )
     limit = GaugeMetricFamily(
         "dlm_link_max_transfers", "A link's limit on transfers at once (links without one left out).", labels=labels
     )
     for link in await sites.query_links(session):
         pair = [link["source_location"], link["destination_location"]]
         running.add_metric(pair, float(link["running"]))
-        queued.add_metric(pair, float(link["queued"]))
+        link_queued.add_metric(pair, float(link["queued"]))
         if link["max_transfers"] is not None:
             limit.add_metric(pair, float(link["max_transfers"]))
     unplaceable = GaugeMetricFamily(
@@ -169,7 +177,7 @@ async def _site_families(session: AsyncSession) -> list[Any]:
         "Queued copies no running copy worker can reach (both storages from its location).",
         value=float(await sites.unplaceable_copies(session)),
     )
-    return [workers, running, queued, limit, unplaceable]
+    return [workers, queued, running, link_queued, limit, unplaceable]
 
 
 DATABASE = DatabaseGauges()

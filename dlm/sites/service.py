@@ -465,7 +465,8 @@ async def query_links(session: AsyncSession) -> list[dict[str, Any]]:
 
 
 async def query_workers(session: AsyncSession) -> list[dict[str, Any]]:
-    """The processes running copy workers now, by location (None: anywhere)."""
+    """Each location's copy workers running now (location None: workers with none) and its queue: the
+    copies waiting whose source is there."""
     rows = await session.execute(
         select(
             Location.location_name, func.count(), func.sum(WorkerPresence.copies), func.max(WorkerPresence.last_seen)
@@ -474,9 +475,20 @@ async def query_workers(session: AsyncSession) -> list[dict[str, Any]]:
         .outerjoin(Location, Location.location_id == WorkerPresence.location_id)
         .where(_live())
         .group_by(Location.location_name)
-        .order_by(Location.location_name.nulls_first())
     )
-    return [
-        {"location": name, "processes": int(processes), "copies": int(copies), "last_seen": last_seen.isoformat()}
+    found: dict[str | None, dict[str, Any]] = {
+        name: {"location": name, "processes": int(processes), "copies": int(copies),
+               "last_seen": last_seen.isoformat(), "queued": 0}
         for name, processes, copies, last_seen in rows
-    ]
+    }  # fmt: skip
+    source_location = aliased(Location)
+    queued = await session.execute(
+        joined_storages(select(source_location.location_name, func.count()).select_from(Migration))
+        .join(source_location, source_location.location_id == SOURCE.location_id)
+        .where(Migration.status == MigrationStatus.PENDING)
+        .group_by(source_location.location_name)
+    )
+    for name, count in queued:
+        row = found.setdefault(name, {"location": name, "processes": 0, "copies": 0, "last_seen": None, "queued": 0})
+        row["queued"] = int(count)
+    return sorted(found.values(), key=lambda row: (row["location"] is not None, row["location"] or ""))

@@ -172,13 +172,19 @@ async def test_a_copy_no_running_worker_reaches_is_reported_until_one_does(
     assert (await last_error()).startswith("unplaceable: no running worker reaches both perth-disk and perth-archive")
     assert await place() == (0, 0), "said once"
     workers = (await registry.client.get("/storage/query_workers")).json()
-    assert [(worker["location"], worker["copies"]) for worker in workers] == [("cape-town", 2)]
+    assert [(row["location"], row["copies"], row["queued"]) for row in workers] == [
+        ("cape-town", 2, 0),
+        ("perth", 0, 1),
+    ]
     # The operator page and the metrics say so too.
     seen = (await registry.client.get("/ui/overview")).json()["sites"]
-    assert seen["unplaceable"] == 1 and [row["location"] for row in seen["workers"]] == ["cape-town"]
+    assert seen["unplaceable"] == 1 and [row["location"] for row in seen["workers"] if row["processes"]] == [
+        "cape-town"
+    ]
     metrics = (await registry.client.get("/metrics")).text
     assert "dlm_copies_unplaceable 1.0" in metrics
     assert 'dlm_site_workers{location="cape-town"} 2.0' in metrics
+    assert 'dlm_site_queued_copies{location="perth"} 1.0' in metrics
     assert 'dlm_link_queued_copies{destination_location="perth",source_location="perth"}' not in metrics, (
         "a copy within a location is on no link"
     )

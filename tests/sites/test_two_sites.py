@@ -228,7 +228,7 @@ async def _bucket(config: dict[str, Any]) -> bool:
 
 async def _workers(api: httpx.AsyncClient, wanted: dict[str, int]) -> bool:
     workers = (await api.get("/storage/query_workers")).json()
-    return {row["location"]: row["processes"] for row in workers} == wanted
+    return {row["location"]: row["processes"] for row in workers if row["processes"]} == wanted
 
 
 async def _migration(api: httpx.AsyncClient, migration_id: int) -> dict[str, Any]:

@@ -245,10 +245,11 @@ function replicaCounts(counts) {
 // Where copy workers run, and the links between locations: limits, transfers under way, copies queued.
 function sitesView(sites) {
   return h("div", { class: "grid2" },
-    table(["copy workers at", "processes ", "copies at once "], sites.workers.map((row) =>
+    table(["copy workers at", "processes ", "copies at once ", "queued from there "], sites.workers.map((row) =>
       h("tr", { "data-site": row.location || "*" }, h("td", {}, row.location || "anywhere (no location)"),
-        h("td", { class: "num" }, row.processes), h("td", { class: "num" }, row.copies))),
-      "No copy worker is running."),
+        h("td", { class: "num" }, row.processes), h("td", { class: "num" }, row.copies),
+        h("td", { class: "num" }, row.queued))),
+      "No copy worker is running, and no copy waits."),
     h("div", {},
       sites.unplaceable ? h("p", { class: "error", id: "unplaceable" },
         `${sites.unplaceable} queued copies cannot be placed: no running worker reaches both of their storages (see Copies).`) : null,
