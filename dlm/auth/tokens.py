@@ -80,9 +80,16 @@ async def create_token(
     return secret
 
 
+# The advisory lock under which a named token is made to match a deployment's secret.
+ENSURE_TOKEN_LOCK = 0x544F4B4E  # "TOKN"
+
+
 async def ensure_token(session: AsyncSession, *, name: str, role: Role, secret: str, created_by: str) -> bool:
     """Make ``secret`` the live token named ``name`` (a deployment's admin token from its secret store);
-    a different live token of that name is revoked. Returns whether anything changed."""
+    a different live token of that name is revoked. Returns whether anything changed. DLM processes
+    starting together with one DLM_ADMIN_TOKEN take turns (a lock held to the end of the transaction):
+    the second finds the token the first made."""
+    await session.execute(select(func.pg_advisory_xact_lock(ENSURE_TOKEN_LOCK, func.hashtext(name))))
     digest = token_hash(secret)
     current = (
         await session.execute(

@@ -191,3 +191,28 @@ async def test_the_cli_speaks_to_a_closed_dlm_with_a_token(database_url: str, tm
         assert cli("whoami", token=secret).returncode == 1
     finally:
         server.stop()
+
+
+async def test_processes_starting_together_with_one_admin_token_both_start(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """Two replicas of a deployment start at once with the same DLM_ADMIN_TOKEN: the second waits for
+    the first's transaction and finds the token made, instead of failing on it (seen in CI)."""
+    import asyncio
+
+    from dlm.db.engine import transaction
+
+    secret = "dlm_" + os.urandom(32).hex()
+
+    async def start() -> bool:
+        async with transaction(sessionmaker, actor="startup") as session:
+            changed = await tokens.ensure_token(
+                session, name="admin", role=Role.ADMIN, secret=secret, created_by="DLM_ADMIN_TOKEN"
+            )
+            await asyncio.sleep(0.3)  # the rest of a start-up's transaction
+            return changed
+
+    assert sorted(await asyncio.gather(start(), start())) == [False, True]
+    async with sessionmaker() as session:
+        live = await session.scalar(text("SELECT count(*) FROM api_token WHERE name = 'admin' AND revoked IS NULL"))
+    assert live == 1

@@ -313,7 +313,7 @@ async def test_storage_deliveries_and_tokens_pages_over_a_backlog_of_thousands(
                 message="the backlog is counted",
             )
             assert text_of(driver, '#replicas tr[data-storage-id] td[data-state="READY"]') == str(BACKLOG)
-            assert "No copy worker is running." in text_of(driver, "#sites")
+            assert "No copy worker is running, and no copy waits." in text_of(driver, "#sites")
 
             # A storage's page, from the overview's card: what it holds, day by day, and by state.
             click(driver, By.LINK_TEXT, "disk")
