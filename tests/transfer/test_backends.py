@@ -166,14 +166,16 @@ async def test_s3_parts_go_up_several_at_once_and_one_failing_leaves_nothing(
             in_flight += 1
             most = max(most, in_flight)
             try:
-                await asyncio.sleep(0.05)  # long enough for the next parts to start
+                await asyncio.sleep(0.3)  # a round trip that dwarfs the upload: more in flight pays
                 return await upload_part(*args)
             finally:
                 in_flight -= 1
 
         s3._upload_part = counted  # type: ignore[method-assign]
         assert await s3.write("many", chunks_of(*pieces), size_hint=26 * 1024 * 1024) == 26 * 1024 * 1024
-        assert most == 3, "three parts at once, never more"
+        # The window opens while more parts in flight raise the rate (tests/transfer/test_window.py
+        # checks how far, on simulated links), never past upload_concurrency.
+        assert 2 <= most <= 3, most
         assert await read_all(s3, "many") == b"".join(pieces)
         assert s3.stored_as_sent("many"), "the multipart ETag of parts sent out of order still matches"
 
