@@ -66,8 +66,8 @@ async def health_ready(state: State) -> Response[dict[str, str]]:
     """The database answers and this DLM can serve on its schema (its own head revision, or a newer one
     that still serves this DLM: expand-then-contract)."""
     try:
-        problem = await schema_problem(state.engine)
         current = await current_revision(state.engine)
+        problem = await schema_problem(state.engine, current)
     except Exception:  # whatever the database's trouble, this process cannot serve
         log.warning("readiness check: database unreachable", exc_info=True)
         return Response({"status": "unavailable", "database": "unreachable"}, status_code=503)

@@ -73,10 +73,11 @@ async def _serves_from(engine: AsyncEngine) -> str | None:
         return (await connection.execute(text(f"SELECT serves_from FROM {compatibility.TABLE}"))).scalar()
 
 
-async def schema_problem(engine: AsyncEngine) -> str | None:
-    """Why this DLM cannot serve on the database's schema, or None when it can: at its own head, or at a
-    newer revision whose recorded ``serves_from`` this DLM's head reaches (dlm.db.compatibility)."""
-    current, head = await current_revision(engine), head_revision()
+async def schema_problem(engine: AsyncEngine, current: str | None) -> str | None:
+    """Why this DLM cannot serve on the database's schema (at revision ``current``), or None when it
+    can: at its own head, or at a newer revision whose recorded ``serves_from`` this DLM's head reaches
+    (dlm.db.compatibility)."""
+    head = head_revision()
     if current == head:
         return None
     if current is None:
@@ -93,5 +94,5 @@ async def schema_problem(engine: AsyncEngine) -> str | None:
 
 async def check_schema(engine: AsyncEngine) -> None:
     """Raise SchemaOutOfDate unless this DLM can serve on the database's schema (schema_problem)."""
-    if (problem := await schema_problem(engine)) is not None:
+    if (problem := await schema_problem(engine, await current_revision(engine))) is not None:
         raise SchemaOutOfDate(problem)

@@ -115,14 +115,10 @@ def pushed_first(site: Site) -> ColumnElement[Any]:
     return (SOURCE.location_id == site.location_id).desc()
 
 
-async def full_links(session: AsyncSession) -> list[tuple[uuid.UUID, uuid.UUID]]:
-    """The links carrying as many transfers as they may, with the claim lock taken when any link has
-    a limit (held until the claim commits): no two claims take the last place on a link."""
-    limited = await session.scalar(select(exists().where(LocationLink.max_transfers.is_not(None))))
-    if not limited:
-        return []
-    await session.execute(select(func.pg_advisory_xact_lock(LINK_LOCK)))
-    running = (
+def _transfers_by_link() -> Any:
+    """The transfers under way between each pair of locations (source, destination, transfers): a
+    worker's copy, or its batch, is one; a lease run out is none."""
+    return (
         joined_storages(
             select(
                 SOURCE.location_id.label("source"),
@@ -132,8 +128,17 @@ async def full_links(session: AsyncSession) -> list[tuple[uuid.UUID, uuid.UUID]]
         )
         .where(Migration.status == MigrationStatus.RUNNING, Migration.lease_expires > func.now())
         .group_by(SOURCE.location_id, DESTINATION.location_id)
-        .subquery()
     )
+
+
+async def full_links(session: AsyncSession) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """The links carrying as many transfers as they may, with the claim lock taken when any link has
+    a limit (held until the claim commits): no two claims take the last place on a link."""
+    limited = await session.scalar(select(exists().where(LocationLink.max_transfers.is_not(None))))
+    if not limited:
+        return []
+    await session.execute(select(func.pg_advisory_xact_lock(LINK_LOCK)))
+    running = _transfers_by_link().subquery()
     rows = await session.execute(
         select(LocationLink.source_location_id, LocationLink.destination_location_id).join(
             running,
@@ -212,15 +217,7 @@ class Links:
         locations = (
             await session.execute(select(Location.location_id, Location.location_name, Location.location_country))
         ).all()
-        running = (
-            await session.execute(
-                joined_storages(
-                    select(SOURCE.location_id, DESTINATION.location_id, func.count(distinct(Migration.lease_owner)))
-                )
-                .where(Migration.status == MigrationStatus.RUNNING, Migration.lease_expires > func.now())
-                .group_by(SOURCE.location_id, DESTINATION.location_id)
-            )
-        ).all()
+        running = (await session.execute(_transfers_by_link())).all()
         limits = (
             await session.execute(
                 select(
@@ -340,8 +337,12 @@ async def place_copies(session: AsyncSession) -> tuple[int, int]:
             )
         ).all()
     )
+    # One statement per pair of storages (the reason names them), not one per copy.
+    by_reason: dict[str, list[int]] = {}
     for migration_id, why in stranded:
-        await session.execute(update(Migration).where(Migration.migration_id == migration_id).values(last_error=why))
+        by_reason.setdefault(why, []).append(migration_id)
+    for why, ids in by_reason.items():
+        await session.execute(update(Migration).where(Migration.migration_id.in_(ids)).values(last_error=why))
     if stranded:
         log.warning(
             "%d queued copies cannot be placed: no running worker reaches both of their storages", len(stranded)
