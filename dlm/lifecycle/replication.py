@@ -44,9 +44,10 @@ from dlm.db.models import Migration, PhaseChange, Storage
 from dlm.enums import ItemState, Phase, combined_phase
 from dlm.errors import DLMError
 from dlm.lifecycle import claim_items, phase_weight
-from dlm.migration.service import ACTIVE, COPY_PLANNING_LOCK, CopyPlan, queue_copies
+from dlm.migration.service import ACTIVE, CopyPlan, queue_copies
 from dlm.sites.service import Links
 from dlm.storage.service import (
+    ITEM_LOCK,
     delete_replica,
     file_system_usages,
     finish_retirements,
@@ -56,7 +57,6 @@ from dlm.transfer.base import TransferError
 log = logging.getLogger("dlm.lifecycle.replication")
 
 ACTOR = "replication"
-LOCK_NAMESPACE = COPY_PLANNING_LOCK  # copy_item takes it too
 
 
 class Planned(msgspec.Struct, frozen=True):
@@ -131,7 +131,7 @@ async def run_once(
         queued_before = len(report.queued)
         async with transaction(sessionmaker, actor=ACTOR) as session:
             # Items another process's pass holds are its to plan: claimed without waiting.
-            claimed = await claim_items(session, LOCK_NAMESPACE, oids)
+            claimed = await claim_items(session, ITEM_LOCK, oids)
             await _enforce(session, sorted(claimed), placement, report, retiring)
         if on_queued is not None and not dry_run and len(report.queued) > queued_before:
             on_queued()

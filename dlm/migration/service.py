@@ -24,6 +24,7 @@ from dlm.storage.service import (
     check_resilience,
     is_writable,
     latest_config,
+    lock_item,
     lock_replicas,
     refuse_new_payloads,
     resolve_storage,
@@ -251,7 +252,7 @@ async def copy_item(
     source = await pick_source(session, item_name=item_name, oid=oid, uid=uid, to=destination)
     # Whether this copy is made or queued already is decided by one transaction at a time: a user's
     # request racing the replication engine's pass for the same item waits for it, then finds its copy.
-    await session.execute(select(func.pg_advisory_xact_lock(COPY_PLANNING_LOCK, func.hashtext(str(source.oid)))))
+    await lock_item(session, source.oid)
     uri = canonical_uri(path, "path") if path else source.uri
     # A move is not a copy already made: its source must still go.
     if (existing := await _check_destination(session, source, destination, uri, reuse=not move)) is not None:
@@ -276,11 +277,6 @@ async def copy_item(
     session.add(migration)
     await session.flush()
     return {"uid": str(replica_uid), "migration_id": migration.migration_id}
-
-
-# The advisory lock (with the item's oid hashed) under which an item's copies are decided: copy_item
-# waits for it, the replication engine's pass claims items with it and skips those it cannot take.
-COPY_PLANNING_LOCK = 0x5245504C  # "REPL"
 
 
 class CopyPlan(msgspec.Struct, frozen=True):

@@ -6,6 +6,7 @@ import datetime
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,9 @@ from dlm.data_item import ITEMS
 from dlm.db.engine import transaction
 from dlm.db.models import Storage
 from dlm.enums import ChecksumMethod
-from dlm.migration.service import CopyPlan, queue_copies
+from dlm.migration.service import CopyPlan, copy_item, queue_copies
 from dlm.migration.worker import run_next
+from dlm.storage.service import lock_replicas
 from tests.conftest import Registry, SshServer, assert_error, free_port, new_bucket
 from tests.migration.conftest import (
     copy,
@@ -454,6 +456,29 @@ async def test_copies_of_one_item_failing_together_do_not_deadlock(
     assert "deadlock" not in caplog.text.lower()
     for index in range(6):
         assert list((tmp_path / f"target-{index}").iterdir()) == [], "nothing left behind"
+
+
+async def test_no_replica_appears_while_another_transaction_holds_the_items_replicas(
+    registry: Registry, sessionmaker: Any, tmp_path: Path
+) -> None:
+    # The cause of the deadlock above, seen directly: a failing copy locked the replicas, a copy queued
+    # meanwhile committed a new one, a third transaction locked that one first, and the failing copy's
+    # next statement (refreshing the combined phase) then waited for it out of order.
+    uid = await registry.register("held", "held")
+    await registry.storage("elsewhere", root=tmp_path / "elsewhere")
+    oid = (await registry.item(uid))["oid"]
+    async with transaction(sessionmaker, actor="test") as holder:
+        held = await lock_replicas(holder, uuid.UUID(oid))
+        queued = asyncio.create_task(queue_copy(sessionmaker, uid))
+        done, _ = await asyncio.wait({queued}, timeout=1)
+        assert not done, "a copy added a replica while another transaction held the item's replicas"
+        assert [row.uid for row in await lock_replicas(holder, uuid.UUID(oid))] == [row.uid for row in held]
+    assert (await queued)["migration_id"]
+
+
+async def queue_copy(sessionmaker: Any, uid: str) -> dict[str, Any]:
+    async with transaction(sessionmaker, actor="test") as session:
+        return await copy_item(session, uid=uid, destination_name="elsewhere")
 
 
 async def test_a_copy_reads_from_the_cheapest_replica(registry: Registry, tmp_path: Path, s3_config: dict) -> None:
