@@ -116,6 +116,7 @@ class Storage(msgspec.Struct, kw_only=True):
     storage_retire_date: datetime.datetime | None = None
     storage_date: datetime.datetime | None = None
     reachable_from: list[str] | None = None
+    max_transfers: int | None = None
 
 
 class LocationLink(msgspec.Struct, kw_only=True):
@@ -578,9 +579,11 @@ class _Operations:
         permissions: str | None = None,
         retire: bool | None = None,
         reachable_from: list[str] | None = None,
+        max_transfers: int | None = None,
     ) -> Any:
         """(admin) Change a storage; ``retire=True`` starts retiring it (``False`` calls that off);
-        ``reachable_from``: the locations whose workers reach it (``["*"]``: all; ``[]``: the default)."""
+        ``reachable_from``: the locations whose workers reach it (``["*"]``: all; ``[]``: the default);
+        ``max_transfers``: the copies it carries at once (0: no limit)."""
         return self._run(
             _call(
                 "PATCH",
@@ -593,6 +596,7 @@ class _Operations:
                 storage_permissions=permissions,
                 retire=retire,
                 reachable_from=None if reachable_from is None else ",".join(reachable_from),
+                max_transfers=max_transfers,
             )
         )
 

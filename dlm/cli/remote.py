@@ -723,8 +723,19 @@ def storage_add_storage(
     help="Locations whose workers reach it directly (comma-separated; '*' for all; '' for the default: "
     "a POSIX storage its own location, S3 and SFTP any).",
 )
+@click.option(
+    "--max-transfers", type=click.IntRange(min=0), help="Copies reading from or writing to it at once (0: no limit)."
+)
 @remote(
-    ("storage_name", "storage_phase", "storage_capacity", "storage_permissions", "storage_available", "reachable_from")
+    (
+        "storage_name",
+        "storage_phase",
+        "storage_capacity",
+        "storage_permissions",
+        "storage_available",
+        "reachable_from",
+        "max_transfers",
+    )
 )
 def storage_update(
     client: DLMClient,
@@ -735,6 +746,7 @@ def storage_update(
     permissions: str | None,
     retire: bool | None,
     reachable_from: str | None,
+    max_transfers: int | None,
 ) -> Any:
     """Change a storage (admins). --retire empties it: it takes no new replicas, phase enforcement
     copies what it holds elsewhere and removes it there, and then it is retired for good.
@@ -744,6 +756,7 @@ def storage_update(
       dlm storage update scratch --capacity 10000000000000
       dlm storage update old-disk --retire          # then watch: dlm storage events --name old-disk
       dlm storage update lustre --reachable-from perth,pawsey
+      dlm storage update tape-cache --max-transfers 2
     """
     return client.update_storage(
         name,
@@ -753,6 +766,7 @@ def storage_update(
         permissions=permissions,
         retire=retire,
         reachable_from=None if reachable_from is None else [part for part in reachable_from.split(",") if part.strip()],
+        max_transfers=max_transfers,
     )
 
 

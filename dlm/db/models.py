@@ -114,6 +114,8 @@ class Storage(Base):
     # The locations whose workers reach this storage directly, by name ("*": every location). NULL: a
     # POSIX storage only from its own location (a mount), S3 and SFTP from anywhere (dlm.sites).
     reachable_from: Mapped[list[str] | None] = mapped_column(ARRAY(String))
+    # Transfers reading from or writing to it at once (a worker's copy, or its batch, is one); NULL: no limit.
+    max_transfers: Mapped[int | None] = mapped_column(Integer)
 
 
 class LocationLink(Base):

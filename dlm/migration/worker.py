@@ -55,8 +55,8 @@ def new_owner(index: int = 0) -> str:
 
 async def claim(session: AsyncSession, owner: str, lease_seconds: float, site: Site | None = None) -> Migration | None:
     """Take the next job that is due, or whose worker stopped renewing its lease: at a ``site``, only one
-    whose two storages it reaches, its own location's sources first; never one on a link carrying as
-    many transfers as it may (dlm.sites)."""
+    whose two storages it reaches, its own location's sources first; never one on a link or to or from
+    a storage carrying as many transfers as it may (dlm.sites)."""
     now = func.now()
     due = select(Migration.migration_id).where(
         or_(
@@ -64,13 +64,12 @@ async def claim(session: AsyncSession, owner: str, lease_seconds: float, site: S
             and_(Migration.status == MigrationStatus.RUNNING, Migration.lease_expires < now),
         )
     )
-    full = await sites.full_links(session)
-    if site is not None or full:
+    full = await sites.full(session)
+    if site is not None or full.links:
         due = sites.joined_storages(due)
         if site is not None:
             due = due.where(sites.within_reach(site))
-        if full:
-            due = due.where(sites.not_on(full))
+    due = full.avoided(due)
     first = [sites.pushed_first(site)] if site is not None else []
     due = (
         due.order_by(*first, Migration.next_attempt_at, Migration.migration_id)

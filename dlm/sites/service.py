@@ -44,9 +44,9 @@ ANYWHERE = "*"
 # A process that has not said it is running for this long has stopped or died.
 PRESENCE_TIMEOUT = datetime.timedelta(seconds=30)
 UNPLACEABLE = "unplaceable: "
-# Claims take this advisory lock while a link has a limit on its transfers, so that two claims cannot
-# both take the last place on it.
-LINK_LOCK = 0x4C494E4B  # "LINK"
+# Claims take this advisory lock while a link or a storage has a limit on its transfers, so that two
+# claims cannot both take the last place on it.
+CLAIM_LOCK = 0x4C494E4B  # "LINK"
 # Copies marked (or cleared) unplaceable per pass, at most.
 PLACED_AT_ONCE = 1000
 # The advisory lock of the pass that marks unplaceable copies: one process at a time.
@@ -126,34 +126,83 @@ def _transfers_by_link() -> Any:
                 func.count(distinct(Migration.lease_owner)).label("transfers"),
             )
         )
-        .where(Migration.status == MigrationStatus.RUNNING, Migration.lease_expires > func.now())
+        .where(_running())
         .group_by(SOURCE.location_id, DESTINATION.location_id)
     )
 
 
-async def full_links(session: AsyncSession) -> list[tuple[uuid.UUID, uuid.UUID]]:
-    """The links carrying as many transfers as they may, with the claim lock taken when any link has
-    a limit (held until the claim commits): no two claims take the last place on a link."""
-    limited = await session.scalar(select(exists().where(LocationLink.max_transfers.is_not(None))))
-    if not limited:
-        return []
-    await session.execute(select(func.pg_advisory_xact_lock(LINK_LOCK)))
-    running = _transfers_by_link().subquery()
-    rows = await session.execute(
-        select(LocationLink.source_location_id, LocationLink.destination_location_id).join(
-            running,
-            and_(
-                running.c.source == LocationLink.source_location_id,
-                running.c.destination == LocationLink.destination_location_id,
-                running.c.transfers >= LocationLink.max_transfers,
-            ),
+class Full:
+    """The links and storages carrying as many transfers as they may, when a claim looked."""
+
+    def __init__(self, links: list[tuple[uuid.UUID, uuid.UUID]], storages: list[uuid.UUID]) -> None:
+        self.links, self.storages = links, storages
+
+    def avoided(self, query: Any) -> Any:
+        """``query`` over migrations (joined to their storages when links are full) without these."""
+        if self.links:
+            query = query.where(~tuple_(SOURCE.location_id, DESTINATION.location_id).in_(self.links))
+        if self.storages:
+            query = query.where(
+                Migration.source_storage_id.not_in(self.storages),
+                Migration.destination_storage_id.not_in(self.storages),
+            )
+        return query
+
+
+async def full(session: AsyncSession) -> Full:
+    """What a claim must leave alone now, with the claim lock taken when any link or storage has a limit
+    on its transfers (held until the claim commits): no two claims take the last place on either."""
+    links_limited, storages_limited = (
+        await session.execute(
+            select(
+                exists().where(LocationLink.max_transfers.is_not(None)),
+                exists().where(Storage.max_transfers.is_not(None)),
+            )
         )
+    ).one()
+    if not (links_limited or storages_limited):
+        return Full([], [])
+    await session.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK)))
+    links: list[tuple[uuid.UUID, uuid.UUID]] = []
+    storages: list[uuid.UUID] = []
+    if links_limited:
+        running = _transfers_by_link().subquery()
+        rows = await session.execute(
+            select(LocationLink.source_location_id, LocationLink.destination_location_id).join(
+                running,
+                and_(
+                    running.c.source == LocationLink.source_location_id,
+                    running.c.destination == LocationLink.destination_location_id,
+                    running.c.transfers >= LocationLink.max_transfers,
+                ),
+            )
+        )
+        links = [(source, destination) for source, destination in rows]
+    if storages_limited:
+        storages = list(await session.scalars(_full_storages()))
+    return Full(links, storages)
+
+
+def _full_storages() -> Any:
+    """The storages with a limit that as many transfers read from or write to as it allows."""
+    ends = (
+        select(Migration.source_storage_id.label("storage_id"), Migration.lease_owner)
+        .where(_running())
+        .union(select(Migration.destination_storage_id, Migration.lease_owner).where(_running()))
+        .subquery()
     )
-    return [(source, destination) for source, destination in rows]
+    return (
+        select(Storage.storage_id)
+        .join(ends, ends.c.storage_id == Storage.storage_id)
+        .where(Storage.max_transfers.is_not(None))
+        .group_by(Storage.storage_id, Storage.max_transfers)
+        .having(func.count(distinct(ends.c.lease_owner)) >= Storage.max_transfers)
+    )
 
 
-def not_on(links: list[tuple[uuid.UUID, uuid.UUID]]) -> ColumnElement[bool]:
-    return ~tuple_(SOURCE.location_id, DESTINATION.location_id).in_(links)
+def _running() -> ColumnElement[bool]:
+    """A copy a worker is carrying now (a lease run out is none)."""
+    return and_(Migration.status == MigrationStatus.RUNNING, Migration.lease_expires > func.now())
 
 
 async def link_of(

@@ -126,13 +126,17 @@ async def update_storage(
     storage_permissions: FromQuery[str | None] = None,
     retire: FromQuery[bool | None] = None,
     reachable_from: FromQuery[str | None] = None,
+    max_transfers: Annotated[
+        int | None, QueryParameter(ge=0, le=10_000, description="copies at once; 0: no limit")
+    ] = None,
 ) -> dict[str, Any]:
     """DLM addition. Change a storage: whether it is available, its phase (its replicas' uid_phase
     follows), its capacity, its permissions (R or RW). retire=true starts retiring it: it takes no new
     replicas, phase enforcement copies what it holds elsewhere and removes it there, and once it holds
     nothing it is retired for good; retire=false calls a retirement in progress off. reachable_from:
     the locations (comma-separated names; * for all) whose workers reach it directly; empty for the
-    default (POSIX: its own location; S3, SFTP: any). Returns the storage."""
+    default (POSIX: its own location; S3, SFTP: any). max_transfers: the copies reading from or writing
+    to it at once (a worker's batch of small files is one; 0: no limit). Returns the storage."""
     row = await service.update_storage(
         session,
         storage_name=storage_name,
@@ -143,6 +147,7 @@ async def update_storage(
         permissions=storage_permissions,
         retire=retire,
         reachable_from=reachable_from,
+        max_transfers=max_transfers,
     )
     return row_dict(row._mapping)
 

@@ -249,11 +249,13 @@ async def update_storage(
     permissions: str | None = None,
     retire: bool | None = None,
     reachable_from: str | None = None,
+    max_transfers: int | None = None,
 ) -> Row[Any]:
     """Change a storage; returns its row. A new phase becomes its replicas' ``uid_phase`` (and their
     items' phase follows). ``retire`` starts retiring it: it takes no new replicas, phase enforcement
     copies what it holds elsewhere and then removes it there, and once it holds nothing it is retired
-    (``retire=false`` calls a retirement in progress off)."""
+    (``retire=false`` calls a retirement in progress off). ``max_transfers``: the copies it carries at
+    once (0: no limit)."""
     storage = await resolve_storage(session, storage_name=storage_name, storage_id=storage_id)
     if storage.storage_retired:
         raise UnmetPreconditionForOperation(f"storage {storage.storage_name!r} is retired and cannot change")
@@ -280,6 +282,10 @@ async def update_storage(
         changes["storage_permissions"] = permissions.upper()
     if reachable_from is not None:
         changes["reachable_from"] = await reachable_from_names(session, reachable_from)
+    if max_transfers is not None:
+        if max_transfers < 0:
+            raise InvalidQueryParameters(f"max_transfers: {max_transfers} is negative (0: no limit)")
+        changes["max_transfers"] = max_transfers or None
     old_phase = storage.storage_phase
     if phase is not None:
         changes["storage_phase"] = phase

@@ -273,3 +273,44 @@ async def test_replication_places_copies_a_worker_can_carry(
     )
     report = await run_once(sessionmaker, dry_run=True)
     assert [planned.destination for planned in report.queued] == ["cape-archive"], report
+
+
+async def test_a_storage_carries_no_more_transfers_than_it_may(
+    registry: Registry, two_sites: dict[str, str], sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    await registry.storage("perth-tape", root=tmp_path / "perth-tape", location="perth", phase="SOLID")
+    limited = await registry.client.patch(
+        "/storage/update_storage", params={"storage_name": "perth-tape", "max_transfers": 1}
+    )
+    assert limited.status_code == 200 and limited.json()["max_transfers"] == 1, limited.text
+    (tmp_path / "perth-disk" / "second").write_bytes(b"second")
+    second = await registry.register("second", "second", storage="perth-disk")
+    first = two_sites["perth-disk"]
+    first_to_tape = (await copy(registry.client, uid=first, destination_name="perth-tape"))["migration_id"]
+    second_to_tape = (await copy(registry.client, uid=second, destination_name="perth-tape"))["migration_id"]
+    first_to_archive = (await copy(registry.client, uid=first, destination_name="perth-archive"))["migration_id"]
+    assert await claimed(sessionmaker, None, owner="one") == first_to_tape
+    # The tape is full; the archive is not, nor the disk they are read from.
+    assert await claimed(sessionmaker, None, owner="two") == first_to_archive
+    assert await claimed(sessionmaker, None, owner="three") is None
+    # The source's limit counts too: the disk now carries one copy and may carry one.
+    await release(sessionmaker, first_to_archive)
+    await registry.client.patch("/storage/update_storage", params={"storage_name": "perth-disk", "max_transfers": 1})
+    assert await claimed(sessionmaker, None, owner="two") is None
+    # 0 lifts a limit: the next copy goes.
+    for name in ("perth-disk", "perth-tape"):
+        lifted = await registry.client.patch(
+            "/storage/update_storage", params={"storage_name": name, "max_transfers": 0}
+        )
+        assert lifted.json()["max_transfers"] is None, lifted.text
+    assert await claimed(sessionmaker, None, owner="two") in (second_to_tape, first_to_archive)
+    events = (await registry.client.get("/storage/query_storage_events", params={"storage_name": "perth-tape"})).json()
+    assert any("max_transfers: None -> 1" in (event.get("detail") or "") for event in events), events
+
+
+async def test_a_storage_limit_must_be_a_count(registry: Registry, two_sites: dict[str, str]) -> None:
+    for value in ("-1", "many"):
+        response = await registry.client.patch(
+            "/storage/update_storage", params={"storage_name": "perth-disk", "max_transfers": value}
+        )
+        assert_error(response, 422, "InvalidQueryParameters", "max_transfers")
