@@ -33,6 +33,7 @@ RUNS = [
     ("copy_throughput.py", [], ["--size-mib", "16", "--files", "200"]),
     ("replication_throughput.py", ["--to", "both"], ["--items", "200", "--to", "both"]),
     ("copy_memory.py", [], ["--size-mib", "64"]),
+    ("s3_server_side.py", [], ["--size-mib", "16"]),
     ("download.py", [], ["--size-mib", "64", "--files", "50", "--rounds", "1"]),
 ]
 

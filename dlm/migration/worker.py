@@ -273,6 +273,8 @@ class Job:
                     "bytes_per_second": round(result.bytes / seconds),
                     "checksum": result.checksum,
                     "worker": self.owner,
+                    # Made by the storage itself (S3 CopyObject): its checksum is the one S3 computed.
+                    **({"server_side": True} if result.through is not None else {}),
                     # Said, not silently dropped: a link to a directory inside the container is not followed.
                     **({"unfollowed_symlinks": list(result.unfollowed)} if result.unfollowed else {}),
                 },
@@ -281,6 +283,7 @@ class Job:
                 await self._remove_source(session, job)
             link = await sites.link_of(session, job.source_storage_id, job.destination_storage_id)
         metrics.COPIED_BYTES.inc(result.bytes)
+        metrics.COPIED_THROUGH.inc(result.bytes_through)
         metrics.LINK_BYTES.labels(*link).inc(result.bytes)
         metrics.COPY_SECONDS.observe(result.seconds)
         metrics.COPIES.labels(MigrationStatus.SUCCEEDED.value).inc()
@@ -699,6 +702,7 @@ class Batch:
             link = await sites.link_of(session, self.jobs[0].source_storage_id, self.jobs[0].destination_storage_id)
         moved = sum(entry["size"] for entry in done)
         metrics.COPIED_BYTES.inc(moved)
+        metrics.COPIED_THROUGH.inc(moved)
         metrics.LINK_BYTES.labels(*link).inc(moved)
         metrics.COPY_SECONDS.observe(seconds)
         metrics.COPIES.labels(MigrationStatus.SUCCEEDED.value).inc(len(done))

@@ -42,6 +42,11 @@ HTTP_DURATION = Histogram(
     registry=REGISTRY,
 )
 COPIED_BYTES = Counter("dlm_copied_bytes_total", "Bytes copied by migrations that succeeded.", registry=REGISTRY)
+COPIED_THROUGH = Counter(
+    "dlm_copied_bytes_through_total",
+    "Of the bytes copied, those that passed through this process (a copy inside one S3 service: none).",
+    registry=REGISTRY,
+)
 COPIES = Counter("dlm_copies_total", "Migrations this process finished, by outcome.", ["status"], registry=REGISTRY)
 COPY_SECONDS = Histogram(
     "dlm_copy_duration_seconds",

@@ -7,6 +7,7 @@ config in rclone's remote format (``endpoint``, ``access_key_id``, ``secret_acce
 """
 
 import asyncio
+import base64
 import contextlib
 import math
 import os
@@ -53,6 +54,10 @@ _TRANSIENT = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable",
 _S3_CODE = re.compile(r"[A-Za-z0-9.]{1,64}")
 # A batch lists the directory it goes to unless that holds this many objects per file of the batch.
 _LISTING_PER_FILE = 10
+# The checksums S3 computes of an object it copies (CopyObject's ChecksumAlgorithm), by DLM's methods.
+_SERVER_CHECKSUMS = {ChecksumMethod.CRC32C: "CRC32C", ChecksumMethod.SHA256: "SHA256"}
+# The most CopyObject copies in one request.
+MAX_COPY_OBJECT = 5 * 1024**3
 
 
 class CheckedResolver(aiohttp.abc.AbstractResolver):
@@ -368,6 +373,50 @@ class S3Backend(OneAtATime):
             Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
         )
         return response["ETag"], digest
+
+    def _same_service(self, other: object) -> bool:
+        """Whether ``other`` is a bucket of the same S3 service reached with the same credentials: one
+        CopyObject request can then copy from it."""
+        if not isinstance(other, S3Backend) or self.outbound is not None or other.outbound is not None:
+            return False
+        mine, theirs = self.settings, other.settings
+        return (mine.endpoint, mine.region, mine.env_auth, mine.access_key_id, mine.secret_access_key) == (
+            theirs.endpoint,
+            theirs.region,
+            theirs.env_auth,
+            theirs.access_key_id,
+            theirs.secret_access_key,
+        )
+
+    async def copy_within(
+        self, source: object, source_uri: str, uri: str, size: int, method: ChecksumMethod
+    ) -> tuple[str, int] | None:
+        """Copy ``source_uri`` of ``source`` to ``uri`` inside the S3 service (CopyObject: none of the
+        bytes pass through DLM), S3 computing the copy's checksum by ``method``; returns it (hex) and the
+        bytes DLM read to know it (0 unless the store computes none). None,
+        with nothing copied, when S3 cannot: another service or other credentials, a method S3 does not
+        compute, an object larger than CopyObject takes. Never over an existing object (looked for
+        first: CopyObject takes no If-None-Match)."""
+        algorithm = _SERVER_CHECKSUMS.get(method)
+        if algorithm is None or size > MAX_COPY_OBJECT or not self._same_service(source):
+            return None
+        assert isinstance(source, S3Backend)
+        self._confirmed.discard(uri)
+        with self._translated(uri):
+            if await self.stat(uri) is not None:
+                raise PayloadExists(f"{uri!r} exists already; DLM never overwrites a payload")
+            response = await self._client.copy_object(
+                Bucket=self.bucket,
+                Key=self.key(uri),
+                CopySource={"Bucket": source.bucket, "Key": source.key(source_uri)},
+                ChecksumAlgorithm=algorithm,
+            )
+        computed = response.get("CopyObjectResult", {}).get(f"Checksum{algorithm}")
+        if not computed:
+            # A store that copies but computes no checksum: the copy is read back once, here.
+            return await self.checksum(uri, method), size
+        digest = base64.b64decode(computed)
+        return (f"{int.from_bytes(digest, 'big'):08x}" if method is ChecksumMethod.CRC32C else digest.hex()), 0
 
     def _note_etag(self, uri: str, response: dict[str, Any], sent: str) -> None:
         """Remember ``uri`` as confirmed when S3's ETag of what it stored is the one the bytes sent make."""

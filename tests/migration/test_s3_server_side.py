@@ -1,0 +1,78 @@
+"""Copies inside one S3 service: S3 copies the object itself (CopyObject) and computes its checksum, so
+none of the bytes pass through DLM; the copy is still verified against the registered checksum."""
+
+import os
+import re
+from typing import Any
+
+from tests.conftest import Registry, new_bucket
+from tests.migration.conftest import copy, list_objects, put_object, read_object, wait_for
+from tests.migration.test_migration import crc32c
+
+
+async def counters(registry: Registry) -> tuple[float, float]:
+    """This process's bytes copied, and of those the bytes that passed through it."""
+    text = (await registry.client.get("/metrics")).text
+
+    def value(name: str) -> float:
+        found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+        return float(found.group(1)) if found else 0.0
+
+    return value("dlm_copied_bytes_total"), value("dlm_copied_bytes_through_total")
+
+
+async def on_s3(registry: Registry, config: dict[str, Any], name: str, content: bytes) -> tuple[str, str]:
+    """Two buckets of one S3 service as storages, an item of ``content`` registered on the first;
+    returns its uid and the second bucket."""
+    source, destination = await new_bucket(config), await new_bucket(config)
+    await registry.s3_storage("objects", source, config)
+    await registry.s3_storage("archive", destination, config)
+    await put_object(config, source, name, content)
+    return await registry.register(name, name, storage="objects"), destination
+
+
+async def test_a_copy_inside_one_s3_service_passes_no_bytes_through_dlm(
+    registry: Registry, s3_config: dict[str, Any]
+) -> None:
+    content = os.urandom(3 * 1024 * 1024 + 17)
+    uid, destination = await on_s3(registry, s3_config, "obs.ms", content)
+    copied, through = await counters(registry)
+    queued = await copy(registry.client, uid=uid, destination_name="archive")
+    assert (await wait_for(registry.client, queued["migration_id"]))["status"] == "SUCCEEDED"
+    assert await read_object(s3_config, destination, "obs.ms") == content
+    assert (await registry.item(queued["uid"]))["item_checksum"] == crc32c(content)
+    after_copied, after_through = await counters(registry)
+    assert after_copied - copied == len(content)
+    assert after_through - through == 0, "the bytes went through DLM"
+
+
+async def test_a_source_that_rotted_is_caught_by_the_checksum_s3_computes(
+    registry: Registry, s3_config: dict[str, Any]
+) -> None:
+    content = os.urandom(64 * 1024)
+    uid, destination = await on_s3(registry, s3_config, "rotten", content)
+    source_bucket = (await registry.client.get("/storage/query_storage", params={"storage_name": "objects"})).json()[0][
+        "root_directory"
+    ]
+    await put_object(s3_config, source_bucket, "rotten", b"rot" + content[3:])
+    queued = await copy(registry.client, uid=uid, destination_name="archive")
+    failed = await wait_for(registry.client, queued["migration_id"])
+    assert failed["status"] == "FAILED" and "ChecksumMismatch" in failed["last_error"], failed
+    assert await list_objects(s3_config, destination) == [], "nothing left behind"
+
+
+async def test_other_credentials_copy_through_dlm_as_before(registry: Registry, s3_config: dict[str, Any]) -> None:
+    content = os.urandom(64 * 1024)
+    source = await new_bucket(s3_config)
+    await registry.s3_storage("objects", source, s3_config)
+    other = {**s3_config, "access_key_id": "someone-else", "secret_access_key": "their-secret"}
+    destination = await new_bucket(other)
+    await registry.s3_storage("archive", destination, other)
+    await put_object(s3_config, source, "obs", content)
+    uid = await registry.register("obs", "obs", storage="objects")
+    copied, through = await counters(registry)
+    queued = await copy(registry.client, uid=uid, destination_name="archive")
+    assert (await wait_for(registry.client, queued["migration_id"]))["status"] == "SUCCEEDED"
+    assert await read_object(other, destination, "obs") == content
+    after_copied, after_through = await counters(registry)
+    assert after_copied - copied == after_through - through == len(content)
