@@ -452,7 +452,15 @@ def guess_mime_type(uri: str, item_type: ItemType) -> str:
     """The MIME type the payload's name suggests (``inode/directory`` for a container)."""
     if item_type is ItemType.CONTAINER:
         return "inode/directory"
-    return _mime_type_of_suffixes("".join(PurePosixPath(uri).suffixes[-2:]))
+    return _mime_type_of_suffixes(_last_two_suffixes(uri))
+
+
+def _last_two_suffixes(uri: str) -> str:
+    """``"".join(PurePosixPath(uri).suffixes[-2:])``, without building a path for each of many names."""
+    name = uri.rstrip("/").rpartition("/")[2]
+    if name.endswith("."):
+        return ""
+    return "".join(f".{suffix}" for suffix in name.lstrip(".").split(".")[1:][-2:])
 
 
 @functools.lru_cache(maxsize=1024)
