@@ -2,6 +2,7 @@
 managers, the CLI and the workers all change items through these functions."""
 
 import datetime
+import os
 import typing
 import uuid
 import zlib
@@ -198,6 +199,13 @@ def item_selector(*, item_name: str = "", oid: str = "", uid: str = "") -> Colum
     if item_name:
         return DataItem.item_name == item_name
     raise InvalidQueryParameters("one of item_name, oid, uid is required")
+
+
+def new_uids(count: int) -> list[uuid.UUID]:
+    """``count`` random (version 4) UUIDs from one read of the system's random source, where uuid4
+    reads it once per UUID: a sixth of the planning of 10,000 copies went to that."""
+    pool = os.urandom(16 * count)
+    return [uuid.UUID(bytes=pool[start : start + 16], version=4) for start in range(0, 16 * count, 16)]
 
 
 async def create_items(session: AsyncSession, rows: list[dict[str, Any]]) -> list[uuid.UUID]:

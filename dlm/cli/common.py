@@ -2,6 +2,7 @@
 
 import contextlib
 import ctypes
+import gc
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
@@ -29,6 +30,13 @@ def bound_malloc_arenas() -> None:
     threads as fast. Called before any thread starts; without glibc, nothing to do."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, 2)
+
+
+def freeze_what_is_loaded() -> None:
+    """Leave what is loaded by now (modules, the app, SQLAlchemy's tables: some 160,000 objects) out of
+    the garbage collector's full passes: it never goes, and a server working through 10,000 items
+    traversed it eight times, 0.6 s of CPU on cores that also run PostgreSQL and the copies."""
+    gc.freeze()
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -13,6 +13,7 @@ from dlm.cli.common import (
     CLIError,
     bound_malloc_arenas,
     database_url,
+    freeze_what_is_loaded,
     in_database_transaction,
     load_settings,
     run,
@@ -86,6 +87,7 @@ def serve(host: str | None, port: int | None, insecure_no_auth: bool, no_workers
         # uvicorn stops gracefully on SIGTERM, then raises the signal again: with the default handler the
         # process would die on the spot, leaving the embedded database running. Leave through `finally`.
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        freeze_what_is_loaded()
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     finally:
         if prepared.embedded is not None:

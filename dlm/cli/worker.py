@@ -6,7 +6,7 @@ from typing import Any
 import click
 import msgspec
 
-from dlm.cli.common import CLIError, bound_malloc_arenas, database_url, load_settings, run
+from dlm.cli.common import CLIError, bound_malloc_arenas, database_url, freeze_what_is_loaded, load_settings, run
 from dlm.errors import DLMError
 from dlm.parsing import parse_datetime
 
@@ -172,6 +172,7 @@ def run_command(names: str | None, copies: int | None, location: str | None) -> 
         err=True,
     )
     with database_url(settings) as url:
+        freeze_what_is_loaded()
         run(lambda: _work_until_stopped(url, settings))
 
 

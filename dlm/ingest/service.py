@@ -23,6 +23,7 @@ from dlm.data_item import (
     convert_body,
     create_items,
     lock_item_names,
+    new_uids,
     next_versions,
     refresh_oid_phase,
     resolve_oid,
@@ -398,8 +399,8 @@ async def register_items(
 
     versions = await next_versions(session, names)
     rows = []
-    for index, entry in enumerate(registrations):
-        uid, storage, payload = uuid.uuid4(), storages[index], payloads[index]
+    for index, (entry, uid) in enumerate(zip(registrations, new_uids(len(registrations)), strict=True)):
+        storage, payload = storages[index], payloads[index]
         rows.append(
             {
                 "uid": uid,

@@ -14,7 +14,7 @@ import msgspec
 from sqlalchemy import ARRAY, Row, Select, String, any_, cast, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dlm.data_item import ITEMS, change_items, create_items, item_selector
+from dlm.data_item import ITEMS, change_items, create_items, item_selector, new_uids
 from dlm.db.models import Migration, Storage
 from dlm.enums import ItemState, ItemType, MigrationStatus
 from dlm.errors import Conflict, DLMError, InvalidQueryParameters, NotFound, UnmetPreconditionForOperation
@@ -382,13 +382,13 @@ async def queue_copies(
     # (new uid, source, where) whatever their number, no row built in Python.
     planned = [
         {
-            "uid": uuid.uuid4(),
+            "uid": uid,
             "source": plans[index].source.uid,
             "storage_id": plans[index].destination.storage_id,
             "uri": uri,
             "uid_phase": plans[index].destination.storage_phase,
         }
-        for index, uri in accepted
+        for (index, uri), uid in zip(accepted, new_uids(len(accepted)), strict=True)
     ]
     document = msgspec.json.encode(planned).decode()
     await session.execute(text(_REPLICAS_OF), {"plan": document})
