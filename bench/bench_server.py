@@ -56,7 +56,8 @@ def dlm_serve(database_url: str, work: str, **settings: str) -> Iterator[tuple[s
         DLM_PORT=str(port),
         DLM_AUTH="none",
         DLM_STORAGE_ROOTS=work,
-        DLM_LOG_LEVEL="WARNING",
+        # DLM_BENCH_LOG_LEVEL=INFO shows what the server did (a batch's copies, a pass's plan) and when.
+        DLM_LOG_LEVEL=os.environ.get("DLM_BENCH_LOG_LEVEL", "WARNING"),
         DLM_ACCESS_LOG="false",
         DLM_REPLICATION_INTERVAL_SECONDS="0",
         DLM_AUDIT_INTERVAL_SECONDS="0",
