@@ -79,3 +79,47 @@ def file_checksum(path: Path, method: ChecksumMethod) -> str:
         return descriptor_checksum(descriptor, method)
     finally:
         os.close(descriptor)
+
+
+# CRC32C's polynomial, bit-reversed as the checksum is computed.
+_CASTAGNOLI = 0x82F63B78
+
+
+def crc32c_combine(first: int, second: int, second_length: int) -> int:
+    """The CRC32C of two byte strings one after the other, from the CRC32C of each and the second's
+    length (zlib's crc32_combine, over Castagnoli's polynomial): the checksum of an object S3 copied in
+    parts, from the parts' checksums. Appending n zero bits to a CRC is a linear map over GF(2); the
+    map for the second's length is built by squaring the one for a single bit."""
+    if second_length <= 0:
+        return first
+    odd = [_CASTAGNOLI] + [1 << bit for bit in range(31)]  # one zero bit
+    even = _gf2_square(odd)  # two
+    odd = _gf2_square(even)  # four
+    while True:
+        even = _gf2_square(odd)  # the first pass: one zero byte, then twice as many each pass
+        if second_length & 1:
+            first = _gf2_times(even, first)
+        second_length >>= 1
+        if not second_length:
+            break
+        odd = _gf2_square(even)
+        if second_length & 1:
+            first = _gf2_times(odd, first)
+        second_length >>= 1
+        if not second_length:
+            break
+    return first ^ second
+
+
+def _gf2_times(matrix: list[int], vector: int) -> int:
+    total, row = 0, 0
+    while vector:
+        if vector & 1:
+            total ^= matrix[row]
+        vector >>= 1
+        row += 1
+    return total
+
+
+def _gf2_square(matrix: list[int]) -> list[int]:
+    return [_gf2_times(matrix, column) for column in matrix]

@@ -22,7 +22,7 @@ import aiohttp.abc
 import botocore.exceptions
 from aiobotocore.config import AioConfig
 
-from dlm.checksum import checksum_of, new_hasher
+from dlm.checksum import checksum_of, crc32c_combine, new_hasher
 from dlm.enums import ChecksumMethod
 from dlm.transfer.base import (
     CHUNK_SIZE,
@@ -56,8 +56,10 @@ _S3_CODE = re.compile(r"[A-Za-z0-9.]{1,64}")
 _LISTING_PER_FILE = 10
 # The checksums S3 computes of an object it copies (CopyObject's ChecksumAlgorithm), by DLM's methods.
 _SERVER_CHECKSUMS = {ChecksumMethod.CRC32C: "CRC32C", ChecksumMethod.SHA256: "SHA256"}
-# The most CopyObject copies in one request.
+# The most CopyObject copies in one request; beyond it, parts of at least COPY_PART_SIZE (UploadPartCopy
+# takes up to 5 GiB a part: fewer, larger requests, none of whose bytes pass through DLM).
 MAX_COPY_OBJECT = 5 * 1024**3
+COPY_PART_SIZE = 1024**3
 
 
 class CheckedResolver(aiohttp.abc.AbstractResolver):
@@ -391,32 +393,83 @@ class S3Backend(OneAtATime):
     async def copy_within(
         self, source: object, source_uri: str, uri: str, size: int, method: ChecksumMethod
     ) -> tuple[str, int] | None:
-        """Copy ``source_uri`` of ``source`` to ``uri`` inside the S3 service (CopyObject: none of the
-        bytes pass through DLM), S3 computing the copy's checksum by ``method``; returns it (hex) and the
-        bytes DLM read to know it (0 unless the store computes none). None,
-        with nothing copied, when S3 cannot: another service or other credentials, a method S3 does not
-        compute, an object larger than CopyObject takes. Never over an existing object (looked for
-        first: CopyObject takes no If-None-Match)."""
+        """Copy ``source_uri`` of ``source`` to ``uri`` inside the S3 service (CopyObject, or UploadPartCopy
+        for objects beyond what CopyObject takes: none of the bytes pass through DLM), S3 computing the
+        copy's checksum by ``method``; returns it (hex) and the bytes DLM read to know it (0 unless the
+        store computes none). None, with nothing copied, when S3 cannot: another service or other
+        credentials, a method S3 does not compute. Never over an existing object: looked for first, and
+        a copy in parts completes only if nothing is at the key (If-None-Match)."""
         algorithm = _SERVER_CHECKSUMS.get(method)
-        if algorithm is None or size > MAX_COPY_OBJECT or not self._same_service(source):
+        if algorithm is None or not self._same_service(source):
             return None
         assert isinstance(source, S3Backend)
         self._confirmed.discard(uri)
+        copy_source = {"Bucket": source.bucket, "Key": source.key(source_uri)}
         with self._translated(uri):
             if await self.stat(uri) is not None:
                 raise PayloadExists(f"{uri!r} exists already; DLM never overwrites a payload")
-            response = await self._client.copy_object(
-                Bucket=self.bucket,
-                Key=self.key(uri),
-                CopySource={"Bucket": source.bucket, "Key": source.key(source_uri)},
-                ChecksumAlgorithm=algorithm,
-            )
-        computed = response.get("CopyObjectResult", {}).get(f"Checksum{algorithm}")
+            if size <= MAX_COPY_OBJECT:
+                response = await self._client.copy_object(
+                    Bucket=self.bucket, Key=self.key(uri), CopySource=copy_source, ChecksumAlgorithm=algorithm
+                )
+                computed = response.get("CopyObjectResult", {}).get(f"Checksum{algorithm}")
+            else:
+                computed = await self._copy_in_parts(copy_source, self.key(uri), size, algorithm)
         if not computed:
             # A store that copies but computes no checksum: the copy is read back once, here.
             return await self.checksum(uri, method), size
         digest = base64.b64decode(computed)
         return (f"{int.from_bytes(digest, 'big'):08x}" if method is ChecksumMethod.CRC32C else digest.hex()), 0
+
+    async def _copy_in_parts(self, copy_source: dict[str, str], key: str, size: int, algorithm: str) -> str | None:
+        """UploadPartCopy of the object's ranges, upload_concurrency at a time; returns its checksum
+        (base64) combined from the parts' where S3 gave one for each and they combine (CRC32C), else
+        None. Any failure aborts the upload."""
+        part_size = max(self.part_size(size), COPY_PART_SIZE)
+        await self._abort_stale_uploads(key)
+        created = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key, ChecksumAlgorithm=algorithm)
+        upload_id = created["UploadId"]
+        slots = asyncio.Semaphore(self.settings.upload_concurrency)
+        field = f"Checksum{algorithm}"
+
+        async def copy_part(number: int, start: int) -> tuple[dict[str, Any], int]:
+            end = min(size, start + part_size) - 1
+            async with slots:
+                copied = await self._client.upload_part_copy(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    CopySource=copy_source,
+                    CopySourceRange=f"bytes={start}-{end}",
+                )
+            result = copied["CopyPartResult"]
+            part = {"PartNumber": number, "ETag": result["ETag"], **({field: result[field]} if field in result else {})}
+            return part, end - start + 1
+
+        try:
+            parts = await asyncio.gather(
+                *(copy_part(number, start) for number, start in enumerate(range(0, size, part_size), 1))
+            )
+            await self._client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": [part for part, _ in parts]},
+                IfNoneMatch="*",
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            raise
+        if algorithm != "CRC32C" or any(field not in part for part, _ in parts):
+            return None
+        combined: int | None = None
+        for part, length in parts:
+            value = int.from_bytes(base64.b64decode(part[field]), "big")
+            combined = value if combined is None else crc32c_combine(combined, value, length)
+        assert combined is not None
+        return base64.b64encode(combined.to_bytes(4, "big")).decode()
 
     def _note_etag(self, uri: str, response: dict[str, Any], sent: str) -> None:
         """Remember ``uri`` as confirmed when S3's ETag of what it stored is the one the bytes sent make."""
