@@ -701,8 +701,14 @@ class Batch:
                             cancelled.lease_owner = cancelled.lease_expires = None
             link = await sites.link_of(session, self.jobs[0].source_storage_id, self.jobs[0].destination_storage_id)
         moved = sum(entry["size"] for entry in done)
+        recorded = {entry["id"] for entry in done}
+        through = sum(
+            copied.bytes if copied.through is None else copied.through
+            for job, copied in succeeded
+            if job.migration_id in recorded
+        )
         metrics.COPIED_BYTES.inc(moved)
-        metrics.COPIED_THROUGH.inc(moved)
+        metrics.COPIED_THROUGH.inc(through)
         metrics.LINK_BYTES.labels(*link).inc(moved)
         metrics.COPY_SECONDS.observe(seconds)
         metrics.COPIES.labels(MigrationStatus.SUCCEEDED.value).inc(len(done))

@@ -273,6 +273,14 @@ async def copy_small(
 class FileCopied(msgspec.Struct, frozen=True):
     checksum: str
     bytes: int
+    # Of ``bytes``, those that passed through DLM (None: all; a copy inside one S3 service, none).
+    through: int | None = None
+
+
+# Copies inside one storage service (``copy_within``) under way at once for a batch of small files,
+# and how many go between two calls of ``on_batch``.
+WITHIN_AT_ONCE = 16
+WITHIN_PER_STEP = 100
 
 
 async def copy_files(
@@ -289,6 +297,10 @@ async def copy_files(
     alone. ``on_batch(bytes)`` is awaited after each batch (progress, a lease renewed)."""
     if method is ChecksumMethod.NONE:
         method = ChecksumMethod.CRC32C
+    if pairs and (within := getattr(destination, "copy_within", None)) is not None:
+        copied_within = await _copy_each_within(within, source, destination, pairs, method, on_batch)
+        if copied_within is not None:
+            return copied_within
     outcomes: list[FileCopied | TransferError] = []
     for batch in _batches(pairs, BATCH_BYTES):
         written: list[str] = []
@@ -312,6 +324,47 @@ async def copy_files(
         if on_batch is not None:
             await on_batch(sum(outcome.bytes for outcome in copied if isinstance(outcome, FileCopied)))
     return outcomes
+
+
+async def _copy_each_within(
+    within: Callable[..., Awaitable[tuple[str, int] | None]],
+    source: Backend,
+    destination: Backend,
+    pairs: list[FilePair],
+    method: ChecksumMethod,
+    on_batch: Callable[[int], Awaitable[None]] | None,
+) -> list[FileCopied | TransferError] | None:
+    """The files copied by their storage itself (two buckets of one S3 service), WITHIN_AT_ONCE at a
+    time, each verified by the checksum the storage computed; None, with nothing copied, when the two
+    storages cannot (the first file says)."""
+
+    async def one(pair: FilePair) -> FileCopied | TransferError | None:
+        try:
+            made = await within(source, pair.source, pair.destination, pair.size, method)
+            if made is None:
+                return None
+            await _check_copied(destination, pair.destination, made[0], pair.expected, method, pair.source)
+        except TransferError as exc:
+            return exc
+        return FileCopied(made[0], pair.size, through=made[1])
+
+    first = await one(pairs[0])
+    if first is None:
+        return None
+    outcomes: list[FileCopied | TransferError | None] = [first]
+    slots = asyncio.Semaphore(WITHIN_AT_ONCE)
+
+    async def limited(pair: FilePair) -> FileCopied | TransferError | None:
+        async with slots:
+            return await one(pair)
+
+    for start in range(1, len(pairs), WITHIN_PER_STEP):
+        step = await asyncio.gather(*(limited(pair) for pair in pairs[start : start + WITHIN_PER_STEP]))
+        outcomes += step
+        if on_batch is not None:
+            await on_batch(sum(outcome.bytes for outcome in step if isinstance(outcome, FileCopied)))
+    assert all(outcome is not None for outcome in outcomes), "the same two storages, every file alike"
+    return outcomes  # type: ignore[return-value]
 
 
 async def _delete_all(destination: Backend, uris: list[str]) -> None:

@@ -3,13 +3,19 @@ none of the bytes pass through DLM; the copy is still verified against the regis
 
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 import crc32c as crc32c_module
+import msgspec
 import pytest
+from litestar.testing import AsyncTestClient
 
+from dlm.app import create_app
 from dlm.checksum import crc32c_combine
+from dlm.config import Settings
 from dlm.enums import StorageInterface
+from dlm.migration.worker import run_next
 from dlm.transfer import s3
 from dlm.transfer.backends import make_backend
 from tests.conftest import Registry, new_bucket
@@ -28,12 +34,18 @@ async def counters(registry: Registry) -> tuple[float, float]:
     return value("dlm_copied_bytes_total"), value("dlm_copied_bytes_through_total")
 
 
-async def on_s3(registry: Registry, config: dict[str, Any], name: str, content: bytes) -> tuple[str, str]:
-    """Two buckets of one S3 service as storages, an item of ``content`` registered on the first;
-    returns its uid and the second bucket."""
+async def two_buckets(registry: Registry, config: dict[str, Any]) -> tuple[str, str]:
+    """Two buckets of one S3 service as the storages objects and archive."""
     source, destination = await new_bucket(config), await new_bucket(config)
     await registry.s3_storage("objects", source, config)
     await registry.s3_storage("archive", destination, config)
+    return source, destination
+
+
+async def on_s3(registry: Registry, config: dict[str, Any], name: str, content: bytes) -> tuple[str, str]:
+    """Two buckets of one S3 service as storages, an item of ``content`` registered on the first;
+    returns its uid and the second bucket."""
+    source, destination = await two_buckets(registry, config)
     await put_object(config, source, name, content)
     return await registry.register(name, name, storage="objects"), destination
 
@@ -122,3 +134,33 @@ def test_the_checksums_of_parts_combine_into_the_objects() -> None:
     for part in parts[1:]:
         combined = crc32c_combine(combined, crc32c_module.crc32c(part), len(part))
     assert combined == crc32c_module.crc32c(b"".join(parts))
+
+
+async def test_a_batch_of_small_objects_is_copied_by_s3_each_verified(
+    settings: Settings, sessionmaker: Any, tmp_path: Path, s3_config: dict[str, Any]
+) -> None:
+    # Many small copies between two buckets of one service go as one batch, each object copied by S3
+    # itself; one whose source rotted fails alone.
+    idle = msgspec.structs.replace(settings, migration_workers=0)
+    async with AsyncTestClient(create_app(idle)) as client:
+        registry = Registry(client, tmp_path / "store")
+        contents = {f"obs-{index:02d}": os.urandom(4096) for index in range(12)}
+        source, destination = await two_buckets(registry, s3_config)
+        uids = {}
+        for name, content in contents.items():
+            await put_object(s3_config, source, name, content)
+            uids[name] = await registry.register(name, name, storage="objects")
+        await put_object(s3_config, source, "obs-03", b"rot" + contents["obs-03"][3:])
+        queued = {name: await copy(client, uid=uids[name], destination_name="archive") for name in contents}
+        copied, through = await counters(registry)
+        assert await run_next(sessionmaker, idle, "test-worker") == queued["obs-00"]["migration_id"]
+        for name, job in queued.items():
+            row = await wait_for(client, job["migration_id"])
+            expected = "FAILED" if name == "obs-03" else "SUCCEEDED"
+            assert row["status"] == expected, row
+            if name != "obs-03":
+                assert await read_object(s3_config, destination, name) == contents[name]
+        assert await read_object(s3_config, destination, "obs-03") is None, "nothing left behind"
+        after_copied, after_through = await counters(registry)
+        assert after_copied - copied == 11 * 4096
+        assert after_through == through, "the bytes went through DLM"
