@@ -54,6 +54,8 @@ _TRANSIENT = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable",
 _S3_CODE = re.compile(r"[A-Za-z0-9.]{1,64}")
 # A batch lists the directory it goes to unless that holds this many objects per file of the batch.
 _LISTING_PER_FILE = 10
+# What a store that copies no object itself (or computes no checksum of one) answers a copy request.
+_NO_SERVER_COPY = {"NotImplemented", "XNotImplemented", "501", "InvalidArgument", "InvalidRequest"}
 # The checksums S3 computes of an object it copies (CopyObject's ChecksumAlgorithm), by DLM's methods.
 _SERVER_CHECKSUMS = {ChecksumMethod.CRC32C: "CRC32C", ChecksumMethod.SHA256: "SHA256"}
 # The most CopyObject copies in one request; beyond it, parts of at least COPY_PART_SIZE (UploadPartCopy
@@ -177,6 +179,9 @@ class S3Backend(OneAtATime):
         with self._translated(uri):
             try:
                 head = await self._client.head_object(Bucket=self.bucket, Key=key)
+                if "ContentLength" not in head or "LastModified" not in head:
+                    # Not what S3 answers: said as the store's fault, never a server error of DLM's.
+                    raise StorageRefused(f"s3://{self.bucket}/{key}: the store's answer gives no size or date")
                 return PayloadInfo(
                     size=head["ContentLength"], is_container=False, modified=head["LastModified"].timestamp()
                 )
@@ -408,13 +413,18 @@ class S3Backend(OneAtATime):
         with self._translated(uri):
             if await self.stat(uri) is not None:
                 raise PayloadExists(f"{uri!r} exists already; DLM never overwrites a payload")
-            if size <= MAX_COPY_OBJECT:
-                response = await self._client.copy_object(
-                    Bucket=self.bucket, Key=self.key(uri), CopySource=copy_source, ChecksumAlgorithm=algorithm
-                )
-                computed = response.get("CopyObjectResult", {}).get(f"Checksum{algorithm}")
-            else:
-                computed = await self._copy_in_parts(copy_source, self.key(uri), size, algorithm)
+            try:
+                if size <= MAX_COPY_OBJECT:
+                    response = await self._client.copy_object(
+                        Bucket=self.bucket, Key=self.key(uri), CopySource=copy_source, ChecksumAlgorithm=algorithm
+                    )
+                    computed = response.get("CopyObjectResult", {}).get(f"Checksum{algorithm}")
+                else:
+                    computed = await self._copy_in_parts(copy_source, self.key(uri), size, algorithm)
+            except botocore.exceptions.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in _NO_SERVER_COPY:
+                    return None  # a store that does not copy, or not with a checksum: the bytes stream
+                raise
         if not computed:
             # A store that copies but computes no checksum: the copy is read back once, here.
             return await self.checksum(uri, method), size

@@ -1,14 +1,21 @@
 """Copies inside one S3 service: S3 copies the object itself (CopyObject) and computes its checksum, so
 none of the bytes pass through DLM; the copy is still verified against the registered checksum."""
 
+import asyncio
+import contextlib
 import os
+import queue
 import re
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import crc32c as crc32c_module
 import msgspec
 import pytest
+from aiohttp import web
 from litestar.testing import AsyncTestClient
 
 from dlm.app import create_app
@@ -164,3 +171,78 @@ async def test_a_batch_of_small_objects_is_copied_by_s3_each_verified(
         after_copied, after_through = await counters(registry)
         assert after_copied - copied == 11 * 4096
         assert after_through == through, "the bytes went through DLM"
+
+
+async def test_a_store_that_does_not_copy_objects_itself_gets_the_bytes_streamed(
+    registry: Registry, s3_config: dict[str, Any]
+) -> None:
+    # An S3-compatible store without CopyObject (or without its checksums) answers NotImplemented: the
+    # copy streams through DLM as between two services. The store is moto behind a proxy that says so.
+    with refusing_copies(s3_config["endpoint"]) as endpoint:
+        behind = {**s3_config, "endpoint": endpoint}
+        content = os.urandom(64 * 1024)
+        uid, destination = await on_s3(registry, behind, "obs", content)
+        copied, through = await counters(registry)
+        queued = await copy(registry.client, uid=uid, destination_name="archive")
+        assert (await wait_for(registry.client, queued["migration_id"]))["status"] == "SUCCEEDED"
+        assert await read_object(s3_config, destination, "obs") == content
+        after_copied, after_through = await counters(registry)
+        assert after_copied - copied == after_through - through == len(content)
+
+
+# Headers about one connection, or that the proxy's own client sets: not passed on.
+_HOP_BY_HOP = {"host", "expect", "content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"}
+
+
+def _length(headers: Any) -> dict[str, str]:
+    return {"Content-Length": headers["Content-Length"]} if "Content-Length" in headers else {}
+
+
+@contextlib.contextmanager
+def refusing_copies(endpoint: str) -> Iterator[str]:
+    """A proxy to ``endpoint`` that answers every copy request NotImplemented, in a thread of its own
+    (the test client's calls block the test's event loop); yields its address."""
+    ready: queue.Queue[tuple[int, asyncio.Event]] = queue.Queue()
+    loop = asyncio.new_event_loop()
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        if "x-amz-copy-source" in request.headers:
+            body = "<Error><Code>NotImplemented</Code><Message>no copies here</Message></Error>"
+            return web.Response(status=501, text=body, content_type="application/xml")
+        async with (
+            aiohttp.ClientSession(auto_decompress=False) as session,
+            session.request(
+                request.method,
+                f"{endpoint}{request.rel_url}",
+                headers={name: value for name, value in request.headers.items() if name.lower() not in _HOP_BY_HOP},
+                data=await request.read(),
+            ) as answer,
+        ):
+            headers = {name: value for name, value in answer.headers.items() if name.lower() not in _HOP_BY_HOP}
+            if request.method == "HEAD":  # no body, but the object's length all the same
+                return web.Response(status=answer.status, headers={**headers, **_length(answer.headers)})
+            return web.Response(status=answer.status, body=await answer.read(), headers=headers)
+
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", forward)  # routes answer Expect: 100-continue, as S3 does
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        stop = asyncio.Event()
+        ready.put((site._server.sockets[0].getsockname()[1], stop))  # type: ignore[union-attr]
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    port, stop = ready.get(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=10)
+        loop.close()
