@@ -702,11 +702,7 @@ class Batch:
             link = await sites.link_of(session, self.jobs[0].source_storage_id, self.jobs[0].destination_storage_id)
         moved = sum(entry["size"] for entry in done)
         recorded = {entry["id"] for entry in done}
-        through = sum(
-            copied.bytes if copied.through is None else copied.through
-            for job, copied in succeeded
-            if job.migration_id in recorded
-        )
+        through = sum(copied.bytes_through for job, copied in succeeded if job.migration_id in recorded)
         metrics.COPIED_BYTES.inc(moved)
         metrics.COPIED_THROUGH.inc(through)
         metrics.LINK_BYTES.labels(*link).inc(moved)

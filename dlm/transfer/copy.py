@@ -138,10 +138,8 @@ async def copy_payload(
         await destination.write(target, counted(), size_hint=entry.size, mode=entry.mode)
         written.append(target)
         checksum = hasher.hexdigest()
-        if not entry.path and expected_checksum and checksum != expected_checksum:
-            raise ChecksumMismatch(
-                f"source {source_uri!r} has {method.value} {checksum}, but {expected_checksum} was registered"
-            )
+        if not entry.path:
+            _check_source(source_uri, checksum, expected_checksum, method)
         # What the storage confirmed it stored (S3: the ETag of the upload) needs no reading back.
         read_back = checksum if destination.stored_as_sent(target) else await destination.checksum(target, method)
         if read_back != checksum:
@@ -205,9 +203,17 @@ async def _check_copied(
 ) -> None:
     """A copy the storage made itself (``copy_within``) is verified by the checksum the storage computed
     of what it wrote, against the one registered; a mismatch removes it."""
-    if expected and checksum != expected:
+    try:
+        _check_source(source_uri, checksum, expected, method)
+    except ChecksumMismatch:
         with contextlib.suppress(Exception):
             await destination.delete(uri)
+        raise
+
+
+def _check_source(source_uri: str, checksum: str, expected: str | None, method: ChecksumMethod) -> None:
+    """Refuse a source whose bytes no longer have the checksum registered for them (when one was)."""
+    if expected and checksum != expected:
         raise ChecksumMismatch(f"source {source_uri!r} has {method.value} {checksum}, but {expected} was registered")
 
 
@@ -233,10 +239,7 @@ async def copy_small(
     sent = await asyncio.to_thread(_checksums, contents, method)
     sizes = [len(content) for content in contents]
     for pair, checksum in zip(pairs, sent, strict=True):
-        if pair.expected and checksum != pair.expected:
-            raise ChecksumMismatch(
-                f"source {pair.source!r} has {method.value} {checksum}, but {pair.expected} was registered"
-            )
+        _check_source(pair.source, checksum, pair.expected, method)
     targets = [pair.destination for pair in pairs]
     writing = asyncio.ensure_future(
         destination.write_small(
@@ -275,6 +278,10 @@ class FileCopied(msgspec.Struct, frozen=True):
     bytes: int
     # Of ``bytes``, those that passed through DLM (None: all; a copy inside one S3 service, none).
     through: int | None = None
+
+    @property
+    def bytes_through(self) -> int:
+        return self.bytes if self.through is None else self.through
 
 
 # Copies inside one storage service (``copy_within``) under way at once for a batch of small files,

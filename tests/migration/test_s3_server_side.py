@@ -41,6 +41,16 @@ async def counters(registry: Registry) -> tuple[float, float]:
     return value("dlm_copied_bytes_total"), value("dlm_copied_bytes_through_total")
 
 
+async def copied_to_archive(registry: Registry, uid: str) -> tuple[dict[str, Any], float, float]:
+    """Copy the item to archive, to SUCCEEDED; returns the job, and the bytes this process copied and
+    of those the bytes that passed through it meanwhile."""
+    copied, through = await counters(registry)
+    queued = await copy(registry.client, uid=uid, destination_name="archive")
+    assert (await wait_for(registry.client, queued["migration_id"]))["status"] == "SUCCEEDED"
+    after_copied, after_through = await counters(registry)
+    return queued, after_copied - copied, after_through - through
+
+
 async def two_buckets(registry: Registry, config: dict[str, Any]) -> tuple[str, str]:
     """Two buckets of one S3 service as the storages objects and archive."""
     source, destination = await new_bucket(config), await new_bucket(config)
@@ -62,25 +72,21 @@ async def test_a_copy_inside_one_s3_service_passes_no_bytes_through_dlm(
 ) -> None:
     content = os.urandom(3 * 1024 * 1024 + 17)
     uid, destination = await on_s3(registry, s3_config, "obs.ms", content)
-    copied, through = await counters(registry)
-    queued = await copy(registry.client, uid=uid, destination_name="archive")
-    assert (await wait_for(registry.client, queued["migration_id"]))["status"] == "SUCCEEDED"
+    queued, copied, through = await copied_to_archive(registry, uid)
     assert await read_object(s3_config, destination, "obs.ms") == content
     assert (await registry.item(queued["uid"]))["item_checksum"] == crc32c(content)
-    after_copied, after_through = await counters(registry)
-    assert after_copied - copied == len(content)
-    assert after_through - through == 0, "the bytes went through DLM"
+    assert copied == len(content)
+    assert through == 0, "the bytes went through DLM"
 
 
 async def test_a_source_that_rotted_is_caught_by_the_checksum_s3_computes(
     registry: Registry, s3_config: dict[str, Any]
 ) -> None:
     content = os.urandom(64 * 1024)
-    uid, destination = await on_s3(registry, s3_config, "rotten", content)
-    source_bucket = (await registry.client.get("/storage/query_storage", params={"storage_name": "objects"})).json()[0][
-        "root_directory"
-    ]
-    await put_object(s3_config, source_bucket, "rotten", b"rot" + content[3:])
+    source, destination = await two_buckets(registry, s3_config)
+    await put_object(s3_config, source, "rotten", content)
+    uid = await registry.register("rotten", "rotten", storage="objects")
+    await put_object(s3_config, source, "rotten", b"rot" + content[3:])
     queued = await copy(registry.client, uid=uid, destination_name="archive")
     failed = await wait_for(registry.client, queued["migration_id"])
     assert failed["status"] == "FAILED" and "ChecksumMismatch" in failed["last_error"], failed
@@ -96,12 +102,9 @@ async def test_other_credentials_copy_through_dlm_as_before(registry: Registry, 
     await registry.s3_storage("archive", destination, other)
     await put_object(s3_config, source, "obs", content)
     uid = await registry.register("obs", "obs", storage="objects")
-    copied, through = await counters(registry)
-    queued = await copy(registry.client, uid=uid, destination_name="archive")
-    assert (await wait_for(registry.client, queued["migration_id"]))["status"] == "SUCCEEDED"
+    _, copied, through = await copied_to_archive(registry, uid)
     assert await read_object(other, destination, "obs") == content
-    after_copied, after_through = await counters(registry)
-    assert after_copied - copied == after_through - through == len(content)
+    assert copied == through == len(content)
 
 
 async def test_an_object_beyond_one_copy_request_is_copied_in_parts(
@@ -120,17 +123,14 @@ async def test_an_object_beyond_one_copy_request_is_copied_in_parts(
     monkeypatch.setattr(s3.S3Backend, "_copy_in_parts", counted)
     content = os.urandom(12 * 1024 * 1024 + 17)
     uid, destination = await on_s3(registry, s3_config, "big.tar", content)
-    copied, through = await counters(registry)
-    queued = await copy(registry.client, uid=uid, destination_name="archive")
-    assert (await wait_for(registry.client, queued["migration_id"]))["status"] == "SUCCEEDED"
+    queued, copied, through = await copied_to_archive(registry, uid)
     assert await read_object(s3_config, destination, "big.tar") == content
     assert uploads == [len(content)], "copied in parts"
     assert (await registry.item(queued["uid"]))["item_checksum"] == crc32c(content)
-    after_copied, after_through = await counters(registry)
-    assert after_copied - copied == len(content)
+    assert copied == len(content)
     # moto gives no checksum for a part copied, so DLM reads the copy back once (S3 itself gives one
     # per part, which DLM combines): never more than the object passes through DLM, and no upload.
-    assert after_through - through in (0, len(content))
+    assert through in (0, len(content))
     async with make_backend(StorageInterface.S3, destination, s3_config) as backend:
         assert (await backend._client.list_multipart_uploads(Bucket=destination)).get("Uploads", []) == []
 
@@ -182,12 +182,9 @@ async def test_a_store_that_does_not_copy_objects_itself_gets_the_bytes_streamed
         behind = {**s3_config, "endpoint": endpoint}
         content = os.urandom(64 * 1024)
         uid, destination = await on_s3(registry, behind, "obs", content)
-        copied, through = await counters(registry)
-        queued = await copy(registry.client, uid=uid, destination_name="archive")
-        assert (await wait_for(registry.client, queued["migration_id"]))["status"] == "SUCCEEDED"
+        _, copied, through = await copied_to_archive(registry, uid)
         assert await read_object(s3_config, destination, "obs") == content
-        after_copied, after_through = await counters(registry)
-        assert after_copied - copied == after_through - through == len(content)
+        assert copied == through == len(content)
 
 
 # Headers about one connection, or that the proxy's own client sets: not passed on.
