@@ -164,6 +164,24 @@ async def _ready_replica(session: AsyncSession, values: dict[str, Any], storage:
     uri = values["uri"]
     refuse_new_payloads(storage, "json_data.storage_id")
     key = payload_key(uri)
+    copying = await session.scalar(
+        select(Migration.migration_id)
+        .join(DataItem, DataItem.uid == Migration.destination_uid)
+        .where(
+            Migration.destination_storage_id == storage.storage_id,
+            Migration.status.in_([MigrationStatus.PENDING, MigrationStatus.RUNNING]),
+            (func.ltrim(DataItem.uri, "/") == key) | func.starts_with(key, func.ltrim(DataItem.uri, "/") + "/"),
+        )
+        .limit(1)
+        # A copy committing its outcome holds its row: wait for that outcome rather than answer that the
+        # copy will give the member its replica when the copy has already listed the members without it.
+        .with_for_update(read=True, of=Migration)
+    )
+    if copying is not None:
+        raise Conflict(
+            f"json_data.uri: {uri!r} on storage {storage.storage_name!r} is being written by migration {copying}; "
+            "a container's members get their replicas there when its copy succeeds"
+        )
     if "oid" in values:
         oid = await resolve_oid(session, values["oid"], "json_data.oid")
         same = await session.scalar(
@@ -176,21 +194,6 @@ async def _ready_replica(session: AsyncSession, values: dict[str, Any], storage:
         )
         if same is not None:
             return same
-    copying = await session.scalar(
-        select(Migration.migration_id)
-        .join(DataItem, DataItem.uid == Migration.destination_uid)
-        .where(
-            Migration.destination_storage_id == storage.storage_id,
-            Migration.status.in_([MigrationStatus.PENDING, MigrationStatus.RUNNING]),
-            (func.ltrim(DataItem.uri, "/") == key) | func.starts_with(key, func.ltrim(DataItem.uri, "/") + "/"),
-        )
-        .limit(1)
-    )
-    if copying is not None:
-        raise Conflict(
-            f"json_data.uri: {uri!r} on storage {storage.storage_name!r} is being written by migration {copying}; "
-            "a container's members get their replicas there when its copy succeeds"
-        )
     async with await storage_backend(session, storage) as backend:
         info = await backend.stat(uri)
     item_type = values.get("item_type")
@@ -491,7 +494,7 @@ class _naming:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if isinstance(exc, DLMError) and self.prefix:
             exc.message = f"{self.prefix}{exc.message}"
             exc.args = (exc.message,)

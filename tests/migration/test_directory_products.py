@@ -3,14 +3,18 @@ copied to the archive, then each member registered and announced READY on the ar
 order in which the copy and the announcements land, every member ends with exactly one READY replica on
 each storage, and nothing is copied twice or overwritten."""
 
+import asyncio
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
+from sqlalchemy import text
 
+from dlm.migration.worker import Job
 from tests.conftest import Registry, SshServer
 from tests.migration.conftest import copy, storage_id, wait_for
 
@@ -98,6 +102,42 @@ async def test_the_watchers_sequence_leaves_every_member_on_both_storages(
     for path, content in MEMBERS.items():
         assert await replicas_by_storage(client, f"product/{path}") == {disk_id: ["READY"], archive_id: ["READY"]}
         assert (tmp_path / "archive" / "product" / path).read_bytes() == content
+
+
+async def test_a_member_announced_while_the_copy_commits_gets_its_replica(
+    registry: Registry, ssh_server: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The narrowest order: the copy has listed the container's members and not yet committed when a
+    member is registered and announced. The announcement waits for the copy's outcome instead of
+    answering that the copy will give the member its replica (the copy never saw it)."""
+    client = registry.client
+    archive_id = await archive(registry, ssh_server, tmp_path / "archive")
+    disk_id = await storage_id(registry, "disk")
+    registry.payload("product/late.dat", b"late")
+    listed, announced = threading.Event(), threading.Event()
+
+    async def then_hold(job: Job, session: Any, migration: Any, container: Any) -> None:
+        await replicate_children(job, session, migration, container)
+        listed.set()
+        # Commit only once the announcement answered, or waits on this transaction's locks.
+        waiting = text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+        async with job.sessionmaker() as probe:
+            while not announced.is_set() and not await probe.scalar(waiting):
+                await asyncio.sleep(0.02)
+
+    replicate_children = Job._replicate_children
+    monkeypatch.setattr(Job, "_replicate_children", then_hold)
+    container = await client.post(
+        "/ingest/register_data_item",
+        params={"item_name": "product", "uri": "product", "item_type": "container", "storage_name": "disk"},
+    )
+    queued = await copy(client, uid=container.json(), destination_name="dlm-archive")
+    assert await asyncio.to_thread(listed.wait, 30), "the copy did not reach its last step"
+    answer = await announce_member(client, "late.dat", 4, container.json(), archive_id)
+    announced.set()
+    assert answer.status_code == 200, answer.text
+    assert (await wait_for(client, queued["migration_id"]))["status"] == "SUCCEEDED"
+    assert await replicas_by_storage(client, "product/late.dat") == {disk_id: ["READY"], archive_id: ["READY"]}
 
 
 async def test_a_member_is_never_copied_on_its_own_into_its_containers_tree(registry: Registry, tmp_path: Path) -> None:
