@@ -148,15 +148,19 @@ class Site:
     def log(self, key: str) -> str:
         return (self.root / f"{self.name}-{key}.log").read_text(errors="replace")[-3000:]
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        """Stop every process, waiting without blocking the event loop: their shutdown reaches the
+        database through database_hub's relay, which runs on it."""
         for process in self.processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while any(process.poll() is None for process in self.processes.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
         for process in self.processes.values():
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
+            if process.poll() is None:
                 process.kill()
+                process.wait()
 
 
 async def until(probe: Any, what: Any, seconds: float = 60) -> Any:

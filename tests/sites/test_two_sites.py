@@ -55,7 +55,7 @@ async def test_copies_stay_on_their_site_and_links_carry_what_they_may(
             await _run_sites(network, sites, tmp_path)
         finally:
             for site in sites.values():
-                site.stop()
+                await site.stop()
 
 
 async def _run_sites(network: Network, sites: dict[str, Site], root: Path) -> None:
