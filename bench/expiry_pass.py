@@ -1,8 +1,9 @@
 """Expiry: one pass of DLM's expiry engine over N expired items on one POSIX storage (each payload
 deleted, each row marked DELETED with its history event) against a bare loop of os.unlink over as
-many files, in the same run; and one pass over N replicas past their uid_expiration that an earlier
-pass kept for their items (the steady state of an archive whose replicas outlive their default
-24 hours), which should find nothing to do, quickly.
+many files, in the same run; beside the floor of any crash-safe pass on this table (the two state
+changes, DELETING then DELETED, of the same rows in bare SQL, batch by batch); and one pass over N
+replicas past their uid_expiration that an earlier pass kept for their items (the steady state of an
+archive whose replicas outlive their default 24 hours), which should find nothing to do, quickly.
 
     python bench/expiry_pass.py [--items 100000]
 
@@ -11,14 +12,18 @@ The database is DLM_BENCH_DATABASE_URL, else DLM_TEST_DATABASE_URL, else the loc
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import os
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import bench_db  # the benches' shared database helpers, beside this script
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dlm.db.engine import create_engine, create_sessionmaker, transaction
 from dlm.enums import LocationType, StorageInterface, StorageType
@@ -47,9 +52,13 @@ def bare_unlink(root: Path, count: int) -> float:
     return time.perf_counter() - started
 
 
-async def dlm_expiry(admin_url: str, root: Path, count: int, *, kept: bool = False) -> float:
-    """Seconds for one pass over ``count`` expired items; ``kept``: replicas past uid_expiration that
-    a previous pass kept for their items (their expiry_kept events are written here, in bulk)."""
+@contextlib.asynccontextmanager
+async def expired_catalogue(
+    admin_url: str, root: Path, count: int, *, kept: bool = False
+) -> AsyncIterator[tuple[AsyncEngine, Any]]:
+    """A fresh database holding ``count`` expired items on one POSIX storage under ``root``, as a
+    pass meets them; ``kept``: replicas past uid_expiration that a previous pass kept for their items
+    (their expiry_kept events are written here, in bulk)."""
     _make_files(root, count)
     url = await bench_db.fresh_database(admin_url)
     engine = create_engine(url, pool_size=4)
@@ -93,19 +102,50 @@ async def dlm_expiry(admin_url: str, root: Path, count: int, *, kept: bool = Fal
         # table loaded a moment ago the planner knows nothing of it and reads it whole).
         async with engine.connect() as connection:
             await connection.execute(text("ANALYZE data_item, data_item_event"))
-        started = time.perf_counter()
-        report = await expiry.run_once(sessionmaker)
-        elapsed = time.perf_counter() - started
-        if kept:
-            assert report.deleted == report.kept == [], report.summary()
-            assert sum(1 for _ in root.rglob("f*")) == count, "every payload kept"
-        else:
-            assert len(report.deleted) == count, report.summary()
-            assert not any(root.rglob("f*")), "every payload deleted"
-        return elapsed
+        yield engine, sessionmaker
     finally:
         await engine.dispose()
         await bench_db.drop_database(admin_url, url)
+
+
+async def dlm_expiry(admin_url: str, root: Path, count: int, *, kept: bool = False) -> float:
+    """Seconds for one pass over ``count`` expired items (``kept``: see expired_catalogue)."""
+    async with expired_catalogue(admin_url, root, count, kept=kept) as (_, sessionmaker):
+        started = time.perf_counter()
+        report = await expiry.run_once(sessionmaker)
+        elapsed = time.perf_counter() - started
+    if kept:
+        assert report.deleted == report.kept == [], report.summary()
+        assert sum(1 for _ in root.rglob("f*")) == count, "every payload kept"
+    else:
+        assert len(report.deleted) == count, report.summary()
+        assert not any(root.rglob("f*")), "every payload deleted"
+    return elapsed
+
+
+# The two committed steps every crash-safe deletion of a replica takes (issue 25), as bare SQL on the
+# same rows, batch by batch as the pass commits them: DLM's own floor on this table, with no decision,
+# no lock, no read and no payload.
+STATE_STEPS = (
+    "UPDATE data_item SET item_state = 'DELETING' WHERE uid = ANY($1::uuid[])",
+    (
+        "UPDATE data_item SET item_state = 'DELETED', deleted = true, uid_deletion = now(), oid_phase = 'PLASMA', "
+        "oid_deletion = now() WHERE uid = ANY($1::uuid[])"
+    ),
+)
+
+
+async def state_changes_alone(admin_url: str, root: Path, count: int, batch: int = 1000) -> float:
+    """Seconds for the two state changes of ``count`` expired replicas in SQL alone."""
+    async with expired_catalogue(admin_url, root, count) as (engine, _), engine.connect() as connection:
+        raw = (await connection.get_raw_connection()).driver_connection
+        uids = [row[0] for row in await raw.fetch("SELECT uid FROM data_item ORDER BY uid")]
+        started = time.perf_counter()
+        for first in range(0, count, batch):
+            for step in STATE_STEPS:
+                async with raw.transaction():
+                    await raw.execute(step, uids[first : first + batch])
+        return time.perf_counter() - started
 
 
 async def main() -> None:
@@ -115,17 +155,19 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dlm-bench-expiry-") as directory:
         baseline = bare_unlink(Path(directory) / "unlink", args.items)
         dlm = await dlm_expiry(bench_db.admin_url(), Path(directory) / "dlm", args.items)
+        floor = await state_changes_alone(bench_db.admin_url(), Path(directory) / "floor", args.items)
         steady = await dlm_expiry(bench_db.admin_url(), Path(directory) / "kept", args.items, kept=True)
     print(f"\nOne expiry pass over {args.items:,} expired items on one POSIX storage\n")
-    print(f"| {'method':<44} | {'seconds':>8} | {'µs/item':>8} | {'vs baseline':>11} |")
-    print(f"|{'-' * 46}|{'-' * 10}|{'-' * 10}|{'-' * 13}|")
+    print(f"| {'method':<47} | {'seconds':>8} | {'µs/item':>8} | {'vs baseline':>11} |")
+    print(f"|{'-' * 49}|{'-' * 10}|{'-' * 10}|{'-' * 13}|")
     for label, seconds in (
         ("bare os.unlink loop (baseline)", baseline),
         ("DLM expiry.run_once (rows + payloads)", dlm),
+        ("DELETING then DELETED in bare SQL (no payload)", floor),
         ("DLM expiry.run_once, all kept before (no-op)", steady),
     ):
         per_item = seconds / args.items * 1e6
-        print(f"| {label:<44} | {seconds:8.2f} | {per_item:8.1f} | {seconds / baseline:10.1f}x |")
+        print(f"| {label:<47} | {seconds:8.2f} | {per_item:8.1f} | {seconds / baseline:10.1f}x |")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@ payloads and become DELETED (the rows stay, as the trace).
 A replica whose deletion would leave its item, itself not expired, below its ``target_phase`` is
 kept, and the reason is recorded once in the item's history (event ``expiry_kept``); later passes
 skip it until the item's other READY replicas could stand in for it, so that a catalogue of replicas
-kept for their items does not cost a decision each per pass. Several DLM
-processes may run passes at once: an item is claimed with a transaction-scoped advisory lock that a
-second process does not wait for but skips, a batch per transaction, each item inside a savepoint
-so one storage's trouble does not undo the rest.
+kept for their items does not cost a decision each per pass. Several DLM processes may run passes
+at once: an item is claimed with the transaction-scoped advisory lock under which its replicas change
+(dlm.storage.service.ITEM_LOCK), which a pass does not wait for but skips, a batch per transaction,
+each item inside a savepoint so one storage's trouble does not undo the rest.
 """
 
 import asyncio
@@ -26,15 +26,20 @@ from dlm.db.models import DataItemEvent, Migration, Storage
 from dlm.enums import ItemState, ItemType, MigrationStatus, Phase
 from dlm.errors import DLMError, UnmetPreconditionForOperation
 from dlm.lifecycle import claim_items, phase_weight
-from dlm.storage.service import check_resilience, delete_replica, is_writable, lock_replicas, storage_backend
+from dlm.storage.service import (
+    ITEM_LOCK,
+    check_resilience,
+    delete_replica,
+    is_writable,
+    lock_replicas,
+    storage_backend,
+)
 from dlm.transfer.base import TransferError
 
 log = logging.getLogger("dlm.lifecycle.expiry")
 
 ACTOR = "expiry"
 KEPT_EVENT = "expiry_kept"
-# The first key of this engine's advisory locks (the second is the oid's hash): "EXPY".
-LOCK_NAMESPACE = 0x45585059
 
 
 class Decision(msgspec.Struct, frozen=True):
@@ -152,7 +157,9 @@ async def run_once(
                 unconditional = bool(session.info.get("unconditional_deletion"))
                 batch = [row for row in candidates if row.worth_deciding or unconditional]
                 oids = [oid for oid in dict.fromkeys(row.oid for row in batch) if oid not in done]
-                claimed = await claim_items(session, LOCK_NAMESPACE, oids)  # the others are another process's
+                # The lock under which an item's replicas change: the others are another process's, or a
+                # user's (a deletion, a copy finishing) now; they are left for the next pass.
+                claimed = await claim_items(session, ITEM_LOCK, oids)
                 done.update(claimed)
                 # An expired item loses everything: no decision per replica, so it goes in bulk.
                 whole = {row.oid for row in batch if row.oid in claimed and row.oid_expiration <= now}
@@ -182,18 +189,17 @@ async def _mark_whole_items(
     """Mark DELETING every live replica of these expired items (and the registered members of their
     containers), in one statement; returns them, for ``finish_deletions`` once this is committed. Those
     on a read-only storage are kept, those of an item being copied deferred."""
+    # Read without locking the rows (that wrote each once more): the items' locks keep every writer of
+    # their replica sets out, and the UPDATE below marks only what is still live.
     rows = (
         await session.execute(
-            select(*_MARKED)
-            .where(ITEMS.c.oid.in_(oids), ITEMS.c.item_state.notin_(GONE_OR_GOING))
-            .order_by(ITEMS.c.uid)
-            .with_for_update()
+            select(*_MARKED).where(ITEMS.c.oid == any_(oids), ITEMS.c.item_state.notin_(GONE_OR_GOING))
         )
     ).all()
     busy = set(
         await session.scalars(
             select(Migration.oid).where(
-                Migration.oid.in_(oids), Migration.status.in_([MigrationStatus.PENDING, MigrationStatus.RUNNING])
+                Migration.oid == any_(oids), Migration.status.in_([MigrationStatus.PENDING, MigrationStatus.RUNNING])
             )
         )
     )
@@ -201,13 +207,10 @@ async def _mark_whole_items(
     if containers:
         members = (
             await session.execute(
-                select(*_MARKED)
-                .where(
-                    ITEMS.c.parents.in_([row.oid for row in containers]),
+                select(*_MARKED).where(
+                    ITEMS.c.parents == any_([row.oid for row in containers]),
                     ITEMS.c.item_state.notin_(GONE_OR_GOING),
                 )
-                .order_by(ITEMS.c.uid)
-                .with_for_update()
             )
         ).all()
         homes = {(row.oid, row.storage_id) for row in containers}
@@ -234,9 +237,15 @@ async def _mark_whole_items(
         report.deleted.extend(marked)
         gone.update(marked)
         return []
-    if marked:
-        await session.execute(update(ITEMS).where(ITEMS.c.uid.in_(marked)).values(item_state=ItemState.DELETING))
-    return marked
+    if not marked:
+        return []
+    marking = (
+        update(ITEMS)
+        .where(ITEMS.c.uid == any_(marked), ITEMS.c.item_state.notin_(GONE_OR_GOING))
+        .values(item_state=ItemState.DELETING)
+        .returning(ITEMS.c.uid)
+    )
+    return list(await session.scalars(marking))
 
 
 async def finish_deletions(
