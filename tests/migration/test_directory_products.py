@@ -120,7 +120,9 @@ async def test_a_member_announced_while_the_copy_commits_gets_its_replica(
         await replicate_children(job, session, migration, container)
         listed.set()
         # Commit only once the announcement answered, or waits on this transaction's locks.
-        waiting = text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+        waiting = text(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
         async with job.sessionmaker() as probe:
             while not announced.is_set() and not await probe.scalar(waiting):
                 await asyncio.sleep(0.02)
