@@ -190,7 +190,8 @@ async def _mark_whole_items(
     containers), in one statement; returns them, for ``finish_deletions`` once this is committed. Those
     on a read-only storage are kept, those of an item being copied deferred."""
     # Read without locking the rows (that wrote each once more): the items' locks keep every writer of
-    # their replica sets out, and the UPDATE below marks only what is still live.
+    # their replica sets out, and the UPDATE below marks only what is still live (a container's member,
+    # whose own item lock is not taken, changed meanwhile is waited for, then marked only if still live).
     rows = (
         await session.execute(
             select(*_MARKED).where(ITEMS.c.oid == any_(oids), ITEMS.c.item_state.notin_(GONE_OR_GOING))
