@@ -106,6 +106,8 @@ async def expired_catalogue(
         # table loaded a moment ago the planner knows nothing of it and reads it whole).
         async with engine.connect() as connection:
             await connection.execute(text("ANALYZE data_item, data_item_event"))
+            await connection.execute(text("CHECKPOINT"))
+        os.sync()
         yield engine, sessionmaker
     finally:
         await engine.dispose()

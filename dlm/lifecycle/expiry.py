@@ -147,7 +147,7 @@ async def run_once(
     for expiry in SWEEPS:
         after: tuple[datetime.datetime, uuid.UUID] | None = None
         while True:
-            going: list[uuid.UUID] = []
+            going: list[Row[Any]] = []
             async with transaction(sessionmaker, actor=ACTOR) as session:
                 candidates = (await session.execute(_next_candidates(now, expiry, after, batch_size))).all()
                 if not candidates:
@@ -165,13 +165,14 @@ async def run_once(
                 whole = {row.oid for row in batch if row.oid in claimed and row.oid_expiration <= now}
                 if whole:
                     going = await _mark_whole_items(session, sorted(whole), report, gone)
+                    # Going, as far as the decisions below are concerned (a container's members among them).
+                    gone.update(row.uid for row in going)
                 for oid in claimed:
                     if oid not in whole:
                         await _expire_item(session, oid, now, report, gone)
             # Marked DELETING and committed: the payloads go now, outside any transaction.
             if going:
                 await finish_deletions(sessionmaker, report, going)
-                gone.update(going)
             log.debug("expiry pass: %s so far", report.summary())
             if len(candidates) < batch_size:
                 break
@@ -181,13 +182,15 @@ async def run_once(
 # What marking a replica DELETING needs to know of it (its whole row, metadata and all, cost a tenth of
 # the pass to fetch).
 _MARKED = (ITEMS.c.uid, ITEMS.c.oid, ITEMS.c.item_name, ITEMS.c.item_type, ITEMS.c.storage_id, ITEMS.c.parents)
+# What deleting a DELETING replica's payload needs to know of it.
+_DELETING = (ITEMS.c.uid, ITEMS.c.oid, ITEMS.c.item_name, ITEMS.c.item_type, ITEMS.c.storage_id, ITEMS.c.uri)
 
 
 async def _mark_whole_items(
     session: AsyncSession, oids: list[uuid.UUID], report: ExpiryReport, gone: set[uuid.UUID]
-) -> list[uuid.UUID]:
+) -> list[Row[Any]]:
     """Mark DELETING every live replica of these expired items (and the registered members of their
-    containers), in one statement; returns them, for ``finish_deletions`` once this is committed. Those
+    containers), in one statement; returns their rows, for ``finish_deletions`` once this is committed. Those
     on a read-only storage are kept, those of an item being copied deferred."""
     # Read without locking the rows (that wrote each once more): the items' locks keep every writer of
     # their replica sets out, and the UPDATE below marks only what is still live (a container's member,
@@ -244,25 +247,22 @@ async def _mark_whole_items(
         update(ITEMS)
         .where(ITEMS.c.uid == any_(marked), ITEMS.c.item_state.notin_(GONE_OR_GOING))
         .values(item_state=ItemState.DELETING)
-        .returning(ITEMS.c.uid)
+        .returning(*_DELETING)
     )
-    return list(await session.scalars(marking))
+    return list((await session.execute(marking)).all())
 
 
 async def finish_deletions(
-    sessionmaker: async_sessionmaker[AsyncSession], report: ExpiryReport, uids: list[uuid.UUID] | None = None
+    sessionmaker: async_sessionmaker[AsyncSession], report: ExpiryReport, rows: list[Row[Any]] | None = None
 ) -> None:
-    """Delete the payloads of DELETING replicas (these ``uids``, or every one: what a crashed pass
-    began), a storage's in parallel batches, outside any transaction; then mark DELETED those whose
-    payload went, and work out their items' phase. One whose payload could not go stays DELETING,
-    deferred to the next pass."""
+    """Delete the payloads of DELETING replicas (these ``rows``, as marking returned them, or every
+    one: what a crashed pass began), a storage's in parallel batches, outside any transaction; then
+    mark DELETED those whose payload went, and work out their items' phase. One whose payload could
+    not go stays DELETING, deferred to the next pass."""
     async with transaction(sessionmaker, actor=ACTOR) as session:
-        query = select(ITEMS.c.uid, ITEMS.c.oid, ITEMS.c.item_name, ITEMS.c.storage_id, ITEMS.c.uri).where(
-            ITEMS.c.item_state == ItemState.DELETING
-        )
-        if uids is not None:
-            query = query.where(ITEMS.c.uid == any_(uids))
-        rows = (await session.execute(query)).all()
+        if rows is None:
+            deleting = select(*_DELETING).where(ITEMS.c.item_state == ItemState.DELETING)
+            rows = list((await session.execute(deleting)).all())
         if not rows:
             return
         by_storage: dict[uuid.UUID | None, list[Row[Any]]] = {}
@@ -335,10 +335,14 @@ async def finish_deletions(
 
 
 async def _delete_payloads(backend: Any, group: list[Row[Any]]) -> dict[uuid.UUID, str]:
-    """One storage's payloads deleted, DELETES_AT_ONCE batches of DELETE_BATCH at a time; returns why
+    """One storage's payloads deleted, files DELETES_AT_ONCE calls of at most DELETE_BATCH at a time
+    (a pass's batch split too), then containers in one call: a container's tree removed while another
+    call unlinks a member inside it would stop at the vanished member and leave the rest. Returns why
     each that did not go (by uid). A storage that cannot be reached at all fails the lot."""
     by_uri = {row.uri: row.uid for row in group if row.uri}
-    uris = list(by_uri)
+    containers = [row.uri for row in group if row.uri and row.item_type is ItemType.CONTAINER]
+    files = [row.uri for row in group if row.uri and row.item_type is not ItemType.CONTAINER]
+    size = min(DELETE_BATCH, max(1, -(-len(files) // DELETES_AT_ONCE)))
     slots = asyncio.Semaphore(DELETES_AT_ONCE)
 
     async def one_batch(batch: list[str]) -> dict[str, str]:
@@ -347,9 +351,9 @@ async def _delete_payloads(backend: Any, group: list[Row[Any]]) -> dict[uuid.UUI
 
     try:
         async with backend:
-            results = await asyncio.gather(
-                *(one_batch(uris[start : start + DELETE_BATCH]) for start in range(0, len(uris), DELETE_BATCH))
-            )
+            results = await asyncio.gather(*(one_batch(files[at : at + size]) for at in range(0, len(files), size)))
+            if containers:
+                results.append(await backend.delete_many(containers))
     except (TransferError, DLMError) as exc:
         return {uid: exc.message for uid in by_uri.values()}
     return {by_uri[uri]: reason for result in results for uri, reason in result.items()}

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -19,6 +20,7 @@ from dlm.config import Settings
 from dlm.db.engine import create_sessionmaker
 from dlm.lifecycle import expiry
 from dlm.storage.context import session_info
+from dlm.transfer.posix import PosixBackend
 from tests.conftest import Registry, in_two_processes
 
 NOW = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
@@ -140,6 +142,40 @@ async def test_a_container_takes_its_members_with_it(
     assert len(report.deleted) == 3, report
     members = (await registry.client.get("/request/query_data_item", params={"params": "item_name=like.run/*"})).json()
     assert {row["item_state"] for row in members} == {"DELETED"}
+    assert not (registry.root / "run").exists()
+
+
+async def test_a_containers_tree_goes_alone_after_its_members_files(
+    registry: Registry, sessionmaker: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pass deletes files several calls at a time; a container's tree removed beside a call unlinking
+    # one of its members stops at the vanished file and leaves the rest behind, untracked.
+    members = [f"run/part{index % 3}/m{index}.ms" for index in range(12)]
+    for member in members:
+        registry.payload(member)
+    container = await registry.register("run", item_type="container", register_members=True)
+    oid = (await registry.item(container))["oid"]
+    await registry.client.patch("/request/set_oid_expiration", params={"oid": oid, "expiration": PAST})
+    calls: list[tuple[list[str], int]] = []  # each call's uris, with how many other calls were running
+    running = 0
+    delete_many = PosixBackend.delete_many
+
+    async def watched(self: PosixBackend, uris: list[str]) -> dict[str, str]:
+        nonlocal running
+        calls.append((uris, running))
+        running += 1
+        try:
+            return await delete_many(self, uris)
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(PosixBackend, "delete_many", watched)
+
+    report = await expiry.run_once(sessionmaker, now=NOW)
+    assert len(report.deleted) == 13 and not report.deferred, report
+    assert len(calls) > 2, "the members' files go several calls at a time"
+    [(with_tree, beside)] = [(uris, others) for uris, others in calls if "run" in uris]
+    assert with_tree == ["run"] and beside == 0 and calls[-1][0] == ["run"]
     assert not (registry.root / "run").exists()
 
 
