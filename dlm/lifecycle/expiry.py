@@ -8,6 +8,11 @@ kept for their items does not cost a decision each per pass. Several DLM process
 at once: an item is claimed with the transaction-scoped advisory lock under which its replicas change
 (dlm.storage.service.ITEM_LOCK), which a pass does not wait for but skips, a batch per transaction,
 each item inside a savepoint so one storage's trouble does not undo the rest.
+
+Deleting an expired item's replica takes two committed steps, DELETING and then DELETED once its
+payload is gone, so a crash between them leaves rows that say their payload is going, never READY
+rows whose bytes are gone: the next pass finishes them first. A batch's payloads are deleted while
+the next batch is marked and the previous one recorded.
 """
 
 import asyncio
@@ -129,6 +134,31 @@ def _next_candidates(
     )
 
 
+class Deleting:
+    """One batch's payloads being deleted while the pass marks the next batch and records this one's
+    predecessor: the disk and the database work at once, and the pass's own transactions still run one
+    at a time (none of them waits for a row another holds)."""
+
+    def __init__(self, rows: list[Row[Any]], payloads: "asyncio.Future[dict[uuid.UUID, str]]") -> None:
+        self.rows, self.payloads = rows, payloads
+
+    @classmethod
+    async def next(
+        cls,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        report: ExpiryReport,
+        previous: "Deleting | None",
+        going: list[Row[Any]],
+    ) -> "Deleting | None":
+        """Wait for the previous batch's payloads, start on ``going``'s, and record the previous batch
+        while they go."""
+        failed = await previous.payloads if previous is not None else {}
+        started = cls(going, asyncio.ensure_future(_delete_payloads(sessionmaker, going))) if going else None
+        if previous is not None:
+            await _record_deletions(sessionmaker, report, previous.rows, failed)
+        return started
+
+
 async def run_once(
     sessionmaker: async_sessionmaker[AsyncSession],
     *,
@@ -144,38 +174,43 @@ async def run_once(
     # Items this pass has dealt with; in a dry run, also the replicas it would have deleted.
     done: set[uuid.UUID] = set()
     gone: set[uuid.UUID] = set()
-    for expiry in SWEEPS:
-        after: tuple[datetime.datetime, uuid.UUID] | None = None
-        while True:
-            going: list[Row[Any]] = []
-            async with transaction(sessionmaker, actor=ACTOR) as session:
-                candidates = (await session.execute(_next_candidates(now, expiry, after, batch_size))).all()
-                if not candidates:
+    deleting: Deleting | None = None
+    try:
+        for expiry in SWEEPS:
+            after: tuple[datetime.datetime, uuid.UUID] | None = None
+            while True:
+                going: list[Row[Any]] = []
+                async with transaction(sessionmaker, actor=ACTOR) as session:
+                    candidates = (await session.execute(_next_candidates(now, expiry, after, batch_size))).all()
+                    if not candidates:
+                        break
+                    after = (candidates[-1].due, candidates[-1].uid)
+                    # Under SKA-DLM's rule a replica kept before is not kept now: each is decided again.
+                    unconditional = bool(session.info.get("unconditional_deletion"))
+                    batch = [row for row in candidates if row.worth_deciding or unconditional]
+                    oids = [oid for oid in dict.fromkeys(row.oid for row in batch) if oid not in done]
+                    # The lock under which an item's replicas change: the others are another process's, or
+                    # a user's (a deletion, a copy finishing) now; they are left for the next pass.
+                    claimed = await claim_items(session, ITEM_LOCK, oids)
+                    done.update(claimed)
+                    # An expired item loses everything: no decision per replica, so it goes in bulk.
+                    whole = {row.oid for row in batch if row.oid in claimed and row.oid_expiration <= now}
+                    if whole:
+                        going = await _mark_whole_items(session, sorted(whole), report, gone)
+                        # Going, as far as the decisions below are concerned (a container's members too).
+                        gone.update(row.uid for row in going)
+                    for oid in claimed:
+                        if oid not in whole:
+                            await _expire_item(session, oid, now, report, gone)
+                # Marked DELETING and committed: the payloads go now, outside any transaction.
+                deleting = await Deleting.next(sessionmaker, report, deleting, going)
+                log.debug("expiry pass: %s so far", report.summary())
+                if len(candidates) < batch_size:
                     break
-                after = (candidates[-1].due, candidates[-1].uid)
-                # Under SKA-DLM's rule a replica kept before is not kept now: each is decided again.
-                unconditional = bool(session.info.get("unconditional_deletion"))
-                batch = [row for row in candidates if row.worth_deciding or unconditional]
-                oids = [oid for oid in dict.fromkeys(row.oid for row in batch) if oid not in done]
-                # The lock under which an item's replicas change: the others are another process's, or a
-                # user's (a deletion, a copy finishing) now; they are left for the next pass.
-                claimed = await claim_items(session, ITEM_LOCK, oids)
-                done.update(claimed)
-                # An expired item loses everything: no decision per replica, so it goes in bulk.
-                whole = {row.oid for row in batch if row.oid in claimed and row.oid_expiration <= now}
-                if whole:
-                    going = await _mark_whole_items(session, sorted(whole), report, gone)
-                    # Going, as far as the decisions below are concerned (a container's members among them).
-                    gone.update(row.uid for row in going)
-                for oid in claimed:
-                    if oid not in whole:
-                        await _expire_item(session, oid, now, report, gone)
-            # Marked DELETING and committed: the payloads go now, outside any transaction.
-            if going:
-                await finish_deletions(sessionmaker, report, going)
-            log.debug("expiry pass: %s so far", report.summary())
-            if len(candidates) < batch_size:
-                break
+        deleting = await Deleting.next(sessionmaker, report, deleting, [])
+    finally:
+        if deleting is not None:
+            deleting.payloads.cancel()  # an error, a shutdown: their replicas stay DELETING for the next pass
     return report
 
 
@@ -190,7 +225,7 @@ async def _mark_whole_items(
     session: AsyncSession, oids: list[uuid.UUID], report: ExpiryReport, gone: set[uuid.UUID]
 ) -> list[Row[Any]]:
     """Mark DELETING every live replica of these expired items (and the registered members of their
-    containers), in one statement; returns their rows, for ``finish_deletions`` once this is committed. Those
+    containers), in one statement; returns their rows, for ``_delete_payloads`` once this is committed. Those
     on a read-only storage are kept, those of an item being copied deferred."""
     # Read without locking the rows (that wrote each once more): the items' locks keep every writer of
     # their replica sets out, and the UPDATE below marks only what is still live (a container's member,
@@ -218,9 +253,8 @@ async def _mark_whole_items(
             )
         ).all()
         homes = {(row.oid, row.storage_id) for row in containers}
-        rows += [
-            row for row in members if (row.parents, row.storage_id) in homes and row.uid not in {r.uid for r in rows}
-        ]
+        listed = {row.uid for row in rows}
+        rows += [row for row in members if (row.parents, row.storage_id) in homes and row.uid not in listed]
     marked: list[uuid.UUID] = []
     read_only = {
         storage.storage_id: storage.storage_name
@@ -252,24 +286,26 @@ async def _mark_whole_items(
     return list((await session.execute(marking)).all())
 
 
-async def finish_deletions(
-    sessionmaker: async_sessionmaker[AsyncSession], report: ExpiryReport, rows: list[Row[Any]] | None = None
-) -> None:
-    """Delete the payloads of DELETING replicas (these ``rows``, as marking returned them, or every
-    one: what a crashed pass began), a storage's in parallel batches, outside any transaction; then
-    mark DELETED those whose payload went, and work out their items' phase. One whose payload could
-    not go stays DELETING, deferred to the next pass."""
+async def finish_deletions(sessionmaker: async_sessionmaker[AsyncSession], report: ExpiryReport) -> None:
+    """Delete the payloads of every DELETING replica (what a pass that crashed or was stopped began),
+    then mark DELETED those whose payload went."""
     async with transaction(sessionmaker, actor=ACTOR) as session:
-        if rows is None:
-            deleting = select(*_DELETING).where(ITEMS.c.item_state == ItemState.DELETING)
-            rows = list((await session.execute(deleting)).all())
-        if not rows:
-            return
-        by_storage: dict[uuid.UUID | None, list[Row[Any]]] = {}
-        for row in rows:
-            by_storage.setdefault(row.storage_id, []).append(row)
-        backends: dict[uuid.UUID, Any] = {}
-        unreachable: dict[uuid.UUID, str] = {}
+        rows = list((await session.execute(select(*_DELETING).where(ITEMS.c.item_state == ItemState.DELETING))).all())
+    if rows:
+        await _record_deletions(sessionmaker, report, rows, await _delete_payloads(sessionmaker, rows))
+
+
+async def _delete_payloads(
+    sessionmaker: async_sessionmaker[AsyncSession], rows: list[Row[Any]]
+) -> dict[uuid.UUID, str]:
+    """Delete the payloads of these DELETING replicas, a storage's in parallel batches, outside any
+    transaction; returns why each that did not go (by uid)."""
+    by_storage: dict[uuid.UUID | None, list[Row[Any]]] = {}
+    for row in rows:
+        by_storage.setdefault(row.storage_id, []).append(row)
+    backends: dict[uuid.UUID, Any] = {}
+    unreachable: dict[uuid.UUID, str] = {}
+    async with transaction(sessionmaker, actor=ACTOR) as session:
         for storage_id in by_storage:
             storage = await session.get(Storage, storage_id) if storage_id else None
             if storage is not None:
@@ -282,7 +318,18 @@ async def finish_deletions(
         if storage_id in unreachable:
             failed.update({row.uid: unreachable[storage_id] for row in group})
         elif storage_id in backends:
-            failed.update(await _delete_payloads(backends[storage_id], group))
+            failed.update(await _delete_on_storage(backends[storage_id], group))
+    return failed
+
+
+async def _record_deletions(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    report: ExpiryReport,
+    rows: list[Row[Any]],
+    failed: dict[uuid.UUID, str],
+) -> None:
+    """Mark DELETED the replicas whose payload went (not in ``failed``), and work out their items'
+    phase. One whose payload could not go stays DELETING, deferred to the next pass."""
     for row in rows:
         if row.uid in failed:
             report.deferred.append(Decision(row.uid, row.item_name, failed[row.uid]))
@@ -334,7 +381,7 @@ async def finish_deletions(
     report.deleted.extend(went)
 
 
-async def _delete_payloads(backend: Any, group: list[Row[Any]]) -> dict[uuid.UUID, str]:
+async def _delete_on_storage(backend: Any, group: list[Row[Any]]) -> dict[uuid.UUID, str]:
     """One storage's payloads deleted, files DELETES_AT_ONCE calls of at most DELETE_BATCH at a time
     (a pass's batch split too), then containers in one call: a container's tree removed while another
     call unlinks a member inside it would stop at the vanished member and leave the rest. Returns why

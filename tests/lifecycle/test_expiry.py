@@ -2,6 +2,7 @@
 stay, with the reason in the history; expired items lose everything; containers take their members;
 a dry run touches nothing; two processes never delete twice."""
 
+import asyncio
 import datetime
 import json
 import os
@@ -13,10 +14,12 @@ from typing import Any
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from dlm.app import create_app
 from dlm.config import Settings
+from dlm.data_item import ITEMS
 from dlm.db.engine import create_sessionmaker
 from dlm.lifecycle import expiry
 from dlm.storage.context import session_info
@@ -307,6 +310,58 @@ async def test_a_pass_killed_mid_deletion_loses_track_of_no_payload(
     assert not any((registry.root / name).exists() for name in names)
     history = (await registry.client.get("/request/query_item_history", params={"uid": uids["obs-00"]})).json()
     assert [row["new_value"] for row in history if row["event"] == "item_state"][-2:] == ["DELETING", "DELETED"]
+
+
+async def test_a_batch_is_marked_while_the_last_ones_payloads_go_and_a_cancelled_pass_loses_none(
+    registry: Registry, sessionmaker: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = [f"obs-{index:02d}" for index in range(10)]
+    uids = {name: await registry.register(name) for name in names}
+    for uid in uids.values():
+        oid = (await registry.item(uid))["oid"]
+        await registry.client.patch("/request/set_oid_expiration", params={"oid": oid, "expiration": PAST})
+    # Batches of four, in the order of the first sweep (replicas past their uid_expiration).
+    async with sessionmaker() as session:
+        in_order = list(await session.scalars(select(ITEMS.c.item_name).order_by(ITEMS.c.uid_expiration, ITEMS.c.uid)))
+    first, second, third = in_order[:4], in_order[4:8], in_order[8:]
+    held = asyncio.Event()
+    delete_many = PosixBackend.delete_many
+
+    async def second_batch_held(self: PosixBackend, uris: list[str]) -> dict[str, str]:
+        if set(uris) & set(second):
+            held.set()
+            await asyncio.Event().wait()  # until the pass is cancelled
+        return await delete_many(self, uris)
+
+    async def states() -> dict[str, str]:
+        async with sessionmaker() as session:
+            rows = await session.execute(select(ITEMS.c.item_name, ITEMS.c.item_state))
+            return {row.item_name: row.item_state.value for row in rows}
+
+    monkeypatch.setattr(PosixBackend, "delete_many", second_batch_held)
+    running = asyncio.ensure_future(expiry.run_once(sessionmaker, now=NOW, batch_size=4))
+    await asyncio.wait_for(held.wait(), 30)
+    # While the second batch's payloads go, the first is recorded and the third marked.
+    for _ in range(300):
+        now_states = await states()
+        if all(now_states[name] == "DELETING" for name in third):
+            break
+        await asyncio.sleep(0.05)
+    assert {name: now_states[name] for name in names} == {
+        **{name: "DELETED" for name in first},
+        **{name: "DELETING" for name in second + third},
+    }
+    running.cancel()  # a shutdown mid-pass
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert all((registry.root / name).exists() for name in second + third)
+    assert not any((registry.root / name).exists() for name in first)
+
+    monkeypatch.setattr(PosixBackend, "delete_many", delete_many)
+    report = await expiry.run_once(sessionmaker, now=NOW, batch_size=4)
+    assert {str(uid) for uid in report.deleted} == {uids[name] for name in second + third}
+    assert set((await states()).values()) == {"DELETED"}
+    assert not any((registry.root / name).exists() for name in names)
 
 
 async def test_under_skas_deletion_rule_the_last_replica_goes_when_expired_or_deleted(
