@@ -32,6 +32,7 @@ RUNS = [
     ("expiry_pass.py", ["--items", "100000"], ["--items", "2000"]),
     ("copy_throughput.py", [], ["--size-mib", "16", "--files", "200"]),
     ("replication_throughput.py", ["--to", "both"], ["--items", "200", "--to", "both"]),
+    ("replication_planning.py", [], ["--items", "500"]),
     ("copy_memory.py", [], ["--size-mib", "64"]),
     ("s3_server_side.py", [], ["--size-mib", "16"]),
     ("download.py", [], ["--size-mib", "64", "--files", "50", "--rounds", "1"]),

@@ -155,7 +155,12 @@ class Deleting:
         failed = await previous.payloads if previous is not None else {}
         started = cls(going, asyncio.ensure_future(_delete_payloads(sessionmaker, going))) if going else None
         if previous is not None:
-            await _record_deletions(sessionmaker, report, previous.rows, failed)
+            try:
+                await _record_deletions(sessionmaker, report, previous.rows, failed)
+            except BaseException:
+                if started is not None:
+                    started.payloads.cancel()  # the pass stops here: the next one finishes them
+                raise
         return started
 
 
