@@ -115,15 +115,8 @@ class Resolver:
 
     def __call__(self, uri: str, field: str = "uri") -> Path:
         directory, name = self.place(uri, field)
-        target = directory / name
-        try:
-            is_link = stat.S_ISLNK(os.lstat(target).st_mode)
-        except (FileNotFoundError, NotADirectoryError):
-            return target
-        except OSError:
-            is_link = True  # let the full resolution say what is wrong
-        if is_link:
-            target = self._resolve(directory, (name,), uri, field)
+        target = self._resolve(directory, (name,), uri, field)
+        if target != directory / name:  # the name is a link: where it leads must be inside too
             self._check_inside(target, uri, field)
         return target
 
