@@ -282,14 +282,22 @@ asyncio.run(main())
 """
 
 
+async def _expired_items(registry: Registry, count: int) -> dict[str, str]:
+    """``count`` items, obs-00, obs-01, ..., each with its oid_expiration passed; their uids by name."""
+    uids = {}
+    for index in range(count):
+        name = f"obs-{index:02d}"
+        uids[name] = await registry.register(name)
+        oid = (await registry.item(uids[name]))["oid"]
+        await registry.client.patch("/request/set_oid_expiration", params={"oid": oid, "expiration": PAST})
+    return uids
+
+
 async def test_a_pass_killed_mid_deletion_loses_track_of_no_payload(
     registry: Registry, sessionmaker: async_sessionmaker[AsyncSession], database_url: str
 ) -> None:
-    names = [f"obs-{index:02d}" for index in range(20)]
-    uids = {name: await registry.register(name) for name in names}
-    for uid in uids.values():
-        oid = (await registry.item(uid))["oid"]
-        await registry.client.patch("/request/set_oid_expiration", params={"oid": oid, "expiration": PAST})
+    uids = await _expired_items(registry, 20)
+    names = list(uids)
 
     killed = subprocess.run(
         [sys.executable, "-c", _DIES_MID_BATCH, database_url, NOW.isoformat()],
@@ -315,11 +323,8 @@ async def test_a_pass_killed_mid_deletion_loses_track_of_no_payload(
 async def test_a_batch_is_marked_while_the_last_ones_payloads_go_and_a_cancelled_pass_loses_none(
     registry: Registry, sessionmaker: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    names = [f"obs-{index:02d}" for index in range(10)]
-    uids = {name: await registry.register(name) for name in names}
-    for uid in uids.values():
-        oid = (await registry.item(uid))["oid"]
-        await registry.client.patch("/request/set_oid_expiration", params={"oid": oid, "expiration": PAST})
+    uids = await _expired_items(registry, 10)
+    names = list(uids)
     # Batches of four, in the order of the first sweep (replicas past their uid_expiration).
     async with sessionmaker() as session:
         in_order = list(await session.scalars(select(ITEMS.c.item_name).order_by(ITEMS.c.uid_expiration, ITEMS.c.uid)))
